@@ -1,0 +1,2 @@
+//! The Microkit-shaped PD runtime: handler API, Microkit, host and bare backends, shared-memory rings.
+#![no_std]

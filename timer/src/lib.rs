@@ -1,0 +1,2 @@
+//! Timer PD: timeouts for the memory server.
+#![no_std]

@@ -1,0 +1,1 @@
+//! Parse, validate and generate code from a Microkit system description (system.xml).

@@ -1,0 +1,3 @@
+//! Host-side tools.
+
+fn main() {}
