@@ -1,0 +1,2 @@
+//! SPSC rings in shared memory.
+#![no_std]
