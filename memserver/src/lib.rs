@@ -1,2 +1,107 @@
 //! Memory server PD: buddy allocator with Linux-style free page reporting.
+//!
+//! This crate's core is `no_std`, allocates nothing and makes no platform
+//! calls: it takes events (alloc/free requests, timer expiry, report
+//! completions, balloon requests) and returns [`Actions`] (arm the timer,
+//! send these report batches). The PD shell that decodes ring messages and
+//! drives it lives elsewhere.
+//!
+//! The design and the Linux semantics kept here are in DESIGN.md §1–§2 of the
+//! project's shared folder; every rule below cites the Linux behaviour of
+//! `mm/page_reporting.c` (5.7+) that it keeps.
+//!
+//! # Units
+//! A page is 4 KiB; a PFN is a guest-physical frame number. A block is
+//! `(pfn, order)`: `1 << order` pages with `pfn` aligned to `1 << order` in
+//! *absolute* PFNs (so reported ranges stay aligned for the host's page
+//! size), orders `0..=MAX_ORDER`.
+//!
+//! # Memory
+//! The per-page metadata ([`metadata_bytes`], 9 bytes per managed page)
+//! lives in a caller-provided buffer outside the managed memory: the core
+//! never reads or writes a managed page, so it cannot re-dirty memory the
+//! host has discarded.
 #![no_std]
+#![forbid(unsafe_code)]
+
+mod core;
+mod error;
+mod meta;
+mod reporting;
+mod tunables;
+
+pub use crate::core::{BlockState, MemCore, Stats, ZoneStats};
+pub use crate::error::{Error, InvariantViolation};
+pub use crate::meta::{BYTES_PER_PAGE, metadata_bytes};
+pub use crate::reporting::{Actions, BatchId, ReportingState, ReportingStats};
+pub use crate::tunables::Tunables;
+
+/// Largest block order, as Linux: order 10 is 4 MiB with 4 KiB pages.
+pub const MAX_ORDER: u8 = 10;
+/// Number of orders (`0..=MAX_ORDER`).
+pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+/// Most zones one core manages (one per client RAM region plus pools).
+pub const MAX_ZONES: usize = 16;
+/// Upper bound of [`Tunables::capacity`]: entries per report batch. Linux
+/// uses 32 (`PAGE_REPORTING_CAPACITY`), which is also QEMU's queue size.
+pub const MAX_CAPACITY: usize = 128;
+/// Upper bound of [`Tunables::max_in_flight`].
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// A guest-physical frame number (`paddr >> 12`).
+pub type Pfn = u64;
+
+/// A buddy block: `1 << order` pages starting at `pfn`, which is aligned to
+/// `1 << order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Block {
+    /// First frame of the block.
+    pub pfn: Pfn,
+    /// log2 of the number of pages.
+    pub order: u8,
+}
+
+impl Block {
+    /// Number of 4 KiB pages in the block.
+    pub const fn pages(&self) -> u64 {
+        1u64 << self.order
+    }
+}
+
+/// Index of a zone, in the order the [`ZoneSpec`]s were given to
+/// [`MemCore::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ZoneId(pub u16);
+
+/// One zone: a range of physical frames owned by one client (or by the
+/// memserver's own pool). The base need not be aligned to `MAX_ORDER`: the
+/// edges are seeded with the largest aligned blocks that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneSpec {
+    /// First frame of the zone.
+    pub base_pfn: Pfn,
+    /// Number of frames (> 0).
+    pub pages: u32,
+    /// Who owns the zone (a client id of the server's choosing).
+    pub owner: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    /// Issue 2's target: metadata <= 10 bytes per managed page.
+    #[test]
+    fn metadata_bytes_per_page_within_target() {
+        let zones = [ZoneSpec {
+            base_pfn: 0x40000,
+            pages: 262_144,
+            owner: 0,
+        }];
+        let per_page = metadata_bytes(&zones) as f64 / 262_144.0;
+        std::println!("memserver metadata: {per_page} bytes per managed 4 KiB page (Linux struct page: 64)");
+        assert!(per_page <= 10.0, "{per_page} bytes per page");
+        assert_eq!(per_page, BYTES_PER_PAGE as f64);
+    }
+}
