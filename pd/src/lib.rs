@@ -1,2 +1,113 @@
-//! The Microkit-shaped PD runtime: handler API, Microkit, host and bare backends, shared-memory rings.
+//! The Microkit-shaped PD runtime: one way to write a protection domain, two
+//! ways to run it.
+//!
+//! The API follows rust-sel4's `sel4-microkit`: a [`Handler`] with
+//! [`Handler::notified`] and [`Handler::protected`], [`Channel`] with
+//! [`Channel::notify`], [`Channel::pp_call`], [`Channel::irq_ack`] (and their
+//! deferred forms), [`MessageInfo`] plus message registers, memory regions
+//! looked up by their `system.xml` names ([`RegionDecl`]), [`debug_print!`],
+//! and the entry macro [`main!`].
+//!
+//! Backends, chosen at compile time:
+//! - `target_os = "none"`: Microkit 2.3.0 / seL4 16.0.0 MCS (`microkit` module),
+//!   aarch64 and x86_64.
+//! - feature `host` on Linux: the PD is a process started by `tools run`
+//!   (`host` module).
+//! - otherwise (unit tests of cores): no platform; platform calls panic.
+//!
+//! Channel ids and region names come from `system.xml` through the module that
+//! `sdf::build` generates for each PD (see `sdf::codegen` for the naming rule).
 #![no_std]
+
+#[cfg(feature = "host")]
+extern crate std;
+
+mod channel;
+mod debug;
+
+mod region;
+
+pub use channel::{Channel, ChannelSet, DeferredActionSlotFull, IoPort, MessageInfo, get_mr, set_mr, MAX_CHANNELS, MSG_MAX_LENGTH};
+pub use debug::{Log, debug_write};
+#[doc(hidden)]
+pub use debug::print_fmt as __debug_print_fmt;
+pub mod handler;
+pub use handler::{Handler, NoHandler, PPC_UNSUPPORTED_LABEL};
+pub use region::{PaddrSource, PhysAddr, Region, RegionDecl, SetVar};
+
+#[cfg(target_os = "none")]
+pub mod microkit;
+
+#[cfg(all(feature = "host", not(target_os = "none")))]
+pub mod host;
+
+#[cfg(not(any(target_os = "none", feature = "host")))]
+mod null;
+
+/// The platform backend compiled in.
+pub(crate) mod sys {
+    #[cfg(all(feature = "host", not(target_os = "none")))]
+    pub(crate) use crate::host::sys::*;
+    #[cfg(target_os = "none")]
+    pub(crate) use crate::microkit::sys::*;
+    #[cfg(not(any(target_os = "none", feature = "host")))]
+    pub(crate) use crate::null::*;
+}
+
+/// This PD's name: patched into `microkit_name` by the Microkit tool, or
+/// given by the launcher on the host.
+pub fn pd_name() -> &'static str {
+    sys::pd_name()
+}
+
+/// Declare the PD's entry point: `pd::main!(init);` with `fn init() -> impl Handler`.
+///
+/// The PD's crate root must start with
+/// `#![cfg_attr(target_os = "none", no_std, no_main)]`; the source is then the
+/// same for every platform. On Microkit this defines the function `_start`
+/// jumps to; on the host it defines `fn main`.
+#[macro_export]
+macro_rules! main {
+    ($init:expr) => {
+        $crate::__pd_entry!($init);
+    };
+}
+
+#[cfg(target_os = "none")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pd_entry {
+    ($init:expr) => {
+        #[unsafe(export_name = "__pd_main")]
+        extern "C" fn __pd_main() -> ! {
+            $crate::microkit::run($init)
+        }
+    };
+}
+
+#[cfg(all(feature = "host", not(target_os = "none")))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pd_entry {
+    ($init:expr) => {
+        fn main() {
+            $crate::host::run($init)
+        }
+    };
+}
+
+#[cfg(not(any(target_os = "none", feature = "host")))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pd_entry {
+    ($init:expr) => {
+        fn main() {
+            // Built for Linux without the pd crate's `host` feature: there is
+            // no platform to run on. Say so instead of failing to compile, so
+            // `cargo test` of a workspace still builds every binary.
+            let _ = $init;
+            ::std::eprintln!("this PD was built without a platform: enable pd/host or build for a *-unknown-none target");
+            ::std::process::exit(2);
+        }
+    };
+}

@@ -1,0 +1,56 @@
+//! Test PD: answers each round of ping with twice the number, and a PPC with
+//! twice its first message register.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/pd_pong.rs"));
+}
+
+use config::{channel, region};
+use pd::{Channel, ChannelSet, Handler, MessageInfo, handler::Never};
+
+const LOG: pd::Log = pd::Log::new("PONG");
+
+struct Pong {
+    input: *const u64,
+    out: *mut u64,
+    rounds: u64,
+}
+
+impl Handler for Pong {
+    type Error = Never;
+
+    fn notified(&mut self, channels: ChannelSet) -> Result<(), Never> {
+        if channels.contains(channel::PING) {
+            // SAFETY: both point into regions mapped for this PD's lifetime
+            // (input read-only). Volatile: the peer writes/reads them.
+            unsafe { self.out.write_volatile(2 * self.input.read_volatile()) };
+            self.rounds += 1;
+            // Deferred: goes out with the next receive (NBSendRecv on seL4).
+            if channel::PING.defer_notify().is_err() {
+                channel::PING.notify();
+            }
+        }
+        Ok(())
+    }
+
+    fn protected(&mut self, ch: Channel, info: MessageInfo) -> Result<MessageInfo, Never> {
+        if ch != channel::PING || info.label() != 7 || info.count() != 1 {
+            return Ok(MessageInfo::new(pd::PPC_UNSUPPORTED_LABEL, 0));
+        }
+        pd::set_mr(0, 2 * pd::get_mr(0));
+        LOG.info(format_args!("ppc after {} rounds", self.rounds));
+        Ok(MessageInfo::new(0, 1))
+    }
+}
+
+fn init() -> Pong {
+    LOG.info(format_args!("init"));
+    Pong {
+        input: region::PING_TO_PONG.get().as_ptr().cast(),
+        out: region::PONG_TO_PING.get().as_ptr().cast(),
+        rounds: 0,
+    }
+}
+
+pd::main!(init);

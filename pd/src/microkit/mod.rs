@@ -1,0 +1,287 @@
+//! The Microkit backend: Microkit 2.3.0 on seL4 16.0.0 (MCS), aarch64 and
+//! x86_64. Every number here is from DESIGN §4 (verified by booting) and
+//! libmicrokit (`microkit.h`, `main.c`).
+
+use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred};
+use crate::{Channel, ChannelSet, Handler, MessageInfo, PhysAddr, Region, RegionDecl};
+use core::cell::UnsafeCell;
+use core::fmt;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as arch;
+
+// seL4 syscall numbers (both arches).
+const SYS_CALL: i64 = -1;
+const SYS_REPLY_RECV: i64 = -2;
+const SYS_NB_SEND_RECV: i64 = -3;
+const SYS_SEND: i64 = -5;
+const SYS_RECV: i64 = -7;
+const SYS_DEBUG_PUT_CHAR: i64 = -12;
+
+// The PD's capability slots.
+const INPUT_CAP: u64 = 1;
+const REPLY_CAP: u64 = 4;
+const MONITOR_EP: u64 = 5;
+const BASE_OUTPUT_NOTIFICATION_CAP: u64 = 10;
+const BASE_ENDPOINT_CAP: u64 = 74;
+const BASE_IRQ_CAP: u64 = 138;
+
+/// `IRQAckIRQ` invocation label: it differs between kernel configurations.
+#[cfg(not(feature = "release-kernel"))]
+const IRQ_ACK_LABEL: u64 = 31;
+#[cfg(feature = "release-kernel")]
+const IRQ_ACK_LABEL: u64 = 27;
+
+/// The IPC buffer: at `seL4_UserVSpaceTop & ~0xfff`.
+#[cfg(target_arch = "aarch64")]
+const IPC_BUFFER: usize = 0xFF_FFFF_F000;
+#[cfg(target_arch = "x86_64")]
+const IPC_BUFFER: usize = 0x7FFF_FFFF_E000;
+
+/// A value the Microkit tool writes in the image (kept in `.data`).
+#[repr(transparent)]
+struct Patched<T>(UnsafeCell<T>);
+
+// SAFETY: written in the ELF file by the Microkit tool before boot, only read
+// at run time, and a PD is single-threaded.
+unsafe impl<T> Sync for Patched<T> {}
+
+impl<T: Copy> Patched<T> {
+    fn get(&self) -> T {
+        // SAFETY: our own aligned static, never written at run time; volatile
+        // so the initializer is not constant-folded.
+        unsafe { self.0.get().read_volatile() }
+    }
+}
+
+// The symbols the Microkit tool patches. `.data`, not `.bss`: the tool writes
+// file bytes, so each must lie in a LOAD segment's file image (DESIGN §4).
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_name: Patched<[u8; 64]> = Patched(UnsafeCell::new([0; 64]));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_passive: Patched<u8> = Patched(UnsafeCell::new(0));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_irqs: Patched<u64> = Patched(UnsafeCell::new(0));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_notifications: Patched<u64> = Patched(UnsafeCell::new(0));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_pps: Patched<u64> = Patched(UnsafeCell::new(0));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static microkit_ioports: Patched<u64> = Patched(UnsafeCell::new(0));
+
+fn ipc_mr(i: usize) -> *mut u64 {
+    // seL4_IPCBuffer: tag word, then msg[seL4_MsgMaxLength].
+    (IPC_BUFFER + 8 * (1 + i)) as *mut u64
+}
+
+/// Syscall with message registers: MR0-3 travel in registers, so load them
+/// from the IPC buffer before and store them back after (as libsel4 does).
+fn syscall(sys: i64, x0: u64, info: u64, reply: u64, dest: u64) -> (u64, u64) {
+    let mut mrs = [0u64; 4];
+    for (i, mr) in mrs.iter_mut().enumerate() {
+        // SAFETY: the IPC buffer is mapped by the Microkit tool at IPC_BUFFER
+        // in every PD; i < 4 stays within it.
+        *mr = unsafe { ipc_mr(i).read_volatile() };
+    }
+    // SAFETY: an seL4 syscall with the kernel's register convention; it only
+    // touches the IPC buffer and the registers declared in `arch::syscall`.
+    let (badge, out_info) = unsafe { arch::syscall(sys, x0, info, &mut mrs, reply, dest) };
+    for (i, mr) in mrs.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { ipc_mr(i).write_volatile(*mr) };
+    }
+    (badge, out_info)
+}
+
+fn allowed(mask: u64, ch: usize) -> bool {
+    ch < crate::MAX_CHANNELS && mask & (1 << ch) != 0
+}
+
+fn invalid(what: &str, ch: usize) {
+    crate::debug_println!("{}|ERROR: {what}: invalid channel given '{ch}'", pd_name());
+}
+
+pub(crate) mod sys {
+    use super::*;
+
+    pub(crate) fn pd_name() -> &'static str {
+        super::pd_name()
+    }
+
+    pub(crate) fn notify(ch: usize) {
+        if !allowed(microkit_notifications.get(), ch) {
+            return invalid("notify", ch);
+        }
+        // seL4_Signal = Send of an empty message on the notification cap.
+        syscall(SYS_SEND, BASE_OUTPUT_NOTIFICATION_CAP + ch as u64, 0, 0, 0);
+    }
+
+    pub(crate) fn irq_ack(ch: usize) {
+        if !allowed(microkit_irqs.get(), ch) {
+            return invalid("irq_ack", ch);
+        }
+        // seL4_IRQHandler_Ack: an invocation (Call) with the ack label.
+        syscall(SYS_CALL, BASE_IRQ_CAP + ch as u64, MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(), 0, 0);
+    }
+
+    pub(crate) fn pp_call(ch: usize, info: MessageInfo) -> MessageInfo {
+        if !allowed(microkit_pps.get(), ch) {
+            invalid("pp_call", ch);
+            return MessageInfo::new(0, 0);
+        }
+        let (_, out) = syscall(SYS_CALL, BASE_ENDPOINT_CAP + ch as u64, info.into_raw(), 0, 0);
+        MessageInfo::from_raw(out)
+    }
+
+    pub(crate) fn get_mr(i: usize) -> u64 {
+        // SAFETY: i < MSG_MAX_LENGTH (checked by the caller): inside the IPC buffer.
+        unsafe { ipc_mr(i).read_volatile() }
+    }
+
+    pub(crate) fn set_mr(i: usize, v: u64) {
+        // SAFETY: as in get_mr.
+        unsafe { ipc_mr(i).write_volatile(v) }
+    }
+
+    pub(crate) fn region(decl: &RegionDecl, paddr: Option<u64>) -> Region {
+        Region { vaddr: decl.vaddr, size: decl.size, paddr }
+    }
+
+    pub(crate) fn paddr(p: &PhysAddr) -> u64 {
+        p.var.get()
+    }
+
+    pub(crate) fn put_bytes(bytes: &[u8]) {
+        // A release kernel has no DebugPutChar: calling it would fault the PD.
+        if cfg!(feature = "release-kernel") {
+            return;
+        }
+        for b in bytes {
+            syscall(SYS_DEBUG_PUT_CHAR, u64::from(*b), 0, 0, 0);
+        }
+    }
+
+    pub(crate) fn print_fmt(args: fmt::Arguments<'_>) {
+        struct Console;
+        impl fmt::Write for Console {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                put_bytes(s.as_bytes());
+                Ok(())
+            }
+        }
+        let _ = fmt::Write::write_fmt(&mut Console, args);
+    }
+}
+
+fn pd_name() -> &'static str {
+    // SAFETY: a shared reference to a static the program never writes (the
+    // tool patched it in the file), so it is immutable for 'static.
+    let name: &'static [u8; 64] = unsafe { &*microkit_name.0.get() };
+    let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    core::str::from_utf8(&name[..len]).unwrap_or("?")
+}
+
+/// The event loop (libmicrokit `handler_loop`): Recv on the input cap; after a
+/// PPC, ReplyRecv with the reply cap; with a deferred signal, NBSendRecv.
+pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
+    let mut handler = init();
+    if microkit_passive.get() != 0 {
+        // A passive PD tells the monitor it is ready (the monitor then moves
+        // its scheduling context away), combined with the first Recv. A
+        // signal deferred by init goes out now so it is not lost.
+        if let d @ 1.. = take_deferred() {
+            perform_now(d);
+        }
+        let _ = set_deferred(DEFER_MONITOR);
+    }
+    // seL4 issue 1536: acknowledge every IRQ once we are about to wait, as
+    // libmicrokit does.
+    let irqs = microkit_irqs.get();
+    for id in 0..64 {
+        if irqs & (1 << id) != 0 {
+            sys::irq_ack(id);
+        }
+    }
+    let mut reply: Option<MessageInfo> = None;
+    loop {
+        let (badge, info) = match reply.take() {
+            Some(r) => syscall(SYS_REPLY_RECV, INPUT_CAP, r.into_raw(), REPLY_CAP, 0),
+            None => match take_deferred() {
+                0 => syscall(SYS_RECV, INPUT_CAP, 0, REPLY_CAP, 0),
+                d => {
+                    let (dest, msg) = deferred_target(d);
+                    syscall(SYS_NB_SEND_RECV, INPUT_CAP, msg, REPLY_CAP, dest)
+                }
+            },
+        };
+        let info = MessageInfo::from_raw(info);
+        if badge >> 63 != 0 {
+            let ch = Channel::new((badge & 0x3f) as usize);
+            match handler.protected(ch, info) {
+                Ok(r) => reply = Some(r),
+                Err(e) => fatal(&e),
+            }
+        } else if (badge >> 62) & 1 != 0 {
+            // A child's fault: this runtime starts no children.
+            crate::debug_println!("{}|WARN: fault from child {}, ignored", pd_name(), badge & 0xff);
+        } else if let Err(e) = handler.notified(ChannelSet::from_bits(badge)) {
+            fatal(&e);
+        }
+    }
+}
+
+/// The cap and message of a deferred action for NBSendRecv.
+fn deferred_target(d: u64) -> (u64, u64) {
+    let id = d & DEFER_ID_MASK;
+    if d & DEFER_NOTIFY != 0 {
+        (BASE_OUTPUT_NOTIFICATION_CAP + id, 0)
+    } else if d & DEFER_IRQ_ACK != 0 {
+        (BASE_IRQ_CAP + id, MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw())
+    } else {
+        (MONITOR_EP, 0)
+    }
+}
+
+fn perform_now(d: u64) {
+    let id = (d & DEFER_ID_MASK) as usize;
+    if d & DEFER_NOTIFY != 0 {
+        sys::notify(id)
+    } else if d & DEFER_IRQ_ACK != 0 {
+        sys::irq_ack(id)
+    }
+}
+
+fn fatal(e: &dyn fmt::Display) -> ! {
+    crate::debug_println!("{}|ERROR: handler failed: {e}", pd_name());
+    arch::crash()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    crate::debug_println!("{}|PANIC: {info}", pd_name());
+    arch::crash()
+}

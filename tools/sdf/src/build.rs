@@ -1,0 +1,106 @@
+//! Helpers for a PD crate's `build.rs`: generate its configuration module and
+//! give its Microkit binaries the link setup.
+//!
+//! ```no_run
+//! // build.rs of a PD crate with one binary, the PD "memserver":
+//! fn main() {
+//!     sdf::build::pd("../system.xml", "memserver").unwrap_or_else(|e| panic!("{e}"));
+//! }
+//! // src/main.rs: mod config { include!(concat!(env!("OUT_DIR"), "/pd_memserver.rs")); }
+//! ```
+//!
+//! Cargo does not pass a dependency's `rustc-link-arg` on to the binaries of
+//! the crate that uses it, so the PD crate's own build script must emit the
+//! link arguments; [`link_microkit`] does it, only when building for
+//! `target_os = "none"`.
+
+use crate::{check, codegen, model::System};
+use core::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where PD images are linked: the address Microkit's own examples use.
+pub const LINK_ADDRESS: u64 = 0x20_0000;
+
+/// A build-script failure.
+#[derive(Debug)]
+pub enum BuildError {
+    Io(PathBuf, std::io::Error),
+    Parse(PathBuf, crate::ParseError),
+    Invalid(PathBuf, Vec<check::Diagnostic>),
+    Codegen(PathBuf, codegen::CodegenError),
+    NoOutDir,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            BuildError::Parse(p, e) => write!(f, "{}:{e}", p.display()),
+            BuildError::Invalid(p, d) => {
+                for d in d {
+                    writeln!(f, "{}:{d}", p.display())?;
+                }
+                Ok(())
+            }
+            BuildError::Codegen(p, e) => write!(f, "{}: {e}", p.display()),
+            BuildError::NoOutDir => write!(f, "OUT_DIR is not set: call this from a build script"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Parse and validate `system_xml`, then write `$OUT_DIR/pd_<pd_name>.rs`
+/// and return its path. Errors (not warnings) of [`check::check`] fail the build.
+pub fn generate(system_xml: impl AsRef<Path>, pd_name: &str) -> Result<PathBuf, BuildError> {
+    let path = system_xml.as_ref();
+    println!("cargo:rerun-if-changed={}", path.display());
+    let xml = std::fs::read_to_string(path).map_err(|e| BuildError::Io(path.into(), e))?;
+    let sys = System::parse(&xml).map_err(|e| BuildError::Parse(path.into(), e))?;
+    let diags = check::check(&sys);
+    if check::has_errors(&diags) {
+        return Err(BuildError::Invalid(path.into(), diags));
+    }
+    let code = codegen::generate(&sys, pd_name).map_err(|e| BuildError::Codegen(path.into(), e))?;
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or(BuildError::NoOutDir)?);
+    let out = out_dir.join(format!("pd_{pd_name}.rs"));
+    std::fs::write(&out, code).map_err(|e| BuildError::Io(out.clone(), e))?;
+    Ok(out)
+}
+
+/// The linker script for a Microkit PD image: entry `_start`, linked at
+/// [`LINK_ADDRESS`], `.data` kept as file bytes (the tool patches symbols there).
+pub fn linker_script() -> String {
+    format!(
+        "ENTRY(_start)\n\
+         SECTIONS\n{{\n  . = {LINK_ADDRESS:#x};\n  .text : {{ *(.text.start) *(.text .text.*) }}\n  \
+         . = ALIGN(0x1000);\n  .rodata : {{ *(.rodata .rodata.*) }}\n  \
+         . = ALIGN(0x1000);\n  .data : {{ *(.data .data.*) }}\n  \
+         .bss : {{ *(.bss .bss.*) *(COMMON) }}\n}}\n"
+    )
+}
+
+/// When the target is `target_os = "none"`, write the linker script to
+/// `$OUT_DIR` and pass it (and a non-PIE, 4 KiB-page link) to every binary of
+/// the calling crate. Does nothing for host builds.
+pub fn link_microkit() -> Result<(), BuildError> {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
+        return Ok(());
+    }
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or(BuildError::NoOutDir)?);
+    let script = out_dir.join("microkit-pd.ld");
+    std::fs::write(&script, linker_script()).map_err(|e| BuildError::Io(script.clone(), e))?;
+    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
+    // x86_64-unknown-none links static PIE by default; nobody relocates a
+    // Microkit image, so link it at its address.
+    println!("cargo:rustc-link-arg-bins=--no-pie");
+    println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
+    Ok(())
+}
+
+/// [`generate`] for one PD plus [`link_microkit`]: all a one-PD crate needs.
+pub fn pd(system_xml: impl AsRef<Path>, pd_name: &str) -> Result<PathBuf, BuildError> {
+    let out = generate(system_xml, pd_name)?;
+    link_microkit()?;
+    Ok(out)
+}
