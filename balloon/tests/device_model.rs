@@ -1,0 +1,493 @@
+//! The driver against the device model, with a thread playing the device.
+//! Counters on both sides are the oracles; waits are bounded.
+
+use balloon::model::{
+    BalloonDevice, DeviceConfig, DeviceThread, EventFd, Fault, GuestRam, HostHal, SharedRegion,
+    SharedTransport,
+};
+use balloon::{
+    BalloonAction, BalloonFeatures, BalloonOp, Block, Config, DeflateReason, Error, QueueKind,
+    QueueLayout, Stats, VirtIOBalloon,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RAM_BASE: u64 = 0x4000_0000;
+const RAM_PFN: u64 = RAM_BASE >> 12;
+const MIB: u64 = 1 << 20;
+
+type Driver = VirtIOBalloon<HostHal, SharedTransport>;
+
+struct Rig {
+    // Dropped first: the driver resets the device while its thread still runs.
+    drv: Driver,
+    dev: DeviceThread,
+    irq: EventFd,
+    ram: Arc<GuestRam>,
+}
+
+fn try_rig(cfg: DeviceConfig, drv_cfg: Config, ram: u64) -> Result<Rig, Error> {
+    let dma = HostHal::install_default().expect("dma window");
+    let regs = Arc::new(SharedRegion::create("regs", 4096).expect("regs"));
+    let ram = Arc::new(GuestRam::create(RAM_BASE, ram as usize).expect("ram"));
+    let irq = EventFd::new().expect("eventfd");
+    let bell = EventFd::new().expect("eventfd");
+    let irq2 = irq.clone();
+    let device = BalloonDevice::new(
+        regs.clone(),
+        dma,
+        ram.clone(),
+        cfg,
+        Box::new(move || irq2.signal()),
+    )
+    .expect("device");
+    let dev = DeviceThread::spawn(device, bell.clone());
+    let transport =
+        SharedTransport::new(regs, Box::new(move |_| bell.signal())).expect("transport");
+    let drv = VirtIOBalloon::with_config(transport, drv_cfg)?;
+    Ok(Rig { drv, dev, irq, ram })
+}
+
+fn rig(cfg: DeviceConfig) -> Rig {
+    try_rig(cfg, Config::default(), 64 * MIB).expect("driver init")
+}
+
+impl Rig {
+    /// Services interrupts until `f` gives a value; fails after 10 s.
+    fn wait_for<R>(&mut self, what: &str, mut f: impl FnMut(&mut Driver) -> Option<R>) -> R {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = f(&mut self.drv) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.irq.wait(Some(Duration::from_millis(50)));
+            self.drv.ack_interrupt();
+        }
+    }
+
+    /// Collects `n` report completions.
+    fn reports(&mut self, n: usize) -> BTreeMap<u32, Result<(), Error>> {
+        let mut out = BTreeMap::new();
+        while out.len() < n {
+            let (id, r) = self.wait_for("report completion", |d| d.poll_reports());
+            assert!(out.insert(id, r).is_none(), "batch {id} returned twice");
+        }
+        out
+    }
+
+    fn wait_device(&mut self, what: &str, mut f: impl FnMut(&BalloonDevice) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f(&self.dev.device()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.dev.kick();
+            self.irq.wait(Some(Duration::from_millis(20)));
+        }
+    }
+}
+
+fn blocks(first_pfn: u64, n: u64, order: u8) -> Vec<Block> {
+    (0..n)
+        .map(|i| Block {
+            pfn: first_pfn + (i << order),
+            order,
+        })
+        .collect()
+}
+
+#[test]
+fn reported_memory_leaves_the_memfd() {
+    let mut r = rig(DeviceConfig::default());
+    assert_eq!(r.drv.queue_indices().reporting, Some(3), "QEMU layout");
+    assert_eq!(r.drv.report_capacity(), 32, "QEMU's reporting queue size");
+    assert!(!r.drv.features().contains(BalloonFeatures::PAGE_POISON));
+    assert!(r.ram.touch(RAM_BASE, 16 * MIB));
+    let before = r.ram.region.allocated_bytes().unwrap();
+    assert!(before >= 16 * MIB, "touched pages are allocated: {before}");
+
+    // Four 2 MiB blocks (order 9) = 8 MiB.
+    let batch = blocks(RAM_PFN, 4, 9);
+    r.drv.submit_report(7, &batch).unwrap();
+    let done = r.reports(1);
+    assert_eq!(done[&7], Ok(()));
+
+    let after = r.ram.region.allocated_bytes().unwrap();
+    assert_eq!(before - after, 8 * MIB, "exactly the reported 8 MiB left");
+    assert!(!r.ram.region.has_data(0, 8 * MIB).unwrap());
+    assert!(r.ram.region.has_data(8 * MIB, 8 * MIB).unwrap());
+
+    let c = r.dev.device().counters();
+    assert_eq!(c.reports, 1);
+    assert_eq!(c.ranges_discarded, 4);
+    assert_eq!(c.bytes_discarded, 8 * MIB);
+    let m = r.drv.metrics();
+    assert_eq!(m.reports_submitted, 1);
+    assert_eq!(m.reports_completed, 1);
+    assert_eq!(m.blocks_reported, 4);
+    assert_eq!(m.pages_reported, 2048);
+    assert_eq!(m.errors.total(), 0);
+}
+
+#[test]
+fn several_batches_in_flight_and_queue_limits() {
+    let mut r = rig(DeviceConfig::default());
+    r.dev.device().set_hold_reports(true);
+    for id in 1..=3u32 {
+        let first = RAM_PFN + u64::from(id) * 512;
+        r.drv.submit_report(id, &blocks(first, 8, 0)).unwrap();
+    }
+    assert_eq!(r.drv.reports_in_flight(), 3);
+    assert_eq!(r.drv.report_free_descriptors(), 8);
+    // Rejected requests change nothing.
+    assert_eq!(
+        r.drv.submit_report(4, &blocks(RAM_PFN, 9, 0)),
+        Err(Error::QueueFull)
+    );
+    assert_eq!(
+        r.drv.submit_report(2, &blocks(RAM_PFN, 1, 0)),
+        Err(Error::DuplicateBatch(2))
+    );
+    let bad = Block {
+        pfn: RAM_PFN + 1,
+        order: 9,
+    };
+    assert_eq!(
+        r.drv.submit_report(5, &[bad]),
+        Err(Error::InvalidBlock(bad))
+    );
+    assert_eq!(r.drv.submit_report(6, &[]), Err(Error::Empty));
+    assert_eq!(r.drv.reports_in_flight(), 3);
+    assert_eq!(r.drv.metrics().reports_submitted, 3);
+    assert_eq!(r.dev.device().counters().reports, 0);
+
+    r.dev.device().set_hold_reports(false);
+    r.dev.kick();
+    let done = r.reports(3);
+    assert!(done.values().all(|x| x.is_ok()), "{done:?}");
+    assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(r.drv.report_free_descriptors(), 32);
+    assert_eq!(r.dev.device().counters().reports, 3);
+
+    // The ring wraps: many more batches than its size.
+    for round in 0..40u32 {
+        r.drv
+            .submit_report(100 + round, &blocks(RAM_PFN, 16, 0))
+            .unwrap();
+        r.drv
+            .submit_report(200 + round, &blocks(RAM_PFN + 16, 16, 0))
+            .unwrap();
+        let done = r.reports(2);
+        assert!(done.values().all(|x| x.is_ok()));
+    }
+    assert_eq!(r.drv.metrics().reports_completed, 83);
+}
+
+#[test]
+fn ranges_outside_ram_are_skipped_not_fatal() {
+    let mut r = rig(DeviceConfig::default());
+    // Beyond the 64 MiB of RAM.
+    let outside = Block {
+        pfn: RAM_PFN + ((128 * MIB) >> 12),
+        order: 0,
+    };
+    r.drv.submit_report(1, &[outside]).unwrap();
+    assert_eq!(r.reports(1)[&1], Ok(()));
+    let c = r.dev.device().counters();
+    assert_eq!((c.ranges_skipped, c.bytes_discarded), (1, 0));
+}
+
+fn hint_offered() -> BalloonFeatures {
+    DeviceConfig::default().offered | BalloonFeatures::FREE_PAGE_HINT
+}
+
+fn report_one(r: &mut Rig) {
+    assert!(r.ram.touch(RAM_BASE, 2 * MIB));
+    r.drv.submit_report(1, &blocks(RAM_PFN, 1, 9)).unwrap();
+    assert_eq!(r.reports(1)[&1], Ok(()));
+    assert_eq!(r.dev.device().counters().bytes_discarded, 2 * MIB);
+}
+
+#[test]
+fn offered_layout_with_hinting_offered_uses_queue_4() {
+    let cfg = DeviceConfig {
+        offered: hint_offered(),
+        ..DeviceConfig::default()
+    };
+    let mut r = rig(cfg);
+    assert!(!r.drv.features().contains(BalloonFeatures::FREE_PAGE_HINT));
+    assert_eq!(r.drv.queue_indices().reporting, Some(4));
+    report_one(&mut r);
+}
+
+#[test]
+fn dense_layout_device_and_driver() {
+    let cfg = DeviceConfig {
+        offered: hint_offered(),
+        layout: QueueLayout::Dense,
+        legacy: false,
+    };
+    let drv_cfg = Config {
+        layout: QueueLayout::Dense,
+        reporting_queue_size: None,
+    };
+    let mut r = try_rig(cfg, drv_cfg, 64 * MIB).unwrap();
+    assert_eq!(r.drv.queue_indices().reporting, Some(3));
+    report_one(&mut r);
+}
+
+#[test]
+fn legacy_ring_layout() {
+    let cfg = DeviceConfig {
+        legacy: true,
+        ..DeviceConfig::default()
+    };
+    let mut r = rig(cfg);
+    report_one(&mut r);
+}
+
+#[test]
+fn reporting_queue_size_picks_the_layout() {
+    // QEMU numbering with hinting offered, but the driver guesses Dense: the
+    // size-32 cross-check moves it to queue 4.
+    let cfg = DeviceConfig {
+        offered: hint_offered(),
+        ..DeviceConfig::default()
+    };
+    let drv_cfg = Config {
+        layout: QueueLayout::Dense,
+        reporting_queue_size: Some(32),
+    };
+    let mut r = try_rig(cfg, drv_cfg, 64 * MIB).unwrap();
+    assert_eq!(r.drv.queue_indices().reporting, Some(4));
+    report_one(&mut r);
+
+    // A device whose sizes match neither layout is refused.
+    let cfg = DeviceConfig {
+        layout: QueueLayout::Dense,
+        ..DeviceConfig::default()
+    };
+    let drv_cfg = Config {
+        layout: QueueLayout::Offered,
+        reporting_queue_size: Some(32),
+    };
+    assert_eq!(
+        try_rig(cfg, drv_cfg, 64 * MIB).err(),
+        Some(Error::QueueLayoutMismatch {
+            index: 3,
+            max_size: 128
+        })
+    );
+}
+
+#[test]
+fn inflate_and_deflate_follow_the_target() {
+    let mut r = rig(DeviceConfig::default());
+    assert!(r.ram.touch(RAM_BASE, 4 * MIB));
+    let before = r.ram.region.allocated_bytes().unwrap();
+
+    r.dev.device().set_target(300);
+    r.wait_for("config change", |d| d.take_config_changed().then_some(()));
+    assert_eq!(r.drv.balloon_action(), Ok(BalloonAction::Inflate(300)));
+    let pfns: Vec<u64> = (0..300).map(|i| RAM_PFN + i).collect();
+    r.drv.inflate(1, &pfns).unwrap();
+    assert_eq!(r.drv.inflate(2, &pfns), Err(Error::QueueFull));
+    assert_eq!(r.drv.balloon_action(), Ok(BalloonAction::None));
+    let done = r.wait_for("inflate", |d| d.poll_balloon());
+    assert_eq!(
+        (done.id, done.op, done.pages, done.result),
+        (1, BalloonOp::Inflate, 300, Ok(()))
+    );
+    assert_eq!(r.drv.actual(), 300);
+    assert_eq!(
+        r.dev.device().actual(),
+        300,
+        "actual published in config space"
+    );
+    assert_eq!(r.dev.device().counters().pages_inflated, 300);
+    let after = r.ram.region.allocated_bytes().unwrap();
+    assert_eq!(before - after, 300 * 4096, "inflated pages discarded");
+
+    r.dev.device().set_target(100);
+    r.wait_for("config change", |d| d.take_config_changed().then_some(()));
+    assert_eq!(r.drv.balloon_action(), Ok(BalloonAction::Deflate(200)));
+    r.drv
+        .deflate(3, &pfns[..200], DeflateReason::Target)
+        .unwrap();
+    let done = r.wait_for("deflate", |d| d.poll_balloon());
+    assert_eq!(
+        (done.op, done.pages, done.result),
+        (BalloonOp::Deflate, 200, Ok(()))
+    );
+    assert_eq!(r.drv.actual(), 100);
+    assert_eq!(r.dev.device().actual(), 100);
+    assert_eq!(r.drv.balloon_action(), Ok(BalloonAction::None));
+    assert_eq!(r.drv.metrics().pages_inflated, 300);
+    assert_eq!(r.drv.metrics().pages_deflated, 200);
+    assert_eq!(r.dev.device().counters().pages_deflated, 200);
+    // Deflating more than the balloon holds is refused without a change.
+    assert_eq!(
+        r.drv.deflate(4, &pfns[..101], DeflateReason::Target),
+        Err(Error::DeflateExceedsBalloon {
+            requested: 101,
+            held: 100
+        })
+    );
+    assert_eq!(
+        r.drv.inflate(5, &[1u64 << 40]),
+        Err(Error::PfnTooLarge(1 << 40))
+    );
+}
+
+#[test]
+fn deflate_on_oom_needs_the_feature() {
+    let mut r = rig(DeviceConfig {
+        offered: BalloonFeatures::STATS_VQ
+            | BalloonFeatures::REPORTING
+            | BalloonFeatures::MUST_TELL_HOST
+            | BalloonFeatures::VERSION_1,
+        ..DeviceConfig::default()
+    });
+    assert!(r.drv.must_tell_host());
+    r.drv.inflate(1, &[RAM_PFN]).unwrap();
+    r.wait_for("inflate", |d| d.poll_balloon());
+    assert_eq!(
+        r.drv.deflate(2, &[RAM_PFN], DeflateReason::Oom),
+        Err(Error::OomDeflateNotNegotiated)
+    );
+
+    let mut r = rig(DeviceConfig::default());
+    assert!(!r.drv.must_tell_host());
+    r.drv.inflate(1, &[RAM_PFN, RAM_PFN + 1]).unwrap();
+    r.wait_for("inflate", |d| d.poll_balloon());
+    r.drv.deflate(2, &[RAM_PFN], DeflateReason::Oom).unwrap();
+    let done = r.wait_for("deflate", |d| d.poll_balloon());
+    assert_eq!(done.result, Ok(()));
+    assert_eq!(r.drv.actual(), 1);
+}
+
+#[test]
+fn stats_are_refilled_when_the_device_asks() {
+    let mut r = rig(DeviceConfig::default());
+    r.wait_device("first stats buffer", |d| d.last_stats().is_some());
+    assert_eq!(r.dev.device().last_stats(), Some(Stats::default()));
+    let s = Stats {
+        free: 5 * MIB,
+        total: 64 * MIB,
+        available: 6 * MIB,
+        major_faults: 3,
+        ..Stats::default()
+    };
+    r.drv.set_stats(s);
+    assert!(r.dev.device().request_stats());
+    r.wait_for("stats refill", |d| {
+        d.poll_reports();
+        (d.metrics().stats_updates == 1).then_some(())
+    });
+    r.wait_device("fresh stats", |d| d.last_stats() == Some(s));
+    assert_eq!(r.dev.device().counters().stats_received, 2);
+}
+
+/// Two batches in flight, the device misbehaves on the first completion:
+/// every batch comes back exactly once, the failed ones with the error, and
+/// the driver recovers after `restart`.
+fn hostile(fault: Fault, expect: [Result<(), Error>; 2]) {
+    let mut r = rig(DeviceConfig::default());
+    assert!(r.ram.touch(RAM_BASE, 8 * MIB));
+    r.dev.device().set_hold_reports(true);
+    r.drv.submit_report(1, &blocks(RAM_PFN, 2, 9)).unwrap();
+    r.drv
+        .submit_report(2, &blocks(RAM_PFN + 1024, 2, 9))
+        .unwrap();
+    {
+        let mut d = r.dev.device();
+        d.inject(QueueKind::Reporting, fault);
+        d.set_hold_reports(false);
+    }
+    r.dev.kick();
+    let done = r.reports(2);
+    assert_eq!(done[&1], expect[0], "{fault:?}");
+    assert_eq!(done[&2], expect[1], "{fault:?}");
+    assert_eq!(r.dev.device().counters().faults, 1);
+    let m = *r.drv.metrics();
+    let failed = expect.iter().filter(|x| x.is_err()).count() as u64;
+    assert_eq!(m.reports_failed, failed);
+    assert_eq!(m.reports_completed, 2 - failed);
+    assert_eq!(r.drv.reports_in_flight(), 0);
+
+    let fatal = fault != Fault::BadUsedLength;
+    assert_eq!(r.drv.is_broken(), fatal);
+    if fatal {
+        assert_eq!(m.device_resets, 1);
+        assert_eq!(
+            r.drv.submit_report(3, &blocks(RAM_PFN, 1, 0)),
+            Err(Error::Broken)
+        );
+        r.drv.restart().unwrap();
+    }
+    r.drv.submit_report(3, &blocks(RAM_PFN, 1, 0)).unwrap();
+    assert_eq!(r.reports(1)[&3], Ok(()));
+}
+
+#[test]
+fn hostile_bad_used_id() {
+    let e = Err(Error::BadUsedId {
+        queue: QueueKind::Reporting,
+        id: 39,
+    });
+    hostile(Fault::BadUsedId, [e, e]);
+}
+
+#[test]
+fn hostile_bad_used_length_fails_only_that_batch() {
+    let e = Err(Error::BadUsedLength {
+        queue: QueueKind::Reporting,
+        len: u32::MAX,
+    });
+    hostile(Fault::BadUsedLength, [e, Ok(())]);
+}
+
+#[test]
+fn hostile_completion_not_in_flight() {
+    let e = Err(Error::NotInFlight {
+        queue: QueueKind::Reporting,
+        id: 0,
+    });
+    hostile(Fault::DuplicateCompletion, [Ok(()), e]);
+}
+
+#[test]
+fn hostile_used_index_jump() {
+    let e = Err(Error::UsedIndexJump {
+        queue: QueueKind::Reporting,
+        delta: 33,
+    });
+    hostile(Fault::UsedIndexJump, [e, e]);
+}
+
+#[test]
+fn hostile_reset() {
+    hostile(Fault::Reset, [Err(Error::DeviceReset); 2]);
+}
+
+#[test]
+fn hostile_needs_reset() {
+    hostile(Fault::NeedsReset, [Err(Error::DeviceReset); 2]);
+}
+
+#[test]
+fn hostile_inflate_completion_gives_pages_back() {
+    let mut r = rig(DeviceConfig::default());
+    r.dev.device().inject(QueueKind::Inflate, Fault::BadUsedId);
+    r.drv.inflate(9, &[RAM_PFN, RAM_PFN + 1]).unwrap();
+    let done = r.wait_for("inflate failure", |d| d.poll_balloon());
+    assert_eq!(done.id, 9);
+    assert!(done.result.is_err(), "{done:?}");
+    assert_eq!(r.drv.actual(), 0, "failed pages are not in the balloon");
+    assert!(r.drv.is_broken());
+    assert_eq!(r.drv.metrics().balloon_requests_failed, 1);
+    r.drv.restart().unwrap();
+    r.drv.inflate(10, &[RAM_PFN]).unwrap();
+    assert_eq!(r.wait_for("inflate", |d| d.poll_balloon()).result, Ok(()));
+    assert_eq!(r.drv.actual(), 1);
+}
