@@ -2,8 +2,8 @@
 //! Counters on both sides are the oracles; waits are bounded.
 
 use balloon::model::{
-    BalloonDevice, DeviceConfig, DeviceThread, EventFd, Fault, GuestRam, HostHal, SharedRegion,
-    SharedTransport,
+    BalloonDevice, DeviceConfig, DeviceThread, DmaWindow, EventFd, Fault, GuestRam, HostHal,
+    SharedRegion, SharedTransport,
 };
 use balloon::{
     BalloonAction, BalloonFeatures, BalloonOp, Block, Config, DeflateReason, Error, QueueKind,
@@ -490,4 +490,40 @@ fn hostile_inflate_completion_gives_pages_back() {
     r.drv.inflate(10, &[RAM_PFN]).unwrap();
     assert_eq!(r.wait_for("inflate", |d| d.poll_balloon()).result, Ok(()));
     assert_eq!(r.drv.actual(), 1);
+}
+
+/// The device sees the driver's memory only through its own mappings of the
+/// memfds (as a device process would): second mappings at other addresses.
+#[test]
+fn device_on_separate_mappings() {
+    let dup = |f: &SharedRegion| rustix::io::dup(f.fd()).expect("dup");
+    let dma = HostHal::install_default().expect("dma window");
+    let regs = Arc::new(SharedRegion::create("regs", 4096).unwrap());
+    let ram = Arc::new(GuestRam::create(RAM_BASE, (16 * MIB) as usize).unwrap());
+
+    let dev_dma = DmaWindow {
+        region: Arc::new(SharedRegion::map(dup(&dma.region), dma.region.len()).unwrap()),
+        paddr: dma.paddr,
+    };
+    assert_ne!(dev_dma.region.as_ptr(), dma.region.as_ptr());
+    let dev_regs = Arc::new(SharedRegion::map(dup(&regs), 4096).unwrap());
+    let dev_ram = Arc::new(GuestRam::map(dup(&ram.region), RAM_BASE, (16 * MIB) as usize).unwrap());
+
+    let irq = EventFd::new().unwrap();
+    let bell = EventFd::new().unwrap();
+    let irq2 = irq.clone();
+    let device = BalloonDevice::new(
+        dev_regs,
+        dev_dma,
+        dev_ram,
+        DeviceConfig::default(),
+        Box::new(move || irq2.signal()),
+    )
+    .unwrap();
+    let dev = DeviceThread::spawn(device, bell.clone());
+    let transport = SharedTransport::new(regs, Box::new(move |_| bell.signal())).unwrap();
+    let drv = VirtIOBalloon::with_config(transport, Config::default()).unwrap();
+    let mut r = Rig { drv, dev, irq, ram };
+    report_one(&mut r);
+    assert!(!r.ram.region.has_data(0, 2 * MIB).unwrap());
 }

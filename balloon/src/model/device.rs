@@ -47,6 +47,14 @@ impl GuestRam {
         })
     }
 
+    /// Maps guest RAM another process created (its memfd).
+    pub fn map(fd: rustix::fd::OwnedFd, base: u64, len: usize) -> Result<Self, super::ModelError> {
+        Ok(Self {
+            region: SharedRegion::map(fd, len)?,
+            base,
+        })
+    }
+
     /// Offset of `[paddr, paddr + len)` in the memfd, if inside.
     pub fn offset(&self, paddr: u64, len: u64) -> Option<u64> {
         let off = paddr.checked_sub(self.base)?;
