@@ -3,7 +3,11 @@
 
 fn main() {
     for pd in ["ping", "pong", "crasher"] {
-        let xml = if pd == "crasher" { "examples/pingpong/crash.xml" } else { "examples/pingpong/system.xml" };
+        let xml = if pd == "crasher" {
+            "examples/pingpong/crash.xml"
+        } else {
+            "examples/pingpong/system.xml"
+        };
         if let Err(e) = sdf::build::generate(xml, pd) {
             panic!("{e}");
         }

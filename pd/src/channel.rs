@@ -40,9 +40,11 @@ pub(crate) const DEFER_NOTIFY: u64 = 1 << 63;
 pub(crate) const DEFER_IRQ_ACK: u64 = 1 << 62;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) const DEFER_MONITOR: u64 = 1 << 61;
+#[cfg_attr(not(any(target_os = "none", feature = "host")), allow(dead_code))]
 pub(crate) const DEFER_ID_MASK: u64 = 0xff;
 
 /// The deferred action, removed from its slot (runtime use).
+#[cfg_attr(not(any(target_os = "none", feature = "host", test)), allow(dead_code))]
 pub(crate) fn take_deferred() -> u64 {
     DEFERRED.swap(0, Ordering::Relaxed)
 }
@@ -154,7 +156,11 @@ impl MessageInfo {
     /// `label` (truncated to 52 bits) and `count` registers (clamped to
     /// [`MSG_MAX_LENGTH`], as the kernel does).
     pub const fn new(label: u64, count: usize) -> Self {
-        let count = if count > MSG_MAX_LENGTH { MSG_MAX_LENGTH } else { count };
+        let count = if count > MSG_MAX_LENGTH {
+            MSG_MAX_LENGTH
+        } else {
+            count
+        };
         MessageInfo((label & Self::LABEL_MASK) << 12 | count as u64)
     }
     /// From the raw seL4 word.
@@ -172,19 +178,32 @@ impl MessageInfo {
     /// The number of message registers, at most [`MSG_MAX_LENGTH`].
     pub const fn count(self) -> usize {
         let n = (self.0 & 0x7f) as usize;
-        if n > MSG_MAX_LENGTH { MSG_MAX_LENGTH } else { n }
+        if n > MSG_MAX_LENGTH {
+            MSG_MAX_LENGTH
+        } else {
+            n
+        }
     }
 }
 
 impl fmt::Debug for MessageInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageInfo {{ label: {}, count: {} }}", self.label(), self.count())
+        write!(
+            f,
+            "MessageInfo {{ label: {}, count: {} }}",
+            self.label(),
+            self.count()
+        )
     }
 }
 
 /// Message register `i` (0 for `i >= MSG_MAX_LENGTH`).
 pub fn get_mr(i: usize) -> u64 {
-    if i < MSG_MAX_LENGTH { sys::get_mr(i) } else { 0 }
+    if i < MSG_MAX_LENGTH {
+        sys::get_mr(i)
+    } else {
+        0
+    }
 }
 
 /// Set message register `i`; `i >= MSG_MAX_LENGTH` is ignored.

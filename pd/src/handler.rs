@@ -17,14 +17,22 @@ pub trait Handler {
     /// Notifications (and IRQs) arrived on `channels`. They coalesce: state
     /// lives in shared memory, never in notification counts.
     fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
-        crate::debug_println!("{}|WARN: unexpected notification on {:?}", crate::pd_name(), channels);
+        crate::debug_println!(
+            "{}|WARN: unexpected notification on {:?}",
+            crate::pd_name(),
+            channels
+        );
         Ok(())
     }
 
     /// A protected procedure call on `channel`; the returned info (and the
     /// message registers) are the reply. By default the caller gets
     /// [`PPC_UNSUPPORTED_LABEL`].
-    fn protected(&mut self, channel: Channel, info: MessageInfo) -> Result<MessageInfo, Self::Error> {
+    fn protected(
+        &mut self,
+        channel: Channel,
+        info: MessageInfo,
+    ) -> Result<MessageInfo, Self::Error> {
         crate::debug_println!(
             "{}|WARN: unexpected PPC on {:?} with {:?}",
             crate::pd_name(),

@@ -15,7 +15,10 @@
 //! descriptor it was not given.
 
 use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
-use crate::{Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PPC_UNSUPPORTED_LABEL, PhysAddr, Region, RegionDecl};
+use crate::{
+    Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PPC_UNSUPPORTED_LABEL, PhysAddr,
+    Region, RegionDecl,
+};
 use core::fmt;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -85,8 +88,12 @@ pub enum HostConfigError {
 impl fmt::Display for HostConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostConfigError::Missing => write!(f, "{CONFIG_ENV} is not set: start this PD with `tools run`"),
-            HostConfigError::Malformed { line, reason } => write!(f, "{CONFIG_ENV} line {line}: {reason}"),
+            HostConfigError::Missing => {
+                write!(f, "{CONFIG_ENV} is not set: start this PD with `tools run`")
+            }
+            HostConfigError::Malformed { line, reason } => {
+                write!(f, "{CONFIG_ENV} line {line}: {reason}")
+            }
             HostConfigError::DuplicateFd(fd) => write!(f, "{CONFIG_ENV} gives fd {fd} twice"),
         }
     }
@@ -104,7 +111,10 @@ impl HostConfig {
         let mut s = format!("name {}\n", self.name);
         for r in &self.regions {
             let perms = if r.writable { "rw" } else { "r" };
-            s += &format!("region {} {} {} {perms} {}\n", r.name, r.fd, r.size, r.paddr);
+            s += &format!(
+                "region {} {} {} {perms} {}\n",
+                r.name, r.fd, r.size, r.paddr
+            );
         }
         for (r, p) in &self.paddrs {
             s += &format!("paddr {r} {p}\n");
@@ -127,20 +137,44 @@ impl HostConfig {
     /// Parse [`HostConfig::encode`]'s output. Every fd must appear once.
     pub fn decode(text: &str) -> Result<HostConfig, HostConfigError> {
         let mut c = HostConfig::default();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let line_no = n + 1;
-            let bad = |reason: &str| HostConfigError::Malformed { line: line_no, reason: reason.to_string() };
+            let bad = |reason: &str| HostConfigError::Malformed {
+                line: line_no,
+                reason: reason.to_string(),
+            };
             let f: Vec<&str> = line.split(' ').collect();
             let num = |i: usize| -> Result<u64, HostConfigError> {
-                f.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad number"))
+                f.get(i)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad("bad number"))
             };
             let fd = |i: usize| -> Result<RawFd, HostConfigError> {
-                f.get(i).and_then(|s| s.parse().ok()).filter(|v: &RawFd| *v > 2).ok_or_else(|| bad("bad fd"))
+                f.get(i)
+                    .and_then(|s| s.parse().ok())
+                    .filter(|v: &RawFd| *v > 2)
+                    .ok_or_else(|| bad("bad fd"))
             };
             let id = |i: usize| -> Result<u64, HostConfigError> {
-                num(i).and_then(|v| if v < 64 { Ok(v) } else { Err(bad("id out of range")) })
+                num(i).and_then(|v| {
+                    if v < 64 {
+                        Ok(v)
+                    } else {
+                        Err(bad("id out of range"))
+                    }
+                })
             };
-            let want = |k: usize| if f.len() == k { Ok(()) } else { Err(bad("wrong number of fields")) };
+            let want = |k: usize| {
+                if f.len() == k {
+                    Ok(())
+                } else {
+                    Err(bad("wrong number of fields"))
+                }
+            };
             match f[0] {
                 "name" => {
                     want(2)?;
@@ -153,7 +187,13 @@ impl HostConfig {
                         "rw" => true,
                         _ => return Err(bad("perms must be r or rw")),
                     };
-                    c.regions.push(HostRegion { name: f[1].to_string(), fd: fd(2)?, size: num(3)?, writable, paddr: num(5)? });
+                    c.regions.push(HostRegion {
+                        name: f[1].to_string(),
+                        fd: fd(2)?,
+                        size: num(3)?,
+                        writable,
+                        paddr: num(5)?,
+                    });
                 }
                 "paddr" => {
                     want(3)?;
@@ -162,7 +202,11 @@ impl HostConfig {
                 "channel" => {
                     want(4)?;
                     let output = if f[3] == "-" { None } else { Some(fd(3)?) };
-                    c.channels.push(HostChannel { id: id(1)?, input: fd(2)?, output });
+                    c.channels.push(HostChannel {
+                        id: id(1)?,
+                        input: fd(2)?,
+                        output,
+                    });
                 }
                 "ppc_out" => {
                     want(3)?;
@@ -174,13 +218,20 @@ impl HostConfig {
                 }
                 "irq" => {
                     want(4)?;
-                    c.irqs.push(HostIrq { id: id(1)?, raise: fd(2)?, ack: fd(3)? });
+                    c.irqs.push(HostIrq {
+                        id: id(1)?,
+                        raise: fd(2)?,
+                        ack: fd(3)?,
+                    });
                 }
                 _ => return Err(bad("unknown record")),
             }
         }
         if c.name.is_empty() {
-            return Err(HostConfigError::Malformed { line: 0, reason: "no name record".to_string() });
+            return Err(HostConfigError::Malformed {
+                line: 0,
+                reason: "no name record".to_string(),
+            });
         }
         let mut seen = std::collections::BTreeSet::new();
         for fd in c.fds() {
@@ -221,7 +272,9 @@ static STATE: OnceLock<State> = OnceLock::new();
 static MRS: Mutex<[u64; MSG_MAX_LENGTH]> = Mutex::new([0; MSG_MAX_LENGTH]);
 
 fn state() -> &'static State {
-    STATE.get().unwrap_or_else(|| die("the pd host runtime is not running (use pd::main!)"))
+    STATE
+        .get()
+        .unwrap_or_else(|| die("the pd host runtime is not running (use pd::main!)"))
 }
 
 fn die(msg: &str) -> ! {
@@ -245,14 +298,18 @@ pub(crate) mod sys {
     pub(crate) fn notify(ch: usize) {
         match state().outputs.get(&(ch as u64)) {
             Some(fd) => signal(fd.as_fd()),
-            None => crate::debug_println!("{}|ERROR: notify: invalid channel given '{ch}'", pd_name()),
+            None => {
+                crate::debug_println!("{}|ERROR: notify: invalid channel given '{ch}'", pd_name())
+            }
         }
     }
 
     pub(crate) fn irq_ack(ch: usize) {
         match state().acks.get(&(ch as u64)) {
             Some(fd) => signal(fd.as_fd()),
-            None => crate::debug_println!("{}|ERROR: irq_ack: invalid channel given '{ch}'", pd_name()),
+            None => {
+                crate::debug_println!("{}|ERROR: irq_ack: invalid channel given '{ch}'", pd_name())
+            }
         }
     }
 
@@ -286,7 +343,10 @@ pub(crate) mod sys {
     pub(crate) fn region(decl: &RegionDecl, paddr: Option<u64>) -> Region {
         let s = state();
         let Some(&(vaddr, size)) = s.regions.get(decl.name) else {
-            die(&format!("{}: region '{}' was not mapped by the launcher: system.xml and this binary disagree", s.name, decl.name))
+            die(&format!(
+                "{}: region '{}' was not mapped by the launcher: system.xml and this binary disagree",
+                s.name, decl.name
+            ))
         };
         let paddr = paddr.map(|_| s.paddrs.get(decl.name).copied().unwrap_or(0));
         Region { vaddr, size, paddr }
@@ -294,10 +354,12 @@ pub(crate) mod sys {
 
     pub(crate) fn paddr(p: &PhysAddr) -> u64 {
         let s = state();
-        s.paddrs
-            .get(p.region)
-            .copied()
-            .unwrap_or_else(|| die(&format!("{}: no physical address for '{}' from the launcher", s.name, p.region)))
+        s.paddrs.get(p.region).copied().unwrap_or_else(|| {
+            die(&format!(
+                "{}: no physical address for '{}' from the launcher",
+                s.name, p.region
+            ))
+        })
     }
 
     pub(crate) fn put_bytes(bytes: &[u8]) {
@@ -331,10 +393,13 @@ fn encode_msg(info: MessageInfo) -> Vec<u8> {
 /// Decode a peer's packet into the message registers. A malformed packet
 /// (not whole words, or fewer registers than it claims) is refused.
 fn decode_msg(buf: &[u8]) -> Option<MessageInfo> {
-    if buf.len() < 8 || buf.len() % 8 != 0 {
+    if buf.len() < 8 || !buf.len().is_multiple_of(8) {
         return None;
     }
-    let words: Vec<u64> = buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    let words: Vec<u64> = buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
     let info = MessageInfo::from_raw(words[0]);
     let mrs = &words[1..];
     if mrs.len() != info.count() {
@@ -350,7 +415,9 @@ fn decode_msg(buf: &[u8]) -> Option<MessageInfo> {
 
 /// Close every descriptor above stderr that the launcher did not give.
 fn close_strays(keep: &[RawFd]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
     let fds: Vec<RawFd> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|fd| *fd > 2 && !keep.contains(fd))
@@ -365,14 +432,25 @@ fn close_strays(keep: &[RawFd]) {
 
 fn map(r: &HostRegion, fd: &OwnedFd) -> u64 {
     use rustix::mm::{MapFlags, ProtFlags, mmap};
-    let prot = if r.writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
-    let Ok(len) = usize::try_from(r.size) else { die("region too large") };
+    let prot = if r.writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    let Ok(len) = usize::try_from(r.size) else {
+        die("region too large")
+    };
     // SAFETY: a new shared mapping of a memfd at an address the kernel picks:
     // it aliases no Rust object. Peers write it concurrently, so it is only
     // ever accessed through raw pointers (volatile/atomic), never `&mut`.
     match unsafe { mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) } {
         Ok(p) => p as u64,
-        Err(e) => die(&format!("mapping region '{}' ({} bytes, {}): {e}", r.name, r.size, if r.writable { "rw" } else { "r" })),
+        Err(e) => die(&format!(
+            "mapping region '{}' ({} bytes, {}): {e}",
+            r.name,
+            r.size,
+            if r.writable { "rw" } else { "r" }
+        )),
     }
 }
 
@@ -386,12 +464,18 @@ enum Source {
 /// serve events until the launcher stops the process.
 pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     let text = std::env::var(CONFIG_ENV).unwrap_or_default();
-    let cfg = if text.is_empty() { Err(HostConfigError::Missing) } else { HostConfig::decode(&text) };
+    let cfg = if text.is_empty() {
+        Err(HostConfigError::Missing)
+    } else {
+        HostConfig::decode(&text)
+    };
     let cfg = cfg.unwrap_or_else(|e| die(&e.to_string()));
     // Die with the launcher. If it died before this line, the parent is no
     // longer the launcher: exit now.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    if let Some(want) = std::env::var(LAUNCHER_PID_ENV).ok().and_then(|p| p.parse::<i32>().ok())
+    if let Some(want) = std::env::var(LAUNCHER_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
         && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(want)
     {
         die("the launcher is gone");
@@ -451,14 +535,21 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
         } else if d & DEFER_IRQ_ACK != 0 {
             sys::irq_ack((d & DEFER_ID_MASK) as usize);
         }
-        let mut pfds: Vec<PollFd<'_>> = inputs.iter().map(|(fd, _)| PollFd::new(fd, PollFlags::IN)).collect();
+        let mut pfds: Vec<PollFd<'_>> = inputs
+            .iter()
+            .map(|(fd, _)| PollFd::new(fd, PollFlags::IN))
+            .collect();
         match poll(&mut pfds, None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => die(&format!("poll: {e}")),
         }
-        let ready: Vec<(usize, PollFlags)> =
-            pfds.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).map(|(i, p)| (i, p.revents())).collect();
+        let ready: Vec<(usize, PollFlags)> = pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(i, p)| (i, p.revents()))
+            .collect();
         drop(pfds);
         let mut set = ChannelSet::default();
         let mut dead = Vec::new();
@@ -474,9 +565,13 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
                 Source::Ppc(id) => match rustix::io::read(fd, &mut buf) {
                     Ok(n) if n > 0 => {
                         let reply = match decode_msg(&buf[..n]) {
-                            Some(info) => handler.protected(Channel::new(id as usize), info).unwrap_or_else(|e| fatal(&e)),
+                            Some(info) => handler
+                                .protected(Channel::new(id as usize), info)
+                                .unwrap_or_else(|e| fatal(&e)),
                             None => {
-                                crate::debug_println!("{name}|WARN: malformed PPC on channel {id} refused");
+                                crate::debug_println!(
+                                    "{name}|WARN: malformed PPC on channel {id} refused"
+                                );
                                 MessageInfo::new(PPC_UNSUPPORTED_LABEL, 0)
                             }
                         };
@@ -487,7 +582,9 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
                     _ => dead.push(i),
                 },
             }
-            if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) && matches!(src, Source::Ppc(_)) {
+            if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                && matches!(src, Source::Ppc(_))
+            {
                 dead.push(i);
             }
         }
@@ -510,23 +607,59 @@ mod tests {
     fn config_round_trips() {
         let c = HostConfig {
             name: "ping".into(),
-            regions: std::vec![HostRegion { name: "shared".into(), fd: 3, size: 4096, writable: false, paddr: 0x1000_0000 }],
+            regions: std::vec![HostRegion {
+                name: "shared".into(),
+                fd: 3,
+                size: 4096,
+                writable: false,
+                paddr: 0x1000_0000
+            }],
             paddrs: std::vec![("ram".into(), 0x4000_0000)],
-            channels: std::vec![HostChannel { id: 0, input: 4, output: Some(5) }, HostChannel { id: 2, input: 6, output: None }],
+            channels: std::vec![
+                HostChannel {
+                    id: 0,
+                    input: 4,
+                    output: Some(5)
+                },
+                HostChannel {
+                    id: 2,
+                    input: 6,
+                    output: None
+                }
+            ],
             ppc_out: std::vec![(1, 7)],
             ppc_in: std::vec![(3, 8)],
-            irqs: std::vec![HostIrq { id: 9, raise: 9, ack: 10 }],
+            irqs: std::vec![HostIrq {
+                id: 9,
+                raise: 9,
+                ack: 10
+            }],
         };
         assert_eq!(HostConfig::decode(&c.encode()), Ok(c));
     }
 
     #[test]
     fn config_rejects_bad_input() {
-        assert!(matches!(HostConfig::decode("region x 3 4096 rw 0\n"), Err(HostConfigError::Malformed { .. })));
-        assert!(matches!(HostConfig::decode("name a\nchannel 0 4 4\n"), Err(HostConfigError::DuplicateFd(4))));
-        assert!(matches!(HostConfig::decode("name a\nchannel 64 4 5\n"), Err(HostConfigError::Malformed { line: 2, .. })));
-        assert!(matches!(HostConfig::decode("name a\nregion s 3 4096 wx 0\n"), Err(HostConfigError::Malformed { .. })));
-        assert!(matches!(HostConfig::decode("name a\nchannel 0 1 5\n"), Err(HostConfigError::Malformed { .. })));
+        assert!(matches!(
+            HostConfig::decode("region x 3 4096 rw 0\n"),
+            Err(HostConfigError::Malformed { .. })
+        ));
+        assert!(matches!(
+            HostConfig::decode("name a\nchannel 0 4 4\n"),
+            Err(HostConfigError::DuplicateFd(4))
+        ));
+        assert!(matches!(
+            HostConfig::decode("name a\nchannel 64 4 5\n"),
+            Err(HostConfigError::Malformed { line: 2, .. })
+        ));
+        assert!(matches!(
+            HostConfig::decode("name a\nregion s 3 4096 wx 0\n"),
+            Err(HostConfigError::Malformed { .. })
+        ));
+        assert!(matches!(
+            HostConfig::decode("name a\nchannel 0 1 5\n"),
+            Err(HostConfigError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -27,10 +27,13 @@ mod debug;
 
 mod region;
 
-pub use channel::{Channel, ChannelSet, DeferredActionSlotFull, IoPort, MessageInfo, get_mr, set_mr, MAX_CHANNELS, MSG_MAX_LENGTH};
-pub use debug::{Log, debug_write};
+pub use channel::{
+    Channel, ChannelSet, DeferredActionSlotFull, IoPort, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo,
+    get_mr, set_mr,
+};
 #[doc(hidden)]
 pub use debug::print_fmt as __debug_print_fmt;
+pub use debug::{Log, debug_write};
 pub mod handler;
 pub use handler::{Handler, NoHandler, PPC_UNSUPPORTED_LABEL};
 pub use region::{PaddrSource, PhysAddr, Region, RegionDecl, SetVar};

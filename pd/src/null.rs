@@ -5,7 +5,8 @@
 use crate::{MessageInfo, PhysAddr, Region, RegionDecl};
 use core::fmt;
 
-const NO_PLATFORM: &str = "pd: no platform backend (enable feature `host` or build for target_os = \"none\")";
+const NO_PLATFORM: &str =
+    "pd: no platform backend (enable feature `host` or build for target_os = \"none\")";
 
 pub(crate) fn pd_name() -> &'static str {
     "pd"

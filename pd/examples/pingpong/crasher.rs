@@ -9,7 +9,11 @@ mod config {
 fn init() -> pd::NoHandler {
     pd::debug_println!("CRASHER|INFO: about to panic");
     let shared = config::region::PING_TO_PONG.get();
-    panic!("deliberate panic in {} (region at {:#x})", config::PD_NAME, shared.vaddr);
+    panic!(
+        "deliberate panic in {} (region at {:#x})",
+        config::PD_NAME,
+        shared.vaddr
+    );
 }
 
 pd::main!(init);

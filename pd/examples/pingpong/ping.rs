@@ -28,7 +28,9 @@ enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::WrongAnswer { round, got } => write!(f, "round {round}: pong answered {got}, not {}", 2 * round),
+            Error::WrongAnswer { round, got } => {
+                write!(f, "round {round}: pong answered {got}, not {}", 2 * round)
+            }
             Error::PpcFailed(info, mr0) => write!(f, "PPC answered {info:?} mr0={mr0}"),
         }
     }
@@ -53,7 +55,10 @@ impl Handler for Ping {
         // SAFETY: `answer` points into pong_to_ping, mapped read-only here.
         let got = unsafe { self.answer.read_volatile() };
         if got != 2 * self.round {
-            return Err(Error::WrongAnswer { round: self.round, got });
+            return Err(Error::WrongAnswer {
+                round: self.round,
+                got,
+            });
         }
         if self.round < ROUNDS {
             self.round += 1;
@@ -80,7 +85,11 @@ fn init() -> Ping {
         out.vaddr,
         config::paddr::PONG_TO_PING_PADDR.get()
     ));
-    let mut p = Ping { round: 1, out: out.as_ptr().cast(), answer: answer.as_ptr().cast() };
+    let mut p = Ping {
+        round: 1,
+        out: out.as_ptr().cast(),
+        answer: answer.as_ptr().cast(),
+    };
     p.send();
     p
 }

@@ -22,9 +22,12 @@ impl Handler for Pong {
 
     fn notified(&mut self, channels: ChannelSet) -> Result<(), Never> {
         if channels.contains(channel::PING) {
-            // SAFETY: both point into regions mapped for this PD's lifetime
-            // (input read-only). Volatile: the peer writes/reads them.
-            unsafe { self.out.write_volatile(2 * self.input.read_volatile()) };
+            // SAFETY: `input` points into ping_to_pong, mapped read-only for
+            // this PD's lifetime. Volatile: ping writes it.
+            let round = unsafe { self.input.read_volatile() };
+            // SAFETY: `out` points into pong_to_ping, mapped rw for this PD's
+            // lifetime; ping only reads it.
+            unsafe { self.out.write_volatile(round.wrapping_mul(2)) };
             self.rounds += 1;
             // Deferred: goes out with the next receive (NBSendRecv on seL4).
             if channel::PING.defer_notify().is_err() {

@@ -17,7 +17,14 @@ core::arch::global_asm!(
 /// # Safety
 /// The caller must follow the seL4 ABI for `sys`: the kernel may read and
 /// write the IPC buffer, which must be mapped.
-pub(super) unsafe fn syscall(sys: i64, x0: u64, info: u64, mrs: &mut [u64; 4], reply: u64, dest: u64) -> (u64, u64) {
+pub(super) unsafe fn syscall(
+    sys: i64,
+    x0: u64,
+    info: u64,
+    mrs: &mut [u64; 4],
+    reply: u64,
+    dest: u64,
+) -> (u64, u64) {
     let (badge, out_info);
     // SAFETY: the caller upholds the ABI; registers are declared exactly as
     // the kernel reads and writes them, and memory may change (no `nomem`).

@@ -2,7 +2,9 @@
 //! x86_64. Every number here is from DESIGN §4 (verified by booting) and
 //! libmicrokit (`microkit.h`, `main.c`).
 
-use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred};
+use crate::channel::{
+    DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred,
+};
 use crate::{Channel, ChannelSet, Handler, MessageInfo, PhysAddr, Region, RegionDecl};
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -145,7 +147,13 @@ pub(crate) mod sys {
             return invalid("irq_ack", ch);
         }
         // seL4_IRQHandler_Ack: an invocation (Call) with the ack label.
-        syscall(SYS_CALL, BASE_IRQ_CAP + ch as u64, MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(), 0, 0);
+        syscall(
+            SYS_CALL,
+            BASE_IRQ_CAP + ch as u64,
+            MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(),
+            0,
+            0,
+        );
     }
 
     pub(crate) fn pp_call(ch: usize, info: MessageInfo) -> MessageInfo {
@@ -153,7 +161,13 @@ pub(crate) mod sys {
             invalid("pp_call", ch);
             return MessageInfo::new(0, 0);
         }
-        let (_, out) = syscall(SYS_CALL, BASE_ENDPOINT_CAP + ch as u64, info.into_raw(), 0, 0);
+        let (_, out) = syscall(
+            SYS_CALL,
+            BASE_ENDPOINT_CAP + ch as u64,
+            info.into_raw(),
+            0,
+            0,
+        );
         MessageInfo::from_raw(out)
     }
 
@@ -168,7 +182,11 @@ pub(crate) mod sys {
     }
 
     pub(crate) fn region(decl: &RegionDecl, paddr: Option<u64>) -> Region {
-        Region { vaddr: decl.vaddr, size: decl.size, paddr }
+        Region {
+            vaddr: decl.vaddr,
+            size: decl.size,
+            paddr,
+        }
     }
 
     pub(crate) fn paddr(p: &PhysAddr) -> u64 {
@@ -247,7 +265,11 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
             }
         } else if (badge >> 62) & 1 != 0 {
             // A child's fault: this runtime starts no children.
-            crate::debug_println!("{}|WARN: fault from child {}, ignored", pd_name(), badge & 0xff);
+            crate::debug_println!(
+                "{}|WARN: fault from child {}, ignored",
+                pd_name(),
+                badge & 0xff
+            );
         } else if let Err(e) = handler.notified(ChannelSet::from_bits(badge)) {
             fatal(&e);
         }
@@ -260,7 +282,10 @@ fn deferred_target(d: u64) -> (u64, u64) {
     if d & DEFER_NOTIFY != 0 {
         (BASE_OUTPUT_NOTIFICATION_CAP + id, 0)
     } else if d & DEFER_IRQ_ACK != 0 {
-        (BASE_IRQ_CAP + id, MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw())
+        (
+            BASE_IRQ_CAP + id,
+            MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(),
+        )
     } else {
         (MONITOR_EP, 0)
     }

@@ -15,7 +15,14 @@ core::arch::global_asm!(
 
 /// # Safety
 /// As for the aarch64 version: the seL4 ABI for `sys`, IPC buffer mapped.
-pub(super) unsafe fn syscall(sys: i64, x0: u64, info: u64, mrs: &mut [u64; 4], reply: u64, dest: u64) -> (u64, u64) {
+pub(super) unsafe fn syscall(
+    sys: i64,
+    x0: u64,
+    info: u64,
+    mrs: &mut [u64; 4],
+    reply: u64,
+    dest: u64,
+) -> (u64, u64) {
     let (badge, out_info);
     // SAFETY: the caller upholds the ABI. libsel4 passes the user stack
     // pointer in rbx across `syscall` (the kernel returns with rsp = rbx);

@@ -1,13 +1,14 @@
 //! Helpers for a PD crate's `build.rs`: generate its configuration module and
 //! give its Microkit binaries the link setup.
 //!
+//! In the `build.rs` of a PD crate with one binary, the PD "memserver":
+//!
 //! ```no_run
-//! // build.rs of a PD crate with one binary, the PD "memserver":
-//! fn main() {
-//!     sdf::build::pd("../system.xml", "memserver").unwrap_or_else(|e| panic!("{e}"));
-//! }
-//! // src/main.rs: mod config { include!(concat!(env!("OUT_DIR"), "/pd_memserver.rs")); }
+//! sdf::build::pd("../system.xml", "memserver").unwrap_or_else(|e| panic!("{e}"));
 //! ```
+//!
+//! and in its `src/main.rs`:
+//! `mod config { include!(concat!(env!("OUT_DIR"), "/pd_memserver.rs")); }`.
 //!
 //! Cargo does not pass a dependency's `rustc-link-arg` on to the binaries of
 //! the crate that uses it, so the PD crate's own build script must emit the

@@ -52,10 +52,18 @@ struct Out(Vec<Diagnostic>);
 
 impl Out {
     fn error(&mut self, line: u32, message: String) {
-        self.0.push(Diagnostic { severity: Severity::Error, line, message });
+        self.0.push(Diagnostic {
+            severity: Severity::Error,
+            line,
+            message,
+        });
     }
     fn warn(&mut self, line: u32, message: String) {
-        self.0.push(Diagnostic { severity: Severity::Warning, line, message });
+        self.0.push(Diagnostic {
+            severity: Severity::Warning,
+            line,
+            message,
+        });
     }
 }
 
@@ -83,24 +91,48 @@ fn names(sys: &System, out: &mut Out) {
     let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
     for mr in &sys.memory_regions {
         if let Some(first) = seen.insert(&mr.name, mr.line) {
-            out.error(mr.line, format!("memory_region name '{}' already defined at line {first}", mr.name));
+            out.error(
+                mr.line,
+                format!(
+                    "memory_region name '{}' already defined at line {first}",
+                    mr.name
+                ),
+            );
         }
     }
     let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
     for pd in &sys.pds {
         if let Some(first) = seen.insert(&pd.name, pd.line) {
-            out.error(pd.line, format!("protection_domain name '{}' already defined at line {first}", pd.name));
+            out.error(
+                pd.line,
+                format!(
+                    "protection_domain name '{}' already defined at line {first}",
+                    pd.name
+                ),
+            );
         }
         if pd.name.is_empty() || pd.name.len() > MAX_PD_NAME_LEN {
-            out.error(pd.line, format!("PD name '{}' must be 1..={MAX_PD_NAME_LEN} bytes", pd.name));
+            out.error(
+                pd.line,
+                format!("PD name '{}' must be 1..={MAX_PD_NAME_LEN} bytes", pd.name),
+            );
         }
         if pd.stack_size == 0 || pd.stack_size % PAGE_4K != 0 {
-            out.error(pd.line, format!("PD '{}' stack_size {:#x} is not a multiple of 0x1000", pd.name, pd.stack_size));
+            out.error(
+                pd.line,
+                format!(
+                    "PD '{}' stack_size {:#x} is not a multiple of 0x1000",
+                    pd.name, pd.stack_size
+                ),
+            );
         }
         if let (Some(b), Some(p)) = (pd.budget, pd.period)
             && b > p
         {
-            out.error(pd.line, format!("PD '{}' budget {b} exceeds its period {p}", pd.name));
+            out.error(
+                pd.line,
+                format!("PD '{}' budget {b} exceeds its period {p}", pd.name),
+            );
         }
         let mut syms: BTreeMap<&str, u32> = BTreeMap::new();
         let all_syms = pd
@@ -108,23 +140,41 @@ fn names(sys: &System, out: &mut Out) {
             .iter()
             .map(|s| (s.symbol.as_str(), s.line))
             .chain(pd.maps.iter().flat_map(|m| {
-                m.setvar_vaddr.iter().chain(m.setvar_size.iter()).map(move |s| (s.as_str(), m.line))
+                m.setvar_vaddr
+                    .iter()
+                    .chain(m.setvar_size.iter())
+                    .map(move |s| (s.as_str(), m.line))
             }));
         for (sym, line) in all_syms {
             if let Some(first) = syms.insert(sym, line) {
-                out.error(line, format!("PD '{}' setvar symbol '{sym}' already set at line {first}", pd.name));
+                out.error(
+                    line,
+                    format!(
+                        "PD '{}' setvar symbol '{sym}' already set at line {first}",
+                        pd.name
+                    ),
+                );
             }
         }
         for sv in &pd.setvars {
             if sys.region(&sv.region_paddr).is_none() {
-                out.error(sv.line, format!("setvar '{}' names unknown memory_region '{}'", sv.symbol, sv.region_paddr));
+                out.error(
+                    sv.line,
+                    format!(
+                        "setvar '{}' names unknown memory_region '{}'",
+                        sv.symbol, sv.region_paddr
+                    ),
+                );
             }
         }
     }
     for c in &sys.channels {
         for end in &c.ends {
             if sys.pd(&end.pd).is_none() {
-                out.error(end.line, format!("channel end names unknown protection_domain '{}'", end.pd));
+                out.error(
+                    end.line,
+                    format!("channel end names unknown protection_domain '{}'", end.pd),
+                );
             }
         }
     }
@@ -133,21 +183,48 @@ fn names(sys: &System, out: &mut Out) {
 fn regions(sys: &System, out: &mut Out) {
     for mr in &sys.memory_regions {
         if mr.page_size != PAGE_4K && mr.page_size != PAGE_2M {
-            out.error(mr.line, format!("memory_region '{}' page_size {:#x} is neither 0x1000 nor 0x200000", mr.name, mr.page_size));
+            out.error(
+                mr.line,
+                format!(
+                    "memory_region '{}' page_size {:#x} is neither 0x1000 nor 0x200000",
+                    mr.name, mr.page_size
+                ),
+            );
             continue;
         }
         if mr.size == 0 || mr.size % mr.page_size != 0 {
-            out.error(mr.line, format!("memory_region '{}' size {:#x} is not a multiple of its page size {:#x}", mr.name, mr.size, mr.page_size));
+            out.error(
+                mr.line,
+                format!(
+                    "memory_region '{}' size {:#x} is not a multiple of its page size {:#x}",
+                    mr.name, mr.size, mr.page_size
+                ),
+            );
         }
         if let Some(pa) = mr.phys_addr
             && pa % mr.page_size != 0
         {
-            out.error(mr.line, format!("memory_region '{}' phys_addr {pa:#x} is not aligned to its page size {:#x}", mr.name, mr.page_size));
+            out.error(
+                mr.line,
+                format!(
+                    "memory_region '{}' phys_addr {pa:#x} is not aligned to its page size {:#x}",
+                    mr.name, mr.page_size
+                ),
+            );
         }
-        let mapped = sys.pds.iter().any(|pd| pd.maps.iter().any(|m| m.mr == mr.name));
-        let told = sys.pds.iter().any(|pd| pd.setvars.iter().any(|s| s.region_paddr == mr.name));
+        let mapped = sys
+            .pds
+            .iter()
+            .any(|pd| pd.maps.iter().any(|m| m.mr == mr.name));
+        let told = sys
+            .pds
+            .iter()
+            .any(|pd| pd.setvars.iter().any(|s| s.region_paddr == mr.name));
         if !mapped && !told {
-            out.warn(mr.line, format!("memory_region '{}' is not used by any PD", mr.name));
+            out.warn(
+                mr.line,
+                format!("memory_region '{}' is not used by any PD", mr.name),
+            );
         }
     }
 }
@@ -167,22 +244,60 @@ fn ids(sys: &System, out: &mut Out) {
         };
         for irq in &pd.irqs {
             if irq.id >= MAX_CHANNELS {
-                out.error(irq.line, format!("irq id {} of PD '{}' is out of range 0..={}", irq.id, pd.name, MAX_CHANNELS - 1));
+                out.error(
+                    irq.line,
+                    format!(
+                        "irq id {} of PD '{}' is out of range 0..={}",
+                        irq.id,
+                        pd.name,
+                        MAX_CHANNELS - 1
+                    ),
+                );
             }
             claim(irq.id, irq.line, format!("irq of PD '{}'", pd.name), out);
         }
         for (end, other) in sys.ends_of(&pd.name) {
             if end.id >= MAX_CHANNELS {
-                out.error(end.line, format!("channel end pd=\"{}\" id {} is out of range 0..={}", pd.name, end.id, MAX_CHANNELS - 1));
+                out.error(
+                    end.line,
+                    format!(
+                        "channel end pd=\"{}\" id {} is out of range 0..={}",
+                        pd.name,
+                        end.id,
+                        MAX_CHANNELS - 1
+                    ),
+                );
             }
-            claim(end.id, end.line, format!("channel end pd=\"{}\" (to '{}')", pd.name, other.pd), out);
+            claim(
+                end.id,
+                end.line,
+                format!("channel end pd=\"{}\" (to '{}')", pd.name, other.pd),
+                out,
+            );
         }
         for io in &pd.ioports {
             if io.id > MAX_IOPORT_ID {
-                out.error(io.line, format!("ioport id {} of PD '{}' is out of range 0..={MAX_IOPORT_ID}", io.id, pd.name));
+                out.error(
+                    io.line,
+                    format!(
+                        "ioport id {} of PD '{}' is out of range 0..={MAX_IOPORT_ID}",
+                        io.id, pd.name
+                    ),
+                );
             }
-            if io.size == 0 || io.addr.checked_add(io.size).is_none_or(|end| end > 0x1_0000) {
-                out.error(io.line, format!("ioport {:#x}+{:#x} is outside the 64 KiB port space", io.addr, io.size));
+            if io.size == 0
+                || io
+                    .addr
+                    .checked_add(io.size)
+                    .is_none_or(|end| end > 0x1_0000)
+            {
+                out.error(
+                    io.line,
+                    format!(
+                        "ioport {:#x}+{:#x} is outside the 64 KiB port space",
+                        io.addr, io.size
+                    ),
+                );
             }
             claim(io.id, io.line, format!("ioport of PD '{}'", pd.name), out);
         }
@@ -194,15 +309,30 @@ fn maps(sys: &System, out: &mut Out) {
         let mut spans: Vec<(u64, u64, &str, u32)> = Vec::new();
         for m in &pd.maps {
             let Some(mr) = sys.region(&m.mr) else {
-                out.error(m.line, format!("PD '{}' maps unknown memory_region '{}'", pd.name, m.mr));
+                out.error(
+                    m.line,
+                    format!("PD '{}' maps unknown memory_region '{}'", pd.name, m.mr),
+                );
                 continue;
             };
             if m.vaddr % mr.page_size != 0 {
-                out.error(m.line, format!("map of '{}' at vaddr {:#x} is not aligned to the region's page size {:#x}", m.mr, m.vaddr, mr.page_size));
+                out.error(
+                    m.line,
+                    format!(
+                        "map of '{}' at vaddr {:#x} is not aligned to the region's page size {:#x}",
+                        m.mr, m.vaddr, mr.page_size
+                    ),
+                );
             }
             match m.vaddr.checked_add(mr.size) {
                 Some(end) => spans.push((m.vaddr, end, &m.mr, m.line)),
-                None => out.error(m.line, format!("map of '{}' at {:#x} wraps the address space", m.mr, m.vaddr)),
+                None => out.error(
+                    m.line,
+                    format!(
+                        "map of '{}' at {:#x} wraps the address space",
+                        m.mr, m.vaddr
+                    ),
+                ),
             }
         }
         spans.sort();
@@ -229,7 +359,9 @@ fn channels(sys: &System, out: &mut Out) {
             out.error(c.line, "channel has pp=\"true\" on both ends".to_string());
         }
         for (caller, callee) in [(a, b), (b, a)] {
-            let (Some(cp), Some(ep)) = (sys.pd(&caller.pd), sys.pd(&callee.pd)) else { continue };
+            let (Some(cp), Some(ep)) = (sys.pd(&caller.pd), sys.pd(&callee.pd)) else {
+                continue;
+            };
             if caller.pp && cp.priority >= ep.priority {
                 out.error(caller.line, format!(
                     "PD '{}' (priority {}) makes PPCs to '{}' (priority {}): the callee's priority must be strictly higher",
@@ -237,7 +369,13 @@ fn channels(sys: &System, out: &mut Out) {
                 ));
             }
             if caller.pp && !ep.pp {
-                out.warn(caller.line, format!("PD '{}' is PPC'd by '{}' but does not say pp=\"true\"", ep.name, cp.name));
+                out.warn(
+                    caller.line,
+                    format!(
+                        "PD '{}' is PPC'd by '{}' but does not say pp=\"true\"",
+                        ep.name, cp.name
+                    ),
+                );
             }
         }
     }
@@ -252,7 +390,12 @@ fn business(sys: &System, out: &mut Out) {
         let users: Vec<(&str, u32, bool)> = sys
             .pds
             .iter()
-            .flat_map(|pd| pd.maps.iter().filter(|m| m.mr == mr.name).map(move |m| (pd.name.as_str(), m.line, m.cached)))
+            .flat_map(|pd| {
+                pd.maps
+                    .iter()
+                    .filter(|m| m.mr == mr.name)
+                    .map(move |m| (pd.name.as_str(), m.line, m.cached))
+            })
             .collect();
         let distinct: BTreeSet<&str> = users.iter().map(|u| u.0).collect();
         // Rule 1: shared memory needs a channel between every pair of users.

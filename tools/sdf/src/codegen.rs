@@ -44,7 +44,10 @@ impl fmt::Display for CodegenError {
         match self {
             CodegenError::UnknownPd(p) => write!(f, "no protection_domain named '{p}'"),
             CodegenError::NameClash { module, name } => {
-                write!(f, "two items would both be named {module}::{name}; see sdf::codegen's naming rule")
+                write!(
+                    f,
+                    "two items would both be named {module}::{name}; see sdf::codegen's naming rule"
+                )
             }
             CodegenError::UnknownRegion(r) => write!(f, "unknown memory_region '{r}'"),
         }
@@ -55,8 +58,16 @@ impl std::error::Error for CodegenError {}
 
 /// The Rust const name for an SDF name (see the module docs).
 pub fn const_name(s: &str) -> String {
-    let mut out: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -71,17 +82,32 @@ struct Module {
 
 impl Module {
     fn new(name: &'static str) -> Self {
-        Module { name, names: BTreeSet::new(), body: String::new() }
+        Module {
+            name,
+            names: BTreeSet::new(),
+            body: String::new(),
+        }
     }
     fn item(&mut self, name: String, doc: &str, decl: &str) -> Result<(), CodegenError> {
         if !self.names.insert(name.clone()) {
-            return Err(CodegenError::NameClash { module: self.name, name });
+            return Err(CodegenError::NameClash {
+                module: self.name,
+                name,
+            });
         }
-        let _ = writeln!(self.body, "    /// {doc}\n    {}", decl.replace("{NAME}", &name));
+        let _ = writeln!(
+            self.body,
+            "    /// {doc}\n    {}",
+            decl.replace("{NAME}", &name)
+        );
         Ok(())
     }
     fn render(&self, out: &mut String, doc: &str) {
-        let _ = writeln!(out, "/// {doc}\n#[allow(dead_code)]\npub mod {} {{\n{}}}\n", self.name, self.body);
+        let _ = writeln!(
+            out,
+            "/// {doc}\n#[allow(dead_code)]\npub mod {} {{\n{}}}\n",
+            self.name, self.body
+        );
     }
 }
 
@@ -89,7 +115,9 @@ impl Module {
 /// meant for `include!` inside a module of the PD crate, which must depend on
 /// the `pd` crate under that name.
 pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
-    let pd = sys.pd(pd_name).ok_or_else(|| CodegenError::UnknownPd(pd_name.to_string()))?;
+    let pd = sys
+        .pd(pd_name)
+        .ok_or_else(|| CodegenError::UnknownPd(pd_name.to_string()))?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -111,13 +139,31 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
             "Channel to PD '{}' (line {}; notify: {}, pp: {}).",
             other.pd, end.line, end.notify, end.pp
         );
-        channel.item(name, &doc, &format!("pub const {{NAME}}: ::pd::Channel = ::pd::Channel::new({});", end.id))?;
+        channel.item(
+            name,
+            &doc,
+            &format!(
+                "pub const {{NAME}}: ::pd::Channel = ::pd::Channel::new({});",
+                end.id
+            ),
+        )?;
     }
 
     let mut irq = Module::new("irq");
     for i in &pd.irqs {
-        let name = if pd.irqs.len() == 1 { "IRQ".to_string() } else { format!("IRQ_{}", i.id) };
-        irq.item(name, &format!("IRQ (line {}).", i.line), &format!("pub const {{NAME}}: ::pd::Channel = ::pd::Channel::new({});", i.id))?;
+        let name = if pd.irqs.len() == 1 {
+            "IRQ".to_string()
+        } else {
+            format!("IRQ_{}", i.id)
+        };
+        irq.item(
+            name,
+            &format!("IRQ (line {}).", i.line),
+            &format!(
+                "pub const {{NAME}}: ::pd::Channel = ::pd::Channel::new({});",
+                i.id
+            ),
+        )?;
     }
 
     let mut ioport = Module::new("ioport");
@@ -152,7 +198,9 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
 
     let mut paddr = Module::new("paddr");
     for sv in &pd.setvars {
-        let mr = sys.region(&sv.region_paddr).ok_or_else(|| CodegenError::UnknownRegion(sv.region_paddr.clone()))?;
+        let mr = sys
+            .region(&sv.region_paddr)
+            .ok_or_else(|| CodegenError::UnknownRegion(sv.region_paddr.clone()))?;
         let ident = add_setvar(&sv.symbol, &format!("physical address of '{}'", mr.name));
         paddr.item(
             const_name(&sv.symbol),
@@ -167,9 +215,15 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
     let mut region = Module::new("region");
     let mut seen_mr = std::collections::BTreeMap::<&str, usize>::new();
     for m in &pd.maps {
-        let mr = sys.region(&m.mr).ok_or_else(|| CodegenError::UnknownRegion(m.mr.clone()))?;
+        let mr = sys
+            .region(&m.mr)
+            .ok_or_else(|| CodegenError::UnknownRegion(m.mr.clone()))?;
         let k = seen_mr.entry(&m.mr).or_insert(0);
-        let name = if *k == 0 { const_name(&m.mr) } else { format!("{}_{k}", const_name(&m.mr)) };
+        let name = if *k == 0 {
+            const_name(&m.mr)
+        } else {
+            format!("{}_{k}", const_name(&m.mr))
+        };
         *k += 1;
         if let Some(s) = &m.setvar_vaddr {
             add_setvar(s, &format!("vaddr of '{}'", m.mr));
@@ -180,7 +234,10 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
         let paddr_src = if let Some(pa) = mr.phys_addr {
             format!("::pd::PaddrSource::Fixed({pa:#x})")
         } else if let Some(sv) = pd.setvars.iter().find(|s| s.region_paddr == m.mr) {
-            format!("::pd::PaddrSource::SetVar(&super::__setvar::{})", add_setvar(&sv.symbol, ""))
+            format!(
+                "::pd::PaddrSource::SetVar(&super::__setvar::{})",
+                add_setvar(&sv.symbol, "")
+            )
         } else {
             "::pd::PaddrSource::Unknown".to_string()
         };
@@ -194,10 +251,19 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
         )?;
     }
 
-    channel.render(&mut out, "Channels of this PD, named after the PD at the other end.");
-    irq.render(&mut out, "IRQs of this PD (acknowledge with `Channel::irq_ack`).");
+    channel.render(
+        &mut out,
+        "Channels of this PD, named after the PD at the other end.",
+    );
+    irq.render(
+        &mut out,
+        "IRQs of this PD (acknowledge with `Channel::irq_ack`).",
+    );
     region.render(&mut out, "Memory regions mapped by this PD.");
-    paddr.render(&mut out, "Physical addresses this PD learns through `<setvar region_paddr>`.");
+    paddr.render(
+        &mut out,
+        "Physical addresses this PD learns through `<setvar region_paddr>`.",
+    );
     ioport.render(&mut out, "x86 I/O port ranges of this PD.");
     let _ = writeln!(
         out,

@@ -112,9 +112,19 @@ pub enum IrqKind {
     /// ARM/RISC-V: `irq="N" trigger="level|edge"`.
     Number { irq: u64, edge: bool },
     /// x86 IOAPIC: `ioapic pin vector trigger? polarity?`.
-    IoApic { ioapic: u64, pin: u64, vector: u64, edge: bool, high: bool },
+    IoApic {
+        ioapic: u64,
+        pin: u64,
+        vector: u64,
+        edge: bool,
+        high: bool,
+    },
     /// x86 MSI: `pcidev="bus:dev.fn" handle vector`.
-    Msi { pcidev: String, handle: u64, vector: u64 },
+    Msi {
+        pcidev: String,
+        handle: u64,
+        vector: u64,
+    },
 }
 
 /// `<irq ... id/>`.
@@ -190,7 +200,13 @@ impl System {
         let root = doc.root_element();
         let p = Parser { doc: &doc };
         if root.tag_name().name() != "system" {
-            return Err(p.err(root, format!("root element is <{}>, expected <system>", root.tag_name().name())));
+            return Err(p.err(
+                root,
+                format!(
+                    "root element is <{}>, expected <system>",
+                    root.tag_name().name()
+                ),
+            ));
         }
         p.attrs(root, &[])?;
         let mut sys = System::default();
@@ -199,7 +215,9 @@ impl System {
                 "memory_region" => sys.memory_regions.push(p.memory_region(node)?),
                 "protection_domain" => sys.pds.push(p.pd(node)?),
                 "channel" => sys.channels.push(p.channel(node)?),
-                other => return Err(p.err(node, format!("unsupported element <{other}> in <system>"))),
+                other => {
+                    return Err(p.err(node, format!("unsupported element <{other}> in <system>")));
+                }
             }
         }
         Ok(sys)
@@ -239,7 +257,10 @@ impl<'i> Parser<'_, 'i> {
     }
 
     fn err(&self, node: roxmltree::Node<'_, 'i>, message: String) -> ParseError {
-        ParseError { line: self.line(node), message }
+        ParseError {
+            line: self.line(node),
+            message,
+        }
     }
 
     /// Microkit rejects attributes it does not know; so do we, so that a
@@ -249,7 +270,11 @@ impl<'i> Parser<'_, 'i> {
             if !allowed.contains(&a.name()) {
                 return Err(self.err(
                     node,
-                    format!("unknown attribute '{}' on <{}>", a.name(), node.tag_name().name()),
+                    format!(
+                        "unknown attribute '{}' on <{}>",
+                        a.name(),
+                        node.tag_name().name()
+                    ),
                 ));
             }
         }
@@ -258,12 +283,20 @@ impl<'i> Parser<'_, 'i> {
 
     fn req<'n>(&self, node: roxmltree::Node<'n, 'i>, name: &str) -> Result<&'n str, ParseError> {
         node.attribute(name).ok_or_else(|| {
-            self.err(node, format!("<{}> is missing attribute '{name}'", node.tag_name().name()))
+            self.err(
+                node,
+                format!("<{}> is missing attribute '{name}'", node.tag_name().name()),
+            )
         })
     }
 
     fn num(&self, node: roxmltree::Node<'_, 'i>, name: &str, s: &str) -> Result<u64, ParseError> {
-        parse_u64(s).ok_or_else(|| self.err(node, format!("attribute '{name}' = \"{s}\" is not a number")))
+        parse_u64(s).ok_or_else(|| {
+            self.err(
+                node,
+                format!("attribute '{name}' = \"{s}\" is not a number"),
+            )
+        })
     }
 
     fn req_num(&self, node: roxmltree::Node<'_, 'i>, name: &str) -> Result<u64, ParseError> {
@@ -271,16 +304,30 @@ impl<'i> Parser<'_, 'i> {
         self.num(node, name, s)
     }
 
-    fn opt_num(&self, node: roxmltree::Node<'_, 'i>, name: &str) -> Result<Option<u64>, ParseError> {
-        node.attribute(name).map(|s| self.num(node, name, s)).transpose()
+    fn opt_num(
+        &self,
+        node: roxmltree::Node<'_, 'i>,
+        name: &str,
+    ) -> Result<Option<u64>, ParseError> {
+        node.attribute(name)
+            .map(|s| self.num(node, name, s))
+            .transpose()
     }
 
-    fn opt_bool(&self, node: roxmltree::Node<'_, 'i>, name: &str, default: bool) -> Result<bool, ParseError> {
+    fn opt_bool(
+        &self,
+        node: roxmltree::Node<'_, 'i>,
+        name: &str,
+        default: bool,
+    ) -> Result<bool, ParseError> {
         match node.attribute(name) {
             None => Ok(default),
             Some("true") => Ok(true),
             Some("false") => Ok(false),
-            Some(s) => Err(self.err(node, format!("attribute '{name}' = \"{s}\" is not true/false"))),
+            Some(s) => Err(self.err(
+                node,
+                format!("attribute '{name}' = \"{s}\" is not true/false"),
+            )),
         }
     }
 
@@ -298,7 +345,16 @@ impl<'i> Parser<'_, 'i> {
     fn pd(&self, node: roxmltree::Node<'_, 'i>) -> Result<ProtectionDomain, ParseError> {
         self.attrs(
             node,
-            &["name", "priority", "pp", "passive", "stack_size", "budget", "period", "cpu"],
+            &[
+                "name",
+                "priority",
+                "pp",
+                "passive",
+                "stack_size",
+                "budget",
+                "period",
+                "cpu",
+            ],
         )?;
         let priority = match self.opt_num(node, "priority")? {
             None => DEFAULT_PRIORITY,
@@ -312,7 +368,9 @@ impl<'i> Parser<'_, 'i> {
             priority,
             pp: self.opt_bool(node, "pp", false)?,
             passive: self.opt_bool(node, "passive", false)?,
-            stack_size: self.opt_num(node, "stack_size")?.unwrap_or(DEFAULT_STACK_SIZE),
+            stack_size: self
+                .opt_num(node, "stack_size")?
+                .unwrap_or(DEFAULT_STACK_SIZE),
             budget: self.opt_num(node, "budget")?,
             period: self.opt_num(node, "period")?,
             program_image: None,
@@ -327,7 +385,10 @@ impl<'i> Parser<'_, 'i> {
                 "program_image" => {
                     self.attrs(child, &["path"])?;
                     if pd.program_image.is_some() {
-                        return Err(self.err(child, format!("PD '{}' has a second <program_image>", pd.name)));
+                        return Err(self.err(
+                            child,
+                            format!("PD '{}' has a second <program_image>", pd.name),
+                        ));
                     }
                     pd.program_image = Some(self.req(child, "path")?.to_string());
                 }
@@ -351,7 +412,10 @@ impl<'i> Parser<'_, 'i> {
                     });
                 }
                 other => {
-                    return Err(self.err(child, format!("unsupported element <{other}> in <protection_domain>")));
+                    return Err(self.err(
+                        child,
+                        format!("unsupported element <{other}> in <protection_domain>"),
+                    ));
                 }
             }
         }
@@ -362,11 +426,26 @@ impl<'i> Parser<'_, 'i> {
     }
 
     fn map(&self, node: roxmltree::Node<'_, 'i>) -> Result<Map, ParseError> {
-        self.attrs(node, &["mr", "vaddr", "perms", "cached", "setvar_vaddr", "setvar_size"])?;
+        self.attrs(
+            node,
+            &[
+                "mr",
+                "vaddr",
+                "perms",
+                "cached",
+                "setvar_vaddr",
+                "setvar_size",
+            ],
+        )?;
         let perms_s = node.attribute("perms").unwrap_or("rw");
         let perms = Perms::parse(perms_s)
             .filter(|p| p.read || p.execute)
-            .ok_or_else(|| self.err(node, format!("perms=\"{perms_s}\" is not a valid combination of r, w, x")))?;
+            .ok_or_else(|| {
+                self.err(
+                    node,
+                    format!("perms=\"{perms_s}\" is not a valid combination of r, w, x"),
+                )
+            })?;
         Ok(Map {
             mr: self.req(node, "mr")?.to_string(),
             vaddr: self.req_num(node, "vaddr")?,
@@ -389,13 +468,21 @@ impl<'i> Parser<'_, 'i> {
         };
         let kind = if node.attribute("irq").is_some() {
             self.attrs(node, &["irq", "id", "trigger"])?;
-            IrqKind::Number { irq: self.req_num(node, "irq")?, edge: edge(self)? }
+            IrqKind::Number {
+                irq: self.req_num(node, "irq")?,
+                edge: edge(self)?,
+            }
         } else if node.attribute("pin").is_some() || node.attribute("ioapic").is_some() {
-            self.attrs(node, &["ioapic", "pin", "vector", "id", "trigger", "polarity"])?;
+            self.attrs(
+                node,
+                &["ioapic", "pin", "vector", "id", "trigger", "polarity"],
+            )?;
             let high = match node.attribute("polarity") {
                 None | Some("high") => true,
                 Some("low") => false,
-                Some(s) => return Err(self.err(node, format!("polarity=\"{s}\" is neither high nor low"))),
+                Some(s) => {
+                    return Err(self.err(node, format!("polarity=\"{s}\" is neither high nor low")));
+                }
             };
             IrqKind::IoApic {
                 ioapic: self.opt_num(node, "ioapic")?.unwrap_or(0),
@@ -412,9 +499,16 @@ impl<'i> Parser<'_, 'i> {
                 vector: self.req_num(node, "vector")?,
             }
         } else {
-            return Err(self.err(node, "<irq> needs one of 'irq', 'pin' (IOAPIC) or 'pcidev' (MSI)".into()));
+            return Err(self.err(
+                node,
+                "<irq> needs one of 'irq', 'pin' (IOAPIC) or 'pcidev' (MSI)".into(),
+            ));
         };
-        Ok(Irq { id, kind, line: self.line(node) })
+        Ok(Irq {
+            id,
+            kind,
+            line: self.line(node),
+        })
     }
 
     fn channel(&self, node: roxmltree::Node<'_, 'i>) -> Result<Channel, ParseError> {
@@ -422,7 +516,13 @@ impl<'i> Parser<'_, 'i> {
         let mut ends = Vec::new();
         for child in node.children().filter(|n| n.is_element()) {
             if child.tag_name().name() != "end" {
-                return Err(self.err(child, format!("unsupported element <{}> in <channel>", child.tag_name().name())));
+                return Err(self.err(
+                    child,
+                    format!(
+                        "unsupported element <{}> in <channel>",
+                        child.tag_name().name()
+                    ),
+                ));
             }
             self.attrs(child, &["pd", "id", "pp", "notify"])?;
             ends.push(End {
@@ -433,10 +533,16 @@ impl<'i> Parser<'_, 'i> {
                 line: self.line(child),
             });
         }
-        let ends: [End; 2] = ends
-            .try_into()
-            .map_err(|v: Vec<End>| self.err(node, format!("<channel> has {} <end>s, expected 2", v.len())))?;
-        Ok(Channel { ends, line: self.line(node) })
+        let ends: [End; 2] = ends.try_into().map_err(|v: Vec<End>| {
+            self.err(
+                node,
+                format!("<channel> has {} <end>s, expected 2", v.len()),
+            )
+        })?;
+        Ok(Channel {
+            ends,
+            line: self.line(node),
+        })
     }
 }
 
