@@ -369,11 +369,12 @@ unsafe fn raw_parts<'a>(
     // mutation goes through atomics, so a shared reference is sound.
     let header = unsafe { &*(base.cast::<RingHeader>()) };
     let words = (len - HEADER_SIZE) / 8;
-    // SAFETY: base + HEADER_SIZE is 8-aligned (HEADER_SIZE is a multiple of
-    // 8) and `words * 8` bytes past it lie inside the region (caller); the
-    // slice holds AtomicU64 (layout of u64, any bit pattern valid).
-    let slots =
-        unsafe { core::slice::from_raw_parts(base.add(HEADER_SIZE).cast::<AtomicU64>(), words) };
+    // Stays inside the region (len >= HEADER_SIZE), so no unsafe `add`.
+    let first = base.wrapping_add(HEADER_SIZE).cast::<AtomicU64>();
+    // SAFETY: `first` is 8-aligned (HEADER_SIZE is a multiple of 8) and
+    // `words * 8` bytes past it lie inside the region (caller); the slice
+    // holds AtomicU64 (layout of u64, any bit pattern valid).
+    let slots = unsafe { core::slice::from_raw_parts(first, words) };
     Ok((header, slots))
 }
 
