@@ -318,6 +318,15 @@ impl MemCore<'_> {
         Ok(acts)
     }
 
+    /// Request a reporting pass, as Linux's `__page_reporting_request`
+    /// (e.g. when the reporting device reconnects). Arms the timer only on
+    /// IDLE -> REQUESTED; no-op when reporting is off.
+    pub fn request_reporting(&mut self) -> Actions {
+        let mut acts = Actions::default();
+        self.worker.request(&mut acts);
+        acts
+    }
+
     /// Entries of a batch in flight.
     pub fn batch(&self, id: BatchId) -> Option<&[Block]> {
         self.worker
