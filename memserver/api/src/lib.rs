@@ -1,2 +1,606 @@
 //! Messages between clients, the memory server and the balloon driver.
+//!
+//! Every message travels in one ring slot (`pd-ring`) of [`SLOT_SIZE`]
+//! payload bytes, encoded as one version byte ([`VERSION`]) followed by the
+//! postcard encoding of the message. Postcard is compact (varints) and has no
+//! self-description, so the version byte is what lets a peer running an older
+//! or newer protocol be told apart from garbage.
+//!
+//! # Decoding rules (peers are hostile)
+//!
+//! - An empty slot is [`DecodeError::Empty`]; a first byte other than
+//!   [`VERSION`] is [`DecodeError::UnsupportedVersion`] and nothing after it is
+//!   interpreted (a future version may lay things out differently).
+//! - Bytes left after the message are [`DecodeError::TrailingBytes`]: one
+//!   message per slot, so extra bytes mean the peer and we disagree.
+//! - Values postcard accepts but the protocol cannot are rejected after
+//!   decoding, so no consumer ever shifts by a huge order or adds past the
+//!   end of the physical address space: an order above [`MAX_ORDER`] is
+//!   [`DecodeError::OutOfRange`]`(`[`RangeError::Order`]`)`, a block whose
+//!   frames reach past [`MAX_PFN`] is [`RangeError::Pfn`], a response without
+//!   a tag that is not an error is [`RangeError::UntaggedSuccess`]. Alignment
+//!   and ownership of blocks are *not* checked here: those are the memory
+//!   server's answers ([`ClientError::Misaligned`], [`ClientError::WrongZone`]
+//!   ...), which it can only give to a request it decoded.
+//! - Encoding applies the same range checks, so we never send what a peer
+//!   must reject.
+//!
+//! # Tags and malformed requests
+//!
+//! Clients tag requests; the response carries the tag back. A request that
+//! cannot be decoded still gets an answer (DESIGN: a malformed message yields
+//! an error response): [`Response::to_malformed`] recovers the tag when the
+//! version byte and the tag itself are intact (the tag is the first field of
+//! [`Request`]), and otherwise answers with `tag: None`. Hence
+//! [`Response::tag`] is an `Option<u32>`: `None` only ever comes with
+//! [`ClientResponse::Error`]. The same holds for [`ToBalloon::Refused`]'s
+//! `req`.
 #![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+use core::fmt;
+use heapless::Vec;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Protocol version, the first byte of every encoded message.
+pub const VERSION: u8 = 1;
+
+/// Payload bytes per ring slot. Every message's largest encoding fits (tested).
+pub const SLOT_SIZE: usize = 512;
+
+/// Largest block order: 2^10 pages = 4 MiB, as Linux's MAX_ORDER.
+pub const MAX_ORDER: u8 = 10;
+
+/// Blocks per batch message (DESIGN §2: report batch capacity 32).
+pub const BATCH: usize = 32;
+
+/// Largest page frame number: 4 KiB frames of a 52-bit physical address
+/// space (the architectural maximum on both aarch64 and x86_64).
+pub const MAX_PFN: u64 = (1 << 40) - 1;
+
+/// A buddy block: `1 << order` pages starting at frame `pfn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Block {
+    /// Guest-physical frame number (`paddr >> 12`).
+    pub pfn: u64,
+    /// Log2 of the number of pages, `0..=MAX_ORDER`.
+    pub order: u8,
+}
+
+impl Block {
+    /// Pages in the block (saturating for out-of-range orders).
+    pub fn pages(&self) -> u64 {
+        1u64.checked_shl(u32::from(self.order)).unwrap_or(u64::MAX)
+    }
+
+    fn check(&self) -> Result<(), RangeError> {
+        if self.order > MAX_ORDER {
+            return Err(RangeError::Order(self.order));
+        }
+        // Last frame = pfn + pages - 1 must be a frame of the address space.
+        match self.pfn.checked_add(self.pages() - 1) {
+            Some(last) if last <= MAX_PFN => Ok(()),
+            _ => Err(RangeError::Pfn(self.pfn)),
+        }
+    }
+}
+
+fn check_blocks(blocks: &[Block]) -> Result<(), RangeError> {
+    blocks.iter().try_for_each(Block::check)
+}
+
+/// A client's request to the memory server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client, echoed in the response. First field on the
+    /// wire, so it can be recovered from a request whose body is malformed.
+    pub tag: u32,
+    /// What is asked.
+    pub body: ClientRequest,
+}
+
+/// Request bodies.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no allocator on the PDs: a batch lives inline (~520 bytes), like the slot it came from"
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Allocate one block of `1 << order` pages from the client's zone.
+    Alloc {
+        /// `0..=MAX_ORDER`.
+        order: u8,
+    },
+    /// Free one block previously allocated to this client.
+    Free(Block),
+    /// Free up to [`BATCH`] blocks; each is handled as a `Free`.
+    FreeBatch(Vec<Block, BATCH>),
+    /// The client's zone statistics.
+    Stats,
+}
+
+/// The memory server's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's tag; `None` when the request was too damaged to read
+    /// it (then `body` is an error).
+    pub tag: Option<u32>,
+    /// The answer.
+    pub body: ClientResponse,
+}
+
+/// Response bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The block allocated by `Alloc`.
+    Allocated(Block),
+    /// Every block of a `Free` / `FreeBatch` was freed.
+    Freed {
+        /// Blocks freed.
+        count: u16,
+    },
+    /// Some blocks of a `FreeBatch` were refused; the others were freed.
+    BatchFailed {
+        /// Blocks freed.
+        freed: u16,
+        /// Blocks refused.
+        failed: u16,
+        /// Index in the batch of the first refused block.
+        first: u16,
+        /// Why the first refused block was refused.
+        error: ClientError,
+    },
+    /// Answer to `Stats`.
+    Stats(ClientStats),
+    /// The request failed and changed nothing.
+    Error(ClientError),
+}
+
+/// Why the memory server refused a client request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClientError {
+    /// No free block of that order in the client's zone.
+    NoMemory,
+    /// Order above the maximum (or below what the zone serves).
+    InvalidOrder,
+    /// The block is not allocated to this client (includes double frees).
+    NotAllocated,
+    /// The block lies outside this client's zone.
+    WrongZone,
+    /// `pfn` is not aligned to `1 << order`.
+    Misaligned,
+    /// The block was allocated with another order.
+    WrongOrder,
+    /// The block is held by the host (isolated for reporting, or ballooned);
+    /// retry later.
+    Busy,
+    /// The request could not be decoded.
+    Malformed,
+    /// The request was of a protocol version this server does not speak.
+    UnsupportedVersion,
+    /// The response ring was full; the request was not processed.
+    Overloaded,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoMemory => "no free block of that order",
+            Self::InvalidOrder => "invalid block order",
+            Self::NotAllocated => "block not allocated to this client",
+            Self::WrongZone => "block outside the client's zone",
+            Self::Misaligned => "block frame number not aligned to its order",
+            Self::WrongOrder => "block allocated with another order",
+            Self::Busy => "block held by the host, retry later",
+            Self::Malformed => "malformed request",
+            Self::UnsupportedVersion => "unsupported protocol version",
+            Self::Overloaded => "server overloaded",
+        })
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    /// The error to answer an undecodable request with.
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::UnsupportedVersion(_) => Self::UnsupportedVersion,
+            DecodeError::OutOfRange(RangeError::Order(_)) => Self::InvalidOrder,
+            // Frames past the physical address space belong to no zone.
+            DecodeError::OutOfRange(RangeError::Pfn(_)) => Self::WrongZone,
+            DecodeError::Empty
+            | DecodeError::Malformed
+            | DecodeError::TrailingBytes
+            | DecodeError::OutOfRange(RangeError::UntaggedSuccess) => Self::Malformed,
+        }
+    }
+}
+
+/// A client's view of its zone, in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStats {
+    /// Pages in the client's zone.
+    pub total_pages: u64,
+    /// Pages allocated to the client.
+    pub allocated_pages: u64,
+    /// Free pages, including those held by the host.
+    pub free_pages: u64,
+    /// Free pages the host has discarded (Reported).
+    pub reported_pages: u64,
+    /// Free pages isolated for a report in flight or in the balloon.
+    pub busy_pages: u64,
+    /// Requests refused with an error so far.
+    pub errors: u64,
+}
+
+/// Memory server → balloon driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToBalloon {
+    /// Report these free blocks to the host (one reporting-queue chain).
+    /// Answered by [`FromBalloon::ReportDone`] with the same `batch`.
+    Report {
+        /// Batch id.
+        batch: u32,
+        /// Up to [`BATCH`] isolated free blocks.
+        blocks: Vec<Block, BATCH>,
+    },
+    /// Blocks taken for an `Inflate` request, to give to the host. A large
+    /// inflation comes in several messages; `last` marks the final one.
+    Inflated {
+        /// The request's id.
+        req: u32,
+        /// Blocks now owned by the balloon.
+        blocks: Vec<Block, BATCH>,
+        /// No more messages for this request.
+        last: bool,
+    },
+    /// Blocks of a `Deflate` request were taken back by the server.
+    Deflated {
+        /// The request's id.
+        req: u32,
+        /// Pages returned to the free lists.
+        pages: u32,
+    },
+    /// A statistics snapshot (answer to `StatsRequest`).
+    Stats(MemStats),
+    /// A request was refused. `req` is `None` when the request was too
+    /// damaged to read its id.
+    Refused {
+        /// The request's id.
+        req: Option<u32>,
+        /// Why.
+        reason: RefuseReason,
+    },
+}
+
+/// Balloon driver → memory server.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no allocator on the PDs: a batch lives inline (~520 bytes), like the slot it came from"
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromBalloon {
+    /// The host returned the report chain of `batch`; `ok` false when the
+    /// device failed it (the blocks go back unreported, DESIGN §2).
+    ReportDone {
+        /// Batch id from [`ToBalloon::Report`].
+        batch: u32,
+        /// Whether the host processed the report.
+        ok: bool,
+    },
+    /// The host's target grew: take `pages` pages for the balloon.
+    Inflate {
+        /// Request id, echoed by the answers.
+        req: u32,
+        /// Pages wanted.
+        pages: u32,
+    },
+    /// The host's target shrank: these ballooned blocks come back.
+    Deflate {
+        /// Request id, echoed by the answer.
+        req: u32,
+        /// Blocks previously sent in [`ToBalloon::Inflated`].
+        blocks: Vec<Block, BATCH>,
+    },
+    /// Send a [`ToBalloon::Stats`] snapshot (stats virtqueue, VIRTIO 1.2
+    /// §5.5.6.3).
+    StatsRequest,
+    /// The device was reset: every report in flight has failed.
+    DeviceReset,
+}
+
+/// Why the server refused a balloon request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// Not enough free memory above the watermark to inflate.
+    NoMemory,
+    /// Deflate named a block that is not in the balloon.
+    NotBallooned,
+    /// A request with that id is still being served.
+    Busy,
+    /// The message could not be decoded.
+    Malformed,
+    /// The message was of an unsupported protocol version.
+    UnsupportedVersion,
+    /// The batch or report id is unknown (e.g. a duplicate completion).
+    UnknownId,
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoMemory => "not enough free memory",
+            Self::NotBallooned => "block is not in the balloon",
+            Self::Busy => "request already in progress",
+            Self::Malformed => "malformed message",
+            Self::UnsupportedVersion => "unsupported protocol version",
+            Self::UnknownId => "unknown request or batch id",
+        })
+    }
+}
+
+impl From<DecodeError> for RefuseReason {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::UnsupportedVersion(_) => Self::UnsupportedVersion,
+            _ => Self::Malformed,
+        }
+    }
+}
+
+/// Memory statistics for the balloon's stats queue, in pages. Enough to
+/// fill VIRTIO_BALLOON_S_MEMFREE (free_pages), S_MEMTOT (total_pages) and
+/// S_AVAIL (available_pages), converted to bytes by the driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemStats {
+    /// Pages managed by the server (all zones).
+    pub total_pages: u64,
+    /// Free pages, wherever they are (free lists, isolated).
+    pub free_pages: u64,
+    /// Pages allocatable right now (free, not isolated, not ballooned).
+    pub available_pages: u64,
+    /// Free pages the host has discarded.
+    pub reported_pages: u64,
+    /// Pages in a report in flight.
+    pub isolated_pages: u64,
+    /// Pages given to the balloon.
+    pub ballooned_pages: u64,
+    /// Reports completed successfully.
+    pub reports_done: u64,
+    /// Reports the device failed.
+    pub reports_failed: u64,
+}
+
+/// A value postcard can carry but the protocol forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeError {
+    /// A block order above [`MAX_ORDER`].
+    Order(u8),
+    /// A block reaching past [`MAX_PFN`] (the block's first frame given).
+    Pfn(u64),
+    /// A response with no tag whose body is not an error.
+    UntaggedSuccess,
+}
+
+impl fmt::Display for RangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Order(o) => write!(f, "block order {o} above {MAX_ORDER}"),
+            Self::Pfn(p) => write!(f, "block at frame {p:#x} beyond the address space"),
+            Self::UntaggedSuccess => write!(f, "untagged response that is not an error"),
+        }
+    }
+}
+
+/// Why bytes could not be decoded into a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// No bytes at all.
+    Empty,
+    /// The version byte is not [`VERSION`].
+    UnsupportedVersion(u8),
+    /// Postcard could not decode the message (bad tag, varint, bool, length
+    /// above [`BATCH`], truncated...).
+    Malformed,
+    /// Bytes left after a complete message.
+    TrailingBytes,
+    /// Decoded, but a value is outside the protocol's range.
+    OutOfRange(RangeError),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "empty message"),
+            Self::UnsupportedVersion(v) => {
+                write!(f, "protocol version {v}, expected {VERSION}")
+            }
+            Self::Malformed => write!(f, "malformed message"),
+            Self::TrailingBytes => write!(f, "trailing bytes after the message"),
+            Self::OutOfRange(e) => write!(f, "value out of range: {e}"),
+        }
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The output buffer is too small.
+    BufferTooSmall,
+    /// A value is outside the protocol's range; nothing sent.
+    OutOfRange(RangeError),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BufferTooSmall => write!(f, "output buffer too small for the message"),
+            Self::OutOfRange(e) => write!(f, "value out of range: {e}"),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A protocol message: one of [`Request`], [`Response`], [`ToBalloon`],
+/// [`FromBalloon`].
+pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
+    /// Checks the values postcard cannot (see the crate docs).
+    fn check(&self) -> Result<(), RangeError>;
+}
+
+impl sealed::Sealed for Request {}
+impl Message for Request {
+    fn check(&self) -> Result<(), RangeError> {
+        match &self.body {
+            ClientRequest::Alloc { order } if *order > MAX_ORDER => Err(RangeError::Order(*order)),
+            ClientRequest::Alloc { .. } | ClientRequest::Stats => Ok(()),
+            ClientRequest::Free(b) => b.check(),
+            ClientRequest::FreeBatch(blocks) => check_blocks(blocks),
+        }
+    }
+}
+
+impl sealed::Sealed for Response {}
+impl Message for Response {
+    fn check(&self) -> Result<(), RangeError> {
+        match (&self.tag, &self.body) {
+            (None, ClientResponse::Error(_)) => Ok(()),
+            (None, _) => Err(RangeError::UntaggedSuccess),
+            (Some(_), ClientResponse::Allocated(b)) => b.check(),
+            (Some(_), _) => Ok(()),
+        }
+    }
+}
+
+impl sealed::Sealed for ToBalloon {}
+impl Message for ToBalloon {
+    fn check(&self) -> Result<(), RangeError> {
+        match self {
+            Self::Report { blocks, .. } | Self::Inflated { blocks, .. } => check_blocks(blocks),
+            Self::Deflated { .. } | Self::Stats(_) | Self::Refused { .. } => Ok(()),
+        }
+    }
+}
+
+impl sealed::Sealed for FromBalloon {}
+impl Message for FromBalloon {
+    fn check(&self) -> Result<(), RangeError> {
+        match self {
+            Self::Deflate { blocks, .. } => check_blocks(blocks),
+            Self::ReportDone { .. }
+            | Self::Inflate { .. }
+            | Self::StatsRequest
+            | Self::DeviceReset => Ok(()),
+        }
+    }
+}
+
+/// Encodes `msg` as the version byte plus postcard into `out`; returns the
+/// encoded bytes (a prefix of `out`).
+pub fn encode<'a, M: Message>(msg: &M, out: &'a mut [u8]) -> Result<&'a [u8], EncodeError> {
+    msg.check().map_err(EncodeError::OutOfRange)?;
+    let (first, rest) = out.split_first_mut().ok_or(EncodeError::BufferTooSmall)?;
+    *first = VERSION;
+    let body = postcard::to_slice(msg, rest)
+        .map_err(|_| EncodeError::BufferTooSmall)?
+        .len();
+    Ok(&out[..1 + body])
+}
+
+/// Decodes one message from a slot's bytes (see the crate docs for the
+/// rules).
+pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
+    let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (msg, trailing) =
+        postcard::take_from_bytes::<M>(rest).map_err(|_| DecodeError::Malformed)?;
+    if !trailing.is_empty() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    msg.check().map_err(DecodeError::OutOfRange)?;
+    Ok(msg)
+}
+
+/// [`decode`] for a client's request.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    decode(bytes)
+}
+
+/// [`decode`] for the server's response.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
+    decode(bytes)
+}
+
+/// [`decode`] for a memory server → balloon message.
+pub fn decode_to_balloon(bytes: &[u8]) -> Result<ToBalloon, DecodeError> {
+    decode(bytes)
+}
+
+/// [`decode`] for a balloon → memory server message.
+pub fn decode_from_balloon(bytes: &[u8]) -> Result<FromBalloon, DecodeError> {
+    decode(bytes)
+}
+
+/// The leading `u32` id of a (possibly malformed) version-[`VERSION`]
+/// message: [`Request::tag`], or the `req` / `batch` of a balloon message
+/// after its variant index (`skip_variant`). `None` when the version byte is
+/// wrong or the id itself is damaged.
+fn leading_id(bytes: &[u8], skip_variant: bool) -> Option<u32> {
+    let rest = match bytes.split_first() {
+        Some((&VERSION, rest)) => rest,
+        _ => return None,
+    };
+    let rest = if skip_variant {
+        postcard::take_from_bytes::<u32>(rest).ok()?.1
+    } else {
+        rest
+    };
+    postcard::take_from_bytes::<u32>(rest)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+impl Response {
+    /// The error response to a request that failed to decode with `error`:
+    /// tagged with the request's tag when it can be read.
+    pub fn to_malformed(bytes: &[u8], error: DecodeError) -> Self {
+        Self {
+            tag: leading_id(bytes, false),
+            body: ClientResponse::Error(error.into()),
+        }
+    }
+}
+
+impl ToBalloon {
+    /// The refusal of a balloon message that failed to decode with `error`,
+    /// naming its `req` when the message is an `Inflate` or `Deflate` whose
+    /// id is readable.
+    pub fn refuse_malformed(bytes: &[u8], error: DecodeError) -> Self {
+        // Variant indices of FromBalloon::Inflate and ::Deflate (declaration
+        // order, as postcard encodes enum variants).
+        const INFLATE: u32 = 2;
+        const DEFLATE: u32 = 3;
+        let variant = match bytes.split_first() {
+            Some((&VERSION, rest)) => postcard::take_from_bytes::<u32>(rest).ok().map(|v| v.0),
+            _ => None,
+        };
+        let req = match variant {
+            Some(INFLATE | DEFLATE) => leading_id(bytes, true),
+            _ => None,
+        };
+        Self::Refused {
+            req,
+            reason: error.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
