@@ -21,7 +21,7 @@ use crate::{
 };
 use core::fmt;
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::sync::{Mutex, OnceLock};
@@ -415,18 +415,27 @@ fn decode_msg(buf: &[u8]) -> Option<MessageInfo> {
 
 /// Close every descriptor above stderr that the launcher did not give.
 fn close_strays(keep: &[RawFd]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+    use rustix::fs::{Dir, Mode, OFlags, open};
+    let Ok(dirfd) = open("/proc/self/fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
         return;
     };
+    let Ok(dir) = Dir::read_from(&dirfd) else { return };
     let fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
+        .filter(|fd| *fd > 2 && *fd != dirfd.as_raw_fd() && !keep.contains(fd))
         .collect();
+    drop(dirfd);
     for fd in fds {
-        // SAFETY: nothing in this process owns `fd` yet (we are at the start of
-        // `run`, before any file is opened; the directory handle used for the
-        // listing is closed); closing an already-closed fd is harmless.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        // The listing's own descriptors (rustix's `Dir` opens one) are closed
+        // by now: skip what is no longer open.
+        // SAFETY: only used for this one fcntl, which fails with EBADF on a
+        // closed fd; the process is single-threaded here, so nothing reuses it.
+        if rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_err() {
+            continue;
+        }
+        // SAFETY: nothing in this process owns `fd` (we are at the start of
+        // `run`, before anything else is opened) and it is open.
+        unsafe { rustix::io::close(fd) };
     }
 }
 

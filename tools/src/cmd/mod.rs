@@ -1,0 +1,4 @@
+//! One module per subcommand: `Args` (clap) and `main(Args) -> ExitCode`.
+
+pub mod check;
+pub mod run;

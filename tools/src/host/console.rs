@@ -1,0 +1,103 @@
+//! PD console output: every line of every PD, in arrival order.
+
+use rustix::fd::OwnedFd;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct Inner {
+    lines: Vec<String>,
+    watch: Option<String>,
+    matched: Option<String>,
+}
+
+/// The collected console. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Console {
+    inner: Mutex<Inner>,
+    cv: Condvar,
+    echo: bool,
+    /// Signalled when a line matches the watch string, so the launcher's
+    /// wait can poll it with the PDs' pidfds.
+    pub(crate) watch_event: OwnedFd,
+}
+
+impl Console {
+    pub(crate) fn new(echo: bool) -> std::io::Result<Arc<Self>> {
+        let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
+        Ok(Arc::new(Console { inner: Mutex::new(Inner::default()), cv: Condvar::new(), echo, watch_event: ev }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A reader thread that panicked holding the lock leaves whole lines:
+        // the data is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watch for a line containing `needle`: [`crate::host::Event::Matched`].
+    pub fn watch(&self, needle: &str) {
+        let mut g = self.lock();
+        g.watch = Some(needle.to_string());
+        if let Some(l) = g.lines.iter().find(|l| l.contains(needle)).cloned() {
+            g.matched = Some(l);
+            let _ = rustix::io::write(&self.watch_event, &1u64.to_ne_bytes());
+        }
+    }
+
+    pub(crate) fn take_match(&self) -> Option<String> {
+        self.lock().matched.take()
+    }
+
+    pub(crate) fn push(&self, line: String) {
+        if self.echo {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        let mut g = self.lock();
+        if g.matched.is_none() && g.watch.as_deref().is_some_and(|w| line.contains(w)) {
+            g.matched = Some(line.clone());
+            let _ = rustix::io::write(&self.watch_event, &1u64.to_ne_bytes());
+        }
+        g.lines.push(line);
+        self.cv.notify_all();
+    }
+
+    /// Forward the lines of `pipe` (a PD's stdout, or its stderr with a
+    /// prefix) until it closes.
+    pub(crate) fn spawn_reader(self: &Arc<Self>, pipe: impl Read + Send + 'static, prefix: Option<String>) {
+        let me = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).split(b'\n') {
+                let Ok(line) = line else { break };
+                let text = String::from_utf8_lossy(&line).into_owned();
+                me.push(match &prefix {
+                    Some(p) => format!("{p}{text}"),
+                    None => text,
+                });
+            }
+        });
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.clone()
+    }
+
+    /// Wait up to `timeout` for a line satisfying `pred`; the first such line.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self.cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The memory timeline of a run: samples of the memory the host holds for
+//! guest RAM, what the guests hold, and what has been reported, plus phase
+//! marks. `tools demo` (host platform) and `tools qemu` (bare and seL4 in
+//! QEMU) fill it from different sources and share the progress line, the
+//! phase table, the reclaim latencies and the plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One sample, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Time since the run started.
+    pub t: Duration,
+    /// Memory the host holds for guest RAM (memfd blocks, or QEMU's RSS).
+    pub host: u64,
+    /// Memory the guests hold (allocated through the memserver), if known.
+    pub guest: Option<u64>,
+    /// Bytes reported (discarded) by the device so far, if known.
+    pub reported: Option<u64>,
+}
+
+/// A named point in time: a phase boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    /// Time since the run started.
+    pub t: Duration,
+    /// What happened, e.g. `guests touched 512 MiB`.
+    pub label: String,
+}
+
+/// Time from a mark until the host gave back 50, 90 and 99 % of an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Reclaim {
+    /// Bytes the host held at the mark.
+    pub start: u64,
+    /// Bytes the host held at the end of the window.
+    pub end: u64,
+    /// Bytes that should come back.
+    pub expected: u64,
+    /// Delay until 50 %, 90 %, 99 % of `expected` came back.
+    pub p50: Option<Duration>,
+    /// See `p50`.
+    pub p90: Option<Duration>,
+    /// See `p50`.
+    pub p99: Option<Duration>,
+}
+
+impl Reclaim {
+    /// Fraction of `expected` that came back by the end of the window.
+    pub fn fraction(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        self.start.saturating_sub(self.end) as f64 / self.expected as f64
+    }
+}
+
+/// Samples and marks of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    samples: Vec<Sample>,
+    marks: Vec<Mark>,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+fn opt_mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_string(), |b| format!("{:.1}", mib(b)))
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+impl Timeline {
+    /// An empty timeline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a sample; samples must come in time order.
+    pub fn push(&mut self, sample: Sample) {
+        debug_assert!(self.samples.last().is_none_or(|s| s.t <= sample.t));
+        self.samples.push(sample);
+    }
+
+    /// Mark a phase boundary at `t`.
+    pub fn mark(&mut self, t: Duration, label: impl Into<String>) {
+        self.marks.push(Mark {
+            t,
+            label: label.into(),
+        });
+    }
+
+    /// The samples so far.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// The marks so far.
+    pub fn marks(&self) -> &[Mark] {
+        &self.marks
+    }
+
+    /// The last sample taken at or before `t`.
+    pub fn at(&self, t: Duration) -> Option<&Sample> {
+        let i = self.samples.partition_point(|s| s.t <= t);
+        i.checked_sub(1).map(|i| &self.samples[i])
+    }
+
+    /// One line of live progress for the latest sample.
+    pub fn progress_line(&self) -> String {
+        let Some(s) = self.samples.last() else {
+            return String::from("waiting for the first sample");
+        };
+        let phase = self.marks.last().map_or("boot", |m| m.label.as_str());
+        format!(
+            "{:6.1} s  host {:7.1} MiB  guests {:>7} MiB  reported {:>7} MiB  [{phase}]",
+            s.t.as_secs_f64(),
+            mib(s.host),
+            opt_mib(s.guest),
+            opt_mib(s.reported),
+        )
+    }
+
+    /// How the host memory fell after the mark at `from`: the delays until
+    /// 50/90/99 % of `expected` bytes came back, within the samples up to
+    /// `until` (or the end).
+    pub fn reclaim(&self, from: Duration, expected: u64, until: Option<Duration>) -> Reclaim {
+        let window = self
+            .samples
+            .iter()
+            .filter(|s| s.t >= from && until.is_none_or(|u| s.t <= u));
+        let start = self.at(from).map_or(0, |s| s.host);
+        let mut r = Reclaim {
+            start,
+            end: start,
+            expected,
+            ..Reclaim::default()
+        };
+        for s in window {
+            r.end = s.host;
+            let back = start.saturating_sub(s.host) as u128;
+            let hit = |pct: u128| back * 100 >= expected as u128 * pct;
+            for (slot, pct) in [(&mut r.p50, 50), (&mut r.p90, 90), (&mut r.p99, 99)] {
+                if slot.is_none() && expected > 0 && hit(pct) {
+                    *slot = Some(s.t - from);
+                }
+            }
+        }
+        r
+    }
+
+    /// A table with one row per mark: the memory at that moment.
+    pub fn phase_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<40} {:>10} {:>10} {:>10}",
+            "time", "phase", "host MiB", "guest MiB", "reported"
+        );
+        for m in &self.marks {
+            // The state a phase ends in is the last sample before the next
+            // mark; the row shows the state at the mark itself.
+            let s = self.at(m.t);
+            let _ = writeln!(
+                out,
+                "{:>6.1} s  {:<40} {:>10} {:>10} {:>10}",
+                m.t.as_secs_f64(),
+                m.label,
+                s.map_or_else(|| "-".into(), |s| format!("{:.1}", mib(s.host))),
+                opt_mib(s.and_then(|s| s.guest)),
+                opt_mib(s.and_then(|s| s.reported)),
+            );
+        }
+        if let Some(s) = self.samples.last() {
+            let _ = writeln!(
+                out,
+                "{:>6.1} s  {:<40} {:>10.1} {:>10} {:>10}",
+                s.t.as_secs_f64(),
+                "end",
+                mib(s.host),
+                opt_mib(s.guest),
+                opt_mib(s.reported),
+            );
+        }
+        out
+    }
+
+    /// A summary of a [`Reclaim`], for tables and notes.
+    pub fn reclaim_line(label: &str, r: &Reclaim) -> String {
+        format!(
+            "{label}: {:.1} of {:.1} MiB back ({:.1} %), 50 % after {}, 90 % after {}, 99 % after {}",
+            mib(r.start.saturating_sub(r.end)),
+            mib(r.expected),
+            r.fraction() * 100.0,
+            secs(r.p50),
+            secs(r.p90),
+            secs(r.p99),
+        )
+    }
+
+    /// Write an SVG plot of the series over time, with the marks as
+    /// vertical lines.
+    pub fn plot_svg(&self, path: &Path, title: &str) -> Result<(), String> {
+        use plotters::prelude::*;
+        let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+        let t_end = self
+            .samples
+            .last()
+            .map_or(1.0, |s| s.t.as_secs_f64())
+            .max(1.0);
+        let y_max = self
+            .samples
+            .iter()
+            .flat_map(|s| [Some(s.host), s.guest, s.reported])
+            .flatten()
+            .max()
+            .map_or(1.0, mib)
+            .max(1.0)
+            * 1.1;
+        let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..t_end, 0f64..y_max)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("time (s)")
+            .y_desc("MiB")
+            .draw()
+            .map_err(|e| err(&e))?;
+        type Pick = fn(&Sample) -> Option<u64>;
+        let series: [(&str, RGBColor, Pick); 3] = [
+            ("host memory for guest RAM", RED, |s| Some(s.host)),
+            ("held by guests", BLUE, |s| s.guest),
+            ("reported (cumulative)", GREEN, |s| s.reported),
+        ];
+        for (name, color, pick) in series {
+            let points: Vec<(f64, f64)> = self
+                .samples
+                .iter()
+                .filter_map(|s| pick(s).map(|v| (s.t.as_secs_f64(), mib(v))))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        for m in &self.marks {
+            let x = m.t.as_secs_f64();
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, 0.0), (x, y_max)],
+                    BLACK.mix(0.3).stroke_width(1),
+                ))
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    m.label.clone(),
+                    (x, y_max * 0.97),
+                    ("sans-serif", 11).into_font().color(&BLACK),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1 << 20;
+
+    fn s(t_ms: u64, host_mib: u64) -> Sample {
+        Sample {
+            t: Duration::from_millis(t_ms),
+            host: host_mib * M,
+            guest: None,
+            reported: None,
+        }
+    }
+
+    #[test]
+    fn reclaim_finds_the_first_sample_past_each_threshold() {
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 100), (1000, 100), (2000, 60), (3000, 20), (4000, 5)] {
+            tl.push(s(t, h));
+        }
+        let r = tl.reclaim(Duration::from_millis(1000), 100 * M, None);
+        assert_eq!(r.start, 100 * M);
+        assert_eq!(r.end, 5 * M);
+        assert_eq!(r.p50, Some(Duration::from_millis(2000)));
+        assert_eq!(r.p90, Some(Duration::from_millis(3000)));
+        assert_eq!(r.p99, None);
+        assert!((r.fraction() - 0.95).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reclaim_respects_the_window_end() {
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 100), (1000, 40), (2000, 0)] {
+            tl.push(s(t, h));
+        }
+        let r = tl.reclaim(Duration::ZERO, 100 * M, Some(Duration::from_millis(1000)));
+        assert_eq!(r.end, 40 * M);
+        assert_eq!(r.p50, Some(Duration::from_millis(1000)));
+        assert_eq!(r.p90, None);
+    }
+
+    #[test]
+    fn table_has_a_row_per_mark_with_the_state_at_the_mark() {
+        let mut tl = Timeline::new();
+        tl.push(s(0, 0));
+        tl.push(s(500, 256));
+        tl.mark(Duration::from_millis(600), "touched");
+        tl.push(s(900, 10));
+        let table = tl.phase_table();
+        let row = table.lines().find(|l| l.contains("touched")).unwrap();
+        assert!(row.contains("256.0"), "{row}");
+        let end = table.lines().last().unwrap();
+        assert!(end.contains("end") && end.contains("10.0"), "{end}");
+    }
+
+    #[test]
+    fn plot_writes_an_svg_with_the_series_and_marks() {
+        let mut tl = Timeline::new();
+        tl.push(s(0, 0));
+        tl.push(s(1000, 300));
+        tl.mark(Duration::from_millis(1000), "freed");
+        tl.push(s(2000, 3));
+        let dir = std::env::temp_dir().join(format!("timeline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plot.svg");
+        tl.plot_svg(&path, "test").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("freed"));
+        assert!(svg.contains("host memory for guest RAM"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
