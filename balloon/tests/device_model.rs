@@ -527,3 +527,113 @@ fn device_on_separate_mappings() {
     report_one(&mut r);
     assert!(!r.ram.region.has_data(0, 2 * MIB).unwrap());
 }
+
+mod model_check {
+    //! The driver against the device model stepped in one thread, driven by
+    //! random operations and faults: every submitted batch comes back exactly
+    //! once, whatever the device does.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Submit(u8),
+        Device,
+        Hold(bool),
+        Fault(Fault),
+        Poll,
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u8..=40).prop_map(Op::Submit),
+            3 => Just(Op::Device),
+            1 => any::<bool>().prop_map(Op::Hold),
+            1 => prop_oneof![
+                Just(Fault::BadUsedId),
+                Just(Fault::BadUsedLength),
+                Just(Fault::DuplicateCompletion),
+                Just(Fault::UsedIndexJump),
+                Just(Fault::Reset),
+                Just(Fault::NeedsReset),
+            ]
+            .prop_map(Op::Fault),
+            3 => Just(Op::Poll),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    fn stepped() -> (Driver, BalloonDevice) {
+        let dma = HostHal::install_default().unwrap();
+        let regs = Arc::new(SharedRegion::create("regs", 4096).unwrap());
+        let ram = Arc::new(GuestRam::create(RAM_BASE, (1 * MIB) as usize).unwrap());
+        let dev = BalloonDevice::new(
+            regs.clone(),
+            dma,
+            ram,
+            DeviceConfig::default(),
+            Box::new(|| {}),
+        )
+        .unwrap();
+        let t = SharedTransport::new(regs, Box::new(|_| {})).unwrap();
+        (VirtIOBalloon::new(t).unwrap(), dev)
+    }
+
+    fn drain(drv: &mut Driver, outstanding: &mut BTreeSet<u32>, returned: &mut u64) {
+        while let Some((id, _)) = drv.poll_reports() {
+            assert!(
+                outstanding.remove(&id),
+                "batch {id} unknown or returned twice"
+            );
+            *returned += 1;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn every_batch_returns_exactly_once(ops in proptest::collection::vec(op(), 1..80)) {
+            let (mut drv, mut dev) = stepped();
+            let mut outstanding = BTreeSet::new();
+            let mut next_id = 0u32;
+            let mut returned = 0u64;
+            for op in ops {
+                match op {
+                    Op::Submit(n) => {
+                        next_id += 1;
+                        let free = drv.report_free_descriptors();
+                        let r = drv.submit_report(next_id, &blocks(RAM_PFN, u64::from(n), 0));
+                        match r {
+                            Ok(()) => { outstanding.insert(next_id); }
+                            Err(Error::QueueFull) => prop_assert!(usize::from(n) > free),
+                            Err(Error::Broken) => prop_assert!(drv.is_broken()),
+                            Err(e) => prop_assert!(false, "unexpected {e}"),
+                        }
+                    }
+                    Op::Device => { for _ in 0..4 { if !dev.process() { break; } } }
+                    Op::Hold(h) => dev.set_hold_reports(h),
+                    Op::Fault(f) => dev.inject(QueueKind::Reporting, f),
+                    Op::Poll => drain(&mut drv, &mut outstanding, &mut returned),
+                    Op::Restart => if drv.is_broken() { drv.restart().unwrap() },
+                }
+            }
+            // Let everything finish: a healthy device, a restarted driver.
+            dev.set_hold_reports(false);
+            for _ in 0..4 {
+                drain(&mut drv, &mut outstanding, &mut returned);
+                if drv.is_broken() {
+                    drv.restart().unwrap();
+                }
+                while dev.process() {}
+            }
+            drain(&mut drv, &mut outstanding, &mut returned);
+            prop_assert!(outstanding.is_empty(), "lost batches {:?}", outstanding);
+            let m = *drv.metrics();
+            prop_assert_eq!(m.reports_completed + m.reports_failed, returned);
+            prop_assert_eq!(m.reports_submitted, returned);
+            prop_assert_eq!(drv.report_free_descriptors(), drv.report_capacity());
+        }
+    }
+}
