@@ -2,8 +2,8 @@
 //! and the conservation check.
 
 use crate::meta::{
-    KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot,
-    get_next, get_prev, kind_of, order_of, set_next, set_prev, state,
+    KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot, get_next,
+    get_prev, kind_of, order_of, set_next, set_prev, state,
 };
 use crate::reporting::{Actions, Worker};
 use crate::{
@@ -121,7 +121,10 @@ impl Zone {
     /// Is the block `(pfn, order)` entirely inside the zone?
     #[inline(always)]
     fn contains(&self, pfn: Pfn, order: u8) -> bool {
-        pfn >= self.base && pfn.checked_add(1u64 << order).is_some_and(|e| e <= self.end())
+        pfn >= self.base
+            && pfn
+                .checked_add(1u64 << order)
+                .is_some_and(|e| e <= self.end())
     }
 }
 
@@ -136,6 +139,11 @@ pub struct MemCore<'m> {
     pub(crate) meta: &'m mut [Slot],
     pub(crate) zones: [Zone; MAX_ZONES],
     pub(crate) nr_zones: usize,
+    /// Smallest merged order whose free requests reporting; `u8::MAX` when
+    /// reporting is off. Kept here, next to the zones, so the free path's
+    /// check costs the same compare whether reporting is on or off (Linux
+    /// guards `page_reporting_notify_free` with a static key for this).
+    pub(crate) notify_order: u8,
     pub(crate) worker: Worker,
 }
 
@@ -185,10 +193,21 @@ impl<'m> MemCore<'m> {
             meta: slots,
             zones: [Zone::EMPTY; MAX_ZONES],
             nr_zones: zones.len(),
+            notify_order: reporting.map_or(u8::MAX, |t| t.reporting_order),
             worker: Worker::new(reporting),
         };
         for s in core.meta.iter_mut() {
-            *s = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, state(KIND_TAIL, 0)];
+            *s = [
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                state(KIND_TAIL, 0),
+            ];
         }
         let mut first = 0u32;
         for (i, spec) in zones.iter().enumerate() {
@@ -373,7 +392,13 @@ impl<'m> MemCore<'m> {
     /// Free block `g` of order `o` into zone `z`, merging with free buddies.
     /// Returns the merged block. `tail`: see [`Self::list_add`].
     #[inline]
-    pub(crate) fn merge_insert(&mut self, z: usize, mut g: u32, mut o: u8, tail: bool) -> (u32, u8) {
+    pub(crate) fn merge_insert(
+        &mut self,
+        z: usize,
+        mut g: u32,
+        mut o: u8,
+        tail: bool,
+    ) -> (u32, u8) {
         let zone = self.zones[z];
         let mut pfn = zone.pfn(g);
         while o < MAX_ORDER {
@@ -448,7 +473,9 @@ impl<'m> MemCore<'m> {
         self.zones[z].stats.allocated_pages -= 1u64 << order;
         let (_, merged) = self.merge_insert(z, g, order, false);
         let mut acts = Actions::default();
-        self.worker.freed(merged, &mut acts);
+        if merged >= self.notify_order {
+            self.worker.freed(merged, &mut acts);
+        }
         Ok(acts)
     }
 
@@ -543,7 +570,9 @@ impl<'m> MemCore<'m> {
         self.zones[z].stats.ballooned_pages -= block.pages();
         let (_, merged) = self.merge_insert(z, zone_c.gidx(block.pfn), block.order, false);
         let mut acts = Actions::default();
-        self.worker.freed(merged, &mut acts);
+        if merged >= self.notify_order {
+            self.worker.freed(merged, &mut acts);
+        }
         Ok(acts)
     }
 
@@ -622,7 +651,11 @@ impl<'m> MemCore<'m> {
     /// counters equal a recount; the worker's state is consistent.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         for (zi, zone) in self.zones[..self.nr_zones].iter().enumerate() {
-            let bad = |what, pfn| InvariantViolation { what, zone: zi, pfn };
+            let bad = |what, pfn| InvariantViolation {
+                what,
+                zone: zi,
+                pfn,
+            };
             let mut count = ZoneStats {
                 total_pages: u64::from(zone.pages),
                 ..ZoneStats::default()

@@ -100,7 +100,9 @@ mod tests {
             owner: 0,
         }];
         let per_page = metadata_bytes(&zones) as f64 / 262_144.0;
-        std::println!("memserver metadata: {per_page} bytes per managed 4 KiB page (Linux struct page: 64)");
+        std::println!(
+            "memserver metadata: {per_page} bytes per managed 4 KiB page (Linux struct page: 64)"
+        );
         assert!(per_page <= 10.0, "{per_page} bytes per page");
         assert_eq!(per_page, BYTES_PER_PAGE as f64);
     }

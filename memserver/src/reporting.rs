@@ -383,6 +383,7 @@ impl MemCore<'_> {
         let mut acts = Actions::default();
         let was_on = self.worker.tun.is_some();
         self.worker.tun = tun;
+        self.notify_order = tun.map_or(u8::MAX, |t| t.reporting_order);
         if tun.is_none() {
             self.worker.state = ReportingState::Idle;
             self.worker.timer_armed = false;

@@ -82,7 +82,12 @@ fn free_refusals() {
         c.free(Z0, balloon[0].pfn, balloon[0].order)
     });
     // Free blocks: never allocated, and double free.
-    let (fb, _) = c.free_list(Z0, 0).unwrap().chain(c.free_list(Z0, 1).unwrap()).next().unwrap();
+    let (fb, _) = c
+        .free_list(Z0, 0)
+        .unwrap()
+        .chain(c.free_list(Z0, 1).unwrap())
+        .next()
+        .unwrap();
     let fo = c.block_of(fb).unwrap().0.order;
     refused(&mut c, Error::AlreadyFree, |c| c.free(Z0, fb, fo));
     c.free(Z0, p0, 0).unwrap();
@@ -108,12 +113,20 @@ fn alloc_refusals() {
 #[test]
 fn completion_refusals() {
     let (mut c, _, id, _) = busy();
-    refused(&mut c, Error::UnknownBatch, |c| c.report_completed(BatchId(id.0 + 1), true));
-    refused(&mut c, Error::UnknownBatch, |c| c.report_completed(BatchId(0), false));
-    refused(&mut c, Error::UnknownBatch, |c| c.report_completed(BatchId(u32::MAX), true));
+    refused(&mut c, Error::UnknownBatch, |c| {
+        c.report_completed(BatchId(id.0 + 1), true)
+    });
+    refused(&mut c, Error::UnknownBatch, |c| {
+        c.report_completed(BatchId(0), false)
+    });
+    refused(&mut c, Error::UnknownBatch, |c| {
+        c.report_completed(BatchId(u32::MAX), true)
+    });
     c.report_completed(id, true).unwrap();
     // A second completion of the same batch is unknown.
-    refused(&mut c, Error::UnknownBatch, |c| c.report_completed(id, true));
+    refused(&mut c, Error::UnknownBatch, |c| {
+        c.report_completed(id, true)
+    });
 }
 
 #[test]
@@ -122,32 +135,61 @@ fn deflate_refusals() {
     let b = balloon[0];
     let isolated = c.batch(id).unwrap()[0];
     let (p3, _) = allocs[1];
-    refused(&mut c, Error::NoSuchZone, |c| c.return_from_balloon(ZoneId(3), b));
+    refused(&mut c, Error::NoSuchZone, |c| {
+        c.return_from_balloon(ZoneId(3), b)
+    });
     refused(&mut c, Error::OutOfZone, |c| c.return_from_balloon(Z1, b));
     refused(&mut c, Error::BadOrder, |c| {
-        c.return_from_balloon(Z0, Block { pfn: b.pfn, order: 11 })
+        c.return_from_balloon(
+            Z0,
+            Block {
+                pfn: b.pfn,
+                order: 11,
+            },
+        )
     });
     if b.order > 0 {
         refused(&mut c, Error::Misaligned, |c| {
-            c.return_from_balloon(Z0, Block { pfn: b.pfn + 1, order: b.order })
+            c.return_from_balloon(
+                Z0,
+                Block {
+                    pfn: b.pfn + 1,
+                    order: b.order,
+                },
+            )
         });
     }
     // Larger than the ballooned block.
     if b.order < MAX_ORDER && b.pfn % (2u64 << b.order) == 0 {
         refused(&mut c, Error::NotBallooned, |c| {
-            c.return_from_balloon(Z0, Block { pfn: b.pfn, order: b.order + 1 })
+            c.return_from_balloon(
+                Z0,
+                Block {
+                    pfn: b.pfn,
+                    order: b.order + 1,
+                },
+            )
         });
     }
     refused(&mut c, Error::NotBallooned, |c| {
         c.return_from_balloon(Z0, Block { pfn: p3, order: 3 })
     });
-    refused(&mut c, Error::NotBallooned, |c| c.return_from_balloon(Z0, isolated));
-    let (fb, _) = c.free_list(Z0, 0).unwrap().chain(c.free_list(Z0, 1).unwrap()).next().unwrap();
+    refused(&mut c, Error::NotBallooned, |c| {
+        c.return_from_balloon(Z0, isolated)
+    });
+    let (fb, _) = c
+        .free_list(Z0, 0)
+        .unwrap()
+        .chain(c.free_list(Z0, 1).unwrap())
+        .next()
+        .unwrap();
     refused(&mut c, Error::NotBallooned, |c| {
         c.return_from_balloon(Z0, Block { pfn: fb, order: 0 })
     });
     c.return_from_balloon(Z0, b).unwrap();
-    refused(&mut c, Error::NotBallooned, |c| c.return_from_balloon(Z0, b));
+    refused(&mut c, Error::NotBallooned, |c| {
+        c.return_from_balloon(Z0, b)
+    });
     refused(&mut c, Error::NoSuchZone, |c| {
         let mut out = [Block::default(); 2];
         c.take_for_balloon(ZoneId(9), 10, &mut out)
@@ -158,18 +200,44 @@ fn deflate_refusals() {
 fn tunables_refusals() {
     let (mut c, _, _, _) = busy();
     let bad = [
-        Tunables { reporting_order: 11, ..Tunables::default() },
-        Tunables { delay_ns: 0, ..Tunables::default() },
-        Tunables { capacity: 0, ..Tunables::default() },
-        Tunables { capacity: 129, ..Tunables::default() },
-        Tunables { budget_divisor: 0, ..Tunables::default() },
-        Tunables { max_in_flight: 0, ..Tunables::default() },
-        Tunables { max_in_flight: 9, ..Tunables::default() },
-        Tunables { low_watermark_pages: u64::MAX, ..Tunables::default() },
+        Tunables {
+            reporting_order: 11,
+            ..Tunables::default()
+        },
+        Tunables {
+            delay_ns: 0,
+            ..Tunables::default()
+        },
+        Tunables {
+            capacity: 0,
+            ..Tunables::default()
+        },
+        Tunables {
+            capacity: 129,
+            ..Tunables::default()
+        },
+        Tunables {
+            budget_divisor: 0,
+            ..Tunables::default()
+        },
+        Tunables {
+            max_in_flight: 0,
+            ..Tunables::default()
+        },
+        Tunables {
+            max_in_flight: 9,
+            ..Tunables::default()
+        },
+        Tunables {
+            low_watermark_pages: u64::MAX,
+            ..Tunables::default()
+        },
     ];
     for t in bad {
         assert!(matches!(t.validate(), Err(Error::BadTunable(_))), "{t:?}");
-        refused(&mut c, t.validate().unwrap_err(), |c| c.set_tunables(Some(t)));
+        refused(&mut c, t.validate().unwrap_err(), |c| {
+            c.set_tunables(Some(t))
+        });
         let zones = [zone(0, 1024)];
         let mut meta = vec![0u8; memserver::metadata_bytes(&zones)];
         assert!(matches!(
@@ -178,24 +246,36 @@ fn tunables_refusals() {
         ));
     }
     // A pass is running in busy(): tunables cannot change under it.
-    refused(&mut c, Error::ReportingBusy, |c| c.set_tunables(Some(Tunables::default())));
+    refused(&mut c, Error::ReportingBusy, |c| {
+        c.set_tunables(Some(Tunables::default()))
+    });
 }
 
 #[test]
 fn construction_refusals() {
     let mut meta = vec![0u8; 1 << 20];
-    let z = |base, pages| ZoneSpec { base_pfn: base, pages, owner: 1 };
+    let z = |base, pages| ZoneSpec {
+        base_pfn: base,
+        pages,
+        owner: 1,
+    };
     let cases: &[(&[ZoneSpec], Error)] = &[
         (&[z(0, 0)], Error::EmptyZone),
         (&[z(u64::MAX - 10, 100)], Error::EmptyZone),
         (&[z(0, 100), z(50, 100)], Error::ZonesOverlap),
         (&[z(100, 100), z(0, 101)], Error::ZonesOverlap),
-        (&[z(0, 200_000)], Error::MetadataTooSmall { needed: 1_800_000 }),
+        (
+            &[z(0, 200_000)],
+            Error::MetadataTooSmall { needed: 1_800_000 },
+        ),
         (&[z(0, u32::MAX)], Error::TooManyPages),
     ];
     for (zones, want) in cases {
         assert_eq!(MemCore::new(zones, &mut meta, None).unwrap_err(), *want);
     }
     let many = [z(0, 1); 17];
-    assert_eq!(MemCore::new(&many, &mut meta, None).unwrap_err(), Error::TooManyZones);
+    assert_eq!(
+        MemCore::new(&many, &mut meta, None).unwrap_err(),
+        Error::TooManyZones
+    );
 }

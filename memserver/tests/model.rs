@@ -114,17 +114,31 @@ impl Model {
 
 /// Take the actions' batches: check them against the model and mark their
 /// blocks isolated.
-fn take_batches(c: &MemCore<'_>, m: &mut Model, acts: &Actions, reported_before: &HashSet<(u64, u8)>) {
+fn take_batches(
+    c: &MemCore<'_>,
+    m: &mut Model,
+    acts: &Actions,
+    reported_before: &HashSet<(u64, u8)>,
+) {
     let t = m.tun.expect("batches only with reporting on");
     for id in acts.batches() {
         let entries = c.batch(*id).expect("sent batch is in flight");
         assert!(!entries.is_empty() && entries.len() <= usize::from(t.capacity));
         let z = c.batch_zone(*id).unwrap().0 as usize;
         for b in entries {
-            assert!(b.order >= t.reporting_order, "only orders >= reporting_order");
+            assert!(
+                b.order >= t.reporting_order,
+                "only orders >= reporting_order"
+            );
             assert_eq!(b.pfn % b.pages(), 0);
-            assert!(!reported_before.contains(&(b.pfn, b.order)), "Reported blocks are skipped");
-            assert!(m.all(z, *b, P::Free), "batch holds a block that was not free");
+            assert!(
+                !reported_before.contains(&(b.pfn, b.order)),
+                "Reported blocks are skipped"
+            );
+            assert!(
+                m.all(z, *b, P::Free),
+                "batch holds a block that was not free"
+            );
             m.set(z, *b, P::Isolated);
         }
     }
@@ -160,14 +174,19 @@ fn check(c: &MemCore<'_>, m: &Model) {
             };
             assert_eq!(*p, want, "pfn {pfn:#x} in zone {z}");
             if let BlockState::Free { reported: true } = s {
-                assert!(m.may_be_reported.contains(&(z, b)), "{b:?} Reported without a report");
+                assert!(
+                    m.may_be_reported.contains(&(z, b)),
+                    "{b:?} Reported without a report"
+                );
             }
-            *counts.entry(match p {
-                P::Free => "free",
-                P::Alloc => "alloc",
-                P::Isolated => "iso",
-                P::Ballooned => "bal",
-            }).or_default() += 1;
+            *counts
+                .entry(match p {
+                    P::Free => "free",
+                    P::Alloc => "alloc",
+                    P::Isolated => "iso",
+                    P::Ballooned => "bal",
+                })
+                .or_default() += 1;
         }
         let s = c.zone_stats(ZoneId(z as u16)).unwrap();
         assert_eq!(s.free_pages, counts.get("free").copied().unwrap_or(0));
@@ -188,9 +207,16 @@ fn check(c: &MemCore<'_>, m: &Model) {
 fn run(tun: Option<Tunables>, ops: Vec<Op>) {
     let zones = vec![zone(5, 1500), zone(2048, 1024)];
     let (mut c, boot) = core(&zones, tun);
-    assert_eq!(boot.arm_timer_ns().is_some(), tun.is_some(), "boot arms iff reporting on");
+    assert_eq!(
+        boot.arm_timer_ns().is_some(),
+        tun.is_some(),
+        "boot arms iff reporting on"
+    );
     let mut m = Model {
-        pages: zones.iter().map(|z| vec![P::Free; z.pages as usize]).collect(),
+        pages: zones
+            .iter()
+            .map(|z| vec![P::Free; z.pages as usize])
+            .collect(),
         zones,
         allocs: Vec::new(),
         balloon: Vec::new(),
@@ -261,7 +287,13 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 if !ok {
                     let still: HashSet<(u64, u8)> = c
                         .in_flight()
-                        .flat_map(|i| c.batch(i).unwrap().iter().map(|b| (b.pfn, b.order)).collect::<Vec<_>>())
+                        .flat_map(|i| {
+                            c.batch(i)
+                                .unwrap()
+                                .iter()
+                                .map(|b| (b.pfn, b.order))
+                                .collect::<Vec<_>>()
+                        })
                         .collect();
                     for (zi, spec) in m.zones.clone().iter().enumerate() {
                         for i in 0..spec.pages as usize {
@@ -301,7 +333,10 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                     continue;
                 }
                 let before = snapshot(&c);
-                assert_eq!(c.report_completed(BatchId(id), true), Err(Error::UnknownBatch));
+                assert_eq!(
+                    c.report_completed(BatchId(id), true),
+                    Err(Error::UnknownBatch)
+                );
                 assert_eq!(snapshot(&c), before);
             }
             Op::Inflate { zone, pages } => {
@@ -309,11 +344,16 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 let low = m.tun.unwrap_or_default().low_watermark_pages;
                 let free_before = c.zone_stats(ZoneId(zone.into())).unwrap().free_pages;
                 let mut out = [Block::default(); 8];
-                let n = c.take_for_balloon(ZoneId(zone.into()), u64::from(pages), &mut out).unwrap();
+                let n = c
+                    .take_for_balloon(ZoneId(zone.into()), u64::from(pages), &mut out)
+                    .unwrap();
                 let got: u64 = out[..n].iter().map(Block::pages).sum();
                 assert!(got <= u64::from(pages));
                 if got > 0 {
-                    assert!(free_before - got >= low, "balloon dipped below the watermark");
+                    assert!(
+                        free_before - got >= low,
+                        "balloon dipped below the watermark"
+                    );
                 }
                 for b in &out[..n] {
                     assert!(m.all(z, *b, P::Free));
@@ -329,7 +369,10 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 let (z, b) = m.balloon.swap_remove(i);
                 let so = sub.min(b.order);
                 let n = 1u64 << (b.order - so);
-                let part = Block { pfn: b.pfn + (u64::from(at) % n) * (1 << so), order: so };
+                let part = Block {
+                    pfn: b.pfn + (u64::from(at) % n) * (1 << so),
+                    order: so,
+                };
                 let acts = c.return_from_balloon(ZoneId(z as u16), part).unwrap();
                 assert!(acts.batches().is_empty());
                 m.set(z, part, P::Free);
@@ -342,7 +385,13 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                         m.balloon.push((z, Block { pfn: h, order: k }));
                         h += half;
                     } else {
-                        m.balloon.push((z, Block { pfn: h + half, order: k }));
+                        m.balloon.push((
+                            z,
+                            Block {
+                                pfn: h + half,
+                                order: k,
+                            },
+                        ));
                     }
                 }
             }
@@ -358,10 +407,18 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 if c.reporting_state() == ReportingState::Idle && !c.pass_running() {
                     break;
                 }
-                let mut acts = if c.timer_armed() { c.timer_expired() } else { Actions::default() };
+                let mut acts = if c.timer_armed() {
+                    c.timer_expired()
+                } else {
+                    Actions::default()
+                };
                 complete_all(c, true, &mut acts);
             }
-            assert_eq!(c.reporting_state(), ReportingState::Idle, "reporting settles");
+            assert_eq!(
+                c.reporting_state(),
+                ReportingState::Idle,
+                "reporting settles"
+            );
             assert_eq!(c.stats().isolated_pages, 0);
             c.check_invariants().unwrap();
         };
@@ -376,11 +433,15 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
         settle(&mut c);
         for z in 0..2u16 {
             let s = c.zone_stats(ZoneId(z)).unwrap();
-            if s.free_pages >= t.low_watermark_pages + (u64::from(t.capacity) << t.reporting_order) {
+            if s.free_pages >= t.low_watermark_pages + (u64::from(t.capacity) << t.reporting_order)
+            {
                 let big: u64 = (usize::from(t.reporting_order)..=usize::from(MAX_ORDER))
                     .map(|o| s.free_blocks[o] << o)
                     .sum();
-                assert_eq!(s.reported_pages, big, "zone {z}: everything reportable reported");
+                assert_eq!(
+                    s.reported_pages, big,
+                    "zone {z}: everything reportable reported"
+                );
             }
         }
     }

@@ -36,8 +36,15 @@ fn defaults_are_linux_values() {
 #[test]
 fn everything_free_is_reported_after_boot() {
     let (mut c, acts) = core(&[zone(0x40003, GIB_PAGES)], Some(Tunables::default()));
-    assert_eq!(acts.arm_timer_ns(), Some(2_000_000_000), "boot arms the delay");
-    assert!(acts.batches().is_empty(), "nothing reported before the delay");
+    assert_eq!(
+        acts.arm_timer_ns(),
+        Some(2_000_000_000),
+        "boot arms the delay"
+    );
+    assert!(
+        acts.batches().is_empty(),
+        "nothing reported before the delay"
+    );
     assert_eq!(c.reporting_state(), ReportingState::Requested);
     assert_eq!(c.stats().reported_pages, 0);
 
@@ -113,7 +120,11 @@ fn request_during_active_reruns() {
 
     let mut end = Default::default();
     complete_all(&mut c, true, &mut end);
-    assert_eq!(end.arm_timer_ns(), Some(2_000_000_000), "re-run after the pass");
+    assert_eq!(
+        end.arm_timer_ns(),
+        Some(2_000_000_000),
+        "re-run after the pass"
+    );
     assert!(c.timer_armed());
 
     // Without a request during the pass, it ends IDLE and arms nothing.
@@ -163,7 +174,11 @@ fn failed_report_is_retried_later() {
         );
     }
     assert_eq!(c.reporting_stats().batches_failed, 1);
-    assert_eq!(acts.arm_timer_ns(), Some(2_000_000_000), "retry after the delay");
+    assert_eq!(
+        acts.arm_timer_ns(),
+        Some(2_000_000_000),
+        "retry after the delay"
+    );
     assert_eq!(c.reporting_state(), ReportingState::Requested);
 
     let (done, _) = run_pass(&mut c, true);
@@ -232,8 +247,15 @@ fn rotation_resumes_at_first_unprocessed_block() {
     assert_eq!(acts.batches().len(), 1);
     let list: Vec<_> = c.free_list(Z0, 10).unwrap().collect();
     assert_eq!(list.len(), 3);
-    assert_eq!(list[0], (u[1], false), "first unprocessed block is the head");
-    assert!(list[1].1 && list[2].1, "the skipped Reported blocks follow it");
+    assert_eq!(
+        list[0],
+        (u[1], false),
+        "first unprocessed block is the head"
+    );
+    assert!(
+        list[1].1 && list[2].1,
+        "the skipped Reported blocks follow it"
+    );
     let mut end = Default::default();
     let done = complete_all(&mut c, true, &mut end);
     assert_eq!(done.len(), 3);
@@ -288,12 +310,21 @@ fn merge_clears_reported() {
     let (mut c, _) = core(&[zone(0, 1024)], Some(tun));
     let a = c.alloc(Z0, 9).unwrap();
     let (done, _) = run_pass(&mut c, true);
-    assert_eq!(done, vec![Block { pfn: a ^ 512, order: 9 }]);
+    assert_eq!(
+        done,
+        vec![Block {
+            pfn: a ^ 512,
+            order: 9
+        }]
+    );
     assert_eq!(c.stats().reported_pages, 512);
     c.free(Z0, a, 9).unwrap();
     assert_eq!(
         c.block_of(0),
-        Some((Block { pfn: 0, order: 10 }, BlockState::Free { reported: false }))
+        Some((
+            Block { pfn: 0, order: 10 },
+            BlockState::Free { reported: false }
+        ))
     );
     assert_eq!(c.stats().reported_pages, 0);
     c.check_invariants().unwrap();
@@ -328,7 +359,13 @@ fn drained_block_that_merges_is_not_marked() {
     let a = c.alloc(Z0, 9).unwrap();
     let acts = c.timer_expired();
     let id = acts.batches()[0];
-    assert_eq!(c.batch(id).unwrap(), &[Block { pfn: a ^ 512, order: 9 }]);
+    assert_eq!(
+        c.batch(id).unwrap(),
+        &[Block {
+            pfn: a ^ 512,
+            order: 9
+        }]
+    );
     // Free the buddy while the other half is isolated: no merge yet, and
     // no new timer (ACTIVE -> REQUESTED).
     let acts = c.free(Z0, a, 9).unwrap();
@@ -337,7 +374,10 @@ fn drained_block_that_merges_is_not_marked() {
     let acts = c.report_completed(id, true).unwrap();
     assert_eq!(
         c.block_of(0),
-        Some((Block { pfn: 0, order: 10 }, BlockState::Free { reported: false }))
+        Some((
+            Block { pfn: 0, order: 10 },
+            BlockState::Free { reported: false }
+        ))
     );
     assert_eq!(c.reporting_stats().blocks_reported, 1);
     assert_eq!(c.reporting_stats().blocks_marked, 0);
@@ -441,11 +481,20 @@ fn balloon_inflate_deflate() {
     let (mut c, _) = core(&[zone(0, 4096)], Some(tun));
     let mut out = [Block::default(); 16];
     let n = c.take_for_balloon(Z0, 2049, &mut out).unwrap();
-    assert_eq!(&out[..n], &[
-        Block { pfn: 0, order: 10 },
-        Block { pfn: 1024, order: 10 },
-        Block { pfn: 2048, order: 0 },
-    ]);
+    assert_eq!(
+        &out[..n],
+        &[
+            Block { pfn: 0, order: 10 },
+            Block {
+                pfn: 1024,
+                order: 10
+            },
+            Block {
+                pfn: 2048,
+                order: 0
+            },
+        ]
+    );
     assert_eq!(c.stats().ballooned_pages, 2049);
     // Only 4096 - 2049 - 1000 = 1047 more may go.
     let n = c.take_for_balloon(Z0, 100_000, &mut out).unwrap();
@@ -454,10 +503,17 @@ fn balloon_inflate_deflate() {
     assert_eq!(c.stats().free_pages, 1000);
     assert_eq!(c.take_for_balloon(Z0, 1, &mut out), Ok(0));
     // Deflate one page out of the middle of the first block.
-    c.return_from_balloon(Z0, Block { pfn: 37, order: 0 }).unwrap();
-    assert_eq!(c.block_of(37).unwrap().1, BlockState::Free { reported: false });
+    c.return_from_balloon(Z0, Block { pfn: 37, order: 0 })
+        .unwrap();
+    assert_eq!(
+        c.block_of(37).unwrap().1,
+        BlockState::Free { reported: false }
+    );
     assert_eq!(c.block_of(36).unwrap().1, BlockState::Ballooned);
-    assert_eq!(c.block_of(512).unwrap(), (Block { pfn: 512, order: 9 }, BlockState::Ballooned));
+    assert_eq!(
+        c.block_of(512).unwrap(),
+        (Block { pfn: 512, order: 9 }, BlockState::Ballooned)
+    );
     c.check_invariants().unwrap();
     // Deflating the same page twice is refused.
     assert_eq!(
@@ -465,7 +521,15 @@ fn balloon_inflate_deflate() {
         Err(memserver::Error::NotBallooned)
     );
     // Deflating a whole block requests reporting when big enough.
-    let acts = c.return_from_balloon(Z0, Block { pfn: 1024, order: 10 }).unwrap();
+    let acts = c
+        .return_from_balloon(
+            Z0,
+            Block {
+                pfn: 1024,
+                order: 10,
+            },
+        )
+        .unwrap();
     assert_eq!(c.stats().ballooned_pages, 2049 + 1047 - 1 - 1024);
     let _ = acts;
     c.check_invariants().unwrap();
