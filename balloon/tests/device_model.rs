@@ -568,7 +568,7 @@ mod model_check {
     fn stepped() -> (Driver, BalloonDevice) {
         let dma = HostHal::install_default().unwrap();
         let regs = Arc::new(SharedRegion::create("regs", 4096).unwrap());
-        let ram = Arc::new(GuestRam::create(RAM_BASE, (1 * MIB) as usize).unwrap());
+        let ram = Arc::new(GuestRam::create(RAM_BASE, MIB as usize).unwrap());
         let dev = BalloonDevice::new(
             regs.clone(),
             dma,
