@@ -416,10 +416,16 @@ fn decode_msg(buf: &[u8]) -> Option<MessageInfo> {
 /// Close every descriptor above stderr that the launcher did not give.
 fn close_strays(keep: &[RawFd]) {
     use rustix::fs::{Dir, Mode, OFlags, open};
-    let Ok(dirfd) = open("/proc/self/fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
+    let Ok(dirfd) = open(
+        "/proc/self/fd",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return;
     };
-    let Ok(dir) = Dir::read_from(&dirfd) else { return };
+    let Ok(dir) = Dir::read_from(&dirfd) else {
+        return;
+    };
     let fds: Vec<RawFd> = dir
         .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
         .filter(|fd| *fd > 2 && *fd != dirfd.as_raw_fd() && !keep.contains(fd))

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 mod cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "tools", about = "Host-side tools for the free-page-reporting Microkit system")]
+#[command(
+    name = "tools",
+    about = "Host-side tools for the free-page-reporting Microkit system"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -6,7 +6,7 @@ mod config {
     include!(concat!(env!("OUT_DIR"), "/pd_pong.rs"));
 }
 
-use config::{channel, region};
+use config::{channel, irq, region};
 use pd::{Channel, ChannelSet, Handler, MessageInfo, handler::Never};
 
 const LOG: pd::Log = pd::Log::new("PONG");
@@ -15,12 +15,18 @@ struct Pong {
     input: *const u64,
     out: *mut u64,
     rounds: u64,
+    irqs: u64,
 }
 
 impl Handler for Pong {
     type Error = Never;
 
     fn notified(&mut self, channels: ChannelSet) -> Result<(), Never> {
+        if channels.contains(irq::IRQ) {
+            self.irqs += 1;
+            LOG.info(format_args!("irq {}", self.irqs));
+            irq::IRQ.irq_ack();
+        }
         if channels.contains(channel::PING) {
             // SAFETY: `input` points into ping_to_pong, mapped read-only for
             // this PD's lifetime. Volatile: ping writes it.
@@ -53,6 +59,7 @@ fn init() -> Pong {
         input: region::PING_TO_PONG.get().as_ptr().cast(),
         out: region::PONG_TO_PING.get().as_ptr().cast(),
         rounds: 0,
+        irqs: 0,
     }
 }
 

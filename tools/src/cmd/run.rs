@@ -38,7 +38,11 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let bin_dir = args.bin_dir.clone().or_else(|| std::env::current_exe().ok()?.parent().map(Into::into)).unwrap_or_default();
+    let bin_dir = args
+        .bin_dir
+        .clone()
+        .or_else(|| std::env::current_exe().ok()?.parent().map(Into::into))
+        .unwrap_or_default();
     let mut launcher = match Launcher::new(sys, &bin_dir, true) {
         Ok(l) => l,
         Err(e) => {

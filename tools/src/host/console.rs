@@ -25,8 +25,16 @@ pub struct Console {
 
 impl Console {
     pub(crate) fn new(echo: bool) -> std::io::Result<Arc<Self>> {
-        let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
-        Ok(Arc::new(Console { inner: Mutex::new(Inner::default()), cv: Condvar::new(), echo, watch_event: ev }))
+        let ev = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Arc::new(Console {
+            inner: Mutex::new(Inner::default()),
+            cv: Condvar::new(),
+            echo,
+            watch_event: ev,
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -66,7 +74,11 @@ impl Console {
 
     /// Forward the lines of `pipe` (a PD's stdout, or its stderr with a
     /// prefix) until it closes.
-    pub(crate) fn spawn_reader(self: &Arc<Self>, pipe: impl Read + Send + 'static, prefix: Option<String>) {
+    pub(crate) fn spawn_reader(
+        self: &Arc<Self>,
+        pipe: impl Read + Send + 'static,
+        prefix: Option<String>,
+    ) {
         let me = Arc::clone(self);
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).split(b'\n') {
@@ -97,7 +109,11 @@ impl Console {
             if now >= deadline {
                 return None;
             }
-            g = self.cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }

@@ -42,7 +42,11 @@ impl fmt::Display for LaunchError {
                 Ok(())
             }
             LaunchError::MissingBinary { pd, path } => {
-                write!(f, "PD '{pd}': no host binary at {} (build it with --features pd/host)", path.display())
+                write!(
+                    f,
+                    "PD '{pd}': no host binary at {} (build it with --features pd/host)",
+                    path.display()
+                )
             }
             LaunchError::Io { what, err } => write!(f, "{what}: {err}"),
             LaunchError::NoSuchRegion(r) => write!(f, "no memory_region '{r}'"),
@@ -54,14 +58,17 @@ impl fmt::Display for LaunchError {
 
 impl std::error::Error for LaunchError {}
 
-fn io<T>(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     let what = what.into();
     move |err| LaunchError::Io { what, err }
 }
 
-fn rio<T>(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> LaunchError {
+fn rio(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> LaunchError {
     let what = what.into();
-    move |e| LaunchError::Io { what, err: e.into() }
+    move |e| LaunchError::Io {
+        what,
+        err: e.into(),
+    }
 }
 
 /// How a PD process ended.
@@ -89,9 +96,23 @@ fn signal_name(sig: i32) -> &'static str {
 impl fmt::Display for PdExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => write!(f, "PD '{}' (pid {}) exited with status {c}", self.pd, self.pid),
-            (None, Some(s)) => write!(f, "PD '{}' (pid {}) was killed by signal {s} ({})", self.pd, self.pid, signal_name(s)),
-            _ => write!(f, "PD '{}' (pid {}) ended: {}", self.pd, self.pid, self.status),
+            (Some(c), _) => write!(
+                f,
+                "PD '{}' (pid {}) exited with status {c}",
+                self.pd, self.pid
+            ),
+            (None, Some(s)) => write!(
+                f,
+                "PD '{}' (pid {}) was killed by signal {s} ({})",
+                self.pd,
+                self.pid,
+                signal_name(s)
+            ),
+            _ => write!(
+                f,
+                "PD '{}' (pid {}) ended: {}",
+                self.pd, self.pid, self.status
+            ),
         }
     }
 }
@@ -118,13 +139,18 @@ pub struct IrqLine {
 impl IrqLine {
     /// Raise the interrupt (coalesces with one not yet taken, like a level line).
     pub fn raise(&self) -> std::io::Result<()> {
-        rustix::io::write(&self.raise, &1u64.to_ne_bytes()).map(|_| ()).map_err(Into::into)
+        rustix::io::write(&self.raise, &1u64.to_ne_bytes())
+            .map(|_| ())
+            .map_err(Into::into)
     }
 
     /// Wait up to `timeout` for the PD to acknowledge; true when it did.
     pub fn wait_ack(&self, timeout: Duration) -> std::io::Result<bool> {
         let mut fds = [PollFd::new(&self.ack, PollFlags::IN)];
-        let ts = rustix::time::Timespec::try_from(timeout).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 });
+        let ts = rustix::time::Timespec::try_from(timeout).unwrap_or(rustix::time::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
         if poll(&mut fds, Some(&ts))? == 0 {
             return Ok(false);
         }
@@ -210,21 +236,32 @@ pub struct Launcher {
 impl fmt::Debug for Launcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Launcher")
-            .field("pds", &self.sys.pds.iter().map(|p| &p.name).collect::<Vec<_>>())
+            .field(
+                "pds",
+                &self.sys.pds.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
             .field("running", &self.pids())
             .finish()
     }
 }
 
 fn new_eventfd(what: &str) -> Result<Arc<OwnedFd>, LaunchError> {
-    eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map(Arc::new).map_err(rio::<()>(format!("eventfd for {what}")))
+    eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map(Arc::new)
+        .map_err(rio(format!("eventfd for {what}")))
 }
 
 /// The host binary of a `program_image`: `foo.elf` -> `<bin_dir>/foo`.
 pub fn host_binary(bin_dir: &Path, program_image: &str) -> PathBuf {
-    let file = Path::new(program_image).file_name().map_or_else(|| program_image.into(), |f| f.to_os_string());
+    let file = Path::new(program_image)
+        .file_name()
+        .map_or_else(|| program_image.into(), |f| f.to_os_string());
     let file = Path::new(&file);
-    let stem = if file.extension().is_some_and(|e| e == "elf") { file.file_stem().unwrap_or(file.as_os_str()) } else { file.as_os_str() };
+    let stem = if file.extension().is_some_and(|e| e == "elf") {
+        file.file_stem().unwrap_or(file.as_os_str())
+    } else {
+        file.as_os_str()
+    };
     bin_dir.join(stem)
 }
 
@@ -236,7 +273,12 @@ impl Launcher {
     pub fn new(sys: System, bin_dir: &Path, echo: bool) -> Result<Launcher, LaunchError> {
         let diags = sdf::check(&sys);
         if sdf::check::has_errors(&diags) {
-            return Err(LaunchError::Invalid(diags.into_iter().filter(|d| d.severity == sdf::Severity::Error).collect()));
+            return Err(LaunchError::Invalid(
+                diags
+                    .into_iter()
+                    .filter(|d| d.severity == sdf::Severity::Error)
+                    .collect(),
+            ));
         }
         let mut regions = BTreeMap::new();
         let mut next_paddr = PSEUDO_PHYS_BASE;
@@ -245,11 +287,16 @@ impl Launcher {
                 mr.name.as_str(),
                 rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
             )
-            .map_err(rio::<()>(format!("memfd for '{}'", mr.name)))?;
-            rustix::fs::ftruncate(&fd, mr.size).map_err(rio::<()>(format!("sizing '{}'", mr.name)))?;
+            .map_err(rio(format!("memfd for '{}'", mr.name)))?;
+            rustix::fs::ftruncate(&fd, mr.size).map_err(rio(format!("sizing '{}'", mr.name)))?;
             // No PD may shrink a region under its peers (SIGBUS) or grow it.
-            rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW | rustix::fs::SealFlags::SEAL)
-                .map_err(rio::<()>(format!("sealing '{}'", mr.name)))?;
+            rustix::fs::fcntl_add_seals(
+                &fd,
+                rustix::fs::SealFlags::SHRINK
+                    | rustix::fs::SealFlags::GROW
+                    | rustix::fs::SealFlags::SEAL,
+            )
+            .map_err(rio(format!("sealing '{}'", mr.name)))?;
             let paddr = match mr.phys_addr {
                 Some(p) => p,
                 None => {
@@ -259,14 +306,24 @@ impl Launcher {
                     p
                 }
             };
-            regions.insert(mr.name.clone(), RegionRes { fd: Arc::new(fd), size: mr.size, paddr });
+            regions.insert(
+                mr.name.clone(),
+                RegionRes {
+                    fd: Arc::new(fd),
+                    size: mr.size,
+                    paddr,
+                },
+            );
         }
 
         // One input eventfd per channel end, keyed by (pd, id).
         let mut inputs: BTreeMap<(String, u64), Arc<OwnedFd>> = BTreeMap::new();
         for c in &sys.channels {
             for e in &c.ends {
-                inputs.insert((e.pd.clone(), e.id), new_eventfd(&format!("channel {} of '{}'", e.id, e.pd))?);
+                inputs.insert(
+                    (e.pd.clone(), e.id),
+                    new_eventfd(&format!("channel {} of '{}'", e.id, e.pd))?,
+                );
             }
         }
         // PPC sockets: (caller pd, caller id) -> caller end; (callee pd, id) -> callee end.
@@ -281,7 +338,10 @@ impl Launcher {
                         rustix::net::SocketFlags::CLOEXEC,
                         None,
                     )
-                    .map_err(rio::<()>(format!("PPC socketpair {} -> {}", caller.pd, callee.pd)))?;
+                    .map_err(rio(format!(
+                        "PPC socketpair {} -> {}",
+                        caller.pd, callee.pd
+                    )))?;
                     ppc_out.insert((caller.pd.clone(), caller.id), Arc::new(a));
                     ppc_in.insert((callee.pd.clone(), callee.id), Arc::new(b));
                 }
@@ -293,26 +353,41 @@ impl Launcher {
         for pd in &sys.pds {
             let image = host_binary(bin_dir, pd.program_image.as_deref().unwrap_or(&pd.name));
             if !image.is_file() {
-                return Err(LaunchError::MissingBinary { pd: pd.name.clone(), path: image });
+                return Err(LaunchError::MissingBinary {
+                    pd: pd.name.clone(),
+                    path: image,
+                });
             }
-            let mut config = HostConfig { name: pd.name.clone(), ..HostConfig::default() };
+            let mut config = HostConfig {
+                name: pd.name.clone(),
+                ..HostConfig::default()
+            };
             let mut fds: Vec<Arc<OwnedFd>> = Vec::new();
             let mut keep = |fd: &Arc<OwnedFd>| -> RawFd {
                 fds.push(Arc::clone(fd));
                 fd.as_raw_fd()
             };
             for m in &pd.maps {
-                let Some(r) = regions.get(&m.mr) else { return Err(LaunchError::NoSuchRegion(m.mr.clone())) };
+                let Some(r) = regions.get(&m.mr) else {
+                    return Err(LaunchError::NoSuchRegion(m.mr.clone()));
+                };
                 let fd = if m.perms.write {
                     Arc::clone(&r.fd)
                 } else {
                     // A read-only file description: mmap(PROT_WRITE) and a
                     // later mprotect to writable both fail with EACCES.
                     let path = format!("/proc/self/fd/{}", r.fd.as_raw_fd());
-                    let f = std::fs::File::open(&path).map_err(io::<()>(format!("read-only view of '{}'", m.mr)))?;
+                    let f = std::fs::File::open(&path)
+                        .map_err(io(format!("read-only view of '{}'", m.mr)))?;
                     Arc::new(OwnedFd::from(f))
                 };
-                config.regions.push(HostRegion { name: m.mr.clone(), fd: keep(&fd), size: r.size, writable: m.perms.write, paddr: r.paddr });
+                config.regions.push(HostRegion {
+                    name: m.mr.clone(),
+                    fd: keep(&fd),
+                    size: r.size,
+                    writable: m.perms.write,
+                    paddr: r.paddr,
+                });
             }
             for sv in &pd.setvars {
                 if let Some(r) = regions.get(&sv.region_paddr) {
@@ -321,8 +396,14 @@ impl Launcher {
             }
             for (end, other) in sys.ends_of(&pd.name) {
                 let input = keep(&inputs[&(pd.name.clone(), end.id)]);
-                let output = end.notify.then(|| keep(&inputs[&(other.pd.clone(), other.id)]));
-                config.channels.push(HostChannel { id: end.id, input, output });
+                let output = end
+                    .notify
+                    .then(|| keep(&inputs[&(other.pd.clone(), other.id)]));
+                config.channels.push(HostChannel {
+                    id: end.id,
+                    input,
+                    output,
+                });
                 if let Some(s) = ppc_out.get(&(pd.name.clone(), end.id)) {
                     config.ppc_out.push((end.id, keep(s)));
                 }
@@ -333,13 +414,29 @@ impl Launcher {
             for irq in &pd.irqs {
                 let raise = new_eventfd(&format!("irq {} of '{}'", irq.id, pd.name))?;
                 let ack = new_eventfd(&format!("irq ack {} of '{}'", irq.id, pd.name))?;
-                config.irqs.push(HostIrq { id: irq.id, raise: keep(&raise), ack: keep(&ack) });
+                config.irqs.push(HostIrq {
+                    id: irq.id,
+                    raise: keep(&raise),
+                    ack: keep(&ack),
+                });
                 irqs.insert((pd.name.clone(), irq.id), (raise, ack));
             }
-            plans.push(Plan { name: pd.name.clone(), image, config, fds });
+            plans.push(Plan {
+                name: pd.name.clone(),
+                image,
+                config,
+                fds,
+            });
         }
-        let console = Console::new(echo).map_err(io::<()>("console eventfd"))?;
-        Ok(Launcher { sys, regions, irqs, plans, running: Vec::new(), console })
+        let console = Console::new(echo).map_err(io("console eventfd"))?;
+        Ok(Launcher {
+            sys,
+            regions,
+            irqs,
+            plans,
+            running: Vec::new(),
+            console,
+        })
     }
 
     /// The system being run.
@@ -365,7 +462,10 @@ impl Launcher {
 
     /// Map region `name` read-write into the launcher process.
     pub fn map_region(&self, name: &str) -> Result<SharedMapping, LaunchError> {
-        let r = self.regions.get(name).ok_or_else(|| LaunchError::NoSuchRegion(name.into()))?;
+        let r = self
+            .regions
+            .get(name)
+            .ok_or_else(|| LaunchError::NoSuchRegion(name.into()))?;
         let len = usize::try_from(r.size).map_err(|_| LaunchError::NoSuchRegion(name.into()))?;
         // SAFETY: a new shared mapping at a kernel-chosen address; it aliases
         // nothing in this process and is unmapped by SharedMapping's Drop.
@@ -379,16 +479,25 @@ impl Launcher {
                 0,
             )
         }
-        .map_err(rio::<()>(format!("mapping '{name}'")))?;
-        Ok(SharedMapping { ptr: ptr.cast(), len })
+        .map_err(rio(format!("mapping '{name}'")))?;
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// The launcher's ends of `<irq id>` of PD `pd` (duplicated: the caller,
     /// e.g. a device thread, owns them).
     pub fn irq_line(&self, pd: &str, id: u64) -> Result<IrqLine, LaunchError> {
-        let (raise, ack) = self.irqs.get(&(pd.to_string(), id)).ok_or_else(|| LaunchError::NoSuchIrq { pd: pd.into(), id })?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io::<()>("dup irq fd"));
-        Ok(IrqLine { raise: dup(raise)?, ack: dup(ack)? })
+        let (raise, ack) = self
+            .irqs
+            .get(&(pd.to_string(), id))
+            .ok_or_else(|| LaunchError::NoSuchIrq { pd: pd.into(), id })?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io("dup irq fd"));
+        Ok(IrqLine {
+            raise: dup(raise)?,
+            ack: dup(ack)?,
+        })
     }
 
     /// Start every PD, in `system.xml` order, in one new process group.
@@ -407,25 +516,30 @@ impl Launcher {
                 .stderr(Stdio::piped())
                 .process_group(pgid);
             let given: Vec<RawFd> = plan.config.fds();
-            // SAFETY: the closure runs in the child between fork and exec and
-            // only makes async-signal-safe calls (fcntl, prctl) on memory it
-            // owns; it allocates nothing.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for fd in &given {
-                        // Pass exactly the fds in the config: everything else
-                        // the launcher holds is close-on-exec.
-                        if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+            let in_child = move || {
+                for fd in &given {
+                    // Pass exactly the fds in the config: everything else the
+                    // launcher holds is close-on-exec.
+                    // SAFETY: fcntl(F_SETFD) on an fd number touches no memory.
+                    if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().map_err(io::<()>(format!("starting PD '{}' ({})", plan.name, plan.image.display())))?;
+                }
+                // SAFETY: prctl(PR_SET_PDEATHSIG) touches no memory.
+                if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure runs in the child between fork and exec; it
+            // only makes async-signal-safe calls (fcntl, prctl), reads memory
+            // it owns and allocates nothing.
+            unsafe { cmd.pre_exec(in_child) };
+            let mut child = cmd.spawn().map_err(io(format!(
+                "starting PD '{}' ({})",
+                plan.name,
+                plan.image.display()
+            )))?;
             let pid = child.id();
             if pgid == 0 {
                 pgid = pid as i32;
@@ -434,13 +548,19 @@ impl Launcher {
                 self.console.spawn_reader(out, None);
             }
             if let Some(err) = child.stderr.take() {
-                self.console.spawn_reader(err, Some(format!("{}|stderr: ", plan.name)));
+                self.console
+                    .spawn_reader(err, Some(format!("{}|stderr: ", plan.name)));
             }
             let pidfd = Pid::from_raw(pid as i32)
                 .ok_or(rustix::io::Errno::SRCH)
                 .and_then(|p| pidfd_open(p, PidfdFlags::empty()))
-                .map_err(rio::<()>(format!("pidfd of PD '{}'", plan.name)))?;
-            self.running.push(Running { name: plan.name, child, pidfd, exit: None });
+                .map_err(rio(format!("pidfd of PD '{}'", plan.name)))?;
+            self.running.push(Running {
+                name: plan.name,
+                child,
+                pidfd,
+                exit: None,
+            });
             drop(plan.fds);
         }
         Ok(())
@@ -448,7 +568,10 @@ impl Launcher {
 
     /// `(pd, pid)` of every started PD.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.running.iter().map(|r| (r.name.clone(), r.child.id())).collect()
+        self.running
+            .iter()
+            .map(|r| (r.name.clone(), r.child.id()))
+            .collect()
     }
 
     fn reap(&mut self, i: usize) -> Result<Option<PdExit>, LaunchError> {
@@ -456,9 +579,17 @@ impl Launcher {
         if r.exit.is_some() {
             return Ok(None);
         }
-        match r.child.try_wait().map_err(io::<()>(format!("waiting for PD '{}'", r.name)))? {
+        match r
+            .child
+            .try_wait()
+            .map_err(io(format!("waiting for PD '{}'", r.name)))?
+        {
             Some(status) => {
-                let e = PdExit { pd: r.name.clone(), pid: r.child.id(), status };
+                let e = PdExit {
+                    pd: r.name.clone(),
+                    pid: r.child.id(),
+                    status,
+                };
                 r.exit = Some(e.clone());
                 Ok(Some(e))
             }
@@ -486,7 +617,12 @@ impl Launcher {
                     _ => return Ok(Event::Timeout),
                 },
             };
-            let ts = left.map(|l| rustix::time::Timespec::try_from(l).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 }));
+            let ts = left.map(|l| {
+                rustix::time::Timespec::try_from(l).unwrap_or(rustix::time::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
             let mut fds: Vec<PollFd<'_>> = self
                 .running
                 .iter()
@@ -496,7 +632,7 @@ impl Launcher {
             fds.push(PollFd::new(&self.console.watch_event, PollFlags::IN));
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(rio::<()>("poll")(e)),
+                Err(e) => return Err(rio("poll")(e)),
             }
             let mut b = [0u8; 8];
             let _ = rustix::io::read(&self.console.watch_event, &mut b);
@@ -519,18 +655,33 @@ impl Launcher {
                 }
             }
             let alive: Vec<&Running> = self.running.iter().filter(|r| r.exit.is_none()).collect();
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else { break };
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|l| !l.is_zero())
+            else {
+                break;
+            };
             if alive.is_empty() {
                 break;
             }
-            let mut fds: Vec<PollFd<'_>> = alive.iter().map(|r| PollFd::new(&r.pidfd, PollFlags::IN)).collect();
-            let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 });
+            let mut fds: Vec<PollFd<'_>> = alive
+                .iter()
+                .map(|r| PollFd::new(&r.pidfd, PollFlags::IN))
+                .collect();
+            let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            });
             let _ = poll(&mut fds, Some(&ts));
         }
         for r in self.running.iter_mut().filter(|r| r.exit.is_none()) {
             let _ = pidfd_send_signal(&r.pidfd, Signal::KILL);
             if let Ok(status) = r.child.wait() {
-                let e = PdExit { pd: r.name.clone(), pid: r.child.id(), status };
+                let e = PdExit {
+                    pd: r.name.clone(),
+                    pid: r.child.id(),
+                    status,
+                };
                 r.exit = Some(e.clone());
                 out.push(e);
             }

@@ -1,0 +1,52 @@
+//! Shared by the tools tests: build the pd crate's test PDs once per test
+//! binary, with the same cargo, in a target dir of their own (the outer
+//! build's target dir is locked while tests run).
+
+#![allow(dead_code)] // each test binary uses part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn pingpong(file: &str) -> PathBuf {
+    workspace().join("pd/examples/pingpong").join(file)
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("pd-build")
+}
+
+/// `cargo build -p pd --bins` with `extra` args; panics with cargo's output.
+pub fn build_pd(extra: &[&str]) {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(workspace())
+        .args(["build", "-q", "-p", "pd", "--bins", "--target-dir"])
+        .arg(target_dir())
+        .args(extra)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build {extra:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The directory holding the host builds of ping, pong and crasher.
+pub fn host_bins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        build_pd(&["--features", "host"]);
+        target_dir().join("debug")
+    })
+}
+
+/// The Microkit build of `bin` for `target`.
+pub fn microkit_elf(target: &str, bin: &str) -> PathBuf {
+    build_pd(&["--target", target]);
+    target_dir().join(target).join("debug").join(bin)
+}
