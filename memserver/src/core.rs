@@ -481,7 +481,8 @@ impl<'m> MemCore<'m> {
 
     /// Inflate: take up to `max_pages` free pages of `zone` for the balloon,
     /// largest blocks first, never leaving the zone below the low watermark
-    /// (so the balloon cannot starve allocation). Writes the blocks to
+    /// (so the balloon cannot starve allocation; with reporting off, the
+    /// default tunables' watermark applies). Writes the blocks to
     /// `out` and returns how many it wrote (0 when nothing can be taken).
     pub fn take_for_balloon(
         &mut self,

@@ -21,6 +21,36 @@
 //! lives in a caller-provided buffer outside the managed memory: the core
 //! never reads or writes a managed page, so it cannot re-dirty memory the
 //! host has discarded.
+//!
+//! # Driving the core
+//! ```
+//! use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
+//!
+//! let zones = [ZoneSpec { base_pfn: 0x40000, pages: 8192, owner: 1 }];
+//! let mut meta = vec![0u8; metadata_bytes(&zones)];
+//! let tun = Tunables { capacity: 4, ..Tunables::default() };
+//! // Reporting on: the boot actions arm the timer (report all after 2 s).
+//! let (mut core, boot) = MemCore::new(&zones, &mut meta, Some(tun)).unwrap();
+//! assert_eq!(boot.arm_timer_ns(), Some(2_000_000_000));
+//!
+//! // Client requests.
+//! let pfn = core.alloc(ZoneId(0), 9).unwrap();
+//! let acts = core.free(ZoneId(0), pfn, 9).unwrap(); // may arm the timer
+//! assert!(core.free(ZoneId(0), pfn, 9).is_err()); // double free: refused
+//!
+//! // The timer PD says the delay is over: send the batches to the balloon.
+//! let acts = core.timer_expired();
+//! for &id in acts.batches() {
+//!     let blocks = core.batch(id).unwrap(); // [(pfn, order)] for the device
+//!     assert!(blocks.iter().all(|b| b.order >= 9));
+//! }
+//! // The balloon says the host took batch `id`: drain it and continue.
+//! let id = acts.batches()[0];
+//! let more = core.report_completed(id, true).unwrap();
+//! assert!(core.stats().reported_pages > 0);
+//! # let _ = more;
+//! core.check_invariants().unwrap();
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 
