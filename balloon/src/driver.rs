@@ -116,6 +116,10 @@ pub struct VirtIOBalloon<H: Hal, T: Transport> {
     inflating: Option<BalloonReq>,
     deflating: Option<BalloonReq>,
     stats_token: Option<u16>,
+    /// The device returned the stats buffer and waits for fresh numbers.
+    stats_held: bool,
+    /// A stats request not yet seen by `take_stats_request`.
+    stats_request: bool,
     latest_stats: Stats,
     /// Pages in the balloon as acknowledged by the device (our `actual`).
     actual: u32,
@@ -151,6 +155,8 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
             inflating: None,
             deflating: None,
             stats_token: None,
+            stats_held: false,
+            stats_request: false,
             latest_stats: Stats::default(),
             actual: 0,
             reports_done: Deque::new(),
@@ -496,9 +502,23 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
         Ok(())
     }
 
-    /// Sets the numbers the next stats answer carries.
-    pub fn set_stats(&mut self, stats: Stats) {
+    /// Whether the device asked for statistics since the last call. The
+    /// shell then fetches the memserver's numbers and calls [`Self::set_stats`].
+    pub fn take_stats_request(&mut self) -> bool {
+        core::mem::take(&mut self.stats_request)
+    }
+
+    /// Stores the latest numbers; if the device is waiting for them (it
+    /// returned the stats buffer), refills the buffer and gives it back, as
+    /// Linux's `update_balloon_stats_func` does.
+    pub fn set_stats(&mut self, stats: Stats) -> Result<(), Error> {
         self.latest_stats = stats;
+        if self.stats_held && !self.is_broken() {
+            self.stats_token = self.post_stats()?;
+            self.stats_held = false;
+            self.metrics.stats_updates += 1;
+        }
+        Ok(())
     }
 
     /// Gives up on the device and starts again: reset, renegotiate, new
@@ -679,8 +699,10 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
         }
         check_idle(queue, QueueKind::Stats)?;
         // The device returned the buffer: it wants fresh numbers (§5.5.6.3).
-        self.stats_token = self.post_stats()?;
-        self.metrics.stats_updates += 1;
+        // They come from the memserver, so the buffer waits for `set_stats`.
+        self.stats_held = true;
+        self.stats_request = true;
+        self.metrics.stats_requests += 1;
         Ok(())
     }
 
@@ -718,6 +740,7 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
             }
         }
         self.stats_token = None;
+        self.stats_held = false;
     }
 }
 

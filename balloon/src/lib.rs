@@ -6,6 +6,27 @@
 //! - `model` (feature `std`): a virtio-balloon device on the device side of
 //!   real split virtqueues in shared memory, a shared-memory `Transport`, and
 //!   a host `Hal`, for tests and the host platform.
+//!
+//! # How a PD shell drives the driver
+//!
+//! Notifications only say "look" (docs/architecture.md), so on every device
+//! interrupt the shell runs the whole sequence:
+//!
+//! 1. `ack_interrupt()` (QEMU sets 0x3 for a config change, so never trust
+//!    the bits to skip a ring);
+//! 2. `poll_reports()` until `None`: each `(batch, result)` becomes a
+//!    `ReportDone` for the memserver; an `Err` means the blocks go back
+//!    unreported;
+//! 3. `poll_balloon()` until `None`: inflate/deflate completions;
+//! 4. `take_stats_request()`: fetch the memserver's numbers, `set_stats()`;
+//! 5. `take_config_changed()`: `balloon_action()` says how many pages to
+//!    inflate or deflate; `inflate()` / `deflate()` post PFN arrays;
+//! 6. `is_broken()`: the device misbehaved or reset; everything in flight has
+//!    already failed (step 2/3 hand it back); `restart()`.
+//!
+//! On a memserver notification it turns each report batch into
+//! `submit_report(batch, &blocks)`; a refused batch (`QueueFull`, ...) is
+//! answered as failed at once.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod defs;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub pages_deflated: u64,
     /// Inflate/deflate requests failed.
     pub balloon_requests_failed: u64,
+    /// Stats buffers the device returned asking for fresh numbers.
+    pub stats_requests: u64,
     /// Stats buffers refilled and returned to the device.
     pub stats_updates: u64,
     /// Configuration-change interrupts seen.

@@ -378,12 +378,17 @@ fn stats_are_refilled_when_the_device_asks() {
         major_faults: 3,
         ..Stats::default()
     };
-    r.drv.set_stats(s);
+    // Not asked yet: the numbers are kept for the next request.
+    r.drv.set_stats(Stats::default()).unwrap();
+    assert_eq!(r.drv.metrics().stats_updates, 0);
     assert!(r.dev.device().request_stats());
-    r.wait_for("stats refill", |d| {
+    r.wait_for("stats request", |d| {
         d.poll_reports();
-        (d.metrics().stats_updates == 1).then_some(())
+        d.take_stats_request().then_some(())
     });
+    assert_eq!(r.drv.metrics().stats_requests, 1);
+    r.drv.set_stats(s).unwrap();
+    assert_eq!(r.drv.metrics().stats_updates, 1);
     r.wait_device("fresh stats", |d| d.last_stats() == Some(s));
     assert_eq!(r.dev.device().counters().stats_received, 2);
 }
