@@ -57,6 +57,13 @@ pub const MAX_ORDER: u8 = 10;
 /// Blocks per batch message (DESIGN §2: report batch capacity 32).
 pub const BATCH: usize = 32;
 
+/// Largest encoded message (version byte included): a full
+/// [`ToBalloon::Inflated`]: 1 version + 1 variant + 5 `req` varint + 1 length
+/// + 32 × (6-byte `pfn` varint + 1 order) + 1 `last`. Checked by a test.
+pub const MAX_ENCODED_LEN: usize = 1 + 1 + 5 + 1 + BATCH * 7 + 1;
+
+const _: () = assert!(MAX_ENCODED_LEN <= SLOT_SIZE);
+
 /// Largest page frame number: 4 KiB frames of a 52-bit physical address
 /// space (the architectural maximum on both aarch64 and x86_64).
 pub const MAX_PFN: u64 = (1 << 40) - 1;
