@@ -9,7 +9,7 @@
 //! - each PPC: a `SOCK_SEQPACKET` socket; a call is one packet
 //!   `[info, mr0 .. mr(count-1)]` (little-endian u64) and its reply one packet;
 //! - each `<irq>`: an eventfd the device model raises and one this PD writes on
-//!   `irq_ack`.
+//!   `irq_ack`; an IRQ is not delivered again until it is acknowledged.
 //!
 //! The PD dies with its launcher (`PR_SET_PDEATHSIG`) and closes every
 //! descriptor it was not given.
@@ -20,6 +20,7 @@ use crate::{
     Region, RegionDecl,
 };
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::collections::BTreeMap;
@@ -269,6 +270,10 @@ struct State {
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
+/// IRQs delivered and not yet acknowledged. As on seL4, such an IRQ is not
+/// delivered again until acked, so a driver that forgets to ack hangs here
+/// too instead of working by accident.
+static IRQ_MASKED: AtomicU64 = AtomicU64::new(0);
 static MRS: Mutex<[u64; MSG_MAX_LENGTH]> = Mutex::new([0; MSG_MAX_LENGTH]);
 
 fn state() -> &'static State {
@@ -306,7 +311,10 @@ pub(crate) mod sys {
 
     pub(crate) fn irq_ack(ch: usize) {
         match state().acks.get(&(ch as u64)) {
-            Some(fd) => signal(fd.as_fd()),
+            Some(fd) => {
+                IRQ_MASKED.fetch_and(!(1 << ch), Ordering::Relaxed);
+                signal(fd.as_fd())
+            }
             None => {
                 crate::debug_println!("{}|ERROR: irq_ack: invalid channel given '{ch}'", pd_name())
             }
@@ -552,7 +560,12 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
         }
         let mut pfds: Vec<PollFd<'_>> = inputs
             .iter()
-            .map(|(fd, _)| PollFd::new(fd, PollFlags::IN))
+            .map(|(fd, src)| match *src {
+                Source::Irq(id) if IRQ_MASKED.load(Ordering::Relaxed) & (1 << id) != 0 => {
+                    PollFd::new(fd, PollFlags::empty())
+                }
+                _ => PollFd::new(fd, PollFlags::IN),
+            })
             .collect();
         match poll(&mut pfds, None) {
             Ok(_) => {}
@@ -572,6 +585,9 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
             let (fd, src) = &inputs[i];
             match *src {
                 Source::Notify(id) | Source::Irq(id) => {
+                    if matches!(src, Source::Irq(_)) {
+                        IRQ_MASKED.fetch_or(1 << id, Ordering::Relaxed);
+                    }
                     let mut b = [0u8; 8];
                     // Reading resets the counter: notifications coalesce.
                     let _ = rustix::io::read(fd, &mut b);
