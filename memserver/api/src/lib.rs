@@ -35,6 +35,43 @@
 //! [`Response::tag`] is an `Option<u32>`: `None` only ever comes with
 //! [`ClientResponse::Error`]. The same holds for [`ToBalloon::Refused`]'s
 //! `req`.
+//!
+//! # Example: the memory server's side of one slot
+//!
+//! ```
+//! use memserver_api::*;
+//!
+//! fn answer(slot: &[u8], out: &mut [u8; SLOT_SIZE]) -> usize {
+//!     let response = match decode_request(slot) {
+//!         Ok(Request { tag, body: ClientRequest::Alloc { order } }) => Response {
+//!             tag: Some(tag),
+//!             body: ClientResponse::Allocated(Block { pfn: 0x800, order }),
+//!         },
+//!         Ok(Request { tag, .. }) => Response {
+//!             tag: Some(tag),
+//!             body: ClientResponse::Error(ClientError::Busy),
+//!         },
+//!         Err(e) => Response::to_malformed(slot, e),
+//!     };
+//!     encode(&response, out).expect("responses fit a slot").len()
+//! }
+//!
+//! let mut slot = [0u8; SLOT_SIZE];
+//! let req = Request { tag: 9, body: ClientRequest::Alloc { order: 9 } };
+//! let n = encode(&req, &mut slot).unwrap().len();
+//! let mut out = [0u8; SLOT_SIZE];
+//! let m = answer(&slot[..n], &mut out);
+//! assert_eq!(
+//!     decode_response(&out[..m]).unwrap().body,
+//!     ClientResponse::Allocated(Block { pfn: 0x800, order: 9 })
+//! );
+//! // A future version: an untagged UnsupportedVersion error.
+//! let m = answer(&[2, 9, 0, 9], &mut out);
+//! assert_eq!(
+//!     decode_response(&out[..m]),
+//!     Ok(Response { tag: None, body: ClientResponse::Error(ClientError::UnsupportedVersion) })
+//! );
+//! ```
 #![no_std]
 
 #[cfg(test)]

@@ -65,6 +65,28 @@
 //! and notifies. Either way no wakeup is lost; the loom tests in
 //! `tests/loom.rs` check this, and that dropping the re-check loses one.
 //!
+//! # Example
+//!
+//! ```
+//! use pd_ring::{RingError, RingMemory, ring_words};
+//!
+//! // In a PD: `unsafe { Producer::from_raw(region_vaddr, region_size, 512) }`.
+//! let mem = RingMemory::<{ ring_words(4, 512) }>::new();
+//! let mut tx = mem.producer(512).unwrap();
+//! let mut rx = mem.consumer(512).unwrap();
+//!
+//! rx.request_signal(); // the consumer found nothing and will wait
+//! tx.push(b"hello").unwrap();
+//! assert!(tx.needs_notify()); // so the producer must notify it, once
+//! assert!(!tx.needs_notify());
+//!
+//! let mut buf = [0u8; 512];
+//! assert_eq!(rx.pop(&mut buf), Ok(Some(5)));
+//! assert_eq!(&buf[..5], b"hello");
+//! assert_eq!(rx.pop(&mut buf), Ok(None));
+//! assert_eq!(tx.push(&[0; 513]), Err(RingError::TooLarge { len: 513, max: 512 }));
+//! ```
+//!
 //! # Hostile peers
 //!
 //! Each handle keeps a private shadow of its own index and of the last peer
