@@ -636,7 +636,7 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
             };
             match (op, result) {
                 (BalloonOp::Inflate, Ok(())) => {
-                    self.actual += req.pages;
+                    self.actual = self.actual.saturating_add(req.pages);
                     self.metrics.pages_inflated += u64::from(req.pages);
                 }
                 (BalloonOp::Deflate, Ok(())) => {
