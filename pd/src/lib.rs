@@ -17,6 +17,38 @@
 //!
 //! Channel ids and region names come from `system.xml` through the module that
 //! `sdf::build` generates for each PD (see `sdf::codegen` for the naming rule).
+//!
+//! # Writing a PD crate
+//!
+//! - `Cargo.toml`: depend on `pd`; build-depend on `sdf`; give the crate a
+//!   feature `host = ["pd/host"]` for the host platform.
+//! - `build.rs`: `sdf::build::pd("../system.xml", "mypd").unwrap_or_else(|e| panic!("{e}"));`
+//!   (generates the config module; on `*-unknown-none` also passes the linker
+//!   script, link address 0x200000, to the crate's binaries).
+//! - `src/main.rs`:
+//!
+//! ```text
+//! #![cfg_attr(target_os = "none", no_std, no_main)]
+//! mod config { pd::config!("mypd"); }
+//! struct My;
+//! impl pd::Handler for My {
+//!     type Error = core::convert::Infallible;
+//!     fn notified(&mut self, chs: pd::ChannelSet) -> Result<(), Self::Error> {
+//!         if chs.contains(config::channel::MEMSERVER) { /* look at the rings */ }
+//!         Ok(())
+//!     }
+//! }
+//! fn init() -> My { My }
+//! pd::main!(init);
+//! ```
+//!
+//! - Microkit: `cargo build --target aarch64-unknown-none` (or x86_64) gives
+//!   the ELF for `<program_image>`; add `--features pd/release-kernel` for a
+//!   release seL4 kernel. Host: `cargo build --features host`, then
+//!   `tools run system.xml` (`mypd.elf` runs the host binary `mypd`).
+//!
+//! The test PDs in `examples/pingpong` (binaries `ping`, `pong`, `crasher`)
+//! are complete examples.
 #![no_std]
 
 #[cfg(feature = "host")]
@@ -61,6 +93,15 @@ pub(crate) mod sys {
 /// given by the launcher on the host.
 pub fn pd_name() -> &'static str {
     sys::pd_name()
+}
+
+/// Include the configuration module `sdf::build` generated for PD `$pd`:
+/// `mod config { pd::config!("memserver"); }`.
+#[macro_export]
+macro_rules! config {
+    ($pd:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/pd_", $pd, ".rs"));
+    };
 }
 
 /// Declare the PD's entry point: `pd::main!(init);` with `fn init() -> impl Handler`.

@@ -3,7 +3,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod config {
-    include!(concat!(env!("OUT_DIR"), "/pd_crasher.rs"));
+    pd::config!("crasher");
 }
 
 fn init() -> pd::NoHandler {

@@ -3,7 +3,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod config {
-    include!(concat!(env!("OUT_DIR"), "/pd_ping.rs"));
+    pd::config!("ping");
 }
 
 use config::{channel, region};

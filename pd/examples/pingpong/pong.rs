@@ -3,7 +3,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod config {
-    include!(concat!(env!("OUT_DIR"), "/pd_pong.rs"));
+    pd::config!("pong");
 }
 
 use config::{channel, irq, region};
