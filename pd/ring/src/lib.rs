@@ -643,7 +643,7 @@ impl<'a> Consumer<'a> {
         }
         let index = self.tail;
         let len = self.shared.word(index, 0).load(Ordering::Relaxed);
-        if len > u32::MAX as u64 {
+        if len > self.shared.payload as u64 {
             // A malformed message: consume it so the ring keeps moving.
             self.release(index);
             return Err(self.misbehaved(Misbehaviour::BadLength { len }));
