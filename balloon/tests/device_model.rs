@@ -642,3 +642,61 @@ mod model_check {
         }
     }
 }
+
+mod hostile_driver {
+    //! The device model serves PDs on the host platform, so it must survive
+    //! a driver that scribbles on its rings: garbage descriptors, loops,
+    //! wild addresses and indices are counted, never a panic.
+    use super::*;
+    use balloon::model::RegisterFile;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn garbage_rings_do_not_crash_the_device(
+            queue in 0usize..4,
+            words in proptest::collection::vec((0usize..600, any::<u64>()), 1..64),
+        ) {
+            let dma = HostHal::install_default().unwrap();
+            let regs = Arc::new(SharedRegion::create("regs", 4096).unwrap());
+            let ram = Arc::new(GuestRam::create(RAM_BASE, MIB as usize).unwrap());
+            let mut dev = BalloonDevice::new(
+                regs.clone(),
+                dma.clone(),
+                ram,
+                DeviceConfig::default(),
+                Box::new(|| {}),
+            )
+            .unwrap();
+            let t = SharedTransport::new(regs.clone(), Box::new(|_| {})).unwrap();
+            let drv: Driver = VirtIOBalloon::new(t).unwrap();
+            // SAFETY: the page is a RegisterFile (created by the device) and is
+            // only accessed through atomics.
+            let rf = unsafe { &*regs.as_ptr().cast::<RegisterFile>() };
+            let q = &rf.queues[queue];
+            let desc = q.desc.load(std::sync::atomic::Ordering::Acquire);
+            // Scribble 8-byte words over the descriptor table and avail ring
+            // (they share the queue's first DMA page).
+            let base = (desc - dma.paddr) as usize;
+            for (i, v) in words {
+                let p = dma.region.as_ptr().wrapping_add(base + 8 * (i % 512)).cast::<u64>();
+                // SAFETY: inside the queue's first DMA page; the device thread
+                // does not run (the device is stepped here).
+                unsafe { p.write_volatile(v) };
+            }
+            for _ in 0..8 {
+                dev.process();
+            }
+            // The next driver (after the reset `drop` does) gets a working device.
+            drop(drv);
+            let t = SharedTransport::new(regs, Box::new(|_| {})).unwrap();
+            let mut drv: Driver = VirtIOBalloon::new(t).unwrap();
+            drv.submit_report(1, &blocks(RAM_PFN, 1, 0)).unwrap();
+            let before = dev.counters().reports;
+            while dev.process() {}
+            prop_assert_eq!(drv.poll_reports(), Some((1, Ok(()))));
+            prop_assert_eq!(dev.counters().reports, before + 1);
+        }
+    }
+}
