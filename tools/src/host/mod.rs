@@ -21,7 +21,7 @@ mod console;
 mod launcher;
 
 pub use console::Console;
-pub use launcher::{Event, IrqLine, LaunchError, Launcher, PdExit, SharedMapping};
+pub use launcher::{Event, IrqLine, LaunchError, Launcher, PdExit, SharedMapping, host_binary};
 
 /// Where regions without a `phys_addr` get their pseudo-physical addresses
 /// on the host: above 4 GiB, out of the way of any `phys_addr` in our SDFs.
