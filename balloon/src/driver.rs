@@ -430,34 +430,71 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
 
     /// Posts PFNs (4 KiB units) to the inflate queue. One request in flight.
     pub fn inflate(&mut self, id: u32, pfns: &[u64]) -> Result<(), Error> {
-        self.post_pfns(BalloonOp::Inflate, id, pfns)
+        self.post_pfns(BalloonOp::Inflate, id, pfns.len(), pfns.iter().copied())
+    }
+
+    /// Inflates one block (up to 1024 pages, MAX_ORDER 10): the PFN array is
+    /// written straight into DMA memory, so the shell needs no 4 KiB array.
+    pub fn inflate_block(&mut self, id: u32, block: Block) -> Result<(), Error> {
+        if !block.is_valid() {
+            return Err(Error::InvalidBlock(block));
+        }
+        let n = block.pages() as usize;
+        self.post_pfns(BalloonOp::Inflate, id, n, block.pfn..block.pfn + n as u64)
+    }
+
+    /// Deflates one block; see [`Self::inflate_block`] and [`Self::deflate`].
+    pub fn deflate_block(
+        &mut self,
+        id: u32,
+        block: Block,
+        reason: DeflateReason,
+    ) -> Result<(), Error> {
+        if !block.is_valid() {
+            return Err(Error::InvalidBlock(block));
+        }
+        let n = block.pages() as usize;
+        self.check_deflate(n, reason)?;
+        self.post_pfns(BalloonOp::Deflate, id, n, block.pfn..block.pfn + n as u64)
     }
 
     /// Posts PFNs to the deflate queue. `Oom` needs DEFLATE_ON_OOM.
     pub fn deflate(&mut self, id: u32, pfns: &[u64], reason: DeflateReason) -> Result<(), Error> {
+        self.check_deflate(pfns.len(), reason)?;
+        self.post_pfns(BalloonOp::Deflate, id, pfns.len(), pfns.iter().copied())
+    }
+
+    fn check_deflate(&self, n: usize, reason: DeflateReason) -> Result<(), Error> {
         if reason == DeflateReason::Oom && !self.features.contains(BalloonFeatures::DEFLATE_ON_OOM)
         {
             return Err(Error::OomDeflateNotNegotiated);
         }
         let held = self.actual - self.deflating.map_or(0, |r| r.pages);
-        if pfns.len() as u64 > u64::from(held) {
+        if n as u64 > u64::from(held) {
             return Err(Error::DeflateExceedsBalloon {
-                requested: pfns.len().min(u32::MAX as usize) as u32,
+                requested: n.min(u32::MAX as usize) as u32,
                 held,
             });
         }
-        self.post_pfns(BalloonOp::Deflate, id, pfns)
+        Ok(())
     }
 
-    fn post_pfns(&mut self, op: BalloonOp, id: u32, pfns: &[u64]) -> Result<(), Error> {
+    /// Validates everything first, so an error changes nothing.
+    fn post_pfns(
+        &mut self,
+        op: BalloonOp,
+        id: u32,
+        n: usize,
+        pfns: impl Iterator<Item = u64> + Clone,
+    ) -> Result<(), Error> {
         let q = self.queues.as_mut().ok_or(Error::Broken)?;
-        if pfns.is_empty() {
+        if n == 0 {
             return Err(Error::Empty);
         }
-        if pfns.len() > PFNS_PER_REQUEST {
-            return Err(Error::TooManyPfns(pfns.len()));
+        if n > PFNS_PER_REQUEST {
+            return Err(Error::TooManyPfns(n));
         }
-        if let Some(&p) = pfns.iter().find(|&&p| p > u64::from(u32::MAX)) {
+        if let Some(p) = pfns.clone().find(|&p| p > u64::from(u32::MAX)) {
             return Err(Error::PfnTooLarge(p));
         }
         let (queue, buf, slot, idx) = match op {
@@ -477,9 +514,9 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
         if slot.is_some() {
             return Err(Error::QueueFull);
         }
-        let bytes = pfns.len() * 4;
+        let bytes = n * 4;
         let p = buf.vaddr.as_ptr();
-        for (i, &pfn) in pfns.iter().enumerate() {
+        for (i, pfn) in pfns.take(n).enumerate() {
             // le32 PFNs in 4 KiB units (VIRTIO 1.2 §5.5.6).
             let entry = p.wrapping_add(4 * i).cast::<u32>();
             // SAFETY: `buf` is a page of our DMA memory (4096 >= 4 * 1024
@@ -493,7 +530,7 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
         let token = unsafe { queue.add(&[slice], &mut []) }?;
         *slot = Some(BalloonReq {
             id,
-            pages: pfns.len() as u32,
+            pages: n as u32,
             token,
         });
         if queue.should_notify() {

@@ -337,6 +337,27 @@ fn inflate_and_deflate_follow_the_target() {
         r.drv.inflate(5, &[1u64 << 40]),
         Err(Error::PfnTooLarge(1 << 40))
     );
+
+    // Whole blocks, as the memserver hands them over: 1024 pages at once.
+    let block = Block {
+        pfn: RAM_PFN + 1024,
+        order: 10,
+    };
+    r.drv.inflate_block(6, block).unwrap();
+    let done = r.wait_for("inflate block", |d| d.poll_balloon());
+    assert_eq!((done.id, done.pages, done.result), (6, 1024, Ok(())));
+    assert_eq!(r.drv.actual(), 1124);
+    r.drv
+        .deflate_block(7, block, DeflateReason::Target)
+        .unwrap();
+    let done = r.wait_for("deflate block", |d| d.poll_balloon());
+    assert_eq!((done.id, done.pages, done.result), (7, 1024, Ok(())));
+    assert_eq!(r.dev.device().actual(), 100);
+    let bad = Block {
+        pfn: RAM_PFN + 1,
+        order: 1,
+    };
+    assert_eq!(r.drv.inflate_block(8, bad), Err(Error::InvalidBlock(bad)));
 }
 
 #[test]
