@@ -5,6 +5,7 @@
 //! >= 2x buddy_system_allocator.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use buddy_system_allocator::FrameAllocator;
@@ -17,7 +18,20 @@ const OPS: usize = 200_000;
 /// Operations between two "timer expiries" when reporting is on. A 2 s
 /// delay at the measured ~30 M ops/s would be ~60 M ops; running the worker
 /// every 20 k ops (10 passes per run) makes the comparison far harsher.
+/// `MEMSERVER_BENCH_OPS_PER_TIMER` overrides it.
 const OPS_PER_TIMER: usize = 20_000;
+
+/// Time spent in the worker (timer expiry + completions), to tell the
+/// worker's own cost from its effect on later allocations.
+static WORKER_NS: AtomicU64 = AtomicU64::new(0);
+
+fn ops_per_timer() -> usize {
+    std::env::var("MEMSERVER_BENCH_OPS_PER_TIMER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(OPS_PER_TIMER)
+}
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -73,6 +87,7 @@ fn run_core(
     let z = ZoneId(0);
     live.clear();
     let mut fails = 0;
+    let every = ops_per_timer();
     for (n, op) in ops.iter().enumerate() {
         match *op {
             Op::Alloc(o) => match core.alloc(z, o) {
@@ -86,8 +101,10 @@ fn run_core(
                 }
             }
         }
-        if reporting && n % OPS_PER_TIMER == OPS_PER_TIMER - 1 {
+        if reporting && n % every == every - 1 {
+            let t = Instant::now();
             drive_reporting(core);
+            WORKER_NS.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
         }
     }
     fails
@@ -133,6 +150,13 @@ fn run_bsa(fa: &mut FrameAllocator<11>, ops: &[Op], live: &mut Vec<(usize, usize
     fails
 }
 
+/// Buffers reused by every run, so no timed run pays for fresh pages.
+struct Scratch {
+    meta: Vec<u8>,
+    live: Vec<(u64, u8)>,
+    live_bsa: Vec<(usize, usize)>,
+}
+
 fn zones() -> [ZoneSpec; 1] {
     [ZoneSpec {
         base_pfn: BASE,
@@ -146,36 +170,34 @@ fn zones() -> [ZoneSpec; 1] {
 /// `drive`: run the worker (reporting on only); reporting on without
 /// driving measures the hot-path cost of the request check alone.
 fn time_core_with(
-    meta: &mut [u8],
+    s: &mut Scratch,
     ops: &[Op],
     reporting: bool,
     drive: bool,
     iters: u64,
 ) -> Duration {
-    let mut live = Vec::with_capacity(ops.len());
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let (mut core, _) =
-            MemCore::new(&zones(), meta, reporting.then(Tunables::default)).unwrap();
+            MemCore::new(&zones(), &mut s.meta, reporting.then(Tunables::default)).unwrap();
         let t = Instant::now();
-        black_box(run_core(&mut core, ops, drive, &mut live));
+        black_box(run_core(&mut core, ops, drive, &mut s.live));
         total += t.elapsed();
     }
     total
 }
 
-fn time_core(meta: &mut [u8], ops: &[Op], reporting: bool, iters: u64) -> Duration {
-    time_core_with(meta, ops, reporting, reporting, iters)
+fn time_core(s: &mut Scratch, ops: &[Op], reporting: bool, iters: u64) -> Duration {
+    time_core_with(s, ops, reporting, reporting, iters)
 }
 
-fn time_bsa(ops: &[Op], iters: u64) -> Duration {
-    let mut live = Vec::with_capacity(ops.len());
+fn time_bsa(s: &mut Scratch, ops: &[Op], iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let mut fa = FrameAllocator::<11>::new();
         fa.add_frame(BASE as usize, BASE as usize + PAGES as usize);
         let t = Instant::now();
-        black_box(run_bsa(&mut fa, ops, &mut live));
+        black_box(run_bsa(&mut fa, ops, &mut s.live_bsa));
         total += t.elapsed();
         drop(fa);
     }
@@ -184,14 +206,18 @@ fn time_bsa(ops: &[Op], iters: u64) -> Duration {
 
 fn bench(c: &mut Criterion) {
     let ops = ops();
-    let mut meta = vec![0u8; metadata_bytes(&zones())];
+    let mut s = Scratch {
+        meta: vec![0u8; metadata_bytes(&zones())],
+        live: Vec::with_capacity(ops.len()),
+        live_bsa: Vec::with_capacity(ops.len()),
+    };
     println!(
         "memserver metadata: {} bytes per managed 4 KiB page ({} bytes for 1 GiB)",
         metadata_bytes(&zones()) / PAGES as usize,
         metadata_bytes(&zones())
     );
     // Same op sequence, so the allocation failures should be comparable.
-    let (mut core, _) = MemCore::new(&zones(), &mut meta, None).unwrap();
+    let (mut core, _) = MemCore::new(&zones(), &mut s.meta, None).unwrap();
     let core_fails = run_core(&mut core, &ops, false, &mut Vec::new());
     let mut fa = FrameAllocator::<11>::new();
     fa.add_frame(BASE as usize, BASE as usize + PAGES as usize);
@@ -201,12 +227,26 @@ fn bench(c: &mut Criterion) {
         run_bsa(&mut fa, &ops, &mut Vec::new()),
         ops.len()
     );
-    let (mut core, _) = MemCore::new(&zones(), &mut meta, Some(Tunables::default())).unwrap();
+    let (mut core, _) = MemCore::new(&zones(), &mut s.meta, Some(Tunables::default())).unwrap();
     run_core(&mut core, &ops, true, &mut Vec::new());
     let rs = core.reporting_stats();
     println!(
-        "reporting on: {} passes, {} batches, {} pages reported",
-        rs.passes, rs.batches_sent, rs.pages_reported
+        "reporting on (worker every {} ops): {} passes, {} batches, {} pages reported",
+        ops_per_timer(),
+        rs.passes,
+        rs.batches_sent,
+        rs.pages_reported
+    );
+    WORKER_NS.store(0, Relaxed);
+    let mut run_ns = 0;
+    for _ in 0..21 {
+        run_ns += time_core(&mut s, &ops, true, 1).as_nanos() as u64;
+    }
+    println!(
+        "worker's own time: {} ns of {} ns per run ({:.2} %)",
+        WORKER_NS.load(Relaxed) / 21,
+        run_ns / 21,
+        WORKER_NS.load(Relaxed) as f64 * 100.0 / run_ns as f64
     );
 
     // The machine is shared: run the three interleaved, round after round,
@@ -218,10 +258,10 @@ fn bench(c: &mut Criterion) {
         // Rotate the order so no variant always follows the same one.
         for k in 0..4 {
             match (r + k) % 4 {
-                0 => t[0].push(time_core(&mut meta, &ops, false, 1)),
-                1 => t[1].push(time_core(&mut meta, &ops, true, 1)),
-                2 => t[2].push(time_bsa(&ops, 1)),
-                _ => t[3].push(time_core_with(&mut meta, &ops, true, false, 1)),
+                0 => t[0].push(time_core(&mut s, &ops, false, 1)),
+                1 => t[1].push(time_core(&mut s, &ops, true, 1)),
+                2 => t[2].push(time_bsa(&mut s, &ops, 1)),
+                _ => t[3].push(time_core_with(&mut s, &ops, true, false, 1)),
             }
         }
     }
@@ -256,13 +296,13 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(ops.len() as u64));
     g.sample_size(20);
     g.bench_function("memserver_reporting_off", |b| {
-        b.iter_custom(|iters| time_core(&mut meta, &ops, false, iters))
+        b.iter_custom(|iters| time_core(&mut s, &ops, false, iters))
     });
     g.bench_function("memserver_reporting_on", |b| {
-        b.iter_custom(|iters| time_core(&mut meta, &ops, true, iters))
+        b.iter_custom(|iters| time_core(&mut s, &ops, true, iters))
     });
     g.bench_function("buddy_system_allocator", |b| {
-        b.iter_custom(|iters| time_bsa(&ops, iters))
+        b.iter_custom(|iters| time_bsa(&mut s, &ops, iters))
     });
     g.finish();
 }

@@ -39,6 +39,8 @@ pub struct ZoneStats {
     pub free_blocks: [u64; NR_ORDERS],
     /// Free pages marked Reported.
     pub reported_pages: u64,
+    /// Free blocks marked Reported, per order.
+    pub reported_blocks: [u64; NR_ORDERS],
     /// Pages isolated in report batches.
     pub isolated_pages: u64,
     /// Pages in the balloon.
@@ -58,6 +60,13 @@ impl ZoneStats {
             *a += *b;
         }
         self.reported_pages += o.reported_pages;
+        for (a, b) in self
+            .reported_blocks
+            .iter_mut()
+            .zip(o.reported_blocks.iter())
+        {
+            *a += *b;
+        }
         self.isolated_pages += o.isolated_pages;
         self.ballooned_pages += o.ballooned_pages;
         self.allocated_pages += o.allocated_pages;
@@ -96,6 +105,7 @@ impl Zone {
             free_pages: 0,
             free_blocks: [0; NR_ORDERS],
             reported_pages: 0,
+            reported_blocks: [0; NR_ORDERS],
             isolated_pages: 0,
             ballooned_pages: 0,
             allocated_pages: 0,
@@ -139,10 +149,12 @@ pub struct MemCore<'m> {
     pub(crate) meta: &'m mut [Slot],
     pub(crate) zones: [Zone; MAX_ZONES],
     pub(crate) nr_zones: usize,
-    /// Smallest merged order whose free requests reporting; `u8::MAX` when
-    /// reporting is off. Kept here, next to the zones, so the free path's
-    /// check costs the same compare whether reporting is on or off (Linux
-    /// guards `page_reporting_notify_free` with a static key for this).
+    /// Smallest merged order whose free must tell the worker; `u8::MAX`
+    /// when reporting is off or already REQUESTED (a request would change
+    /// nothing). Kept here, next to the zones, so the free path costs one
+    /// compare whether reporting is on or off (Linux guards
+    /// `page_reporting_notify_free` with a static key for this). Updated by
+    /// [`Self::sync_notify`] after every worker state change.
     pub(crate) notify_order: u8,
     pub(crate) worker: Worker,
 }
@@ -193,7 +205,7 @@ impl<'m> MemCore<'m> {
             meta: slots,
             zones: [Zone::EMPTY; MAX_ZONES],
             nr_zones: zones.len(),
-            notify_order: reporting.map_or(u8::MAX, |t| t.reporting_order),
+            notify_order: u8::MAX,
             worker: Worker::new(reporting),
         };
         for s in core.meta.iter_mut() {
@@ -235,6 +247,7 @@ impl<'m> MemCore<'m> {
         }
         let mut acts = Actions::default();
         core.worker.boot(&mut acts);
+        core.sync_notify();
         Ok((core, acts))
     }
 
@@ -343,6 +356,7 @@ impl<'m> MemCore<'m> {
         s.free_pages -= 1u64 << o;
         if st & REPORTED != 0 {
             s.reported_pages -= 1u64 << o;
+            s.reported_blocks[usize::from(o)] -= 1;
             self.set_st(g, st & !REPORTED);
         }
     }
@@ -475,6 +489,7 @@ impl<'m> MemCore<'m> {
         let mut acts = Actions::default();
         if merged >= self.notify_order {
             self.worker.freed(merged, &mut acts);
+            self.sync_notify();
         }
         Ok(acts)
     }
@@ -573,6 +588,7 @@ impl<'m> MemCore<'m> {
         let mut acts = Actions::default();
         if merged >= self.notify_order {
             self.worker.freed(merged, &mut acts);
+            self.sync_notify();
         }
         Ok(acts)
     }
@@ -686,6 +702,7 @@ impl<'m> MemCore<'m> {
                         count.free_blocks[usize::from(o)] += 1;
                         if st & REPORTED != 0 {
                             count.reported_pages += pages;
+                            count.reported_blocks[usize::from(o)] += 1;
                         }
                         let b = pfn ^ pages;
                         if o < MAX_ORDER && zone.contains(b, o) {

@@ -274,6 +274,7 @@ impl MemCore<'_> {
             failed: false,
         });
         self.advance(&mut acts);
+        self.sync_notify();
         acts
     }
 
@@ -315,6 +316,7 @@ impl MemCore<'_> {
         }
         let mut acts = Actions::default();
         self.advance(&mut acts);
+        self.sync_notify();
         Ok(acts)
     }
 
@@ -324,7 +326,16 @@ impl MemCore<'_> {
     pub fn request_reporting(&mut self) -> Actions {
         let mut acts = Actions::default();
         self.worker.request(&mut acts);
+        self.sync_notify();
         acts
+    }
+
+    /// Recompute the free path's notify order from the worker's state.
+    pub(crate) fn sync_notify(&mut self) {
+        self.notify_order = match (self.worker.tun, self.worker.state) {
+            (Some(t), ReportingState::Idle | ReportingState::Active) => t.reporting_order,
+            _ => u8::MAX,
+        };
     }
 
     /// Entries of a batch in flight.
@@ -383,7 +394,6 @@ impl MemCore<'_> {
         let mut acts = Actions::default();
         let was_on = self.worker.tun.is_some();
         self.worker.tun = tun;
-        self.notify_order = tun.map_or(u8::MAX, |t| t.reporting_order);
         if tun.is_none() {
             self.worker.state = ReportingState::Idle;
             self.worker.timer_armed = false;
@@ -392,6 +402,7 @@ impl MemCore<'_> {
         } else if self.worker.timer_armed {
             acts.arm_timer_ns = tun.map(|t| t.delay_ns);
         }
+        self.sync_notify();
         Ok(acts)
     }
 
@@ -407,6 +418,7 @@ impl MemCore<'_> {
             if ok && mg == g && mo == b.order {
                 self.set_st(g, state(KIND_FREE, b.order) | REPORTED);
                 self.zones[z].stats.reported_pages += b.pages();
+                self.zones[z].stats.reported_blocks[usize::from(b.order)] += 1;
                 self.worker.stats.blocks_marked += 1;
             }
         }
@@ -515,6 +527,14 @@ impl MemCore<'_> {
         p.budget = Some(budget);
         let mut g = self.zones[z].lists[usize::from(o)].head;
         while g != NIL {
+            // Stop when only Reported blocks are left: the same as walking
+            // to the end (nothing isolated, nothing rotated), without
+            // touching their metadata. Drained blocks gather at the tail, so
+            // this skips most of a long, mostly reported list.
+            let s = &self.zones[z].stats;
+            if s.free_blocks[usize::from(o)] == s.reported_blocks[usize::from(o)] {
+                break;
+            }
             let next = self.next_of(g);
             let st = self.st(g);
             if st & REPORTED != 0 {
