@@ -58,6 +58,7 @@ mod core;
 mod error;
 mod meta;
 mod reporting;
+pub mod server;
 mod tunables;
 
 pub use crate::core::{BlockState, MemCore, Stats, ZoneStats};

@@ -1,0 +1,630 @@
+//! The memory server: the core behind the client rings and the balloon rings.
+//!
+//! [`Server`] takes events (a client's notification, the balloon's, the
+//! timer's) and works through the rings; it returns a [`Wake`] saying whom to
+//! notify and whether to arm the timer. It has no platform calls, so the PD
+//! shell (`main.rs`) is a few lines and every rule here is tested on the host.
+//!
+//! Rules kept here:
+//! - Peers are hostile. A malformed request gets an error response and
+//!   changes nothing; a ring index moved illegally is counted and that
+//!   client's ring is left alone until its next notification; the other
+//!   clients are served as before.
+//! - Flow control: a request is only taken off a client's ring when there is
+//!   room for its response, and a balloon request only when there is room
+//!   for the answer after the report batches still waiting to go out. A peer
+//!   that does not consume its responses stalls only itself.
+//! - Report batches are never dropped: a batch the `to_balloon` ring cannot
+//!   take yet waits in `pending` (at most `MAX_IN_FLIGHT`, the core's own
+//!   limit) and goes out when the balloon frees a slot.
+
+use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, ZoneId};
+use heapless::{Deque, Vec};
+use memserver_api::{
+    self as api, BATCH, ClientError, ClientRequest, ClientResponse, ClientStats, FromBalloon,
+    MemStats, RefuseReason, Request, Response, SLOT_SIZE, ToBalloon,
+};
+use pd_ring::{Consumer, Misbehaviour, Producer, RingError};
+
+/// Most clients one server has (one zone each).
+pub const MAX_CLIENTS: usize = MAX_ZONES;
+
+/// What the PD shell must do after an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wake {
+    /// Bit `i`: notify client `i` (its response ring has news, or it waits
+    /// for room in its request ring).
+    pub clients: u32,
+    /// Notify the balloon.
+    pub balloon: bool,
+    /// Arm the one-shot timer for this many nanoseconds.
+    pub arm_timer_ns: Option<u64>,
+}
+
+/// Counters: the server's metrics and the tests' oracles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests handled, well-formed or not.
+    pub requests: u64,
+    /// Error responses sent (bad requests, refused frees, no memory).
+    pub errors: u64,
+    /// Requests that did not decode.
+    pub malformed: u64,
+    /// Illegal ring index moves or slot lengths seen from clients.
+    pub client_misbehaviour: u64,
+    /// The same from the balloon.
+    pub balloon_misbehaviour: u64,
+    /// Report batches handed to the balloon ring.
+    pub batches_sent: u64,
+    /// Report completions with `ok`.
+    pub completions_ok: u64,
+    /// Report completions that failed (device error or reset).
+    pub completions_failed: u64,
+    /// Balloon messages refused (unknown batch, bad deflate, malformed).
+    pub balloon_refused: u64,
+    /// Pages handed to the balloon (inflate) and returned (deflate).
+    pub inflated_pages: u64,
+    /// See `inflated_pages`.
+    pub deflated_pages: u64,
+}
+
+/// A client: the zone it owns and its two rings.
+#[derive(Debug)]
+pub struct ClientPort<'a> {
+    /// The zone of this client's RAM.
+    pub zone: ZoneId,
+    /// Requests, written by the client.
+    pub req: Consumer<'a>,
+    /// Responses, written by the server.
+    pub resp: Producer<'a>,
+}
+
+/// The balloon driver's two rings.
+#[derive(Debug)]
+pub struct BalloonPort<'a> {
+    /// Server -> balloon.
+    pub to: Producer<'a>,
+    /// Balloon -> server.
+    pub from: Consumer<'a>,
+}
+
+/// The memory server.
+#[derive(Debug)]
+pub struct Server<'a, 'm> {
+    core: MemCore<'m>,
+    clients: Vec<ClientPort<'a>, MAX_CLIENTS>,
+    balloon: BalloonPort<'a>,
+    /// Batches the core sent that the balloon ring could not take yet.
+    pending: Deque<BatchId, MAX_IN_FLIGHT>,
+    counters: Counters,
+    wake: Wake,
+}
+
+fn client_error(e: Error) -> ClientError {
+    match e {
+        Error::BadOrder => ClientError::InvalidOrder,
+        Error::NoSuchZone | Error::OutOfZone => ClientError::WrongZone,
+        Error::Misaligned => ClientError::Misaligned,
+        Error::NoMemory => ClientError::NoMemory,
+        Error::WrongOrder => ClientError::WrongOrder,
+        // A client can only hold allocated blocks: a free, isolated or
+        // ballooned block, or the middle of one, is not its to free.
+        Error::NotBlockHead | Error::AlreadyFree | Error::Isolated | Error::Ballooned => {
+            ClientError::NotAllocated
+        }
+        _ => ClientError::Malformed,
+    }
+}
+
+fn api_block(b: Block) -> api::Block {
+    api::Block {
+        pfn: b.pfn,
+        order: b.order,
+    }
+}
+
+fn core_block(b: api::Block) -> Block {
+    Block {
+        pfn: b.pfn,
+        order: b.order,
+    }
+}
+
+impl<'a, 'm> Server<'a, 'm> {
+    /// A server over `core` (its zones in the order of `clients`' zone ids)
+    /// and the rings. `boot` are the actions [`MemCore::new`] returned (the
+    /// boot-time report request); they come back in the first [`Wake`].
+    pub fn new(
+        core: MemCore<'m>,
+        clients: impl IntoIterator<Item = ClientPort<'a>>,
+        balloon: BalloonPort<'a>,
+        boot: Actions,
+    ) -> Result<Self, Error> {
+        let mut s = Server {
+            core,
+            clients: Vec::new(),
+            balloon,
+            pending: Deque::new(),
+            counters: Counters::default(),
+            wake: Wake::default(),
+        };
+        for c in clients {
+            s.core.zone_spec(c.zone)?;
+            s.clients.push(c).map_err(|_| Error::TooManyZones)?;
+        }
+        // Ask both kinds of peer to signal when they produce.
+        for c in s.clients.iter_mut() {
+            c.req.request_signal();
+        }
+        s.balloon.from.request_signal();
+        s.apply(&boot);
+        Ok(s)
+    }
+
+    /// The core, to read statistics and check invariants.
+    pub fn core(&self) -> &MemCore<'m> {
+        &self.core
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Number of clients.
+    pub fn nr_clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Take the accumulated wake-ups (call after a round of events).
+    pub fn take_wake(&mut self) -> Wake {
+        core::mem::take(&mut self.wake)
+    }
+
+    /// Client `i` notified: serve its ring.
+    pub fn client_notified(&mut self, i: usize) {
+        if i < self.clients.len() {
+            self.serve_client(i);
+        }
+    }
+
+    /// Serve every client (e.g. after a notification whose sender is unknown).
+    pub fn serve_all(&mut self) {
+        for i in 0..self.clients.len() {
+            self.serve_client(i);
+        }
+    }
+
+    /// The balloon notified: completions, requests, and room for batches.
+    pub fn balloon_notified(&mut self) {
+        self.flush_pending();
+        self.serve_balloon();
+        self.flush_pending();
+    }
+
+    /// The reporting delay expired.
+    pub fn timer_expired(&mut self) {
+        let acts = self.core.timer_expired();
+        self.apply(&acts);
+    }
+
+    fn apply(&mut self, acts: &Actions) {
+        if let Some(ns) = acts.arm_timer_ns() {
+            self.wake.arm_timer_ns = Some(ns);
+        }
+        for &id in acts.batches() {
+            // The core never has more than MAX_IN_FLIGHT batches out, and
+            // each stays in `pending` at most until it is pushed.
+            let pushed = self.pending.push_back(id);
+            debug_assert!(pushed.is_ok(), "more batches pending than in flight");
+        }
+        self.flush_pending();
+    }
+
+    /// Push waiting batches while the balloon ring has room.
+    fn flush_pending(&mut self) {
+        while let Some(&id) = self.pending.front() {
+            let Some(blocks) = self.core.batch(id) else {
+                // Completed (or failed by a reset) before it went out.
+                self.pending.pop_front();
+                continue;
+            };
+            let mut v: Vec<api::Block, BATCH> = Vec::new();
+            for b in blocks {
+                // Capacity is at most BATCH in the tunables the PD uses;
+                // a larger batch would be a configuration error.
+                if v.push(api_block(*b)).is_err() {
+                    break;
+                }
+            }
+            match self.send_balloon(&ToBalloon::Report {
+                batch: id.0,
+                blocks: v,
+            }) {
+                Ok(()) => {
+                    self.pending.pop_front();
+                    self.counters.batches_sent += 1;
+                }
+                Err(RingError::Full) => {
+                    self.balloon.to.request_signal();
+                    // Re-check: the balloon may have consumed meanwhile.
+                    if matches!(self.balloon.to.free_slots(), Ok(n) if n > 0) {
+                        self.balloon.to.cancel_signal();
+                        continue;
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.counters.balloon_misbehaviour += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send_balloon(&mut self, msg: &ToBalloon) -> Result<(), RingError> {
+        let mut buf = [0u8; SLOT_SIZE];
+        // Every ToBalloon fits a slot (memserver-api tests the largest).
+        let bytes = api::encode(msg, &mut buf).map_err(|_| RingError::TooLarge {
+            len: SLOT_SIZE + 1,
+            max: SLOT_SIZE,
+        })?;
+        self.balloon.to.push(bytes)?;
+        if self.balloon.to.needs_notify() {
+            self.wake.balloon = true;
+        }
+        Ok(())
+    }
+
+    fn serve_balloon(&mut self) {
+        let mut buf = [0u8; SLOT_SIZE];
+        loop {
+            // Room for an answer after the batches that wait to go out.
+            let room = match self.balloon.to.free_slots() {
+                Ok(n) => n as usize,
+                Err(_) => {
+                    self.counters.balloon_misbehaviour += 1;
+                    return;
+                }
+            };
+            if room <= self.pending.len() {
+                self.balloon.to.request_signal();
+                return;
+            }
+            match self.balloon.from.pop(&mut buf) {
+                Ok(Some(n)) => {
+                    let msg = api::decode::<FromBalloon>(&buf[..n]);
+                    self.handle_balloon(msg);
+                }
+                Ok(None) => {
+                    if self.balloon.from.needs_notify() {
+                        self.wake.balloon = true;
+                    }
+                    self.balloon.from.request_signal();
+                    match self.balloon.from.is_empty() {
+                        Ok(false) => continue,
+                        Ok(true) => return,
+                        Err(_) => {
+                            self.counters.balloon_misbehaviour += 1;
+                            return;
+                        }
+                    }
+                }
+                Err(RingError::PeerMisbehaviour(m)) => {
+                    self.counters.balloon_misbehaviour += 1;
+                    if !matches!(m, Misbehaviour::BadLength { .. }) {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    self.counters.balloon_misbehaviour += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, req: Option<u32>, reason: RefuseReason) {
+        self.counters.balloon_refused += 1;
+        // Room was checked before the request was taken.
+        let _ = self.send_balloon(&ToBalloon::Refused { req, reason });
+    }
+
+    fn handle_balloon(&mut self, msg: Result<FromBalloon, api::DecodeError>) {
+        match msg {
+            Err(e) => self.refuse(None, e.into()),
+            Ok(FromBalloon::ReportDone { batch, ok }) => {
+                let id = BatchId(batch);
+                if self.pending.iter().any(|&p| p == id) {
+                    // The balloon cannot complete what it was never sent.
+                    return self.refuse(Some(batch), RefuseReason::UnknownId);
+                }
+                match self.core.report_completed(id, ok) {
+                    Ok(acts) => {
+                        if ok {
+                            self.counters.completions_ok += 1;
+                        } else {
+                            self.counters.completions_failed += 1;
+                        }
+                        self.apply(&acts);
+                    }
+                    Err(_) => self.refuse(Some(batch), RefuseReason::UnknownId),
+                }
+            }
+            Ok(FromBalloon::Inflate { req, pages }) => self.inflate(req, u64::from(pages)),
+            Ok(FromBalloon::Deflate { req, blocks }) => self.deflate(req, &blocks),
+            Ok(FromBalloon::StatsRequest) => {
+                let s = self.mem_stats();
+                let _ = self.send_balloon(&ToBalloon::Stats(s));
+            }
+            Ok(FromBalloon::DeviceReset) => {
+                // The device forgot every request: the batches it held come
+                // back unreported (retried later, as a failed report).
+                let mut ids: Vec<BatchId, MAX_IN_FLIGHT> = Vec::new();
+                for id in self.core.in_flight() {
+                    let _ = ids.push(id);
+                }
+                self.pending.clear();
+                for id in ids {
+                    if let Ok(acts) = self.core.report_completed(id, false) {
+                        self.counters.completions_failed += 1;
+                        self.apply(&acts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answer an inflate request with at most `BATCH` blocks, taken from the
+    /// zones with the most free memory first. `last` says the memserver
+    /// gives no more for this request; otherwise the balloon asks again for
+    /// the rest. One message per request keeps the work per event bounded.
+    fn inflate(&mut self, req: u32, pages: u64) {
+        let mut out = [Block::default(); BATCH];
+        let mut n = 0;
+        let mut taken = 0u64;
+        let mut zones: Vec<ZoneId, MAX_ZONES> = (0..self.core.nr_zones())
+            .map(|z| ZoneId(z as u16))
+            .collect();
+        zones.sort_unstable_by_key(|&z| {
+            core::cmp::Reverse(self.core.zone_stats(z).map_or(0, |s| s.free_pages))
+        });
+        for z in zones {
+            if n == BATCH || taken >= pages {
+                break;
+            }
+            if let Ok(k) = self.core.take_for_balloon(z, pages - taken, &mut out[n..]) {
+                taken += out[n..n + k].iter().map(Block::pages).sum::<u64>();
+                n += k;
+            }
+        }
+        if n == 0 && pages > 0 {
+            return self.refuse(Some(req), RefuseReason::NoMemory);
+        }
+        self.counters.inflated_pages += taken;
+        let blocks: Vec<api::Block, BATCH> = out[..n].iter().map(|&b| api_block(b)).collect();
+        // `last` when satisfied, or when fewer than a full message could be
+        // taken (nothing more is free above the watermark).
+        let last = taken >= pages || n < BATCH;
+        let _ = self.send_balloon(&ToBalloon::Inflated { req, blocks, last });
+    }
+
+    /// Deflate: all or nothing, so a bad entry changes nothing.
+    fn deflate(&mut self, req: u32, blocks: &[api::Block]) {
+        for (i, b) in blocks.iter().enumerate() {
+            // The range must be an aligned part of one ballooned block, and
+            // no two entries may overlap.
+            let inside = match self.core.block_of(b.pfn) {
+                Some((c, crate::BlockState::Ballooned)) => {
+                    b.pfn & (b.pages() - 1) == 0 && b.pfn + b.pages() <= c.pfn + c.pages()
+                }
+                _ => false,
+            };
+            let ok = inside && blocks[..i].iter().all(|o| !overlaps(o, b));
+            if !ok {
+                return self.refuse(Some(req), RefuseReason::NotBallooned);
+            }
+        }
+        let mut pages = 0u64;
+        let mut acts = Actions::default();
+        for b in blocks {
+            let Some(z) = self.core.zone_of(b.pfn) else {
+                continue;
+            };
+            match self.core.return_from_balloon(z, core_block(*b)) {
+                Ok(a) => {
+                    pages += b.pages();
+                    acts.merge(&a);
+                }
+                // block_of said Ballooned; a range that straddles the
+                // ballooned block is refused by the core and stays put.
+                Err(_) => self.counters.balloon_refused += 1,
+            }
+        }
+        self.counters.deflated_pages += pages;
+        self.apply(&acts);
+        let _ = self.send_balloon(&ToBalloon::Deflated {
+            req,
+            pages: u32::try_from(pages).unwrap_or(u32::MAX),
+        });
+    }
+
+    /// The statistics the balloon publishes on the stats queue.
+    pub fn mem_stats(&self) -> MemStats {
+        let s = self.core.stats();
+        MemStats {
+            total_pages: s.total_pages,
+            free_pages: s.free_pages,
+            // Free memory the guests can get without waiting for the host:
+            // isolated blocks come back when their report completes.
+            available_pages: s.free_pages + s.isolated_pages,
+            reported_pages: s.reported_pages,
+            isolated_pages: s.isolated_pages,
+            ballooned_pages: s.ballooned_pages,
+            reports_done: self.counters.completions_ok,
+            reports_failed: self.counters.completions_failed,
+        }
+    }
+
+    fn serve_client(&mut self, i: usize) {
+        let mut buf = [0u8; SLOT_SIZE];
+        // Bounded: at most one ring's worth per event, so a flooding client
+        // cannot keep the server from the others.
+        let budget = self.clients[i].req.capacity();
+        for _ in 0..budget {
+            let c = &mut self.clients[i];
+            match c.resp.free_slots() {
+                Ok(0) => {
+                    // Wait for the client to consume responses.
+                    c.resp.request_signal();
+                    if !matches!(c.resp.free_slots(), Ok(n) if n > 0) {
+                        break;
+                    }
+                    c.resp.cancel_signal();
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.counters.client_misbehaviour += 1;
+                    break;
+                }
+            }
+            let c = &mut self.clients[i];
+            match c.req.pop(&mut buf) {
+                Ok(Some(n)) => {
+                    let resp = self.handle_request(i, &buf[..n]);
+                    self.respond(i, &resp);
+                }
+                Ok(None) => {
+                    c.req.request_signal();
+                    match c.req.is_empty() {
+                        Ok(false) => continue,
+                        Ok(true) => break,
+                        Err(_) => {
+                            self.counters.client_misbehaviour += 1;
+                            break;
+                        }
+                    }
+                }
+                Err(RingError::PeerMisbehaviour(m)) => {
+                    self.counters.client_misbehaviour += 1;
+                    if let Misbehaviour::BadLength { .. } = m {
+                        // The slot was consumed: answer it as malformed.
+                        self.counters.requests += 1;
+                        self.counters.malformed += 1;
+                        let r = Response {
+                            tag: None,
+                            body: ClientResponse::Error(ClientError::Malformed),
+                        };
+                        self.respond(i, &r);
+                    } else {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.counters.client_misbehaviour += 1;
+                    break;
+                }
+            }
+        }
+        let c = &mut self.clients[i];
+        if c.req.needs_notify() {
+            self.wake.clients |= 1 << i;
+        }
+    }
+
+    fn respond(&mut self, i: usize, r: &Response) {
+        if matches!(
+            r.body,
+            ClientResponse::Error(_) | ClientResponse::BatchFailed { .. }
+        ) {
+            self.counters.errors += 1;
+        }
+        let mut buf = [0u8; SLOT_SIZE];
+        let c = &mut self.clients[i];
+        // Every Response fits a slot, and room was checked before the request
+        // was taken off the ring.
+        if let Ok(bytes) = api::encode(r, &mut buf)
+            && c.resp.push(bytes).is_err()
+        {
+            self.counters.client_misbehaviour += 1;
+        }
+        if c.resp.needs_notify() {
+            self.wake.clients |= 1 << i;
+        }
+    }
+
+    fn handle_request(&mut self, i: usize, bytes: &[u8]) -> Response {
+        self.counters.requests += 1;
+        let zone = self.clients[i].zone;
+        let Request { tag, body } = match api::decode_request(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.malformed += 1;
+                return Response {
+                    tag: None,
+                    body: ClientResponse::Error(e.into()),
+                };
+            }
+        };
+        let body = match body {
+            ClientRequest::Alloc { order } => match self.core.alloc(zone, order) {
+                Ok(pfn) => ClientResponse::Allocated(api::Block { pfn, order }),
+                Err(e) => ClientResponse::Error(client_error(e)),
+            },
+            ClientRequest::Free(b) => match self.core.free(zone, b.pfn, b.order) {
+                Ok(acts) => {
+                    self.apply(&acts);
+                    ClientResponse::Freed { count: 1 }
+                }
+                Err(e) => ClientResponse::Error(client_error(e)),
+            },
+            ClientRequest::FreeBatch(blocks) => {
+                // Each block is freed or refused on its own; a refused one
+                // changes nothing.
+                let (mut freed, mut failed, mut first) = (0u16, 0u16, None);
+                for (k, b) in blocks.iter().enumerate() {
+                    match self.core.free(zone, b.pfn, b.order) {
+                        Ok(acts) => {
+                            freed += 1;
+                            self.apply(&acts);
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            first.get_or_insert((k as u16, client_error(e)));
+                        }
+                    }
+                }
+                match first {
+                    None => ClientResponse::Freed { count: freed },
+                    Some((first, error)) => ClientResponse::BatchFailed {
+                        freed,
+                        failed,
+                        first,
+                        error,
+                    },
+                }
+            }
+            ClientRequest::Stats => {
+                let s = self.core.zone_stats(zone).unwrap_or_default();
+                ClientResponse::Stats(ClientStats {
+                    total_pages: s.total_pages,
+                    allocated_pages: s.allocated_pages,
+                    free_pages: s.free_pages,
+                    reported_pages: s.reported_pages,
+                    busy_pages: s.isolated_pages + s.ballooned_pages,
+                    errors: self.counters.errors,
+                })
+            }
+        };
+        Response {
+            tag: Some(tag),
+            body,
+        }
+    }
+}
+
+fn overlaps(a: &api::Block, b: &api::Block) -> bool {
+    let (a0, a1) = (a.pfn, a.pfn.saturating_add(a.pages()));
+    let (b0, b1) = (b.pfn, b.pfn.saturating_add(b.pages()));
+    a0 < b1 && b0 < a1
+}

@@ -1,0 +1,559 @@
+//! The memory server behind real rings: clients and a balloon played by the
+//! test, well-behaved and hostile.
+
+use memserver::server::{BalloonPort, ClientPort, Server};
+use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
+use memserver_api::{
+    self as api, Block, ClientError, ClientRequest, ClientResponse, FromBalloon, RefuseReason,
+    Request, Response, SLOT_SIZE, ToBalloon,
+};
+use pd_ring::{Consumer, Producer, RingMemory, ring_words};
+
+const CAP: usize = 8;
+const W: usize = ring_words(CAP, SLOT_SIZE);
+type Ring = RingMemory<W>;
+
+fn ring() -> &'static Ring {
+    Box::leak(Box::new(Ring::new()))
+}
+
+/// Two zones of 16 MiB.
+const ZONES: [ZoneSpec; 2] = [
+    ZoneSpec {
+        base_pfn: 0x40000,
+        pages: 4096,
+        owner: 0,
+    },
+    ZoneSpec {
+        base_pfn: 0x50000,
+        pages: 4096,
+        owner: 1,
+    },
+];
+
+fn tunables() -> Tunables {
+    Tunables {
+        low_watermark_pages: 0,
+        capacity: 4,
+        ..Tunables::default()
+    }
+}
+
+struct Peer {
+    req: Producer<'static>,
+    resp: Consumer<'static>,
+    tag: u32,
+}
+
+struct Balloon {
+    to: Consumer<'static>,
+    from: Producer<'static>,
+    from_mem: &'static Ring,
+}
+
+struct Sys {
+    server: Server<'static, 'static>,
+    clients: Vec<Peer>,
+    client_mem: Vec<&'static Ring>,
+    balloon: Balloon,
+}
+
+fn sys() -> Sys {
+    let meta = Box::leak(vec![0u8; metadata_bytes(&ZONES)].into_boxed_slice());
+    let (core, boot) = MemCore::new(&ZONES, meta, Some(tunables())).unwrap();
+    let mut ports = Vec::new();
+    let mut clients = Vec::new();
+    let mut client_mem = Vec::new();
+    for z in 0..ZONES.len() {
+        let (req, resp) = (ring(), ring());
+        client_mem.push(req);
+        ports.push(ClientPort {
+            zone: ZoneId(z as u16),
+            req: req.consumer(SLOT_SIZE).unwrap(),
+            resp: resp.producer(SLOT_SIZE).unwrap(),
+        });
+        clients.push(Peer {
+            req: req.producer(SLOT_SIZE).unwrap(),
+            resp: resp.consumer(SLOT_SIZE).unwrap(),
+            tag: 0,
+        });
+    }
+    let (to, from) = (ring(), ring());
+    let port = BalloonPort {
+        to: to.producer(SLOT_SIZE).unwrap(),
+        from: from.consumer(SLOT_SIZE).unwrap(),
+    };
+    let balloon = Balloon {
+        to: to.consumer(SLOT_SIZE).unwrap(),
+        from: from.producer(SLOT_SIZE).unwrap(),
+        from_mem: from,
+    };
+    let server = Server::new(core, ports, port, boot).unwrap();
+    Sys {
+        server,
+        clients,
+        client_mem,
+        balloon,
+    }
+}
+
+impl Sys {
+    fn send(&mut self, c: usize, body: ClientRequest) -> u32 {
+        let p = &mut self.clients[c];
+        p.tag += 1;
+        let mut buf = [0u8; SLOT_SIZE];
+        let bytes = api::encode(&Request { tag: p.tag, body }, &mut buf).unwrap();
+        p.req.push(bytes).unwrap();
+        p.tag
+    }
+
+    fn send_raw(&mut self, c: usize, bytes: &[u8]) {
+        self.clients[c].req.push(bytes).unwrap();
+    }
+
+    fn responses(&mut self, c: usize) -> Vec<Response> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; SLOT_SIZE];
+        while let Some(n) = self.clients[c].resp.pop(&mut buf).unwrap() {
+            out.push(api::decode::<Response>(&buf[..n]).unwrap());
+        }
+        out
+    }
+
+    /// One request, served, one response.
+    fn call(&mut self, c: usize, body: ClientRequest) -> ClientResponse {
+        let tag = self.send(c, body);
+        self.server.client_notified(c);
+        let mut r = self.responses(c);
+        assert_eq!(r.len(), 1, "{r:?}");
+        let r = r.remove(0);
+        assert_eq!(r.tag, Some(tag));
+        r.body
+    }
+
+    fn alloc(&mut self, c: usize, order: u8) -> Block {
+        match self.call(c, ClientRequest::Alloc { order }) {
+            ClientResponse::Allocated(b) => b,
+            other => panic!("alloc: {other:?}"),
+        }
+    }
+
+    fn to_balloon(&mut self) -> Vec<ToBalloon> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; SLOT_SIZE];
+        while let Some(n) = self.balloon.to.pop(&mut buf).unwrap() {
+            out.push(api::decode::<ToBalloon>(&buf[..n]).unwrap());
+        }
+        out
+    }
+
+    fn from_balloon(&mut self, msg: FromBalloon) {
+        let mut buf = [0u8; SLOT_SIZE];
+        let bytes = api::encode(&msg, &mut buf).unwrap();
+        self.balloon.from.push(bytes).unwrap();
+        self.server.balloon_notified();
+    }
+
+    fn check(&self) {
+        self.server.core().check_invariants().unwrap();
+    }
+}
+
+fn reports(msgs: &[ToBalloon]) -> Vec<(u32, Vec<Block>)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ToBalloon::Report { batch, blocks } => Some((*batch, blocks.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn alloc_and_free_through_the_rings() {
+    let mut s = sys();
+    let b = s.alloc(0, 9);
+    let z = ZONES[0];
+    assert!(b.pfn >= z.base_pfn && b.pfn + 512 <= z.base_pfn + u64::from(z.pages));
+    assert_eq!(
+        s.server
+            .core()
+            .zone_stats(ZoneId(0))
+            .unwrap()
+            .allocated_pages,
+        512
+    );
+    assert_eq!(
+        s.call(0, ClientRequest::Free(b)),
+        ClientResponse::Freed { count: 1 }
+    );
+    assert_eq!(
+        s.server
+            .core()
+            .zone_stats(ZoneId(0))
+            .unwrap()
+            .allocated_pages,
+        0
+    );
+    s.check();
+}
+
+#[test]
+fn boot_reports_everything_free_after_the_delay() {
+    let mut s = sys();
+    assert_eq!(s.server.take_wake().arm_timer_ns, Some(2_000_000_000));
+    let total: u64 = ZONES.iter().map(|z| u64::from(z.pages)).sum();
+    let mut reported = 0;
+    s.server.timer_expired();
+    // Complete every batch until the worker has nothing left.
+    for _ in 0..100 {
+        let batches = reports(&s.to_balloon());
+        if batches.is_empty() {
+            let w = s.server.take_wake();
+            if w.arm_timer_ns.is_none() {
+                break;
+            }
+            s.server.timer_expired();
+            continue;
+        }
+        for (id, blocks) in batches {
+            reported += blocks.iter().map(Block::pages).sum::<u64>();
+            s.from_balloon(FromBalloon::ReportDone {
+                batch: id,
+                ok: true,
+            });
+        }
+    }
+    assert_eq!(reported, total);
+    assert_eq!(s.server.core().stats().reported_pages, total);
+    assert_eq!(
+        s.server.counters().completions_ok,
+        s.server.counters().batches_sent
+    );
+    s.check();
+}
+
+#[test]
+fn malformed_and_future_version_requests_get_errors_and_change_nothing() {
+    let mut s = sys();
+    let before = s.server.core().stats();
+    s.send_raw(0, &[api::VERSION, 0xff, 0xff, 0xff]);
+    s.send_raw(0, &[api::VERSION + 1, 0, 1, 0]);
+    s.send_raw(0, &[]);
+    s.server.client_notified(0);
+    let r = s.responses(0);
+    let errors: Vec<_> = r.iter().map(|r| (r.tag, r.body.clone())).collect();
+    assert_eq!(
+        errors,
+        vec![
+            (None, ClientResponse::Error(ClientError::Malformed)),
+            (None, ClientResponse::Error(ClientError::UnsupportedVersion)),
+            (None, ClientResponse::Error(ClientError::Malformed)),
+        ]
+    );
+    assert_eq!(s.server.core().stats(), before);
+    assert_eq!(s.server.counters().malformed, 3);
+    s.check();
+}
+
+#[test]
+fn bad_frees_are_refused_and_change_nothing() {
+    let mut s = sys();
+    let mine = s.alloc(0, 3);
+    let theirs = s.alloc(1, 3);
+    let before = s.server.core().stats();
+    let cases = [
+        (theirs, ClientError::WrongZone),
+        (
+            Block {
+                pfn: mine.pfn + 1,
+                order: 0,
+            },
+            ClientError::NotAllocated,
+        ),
+        (
+            Block {
+                pfn: mine.pfn + 1,
+                order: 3,
+            },
+            ClientError::Misaligned,
+        ),
+        (
+            Block {
+                pfn: mine.pfn,
+                order: 2,
+            },
+            ClientError::WrongOrder,
+        ),
+        (
+            Block {
+                pfn: 0x10,
+                order: 0,
+            },
+            ClientError::WrongZone,
+        ),
+    ];
+    for (b, e) in cases {
+        assert_eq!(
+            s.call(0, ClientRequest::Free(b)),
+            ClientResponse::Error(e),
+            "{b:?}"
+        );
+        assert_eq!(s.server.core().stats(), before);
+    }
+    // Double free.
+    assert_eq!(
+        s.call(0, ClientRequest::Free(mine)),
+        ClientResponse::Freed { count: 1 }
+    );
+    let before = s.server.core().stats();
+    assert_eq!(
+        s.call(0, ClientRequest::Free(mine)),
+        ClientResponse::Error(ClientError::NotAllocated)
+    );
+    assert_eq!(s.server.core().stats(), before);
+    s.check();
+}
+
+#[test]
+fn a_batch_frees_the_good_blocks_and_refuses_the_bad() {
+    let mut s = sys();
+    let a = s.alloc(0, 0);
+    let b = s.alloc(0, 1);
+    let mut v = heapless::Vec::new();
+    v.push(a).unwrap();
+    v.push(Block {
+        pfn: 0x50000,
+        order: 0,
+    })
+    .unwrap();
+    v.push(b).unwrap();
+    v.push(a).unwrap();
+    let r = s.call(0, ClientRequest::FreeBatch(v));
+    assert_eq!(
+        r,
+        ClientResponse::BatchFailed {
+            freed: 2,
+            failed: 2,
+            first: 1,
+            error: ClientError::WrongZone
+        }
+    );
+    assert_eq!(
+        s.server
+            .core()
+            .zone_stats(ZoneId(0))
+            .unwrap()
+            .allocated_pages,
+        0
+    );
+    s.check();
+}
+
+#[test]
+fn a_client_moving_its_index_illegally_does_not_stop_the_other() {
+    let mut s = sys();
+    s.send(0, ClientRequest::Alloc { order: 0 });
+    // Client 0 jumps its producer index far ahead of what it could have.
+    s.client_mem[0]
+        .header()
+        .head
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    s.server.client_notified(0);
+    assert!(s.responses(0).is_empty());
+    assert!(s.server.counters().client_misbehaviour > 0);
+    let b = s.alloc(1, 4);
+    assert_eq!(
+        s.call(1, ClientRequest::Free(b)),
+        ClientResponse::Freed { count: 1 }
+    );
+    s.check();
+}
+
+#[test]
+fn a_flooding_client_that_reads_no_responses_stalls_only_itself() {
+    let mut s = sys();
+    // Fill the request ring; serve; fill again: the response ring is full
+    // after CAP responses, so the rest stays queued.
+    for _ in 0..CAP {
+        s.send(0, ClientRequest::Alloc { order: 0 });
+    }
+    s.server.client_notified(0);
+    for _ in 0..CAP {
+        s.send(0, ClientRequest::Alloc { order: 0 });
+    }
+    s.server.client_notified(0);
+    assert_eq!(s.server.counters().requests, CAP as u64);
+    // The good client is served meanwhile.
+    let b = s.alloc(1, 2);
+    assert_eq!(
+        s.call(1, ClientRequest::Free(b)),
+        ClientResponse::Freed { count: 1 }
+    );
+    // Once client 0 reads its responses, the rest is served.
+    assert_eq!(s.responses(0).len(), CAP);
+    s.server.client_notified(0);
+    assert_eq!(s.responses(0).len(), CAP);
+    assert_eq!(
+        s.server
+            .core()
+            .zone_stats(ZoneId(0))
+            .unwrap()
+            .allocated_pages,
+        2 * CAP as u64
+    );
+    s.check();
+}
+
+#[test]
+fn batches_wait_for_room_in_the_balloon_ring_and_are_never_dropped() {
+    let mut s = sys();
+    s.server.take_wake();
+    // Fill the balloon ring with stats answers the balloon does not read.
+    let mut buf = [0u8; SLOT_SIZE];
+    for _ in 0..CAP - 1 {
+        let bytes = api::encode(&FromBalloon::StatsRequest, &mut buf).unwrap();
+        s.balloon.from.push(bytes).unwrap();
+    }
+    s.server.balloon_notified();
+    s.server.timer_expired();
+    // The ring had one free slot: the batch went out or waits; read all.
+    let mut got = reports(&s.to_balloon());
+    s.server.balloon_notified();
+    got.extend(reports(&s.to_balloon()));
+    assert_eq!(got.len(), 1, "one batch in flight (default limit)");
+    let stats = s.server.core().stats();
+    assert_eq!(
+        stats.isolated_pages,
+        got[0].1.iter().map(Block::pages).sum::<u64>()
+    );
+    s.check();
+}
+
+#[test]
+fn failed_report_and_device_reset_return_blocks_unreported() {
+    let mut s = sys();
+    s.server.timer_expired();
+    let (id, _) = reports(&s.to_balloon()).remove(0);
+    s.from_balloon(FromBalloon::ReportDone {
+        batch: id,
+        ok: false,
+    });
+    assert_eq!(s.server.core().stats().isolated_pages, 0);
+    assert_eq!(s.server.core().stats().reported_pages, 0);
+    // The worker goes on; a reset fails what the device held.
+    let w = s.server.take_wake();
+    if w.arm_timer_ns.is_some() {
+        s.server.timer_expired();
+    }
+    let held = reports(&s.to_balloon());
+    assert!(!held.is_empty());
+    s.from_balloon(FromBalloon::DeviceReset);
+    assert_eq!(s.server.core().stats().isolated_pages, 0);
+    assert_eq!(s.server.core().stats().reported_pages, 0);
+    assert!(s.server.counters().completions_failed >= 2);
+    s.check();
+}
+
+#[test]
+fn unknown_completion_is_refused() {
+    let mut s = sys();
+    let before = s.server.core().stats();
+    s.from_balloon(FromBalloon::ReportDone {
+        batch: 777,
+        ok: true,
+    });
+    let msgs = s.to_balloon();
+    assert_eq!(
+        msgs,
+        vec![ToBalloon::Refused {
+            req: Some(777),
+            reason: RefuseReason::UnknownId
+        }]
+    );
+    assert_eq!(s.server.core().stats(), before);
+}
+
+#[test]
+fn inflate_then_deflate() {
+    let mut s = sys();
+    s.from_balloon(FromBalloon::Inflate {
+        req: 1,
+        pages: 1024,
+    });
+    let msgs = s.to_balloon();
+    let ToBalloon::Inflated {
+        req: 1,
+        blocks,
+        last: true,
+    } = &msgs[0]
+    else {
+        panic!("{msgs:?}");
+    };
+    let pages: u64 = blocks.iter().map(Block::pages).sum();
+    assert_eq!(pages, 1024);
+    assert_eq!(s.server.core().stats().ballooned_pages, 1024);
+    // A deflate naming a block that is not ballooned changes nothing.
+    let mut bad = blocks.clone();
+    bad.push(Block {
+        pfn: 0x40000 + 4095,
+        order: 0,
+    })
+    .ok();
+    bad[0] = Block {
+        pfn: 0x5ffff,
+        order: 0,
+    };
+    s.from_balloon(FromBalloon::Deflate {
+        req: 2,
+        blocks: bad,
+    });
+    assert_eq!(
+        s.to_balloon(),
+        vec![ToBalloon::Refused {
+            req: Some(2),
+            reason: RefuseReason::NotBallooned
+        }]
+    );
+    assert_eq!(s.server.core().stats().ballooned_pages, 1024);
+    s.from_balloon(FromBalloon::Deflate {
+        req: 3,
+        blocks: blocks.clone(),
+    });
+    assert_eq!(
+        s.to_balloon(),
+        vec![ToBalloon::Deflated {
+            req: 3,
+            pages: 1024
+        }]
+    );
+    assert_eq!(s.server.core().stats().ballooned_pages, 0);
+    s.check();
+}
+
+#[test]
+fn malformed_balloon_message_is_refused() {
+    let mut s = sys();
+    s.balloon.from.push(&[api::VERSION, 0xee]).unwrap();
+    s.server.balloon_notified();
+    assert_eq!(
+        s.to_balloon(),
+        vec![ToBalloon::Refused {
+            req: None,
+            reason: RefuseReason::Malformed
+        }]
+    );
+    // The balloon ring's header scribbled: counted, nothing breaks.
+    s.balloon_from_header_scribble();
+    s.server.balloon_notified();
+    assert!(s.server.counters().balloon_misbehaviour > 0);
+}
+
+impl Sys {
+    fn balloon_from_header_scribble(&mut self) {
+        self.balloon
+            .from_mem
+            .header()
+            .head
+            .store(u32::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+    }
+}
