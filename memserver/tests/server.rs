@@ -138,7 +138,7 @@ impl Sys {
         }
     }
 
-    fn to_balloon(&mut self) -> Vec<ToBalloon> {
+    fn read_balloon_ring(&mut self) -> Vec<ToBalloon> {
         let mut out = Vec::new();
         let mut buf = [0u8; SLOT_SIZE];
         while let Some(n) = self.balloon.to.pop(&mut buf).unwrap() {
@@ -147,7 +147,7 @@ impl Sys {
         out
     }
 
-    fn from_balloon(&mut self, msg: FromBalloon) {
+    fn balloon_says(&mut self, msg: FromBalloon) {
         let mut buf = [0u8; SLOT_SIZE];
         let bytes = api::encode(&msg, &mut buf).unwrap();
         self.balloon.from.push(bytes).unwrap();
@@ -206,7 +206,7 @@ fn boot_reports_everything_free_after_the_delay() {
     s.server.timer_expired();
     // Complete every batch until the worker has nothing left.
     for _ in 0..100 {
-        let batches = reports(&s.to_balloon());
+        let batches = reports(&s.read_balloon_ring());
         if batches.is_empty() {
             let w = s.server.take_wake();
             if w.arm_timer_ns.is_none() {
@@ -217,7 +217,7 @@ fn boot_reports_everything_free_after_the_delay() {
         }
         for (id, blocks) in batches {
             reported += blocks.iter().map(Block::pages).sum::<u64>();
-            s.from_balloon(FromBalloon::ReportDone {
+            s.balloon_says(FromBalloon::ReportDone {
                 batch: id,
                 ok: true,
             });
@@ -417,9 +417,9 @@ fn batches_wait_for_room_in_the_balloon_ring_and_are_never_dropped() {
     s.server.balloon_notified();
     s.server.timer_expired();
     // The ring had one free slot: the batch went out or waits; read all.
-    let mut got = reports(&s.to_balloon());
+    let mut got = reports(&s.read_balloon_ring());
     s.server.balloon_notified();
-    got.extend(reports(&s.to_balloon()));
+    got.extend(reports(&s.read_balloon_ring()));
     assert_eq!(got.len(), 1, "one batch in flight (default limit)");
     let stats = s.server.core().stats();
     assert_eq!(
@@ -433,8 +433,8 @@ fn batches_wait_for_room_in_the_balloon_ring_and_are_never_dropped() {
 fn failed_report_and_device_reset_return_blocks_unreported() {
     let mut s = sys();
     s.server.timer_expired();
-    let (id, _) = reports(&s.to_balloon()).remove(0);
-    s.from_balloon(FromBalloon::ReportDone {
+    let (id, _) = reports(&s.read_balloon_ring()).remove(0);
+    s.balloon_says(FromBalloon::ReportDone {
         batch: id,
         ok: false,
     });
@@ -445,9 +445,9 @@ fn failed_report_and_device_reset_return_blocks_unreported() {
     if w.arm_timer_ns.is_some() {
         s.server.timer_expired();
     }
-    let held = reports(&s.to_balloon());
+    let held = reports(&s.read_balloon_ring());
     assert!(!held.is_empty());
-    s.from_balloon(FromBalloon::DeviceReset);
+    s.balloon_says(FromBalloon::DeviceReset);
     assert_eq!(s.server.core().stats().isolated_pages, 0);
     assert_eq!(s.server.core().stats().reported_pages, 0);
     assert!(s.server.counters().completions_failed >= 2);
@@ -458,11 +458,11 @@ fn failed_report_and_device_reset_return_blocks_unreported() {
 fn unknown_completion_is_refused() {
     let mut s = sys();
     let before = s.server.core().stats();
-    s.from_balloon(FromBalloon::ReportDone {
+    s.balloon_says(FromBalloon::ReportDone {
         batch: 777,
         ok: true,
     });
-    let msgs = s.to_balloon();
+    let msgs = s.read_balloon_ring();
     assert_eq!(
         msgs,
         vec![ToBalloon::Refused {
@@ -476,11 +476,11 @@ fn unknown_completion_is_refused() {
 #[test]
 fn inflate_then_deflate() {
     let mut s = sys();
-    s.from_balloon(FromBalloon::Inflate {
+    s.balloon_says(FromBalloon::Inflate {
         req: 1,
         pages: 1024,
     });
-    let msgs = s.to_balloon();
+    let msgs = s.read_balloon_ring();
     let ToBalloon::Inflated {
         req: 1,
         blocks,
@@ -503,24 +503,24 @@ fn inflate_then_deflate() {
         pfn: 0x5ffff,
         order: 0,
     };
-    s.from_balloon(FromBalloon::Deflate {
+    s.balloon_says(FromBalloon::Deflate {
         req: 2,
         blocks: bad,
     });
     assert_eq!(
-        s.to_balloon(),
+        s.read_balloon_ring(),
         vec![ToBalloon::Refused {
             req: Some(2),
             reason: RefuseReason::NotBallooned
         }]
     );
     assert_eq!(s.server.core().stats().ballooned_pages, 1024);
-    s.from_balloon(FromBalloon::Deflate {
+    s.balloon_says(FromBalloon::Deflate {
         req: 3,
         blocks: blocks.clone(),
     });
     assert_eq!(
-        s.to_balloon(),
+        s.read_balloon_ring(),
         vec![ToBalloon::Deflated {
             req: 3,
             pages: 1024
@@ -536,7 +536,7 @@ fn malformed_balloon_message_is_refused() {
     s.balloon.from.push(&[api::VERSION, 0xee]).unwrap();
     s.server.balloon_notified();
     assert_eq!(
-        s.to_balloon(),
+        s.read_balloon_ring(),
         vec![ToBalloon::Refused {
             req: None,
             reason: RefuseReason::Malformed
