@@ -1,0 +1,305 @@
+//! The guest workload's parameters.
+//!
+//! Text form (the host launcher passes it in the environment variable
+//! `GUEST_PARAMS`, or `GUEST0_PARAMS` / `GUEST1_PARAMS` for one guest, which
+//! wins; on Microkit the defaults apply): comma-separated `key=value` pairs,
+//! each key at most once, any subset, e.g.
+//! `pattern=fragmented,mib=128,hold_ms=1000,rounds=3,live_mib=8`.
+//!
+//! | key       | default | meaning                                                   |
+//! |-----------|---------|-----------------------------------------------------------|
+//! | `pattern` | `bulk`  | `bulk`, `fragmented` or `churn` (see [`Pattern`])         |
+//! | `mib`     | 256     | MiB the pattern allocates, 1..=65536                      |
+//! | `hold_ms` | 3000    | how long to hold memory between phases, 0..=600000        |
+//! | `rounds`  | 4       | churn rounds, 1..=100000                                  |
+//! | `live_mib`| 8       | MiB kept allocated the whole run and verified at the end, 0..=65536 |
+//!
+//! Whether `mib + live_mib` fits the guest's RAM is checked when the
+//! workload starts ([`Params::check_fits`]).
+
+use core::fmt;
+
+/// The allocation pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// Allocate `mib` in 4 MiB blocks (2 MiB when 4 MiB ones run out),
+    /// touch every page, hold, free everything.
+    Bulk,
+    /// Allocate `mib` as blocks of orders 0..=3, hold, free every other
+    /// block, hold, free the rest.
+    Fragmented,
+    /// `rounds` times: allocate `mib` in mixed orders (0..=3, 9, 10), touch,
+    /// verify, free.
+    Churn,
+}
+
+impl Pattern {
+    /// The name used in the text form and in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Bulk => "bulk",
+            Pattern::Fragmented => "fragmented",
+            Pattern::Churn => "churn",
+        }
+    }
+}
+
+/// Workload parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub pattern: Pattern,
+    pub mib: u64,
+    pub hold_ms: u64,
+    pub rounds: u32,
+    pub live_mib: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            pattern: Pattern::Bulk,
+            mib: 256,
+            hold_ms: 3000,
+            rounds: 4,
+            live_mib: 8,
+        }
+    }
+}
+
+/// Why parameters were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamError<'s> {
+    /// An item without `=`.
+    NotKeyValue(&'s str),
+    UnknownKey(&'s str),
+    DuplicateKey(&'s str),
+    UnknownPattern(&'s str),
+    /// Not a decimal number.
+    NotANumber {
+        key: &'s str,
+        value: &'s str,
+    },
+    OutOfRange {
+        key: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    /// `mib + live_mib` exceed the guest's RAM.
+    TooBig {
+        need_mib: u64,
+        ram_mib: u64,
+    },
+}
+
+impl fmt::Display for ParamError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamError::NotKeyValue(s) => write!(f, "'{s}' is not key=value"),
+            ParamError::UnknownKey(k) => {
+                write!(
+                    f,
+                    "unknown key '{k}' (known: pattern, mib, hold_ms, rounds, live_mib)"
+                )
+            }
+            ParamError::DuplicateKey(k) => write!(f, "key '{k}' given twice"),
+            ParamError::UnknownPattern(p) => {
+                write!(f, "unknown pattern '{p}' (bulk, fragmented, churn)")
+            }
+            ParamError::NotANumber { key, value } => {
+                write!(f, "{key}='{value}' is not a decimal number")
+            }
+            ParamError::OutOfRange {
+                key,
+                value,
+                min,
+                max,
+            } => {
+                write!(f, "{key}={value} is outside {min}..={max}")
+            }
+            ParamError::TooBig { need_mib, ram_mib } => {
+                write!(
+                    f,
+                    "mib + live_mib = {need_mib} MiB does not fit the guest's {ram_mib} MiB of RAM"
+                )
+            }
+        }
+    }
+}
+
+fn number<'s>(
+    key: &'s str,
+    value: &'s str,
+    name: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<u64, ParamError<'s>> {
+    // Plain decimal only: no sign, no spaces, no overflow.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParamError::NotANumber { key, value });
+    }
+    let v: u64 = value
+        .parse()
+        .map_err(|_| ParamError::NotANumber { key, value })?;
+    if v < min || v > max {
+        return Err(ParamError::OutOfRange {
+            key: name,
+            value: v,
+            min,
+            max,
+        });
+    }
+    Ok(v)
+}
+
+impl Params {
+    /// Parse the text form (see the module docs); an empty string gives the
+    /// defaults.
+    pub fn parse(text: &str) -> Result<Params, ParamError<'_>> {
+        let mut p = Params::default();
+        let mut seen = 0u8;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or(ParamError::NotKeyValue(item))?;
+            let (key, value) = (key.trim(), value.trim());
+            let bit = match key {
+                "pattern" => {
+                    p.pattern = match value {
+                        "bulk" => Pattern::Bulk,
+                        "fragmented" => Pattern::Fragmented,
+                        "churn" => Pattern::Churn,
+                        other => return Err(ParamError::UnknownPattern(other)),
+                    };
+                    1
+                }
+                "mib" => {
+                    p.mib = number(key, value, "mib", 1, 65536)?;
+                    2
+                }
+                "hold_ms" => {
+                    p.hold_ms = number(key, value, "hold_ms", 0, 600_000)?;
+                    4
+                }
+                "rounds" => {
+                    p.rounds = number(key, value, "rounds", 1, 100_000)? as u32;
+                    8
+                }
+                "live_mib" => {
+                    p.live_mib = number(key, value, "live_mib", 0, 65536)?;
+                    16
+                }
+                other => return Err(ParamError::UnknownKey(other)),
+            };
+            if seen & bit != 0 {
+                return Err(ParamError::DuplicateKey(key));
+            }
+            seen |= bit;
+        }
+        Ok(p)
+    }
+
+    /// Refuse parameters whose memory does not fit `ram_bytes`.
+    pub fn check_fits(&self, ram_bytes: u64) -> Result<(), ParamError<'static>> {
+        let need_mib = self.mib + self.live_mib;
+        let ram_mib = ram_bytes / crate::MIB;
+        if need_mib > ram_mib {
+            return Err(ParamError::TooBig { need_mib, ram_mib });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pattern={},mib={},hold_ms={},rounds={},live_mib={}",
+            self.pattern.name(),
+            self.mib,
+            self.hold_ms,
+            self.rounds,
+            self.live_mib
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::string::ToString;
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(Params::parse(""), Ok(Params::default()));
+        let p = Params::parse("pattern=churn, mib=64,rounds=7").unwrap();
+        assert_eq!(
+            p,
+            Params {
+                pattern: Pattern::Churn,
+                mib: 64,
+                rounds: 7,
+                ..Params::default()
+            }
+        );
+        assert_eq!(Params::parse(&p.to_string()), Ok(p));
+    }
+
+    #[test]
+    fn bad_params_are_clear_errors() {
+        assert_eq!(Params::parse("mib"), Err(ParamError::NotKeyValue("mib")));
+        assert_eq!(Params::parse("size=3"), Err(ParamError::UnknownKey("size")));
+        assert_eq!(
+            Params::parse("mib=1,mib=2"),
+            Err(ParamError::DuplicateKey("mib"))
+        );
+        assert_eq!(
+            Params::parse("pattern=random"),
+            Err(ParamError::UnknownPattern("random"))
+        );
+        assert_eq!(
+            Params::parse("mib=-1"),
+            Err(ParamError::NotANumber {
+                key: "mib",
+                value: "-1"
+            })
+        );
+        assert_eq!(
+            Params::parse("mib=99999999999999999999999"),
+            Err(ParamError::NotANumber {
+                key: "mib",
+                value: "99999999999999999999999"
+            })
+        );
+        assert_eq!(
+            Params::parse("rounds=0"),
+            Err(ParamError::OutOfRange {
+                key: "rounds",
+                value: 0,
+                min: 1,
+                max: 100_000
+            })
+        );
+        let p = Params::parse("mib=510,live_mib=8").unwrap();
+        assert_eq!(
+            p.check_fits(512 << 20),
+            Err(ParamError::TooBig {
+                need_mib: 518,
+                ram_mib: 512
+            })
+        );
+        assert_eq!(Params::default().check_fits(512 << 20), Ok(()));
+        assert!(
+            ParamError::UnknownKey("x")
+                .to_string()
+                .contains("unknown key 'x'")
+        );
+    }
+
+    proptest! {
+        /// Any input is either parsed or refused with an error, never a panic.
+        #[test]
+        fn never_panics(s in "[a-z_=,0-9 -]{0,60}") {
+            let _ = Params::parse(&s);
+        }
+    }
+}
