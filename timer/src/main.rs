@@ -4,7 +4,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod config {
-    include!(concat!(env!("OUT_DIR"), "/pd_timer.rs"));
+    pd::config!("timer");
 }
 #[allow(dead_code)]
 mod hw {
