@@ -167,3 +167,25 @@ fn timer_pd_serves_calls_and_fires() {
     let t3 = pd.get_time();
     assert!(t3 >= t2 + 20_000_000 && t3 < t2 + 5_000_000_000);
 }
+
+/// Never early, and how late: prints the lateness of 1 ms timeouts on this
+/// machine (clock thread wake-up + eventfd + poll + notify + our poll).
+#[test]
+fn short_timeouts_are_never_early() {
+    let pd = start();
+    let mut late = Vec::new();
+    for _ in 0..20 {
+        let t0 = pd.get_time();
+        pd.call(SET_TIMEOUT, &[1_000_000]);
+        assert!(pd.notified_within(5_000));
+        let t1 = pd.get_time();
+        assert!(t1 >= t0 + 1_000_000, "early by {} ns", t0 + 1_000_000 - t1);
+        late.push(t1 - t0 - 1_000_000);
+    }
+    late.sort_unstable();
+    eprintln!(
+        "1 ms timeouts on the host platform: late by median {} us, max {} us",
+        late[10] / 1000,
+        late[19] / 1000
+    );
+}

@@ -355,8 +355,8 @@ impl<'s> Workload<'s> {
                 self.start(op, host);
             }
             let wait = match op {
-                Op::AllocLive => self.run_alloc(client, ram, host, None, Set::Live),
-                Op::Alloc(plan) => self.run_alloc(client, ram, host, Some(plan), Set::A),
+                Op::AllocLive => self.run_alloc(client, host, None, Set::Live),
+                Op::Alloc(plan) => self.run_alloc(client, host, Some(plan), Set::A),
                 Op::Free { sets, .. } => self.run_free(client, ram, host, sets),
                 Op::Hold => {
                     let now = host.now_ns();
@@ -547,12 +547,10 @@ impl<'s> Workload<'s> {
     fn run_alloc<N: Notify>(
         &mut self,
         client: &mut Client<'_, N>,
-        ram: &RamWindow,
         host: &mut impl Host,
         plan: Option<Plan>,
         set: Set,
     ) -> Result<(), Next> {
-        let _ = ram;
         if self.st.retries > MAX_RETRIES && !self.st.gave_up {
             self.st.gave_up = true;
             host.log(
@@ -602,8 +600,10 @@ impl<'s> Workload<'s> {
         if done {
             Ok(())
         } else {
+            // Waiting on responses, or on ring space after a full ring:
+            // either way the memserver must be asked to signal.
             Err(Next::Wait {
-                memserver: client.in_flight() > 0,
+                memserver: true,
                 timer_ns,
             })
         }
@@ -684,7 +684,7 @@ impl<'s> Workload<'s> {
             return self.run_free(client, ram, host, sets);
         }
         Err(Next::Wait {
-            memserver: client.in_flight() > 0,
+            memserver: true,
             timer_ns,
         })
     }

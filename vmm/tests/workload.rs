@@ -616,3 +616,39 @@ fn busy_frees_are_retried() {
     assert_eq!(o.server_allocated, 0);
     assert!(o.host.errors().is_empty(), "{:?}", o.host.errors());
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Any pattern and size, with transient refusals from the server:
+        /// the run finishes, gives back everything but the live set, logs no
+        /// error, and the live data survives.
+        #[test]
+        fn every_run_gives_back_all_it_took(
+            pattern in prop_oneof![Just("bulk"), Just("fragmented"), Just("churn")],
+            mib in 1u64..6,
+            live_mib in 0u64..2,
+            rounds in 1u32..3,
+            no_memory_next in 0u32..5,
+            busy_frees in 0u32..3,
+            no_order_10 in any::<bool>(),
+        ) {
+            let params = format!("pattern={pattern},mib={mib},live_mib={live_mib},rounds={rounds},hold_ms=5");
+            let o = run(&params, 8, Faults { no_memory_next, busy_frees, no_order_10, ..Faults::default() });
+            prop_assert!(o.host.errors().is_empty(), "{:?}", o.host.errors());
+            prop_assert!(!o.failed);
+            prop_assert_eq!(o.live_ok, Some(true));
+            prop_assert_eq!(o.server_allocated, live_mib * 256);
+            prop_assert_eq!((o.owned_live, o.owned_work), (live_mib * 256, 0));
+            let runs = if pattern == "churn" { u64::from(rounds) } else { 1 };
+            prop_assert_eq!(o.counters.freed_pages, runs * mib * 256);
+            prop_assert_eq!(o.counters.alloc_pages, o.counters.freed_pages + live_mib * 256);
+            let phases = o.host.phases();
+            prop_assert_eq!(phases.last().map(String::as_str), Some("done"));
+        }
+    }
+}
