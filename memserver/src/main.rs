@@ -1,0 +1,242 @@
+//! The memserver PD: the buddy allocator and reporting worker behind the
+//! guests' rings, the balloon's rings and the timer.
+//!
+//! Everything but the wiring lives in the library (`memserver::server`), which
+//! is tested on the host; this file turns channels into server events and the
+//! server's [`Wake`] into notifications and timer calls. Channel ids, ring
+//! regions and guest RAM addresses come from `system.xml` through the
+//! generated `config` module.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+mod config {
+    pd::config!("memserver");
+}
+
+use config::{channel, paddr, region};
+use core::fmt;
+use memserver::server::{BalloonPort, ClientPort, Server, Wake};
+use memserver::{
+    BYTES_PER_PAGE, MemCore, ReportingState, Tunables, ZoneId, ZoneSpec, metadata_bytes,
+};
+use memserver_api::SLOT_SIZE;
+use pd::{Channel, ChannelSet, Handler, Region};
+use pd_ring::{Consumer, Producer};
+
+const LOG: pd::Log = pd::Log::new("MEMSERVER");
+
+/// The guests, in zone order: the channel to each, its rings, its RAM.
+const GUESTS: [(Channel, &pd::RegionDecl, &pd::RegionDecl, &pd::PhysAddr); 2] = [
+    (
+        channel::GUEST0,
+        &region::GUEST0_REQ,
+        &region::GUEST0_RESP,
+        &paddr::GUEST0_RAM_PADDR,
+    ),
+    (
+        channel::GUEST1,
+        &region::GUEST1_REQ,
+        &region::GUEST1_RESP,
+        &paddr::GUEST1_RAM_PADDR,
+    ),
+];
+
+/// Managed pages: the guests' RAM, sized by system.xml.
+const PAGES: usize = {
+    let mut pages = 0;
+    let mut i = 0;
+    while i < GUESTS.len() {
+        pages += (GUESTS[i].3.size / 4096) as usize;
+        i += 1;
+    }
+    pages
+};
+
+/// Per-page metadata lives here, outside the managed memory (which this PD
+/// never maps). Sized at compile time from system.xml.
+static mut META: [u8; PAGES * BYTES_PER_PAGE] = [0; PAGES * BYTES_PER_PAGE];
+
+#[derive(Debug)]
+enum Error {
+    Timer(timer::client::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Timer(e) => write!(f, "arming the reporting timer: {e}"),
+        }
+    }
+}
+
+struct MemServer {
+    server: Server<'static, 'static>,
+    /// Reported pages at the last summary line.
+    logged_reported: u64,
+}
+
+impl MemServer {
+    fn apply(&mut self, wake: Wake) -> Result<(), Error> {
+        if let Some(ns) = wake.arm_timer_ns {
+            timer::client::set_timeout(channel::TIMER, ns).map_err(Error::Timer)?;
+        }
+        if wake.balloon {
+            channel::BALLOON.notify();
+        }
+        for (i, g) in GUESTS.iter().enumerate() {
+            if wake.clients & (1 << i) != 0 {
+                g.0.notify();
+            }
+        }
+        Ok(())
+    }
+
+    /// One line when a reporting pass has settled, for people and for
+    /// `tools demo`.
+    fn log_progress(&mut self) {
+        let core = self.server.core();
+        if core.reporting_state() != ReportingState::Idle || core.in_flight().next().is_some() {
+            return;
+        }
+        let s = core.stats();
+        if s.reported_pages == self.logged_reported {
+            return;
+        }
+        self.logged_reported = s.reported_pages;
+        let c = self.server.counters();
+        LOG.info(format_args!(
+            "reported: reported_mib={} free_mib={} allocated_mib={} batches_ok={} batches_failed={}",
+            s.reported_pages / 256,
+            s.free_pages / 256,
+            s.allocated_pages / 256,
+            c.completions_ok,
+            c.completions_failed,
+        ));
+    }
+}
+
+impl Handler for MemServer {
+    type Error = Error;
+
+    fn notified(&mut self, channels: ChannelSet) -> Result<(), Error> {
+        if channels.contains(channel::TIMER) {
+            self.server.timer_expired();
+        }
+        if channels.contains(channel::BALLOON) {
+            self.server.balloon_notified();
+        }
+        for (i, g) in GUESTS.iter().enumerate() {
+            if channels.contains(g.0) {
+                self.server.client_notified(i);
+            }
+        }
+        let wake = self.server.take_wake();
+        self.apply(wake)?;
+        self.log_progress();
+        Ok(())
+    }
+}
+
+/// The reporting tunables: Linux's defaults on Microkit; on the host
+/// platform `MEMSERVER_TUNABLES` may override them (see `memserver::params`).
+fn tunables() -> Option<Tunables> {
+    #[cfg(not(target_os = "none"))]
+    if let Ok(text) = std::env::var("MEMSERVER_TUNABLES") {
+        match memserver::params::parse_tunables(&text) {
+            Ok(t) => return t,
+            Err(e) => {
+                LOG.error(format_args!("MEMSERVER_TUNABLES: {e}"));
+                std::process::exit(2);
+            }
+        }
+    }
+    Some(Tunables::default())
+}
+
+/// # Safety
+/// `r` must be a ring region mapped read-write for the whole life of the PD.
+unsafe fn producer(r: Region) -> Producer<'static> {
+    // SAFETY: the caller promises a live rw mapping of `r.size` bytes.
+    let p = unsafe { Producer::from_raw(r.as_ptr(), r.size as usize, SLOT_SIZE) };
+    p.unwrap_or_else(|e| panic!("ring at {:#x}: {e}", r.vaddr))
+}
+
+/// # Safety
+/// As [`producer`].
+unsafe fn consumer(r: Region) -> Consumer<'static> {
+    // SAFETY: as in `producer`.
+    let c = unsafe { Consumer::from_raw(r.as_ptr(), r.size as usize, SLOT_SIZE) };
+    c.unwrap_or_else(|e| panic!("ring at {:#x}: {e}", r.vaddr))
+}
+
+fn init() -> MemServer {
+    let mut zones = [ZoneSpec {
+        base_pfn: 0,
+        pages: 0,
+        owner: 0,
+    }; GUESTS.len()];
+    for (i, g) in GUESTS.iter().enumerate() {
+        let base = g.3.get();
+        zones[i] = ZoneSpec {
+            base_pfn: base >> 12,
+            pages: (g.3.size >> 12) as u32,
+            owner: i as u32,
+        };
+        LOG.info(format_args!(
+            "zone {i}: {} at {base:#x}, {} MiB",
+            g.3.region,
+            g.3.size >> 20
+        ));
+    }
+    let tunables = tunables();
+    let meta_ptr = &raw mut META;
+    // SAFETY: init runs once, before any event; META is used only through
+    // this one reference from here on.
+    let meta: &'static mut [u8] = unsafe { &mut *meta_ptr };
+    debug_assert_eq!(meta.len(), metadata_bytes(&zones));
+    let (core, boot) = MemCore::new(&zones, meta, tunables)
+        .unwrap_or_else(|e| panic!("building the allocator: {e}"));
+    match tunables {
+        Some(t) => LOG.info(format_args!(
+            "reporting: order {} delay {} ms capacity {} in flight {} watermark {} pages; metadata {} bytes ({} per page)",
+            t.reporting_order,
+            t.delay_ns / 1_000_000,
+            t.capacity,
+            t.max_in_flight,
+            t.low_watermark_pages,
+            PAGES * BYTES_PER_PAGE,
+            BYTES_PER_PAGE,
+        )),
+        None => LOG.info(format_args!("reporting: off")),
+    }
+    let clients = GUESTS.iter().enumerate().map(|(i, g)| {
+        // SAFETY: the rings are mapped rw for the PD's lifetime (system.xml).
+        let req = unsafe { consumer(g.1.get()) };
+        // SAFETY: as above.
+        let resp = unsafe { producer(g.2.get()) };
+        ClientPort {
+            zone: ZoneId(i as u16),
+            req,
+            resp,
+        }
+    });
+    // SAFETY: the rings are mapped rw for the PD's lifetime (system.xml).
+    let to = unsafe { producer(region::TO_BALLOON.get()) };
+    // SAFETY: as above.
+    let from = unsafe { consumer(region::FROM_BALLOON.get()) };
+    let balloon = BalloonPort { to, from };
+    let server = Server::new(core, clients, balloon, boot)
+        .unwrap_or_else(|e| panic!("building the server: {e}"));
+    let mut pd = MemServer {
+        server,
+        logged_reported: 0,
+    };
+    // The boot-time request: everything free is reported after the delay.
+    let wake = pd.server.take_wake();
+    if let Err(e) = pd.apply(wake) {
+        panic!("{e}");
+    }
+    LOG.info(format_args!("ready, {} clients", pd.server.nr_clients()));
+    pd
+}
+
+pd::main!(init);

@@ -1,0 +1,129 @@
+//! Reporting tunables as text, `key=value` pairs separated by commas, for the
+//! host platform's command line (`tools demo --order 9 ...` passes them to
+//! the PD in `MEMSERVER_TUNABLES`). On Microkit the defaults apply.
+//!
+//! Keys: `order`, `delay_ms`, `capacity`, `budget_divisor`,
+//! `watermark_pages`, `in_flight`; or the single word `off` to disable
+//! reporting. Unknown keys and out-of-range values are errors.
+
+use crate::{Error, Tunables};
+use core::fmt;
+
+/// Why a tunables string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamError<'a> {
+    /// A pair without `=`.
+    NotAPair(&'a str),
+    /// A key this parser does not know.
+    UnknownKey(&'a str),
+    /// A value that is not a number in range for its field.
+    BadValue {
+        /// The key.
+        key: &'a str,
+        /// Its value.
+        value: &'a str,
+    },
+    /// The numbers parsed, but the tunables are out of range together.
+    Invalid(Error),
+}
+
+impl fmt::Display for ParamError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamError::NotAPair(p) => write!(f, "'{p}' is not key=value"),
+            ParamError::UnknownKey(k) => write!(
+                f,
+                "unknown tunable '{k}' (known: order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight)"
+            ),
+            ParamError::BadValue { key, value } => write!(f, "bad value '{value}' for '{key}'"),
+            ParamError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Parse `text` over Linux's defaults. `Ok(None)`: reporting off.
+pub fn parse_tunables(text: &str) -> Result<Option<Tunables>, ParamError<'_>> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let mut t = Tunables::default();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or(ParamError::NotAPair(pair))?;
+        let (key, value) = (key.trim(), value.trim());
+        let bad = ParamError::BadValue { key, value };
+        let num = value.parse::<u64>().map_err(|_| bad)?;
+        match key {
+            "order" => t.reporting_order = u8::try_from(num).map_err(|_| bad)?,
+            "delay_ms" => t.delay_ns = num.checked_mul(1_000_000).ok_or(bad)?,
+            "capacity" => t.capacity = u16::try_from(num).map_err(|_| bad)?,
+            "budget_divisor" => t.budget_divisor = u32::try_from(num).map_err(|_| bad)?,
+            "watermark_pages" => t.low_watermark_pages = num,
+            "in_flight" => t.max_in_flight = u8::try_from(num).map_err(|_| bad)?,
+            _ => return Err(ParamError::UnknownKey(key)),
+        }
+    }
+    t.validate().map_err(ParamError::Invalid)?;
+    Ok(Some(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_linux_defaults() {
+        assert_eq!(parse_tunables(""), Ok(Some(Tunables::default())));
+    }
+
+    #[test]
+    fn every_key_sets_its_field() {
+        let t = parse_tunables(
+            "order=5, delay_ms=250,capacity=16,budget_divisor=8,watermark_pages=0,in_flight=2",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.reporting_order, 5);
+        assert_eq!(t.delay_ns, 250_000_000);
+        assert_eq!(t.capacity, 16);
+        assert_eq!(t.budget_divisor, 8);
+        assert_eq!(t.low_watermark_pages, 0);
+        assert_eq!(t.max_in_flight, 2);
+    }
+
+    #[test]
+    fn off_disables_reporting() {
+        assert_eq!(parse_tunables(" off "), Ok(None));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_culprit() {
+        assert_eq!(parse_tunables("order"), Err(ParamError::NotAPair("order")));
+        assert_eq!(
+            parse_tunables("speed=3"),
+            Err(ParamError::UnknownKey("speed"))
+        );
+        assert_eq!(
+            parse_tunables("order=x"),
+            Err(ParamError::BadValue {
+                key: "order",
+                value: "x"
+            })
+        );
+        assert_eq!(
+            parse_tunables("order=300"),
+            Err(ParamError::BadValue {
+                key: "order",
+                value: "300"
+            })
+        );
+        assert!(matches!(
+            parse_tunables("order=11"),
+            Err(ParamError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_tunables("capacity=0"),
+            Err(ParamError::Invalid(_))
+        ));
+    }
+}
