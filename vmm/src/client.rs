@@ -4,9 +4,9 @@
 //! # Protocol
 //!
 //! - Every request carries a tag; the response echoes it. The client keeps
-//!   at most [`MemClient::window`] requests in flight (never more than
-//!   either ring holds), so the server always has room for the answers and
-//!   never has to refuse with `Overloaded`.
+//!   at most [`MemClient::window`] requests in flight (half the request
+//!   ring, never more than the response ring holds), so the server always
+//!   has room for the answers and never has to refuse with `Overloaded`.
 //! - Signalling (pd-ring's protocol, sDDF style): after publishing a
 //!   request the client notifies the memserver only if the memserver asked
 //!   (its `consumer_signal` flag); after taking a response it notifies if the
@@ -111,8 +111,14 @@ pub struct MemClient<'a, N, T: Copy = ()> {
 impl<'a, N: Notify, T: Copy> MemClient<'a, N, T> {
     /// A client over handles the caller built (slot payload: `SLOT_SIZE`).
     pub fn new(req: Producer<'a>, resp: Consumer<'a>, server: N) -> Self {
+        // Half the request ring: a server that serves at most a ring's
+        // worth of requests per event (a fairness budget, as the memserver
+        // does) then always drains our window within one event and re-arms
+        // its signal, instead of stopping on its budget with requests left
+        // and no signal requested (which would stall us: we notify only when
+        // asked).
         let window = MAX_IN_FLIGHT
-            .min(req.capacity() as usize)
+            .min((req.capacity() as usize / 2).max(1))
             .min(resp.capacity() as usize);
         MemClient {
             req,
@@ -200,7 +206,10 @@ impl<'a, N: Notify, T: Copy> MemClient<'a, N, T> {
         self.count += 1;
         self.next_tag = tag.wrapping_add(1);
         self.counters.sent += 1;
-        if self.req.needs_notify() {
+        // The first request always notifies: a server that started after
+        // us may have armed its signal flag without re-checking the ring
+        // (a lost wake-up at boot); a spare notification costs nothing.
+        if self.req.needs_notify() || self.counters.sent == 1 {
             self.notify();
         }
         Ok(tag)
