@@ -193,6 +193,23 @@ impl Timeline {
         out
     }
 
+    /// The samples as CSV (seconds, then bytes), for other tools.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("t_s,host_bytes,guest_bytes,reported_bytes\n");
+        let opt = |v: Option<u64>| v.map_or_else(String::new, |v| v.to_string());
+        for s in &self.samples {
+            let _ = writeln!(
+                out,
+                "{:.3},{},{},{}",
+                s.t.as_secs_f64(),
+                s.host,
+                opt(s.guest),
+                opt(s.reported)
+            );
+        }
+        out
+    }
+
     /// A summary of a [`Reclaim`], for tables and notes.
     pub fn reclaim_line(label: &str, r: &Reclaim) -> String {
         format!(
@@ -343,6 +360,21 @@ mod tests {
         assert!(row.contains("256.0"), "{row}");
         let end = table.lines().last().unwrap();
         assert!(end.contains("end") && end.contains("10.0"), "{end}");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_row_per_sample() {
+        let mut tl = Timeline::new();
+        tl.push(s(0, 1));
+        tl.push(Sample {
+            guest: Some(5),
+            ..s(1500, 2)
+        });
+        let csv = tl.csv();
+        let rows: Vec<_> = csv.lines().collect();
+        assert_eq!(rows[0], "t_s,host_bytes,guest_bytes,reported_bytes");
+        assert_eq!(rows[1], format!("0.000,{},,", M));
+        assert_eq!(rows[2], format!("1.500,{},5,", 2 * M));
     }
 
     #[test]
