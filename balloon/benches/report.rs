@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
             || assert!(ram.touch(RAM_BASE, BYTES)),
             |()| {
                 for i in 0..32u64 {
-                    ram.region.punch_hole(i << 21, 2 << 20).unwrap();
+                    ram.ranges()[0].region.punch_hole(i << 21, 2 << 20).unwrap();
                 }
             },
             BatchSize::PerIteration,

@@ -8,7 +8,7 @@ pub const PAGE_SHIFT: u32 = 12;
 /// Bytes in a page.
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 /// Largest block order accepted for reporting (docs/architecture.md: MAX_ORDER = 10).
-pub const MAX_ORDER: u8 = 10;
+pub const MAX_ORDER: u8 = memserver_api::MAX_ORDER;
 
 /// PFNs per inflate/deflate request: one 4 KiB page of le32 entries. Linux
 /// sends at most 256 per request (VIRTIO_BALLOON_ARRAY_PFNS_MAX); QEMU takes
@@ -98,38 +98,38 @@ pub const STAT_ENTRY_SIZE: usize = 10;
 /// Bytes of the stats buffer the driver posts.
 pub const STATS_BUFFER_SIZE: usize = STAT_ENTRY_SIZE * stat_tag::COUNT;
 
-/// A free block: `1 << order` pages starting at `pfn`, `pfn` aligned to
-/// `1 << order`. Same shape as `memserver_api::Block` (to be reconciled).
-#[derive(Copy, Clone, Debug, Eq, PartialEq, Hash)]
-pub struct Block {
-    /// First guest-physical frame number.
-    pub pfn: u64,
-    /// log2 of the number of pages.
-    pub order: u8,
+/// A free block: `1 << order` pages starting at `pfn` (the memserver's
+/// message type, so a batch goes from the ring to the driver unconverted).
+pub use memserver_api::Block;
+
+/// What the driver needs of a [`Block`] beyond the message type.
+pub trait BlockExt {
+    /// Guest-physical address of the block.
+    fn paddr(&self) -> u64;
+    /// Length in bytes.
+    fn bytes(&self) -> u64;
+    /// A block a virtqueue can carry: order <= MAX_ORDER, `pfn` aligned to
+    /// `1 << order`, and every frame at or below `memserver_api::MAX_PFN`
+    /// (so its address and length never overflow a descriptor).
+    fn is_valid(&self) -> bool;
 }
 
-impl Block {
-    /// Guest-physical address of the block.
-    pub fn paddr(&self) -> u64 {
+impl BlockExt for Block {
+    fn paddr(&self) -> u64 {
         self.pfn << PAGE_SHIFT
     }
 
-    /// Length in bytes.
-    pub fn bytes(&self) -> u64 {
-        PAGE_SIZE << self.order
+    fn bytes(&self) -> u64 {
+        PAGE_SIZE << self.order.min(MAX_ORDER)
     }
 
-    /// Number of 4 KiB pages.
-    pub fn pages(&self) -> u64 {
-        1 << self.order
-    }
-
-    /// A block the reporting queue can carry: order <= MAX_ORDER, aligned,
-    /// and its address fits a descriptor.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         self.order <= MAX_ORDER
             && self.pfn & ((1u64 << self.order) - 1) == 0
-            && self.pfn < (1u64 << (64 - PAGE_SHIFT)) - (1u64 << self.order)
+            && self
+                .pfn
+                .checked_add(self.pages() - 1)
+                .is_some_and(|last| last <= memserver_api::MAX_PFN)
     }
 }
 
@@ -360,7 +360,7 @@ mod tests {
         }
 
         #[test]
-        fn block_validity(pfn in any::<u64>(), order in 0u8..16) {
+        fn block_validity(pfn in prop_oneof![any::<u64>(), 0..(1u64 << 41)], order in 0u8..16) {
             let b = Block { pfn, order };
             let ok = b.is_valid();
             if ok {
@@ -369,7 +369,9 @@ mod tests {
                 prop_assert!(b.paddr().checked_add(b.bytes()).is_some());
             } else {
                 prop_assert!(
-                    order > MAX_ORDER || pfn % (1 << order) != 0 || pfn >= (1 << 52) - (1 << order)
+                    order > MAX_ORDER
+                        || pfn % (1 << order) != 0
+                        || pfn + (1 << order) - 1 > memserver_api::MAX_PFN
                 );
             }
         }

@@ -6,7 +6,7 @@
 //! memserver messages into calls here and the results back into messages.
 
 use crate::defs::{
-    BalloonFeatures, Block, Error, PFNS_PER_REQUEST, QueueKind, STATS_BUFFER_SIZE,
+    BalloonFeatures, Block, BlockExt, Error, PFNS_PER_REQUEST, QueueKind, STATS_BUFFER_SIZE,
     SUPPORTED_FEATURES, Stats, config,
 };
 use crate::layout::{QueueIndices, QueueLayout, queue_indices};

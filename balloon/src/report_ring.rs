@@ -21,7 +21,7 @@
 //! reads back: it keeps shadow copies of every descriptor it posted and of
 //! both indices, and checks every used element against them.
 
-use crate::defs::{Block, Error, QueueKind, REPORT_RING_MAX};
+use crate::defs::{Block, BlockExt, Error, QueueKind, REPORT_RING_MAX};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, Ordering, fence};
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr, transport::Transport};

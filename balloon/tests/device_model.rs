@@ -103,7 +103,7 @@ fn reported_memory_leaves_the_memfd() {
     assert_eq!(r.drv.report_capacity(), 32, "QEMU's reporting queue size");
     assert!(!r.drv.features().contains(BalloonFeatures::PAGE_POISON));
     assert!(r.ram.touch(RAM_BASE, 16 * MIB));
-    let before = r.ram.region.allocated_bytes().unwrap();
+    let before = r.ram.ranges()[0].region.allocated_bytes().unwrap();
     assert!(before >= 16 * MIB, "touched pages are allocated: {before}");
 
     // Four 2 MiB blocks (order 9) = 8 MiB.
@@ -112,10 +112,10 @@ fn reported_memory_leaves_the_memfd() {
     let done = r.reports(1);
     assert_eq!(done[&7], Ok(()));
 
-    let after = r.ram.region.allocated_bytes().unwrap();
+    let after = r.ram.ranges()[0].region.allocated_bytes().unwrap();
     assert_eq!(before - after, 8 * MIB, "exactly the reported 8 MiB left");
-    assert!(!r.ram.region.has_data(0, 8 * MIB).unwrap());
-    assert!(r.ram.region.has_data(8 * MIB, 8 * MIB).unwrap());
+    assert!(!r.ram.ranges()[0].region.has_data(0, 8 * MIB).unwrap());
+    assert!(r.ram.ranges()[0].region.has_data(8 * MIB, 8 * MIB).unwrap());
 
     let c = r.dev.device().counters();
     assert_eq!(c.reports, 1);
@@ -284,7 +284,7 @@ fn reporting_queue_size_picks_the_layout() {
 fn inflate_and_deflate_follow_the_target() {
     let mut r = rig(DeviceConfig::default());
     assert!(r.ram.touch(RAM_BASE, 4 * MIB));
-    let before = r.ram.region.allocated_bytes().unwrap();
+    let before = r.ram.ranges()[0].region.allocated_bytes().unwrap();
 
     r.dev.device().set_target(300);
     r.wait_for("config change", |d| d.take_config_changed().then_some(()));
@@ -305,7 +305,7 @@ fn inflate_and_deflate_follow_the_target() {
         "actual published in config space"
     );
     assert_eq!(r.dev.device().counters().pages_inflated, 300);
-    let after = r.ram.region.allocated_bytes().unwrap();
+    let after = r.ram.ranges()[0].region.allocated_bytes().unwrap();
     assert_eq!(before - after, 300 * 4096, "inflated pages discarded");
 
     r.dev.device().set_target(100);
@@ -522,7 +522,7 @@ fn hostile_inflate_completion_gives_pages_back() {
 /// memfds (as a device process would): second mappings at other addresses.
 #[test]
 fn device_on_separate_mappings() {
-    let dup = |f: &SharedRegion| rustix::io::dup(f.fd()).expect("dup");
+    let dup = |f: &SharedRegion| rustix::io::dup(f.fd().expect("memfd")).expect("dup");
     let dma = HostHal::install_default().expect("dma window");
     let regs = Arc::new(SharedRegion::create("regs", 4096).unwrap());
     let ram = Arc::new(GuestRam::create(RAM_BASE, (16 * MIB) as usize).unwrap());
@@ -533,7 +533,9 @@ fn device_on_separate_mappings() {
     };
     assert_ne!(dev_dma.region.as_ptr(), dma.region.as_ptr());
     let dev_regs = Arc::new(SharedRegion::map(dup(&regs), 4096).unwrap());
-    let dev_ram = Arc::new(GuestRam::map(dup(&ram.region), RAM_BASE, (16 * MIB) as usize).unwrap());
+    let dev_ram = Arc::new(
+        GuestRam::map(dup(&ram.ranges()[0].region), RAM_BASE, (16 * MIB) as usize).unwrap(),
+    );
 
     let irq = EventFd::new().unwrap();
     let bell = EventFd::new().unwrap();
@@ -551,7 +553,7 @@ fn device_on_separate_mappings() {
     let drv = VirtIOBalloon::with_config(transport, Config::default()).unwrap();
     let mut r = Rig { drv, dev, irq, ram };
     report_one(&mut r);
-    assert!(!r.ram.region.has_data(0, 2 * MIB).unwrap());
+    assert!(!r.ram.ranges()[0].region.has_data(0, 2 * MIB).unwrap());
 }
 
 mod model_check {

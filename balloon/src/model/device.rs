@@ -29,49 +29,97 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_NEEDS_RESET: u32 = 64;
 const PAGE: u64 = 4096;
 
-/// Guest RAM: a memfd at a guest-physical base.
+/// One guest RAM region: a memfd at a guest-physical base (on the host
+/// platform, one per guest: guest0_ram, guest1_ram).
 #[derive(Debug)]
-pub struct GuestRam {
+pub struct RamRange {
     /// The memory.
     pub region: SharedRegion,
     /// Guest-physical base.
     pub base: u64,
 }
 
-impl GuestRam {
-    /// Creates `len` bytes of guest RAM at `base`.
-    pub fn create(base: u64, len: usize) -> Result<Self, super::ModelError> {
-        Ok(Self {
-            region: SharedRegion::create("guest-ram", len)?,
-            base,
-        })
-    }
-
-    /// Maps guest RAM another process created (its memfd).
-    pub fn map(fd: rustix::fd::OwnedFd, base: u64, len: usize) -> Result<Self, super::ModelError> {
-        Ok(Self {
-            region: SharedRegion::map(fd, len)?,
-            base,
-        })
-    }
-
-    /// Offset of `[paddr, paddr + len)` in the memfd, if inside.
+impl RamRange {
+    /// Offset of `[paddr, paddr + len)` in this range's memfd, if inside.
     pub fn offset(&self, paddr: u64, len: u64) -> Option<u64> {
         let off = paddr.checked_sub(self.base)?;
         (off.checked_add(len)? <= self.region.len() as u64).then_some(off)
+    }
+}
+
+/// Guest RAM: one or more [`RamRange`]s, like QEMU's RAM blocks. A range
+/// the driver reports must lie inside one of them; QEMU's
+/// `virtio_balloon_handle_report` skips anything else
+/// (`qemu_ram_block_from_host` fails), and so does the model.
+#[derive(Debug)]
+pub struct GuestRam {
+    ranges: Vec<RamRange>,
+}
+
+impl GuestRam {
+    /// Creates one range of `len` bytes of guest RAM at `base`.
+    pub fn create(base: u64, len: usize) -> Result<Self, super::ModelError> {
+        Self::from_ranges(vec![RamRange {
+            region: SharedRegion::create("guest-ram", len)?,
+            base,
+        }])
+    }
+
+    /// Maps one range another process created (its memfd).
+    pub fn map(fd: rustix::fd::OwnedFd, base: u64, len: usize) -> Result<Self, super::ModelError> {
+        Self::from_ranges(vec![RamRange {
+            region: SharedRegion::map(fd, len)?,
+            base,
+        }])
+    }
+
+    /// Several ranges; they must not overlap in guest-physical space.
+    pub fn from_ranges(mut ranges: Vec<RamRange>) -> Result<Self, super::ModelError> {
+        ranges.sort_by_key(|r| r.base);
+        for w in ranges.windows(2) {
+            let end = w[0]
+                .base
+                .checked_add(w[0].region.len() as u64)
+                .ok_or(super::ModelError::Overlap(w[0].base))?;
+            if end > w[1].base {
+                return Err(super::ModelError::Overlap(w[1].base));
+            }
+        }
+        Ok(Self { ranges })
+    }
+
+    /// The ranges, by ascending base.
+    pub fn ranges(&self) -> &[RamRange] {
+        &self.ranges
+    }
+
+    /// The range holding all of `[paddr, paddr + len)` and the offset in it.
+    /// A range straddling two regions is in none (two RAM blocks in QEMU).
+    pub fn locate(&self, paddr: u64, len: u64) -> Option<(&RamRange, u64)> {
+        self.ranges
+            .iter()
+            .find_map(|r| r.offset(paddr, len).map(|off| (r, off)))
+    }
+
+    /// Bytes the memfds really hold (sum of st_blocks * 512).
+    pub fn allocated_bytes(&self) -> Result<u64, super::ModelError> {
+        self.ranges
+            .iter()
+            .try_fold(0, |acc, r| Ok(acc + r.region.allocated_bytes()?))
     }
 
     /// Writes a byte into every page of `[paddr, paddr + len)` so the memfd
     /// really allocates them (what a guest touching its memory does).
     pub fn touch(&self, paddr: u64, len: u64) -> bool {
-        let Some(off) = self.offset(paddr, len) else {
+        let Some((range, off)) = self.locate(paddr, len) else {
             return false;
         };
         let mut p = off;
         while p < off + len {
-            // SAFETY: `p` is inside the mapping (checked by `offset`).
+            // SAFETY: `p` is inside the mapping (checked by `locate`).
             unsafe {
-                self.region
+                range
+                    .region
                     .as_ptr()
                     .wrapping_add(p as usize)
                     .write_volatile(0xa5)
@@ -391,9 +439,9 @@ impl BalloonDevice {
             // SAFETY: in bounds of the DMA mapping.
             return Some(unsafe { self.dma.region.as_ptr().add(off as usize) });
         }
-        let off = self.ram.offset(paddr, len)?;
-        // SAFETY: in bounds of the RAM mapping.
-        Some(unsafe { self.ram.region.as_ptr().add(off as usize) })
+        let (range, off) = self.ram.locate(paddr, len)?;
+        // SAFETY: in bounds of that range's mapping.
+        Some(unsafe { range.region.as_ptr().add(off as usize) })
     }
 
     fn ring(&self, i: usize) -> Option<Ring> {
@@ -617,10 +665,11 @@ impl BalloonDevice {
         if !paddr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
             return false;
         }
-        let Some(off) = self.ram.offset(paddr, len) else {
+        // Outside every RAM range (or across two): skipped, as QEMU does.
+        let Some((range, off)) = self.ram.locate(paddr, len) else {
             return false;
         };
-        if self.ram.region.punch_hole(off, len).is_err() {
+        if range.region.punch_hole(off, len).is_err() {
             return false;
         }
         self.counters.bytes_discarded += len;

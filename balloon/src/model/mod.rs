@@ -9,13 +9,16 @@
 
 mod device;
 mod hal;
+pub mod host;
 mod regs;
 mod shm;
 mod transport;
 
-pub use device::{BalloonDevice, DeviceConfig, DeviceCounters, Fault, GuestRam, Irq};
+pub use device::{BalloonDevice, DeviceConfig, DeviceCounters, Fault, GuestRam, Irq, RamRange};
 pub use hal::{DEFAULT_DMA_PADDR, DEFAULT_DMA_SIZE, DmaWindow, HostHal};
-pub use regs::{MAGIC, MAX_QUEUES, RegisterFile, STATUS_DOORBELL};
+pub use regs::{
+    MAGIC, MAX_QUEUES, RegisterFile, STATUS_DOORBELL, ring_futex_doorbell, wait_futex_doorbell,
+};
 pub use shm::SharedRegion;
 pub use transport::{Doorbell, SharedTransport};
 
@@ -38,6 +41,12 @@ pub enum ModelError {
     BadMagic,
     /// The HostHal window is already installed.
     AlreadyInstalled,
+    /// The region is a borrowed mapping without a memfd.
+    NoFd,
+    /// Two guest RAM ranges overlap in guest-physical space.
+    Overlap(u64),
+    /// A thread could not be started.
+    Spawn,
 }
 
 impl From<rustix::io::Errno> for ModelError {
@@ -53,6 +62,9 @@ impl fmt::Display for ModelError {
             Self::BadSize(n) => write!(f, "unusable region size {n}"),
             Self::BadMagic => write!(f, "register page has no device"),
             Self::AlreadyInstalled => write!(f, "DMA window already installed"),
+            Self::NoFd => write!(f, "region has no memfd (a borrowed mapping)"),
+            Self::Overlap(p) => write!(f, "guest RAM ranges overlap at {p:#x}"),
+            Self::Spawn => write!(f, "could not start the device thread"),
         }
     }
 }

@@ -65,6 +65,13 @@ pub struct RegisterFile {
     pub legacy: AtomicU32,
     /// Driver: bit n set when queue n was notified; device clears.
     pub notify_pending: AtomicU32,
+    /// Driver: bumped on every doorbell when the futex doorbell is used
+    /// ([`ring_futex_doorbell`]); the device sleeps on it with FUTEX_WAIT.
+    /// Needs no fd, so a PD process and the launcher's device thread share
+    /// it through the register page alone.
+    pub doorbell: AtomicU32,
+    /// Padding to keep the queue registers 8-byte aligned.
+    pub _pad: AtomicU32,
     /// Per-queue registers.
     pub queues: [QueueRegs; MAX_QUEUES],
     /// Device config space (balloon: le32 num_pages, le32 actual, ...).
@@ -90,4 +97,43 @@ pub fn set_config_u32(r: &RegisterFile, offset: usize, v: u32) {
     for (i, x) in v.to_le_bytes().iter().enumerate() {
         r.config[offset + i].store(*x, Release);
     }
+}
+
+/// Rings the futex doorbell: bump the word, then FUTEX_WAKE. A shared (not
+/// PRIVATE) futex, keyed on the page, so it wakes a waiter in another
+/// process that maps the same memfd.
+pub fn ring_futex_doorbell(r: &RegisterFile) {
+    use std::sync::atomic::Ordering::AcqRel;
+    r.doorbell.fetch_add(1, AcqRel);
+    // Fails only for a bad address, which a mapped page is not.
+    let _ = rustix::thread::futex::wake(&r.doorbell, rustix::thread::futex::Flags::empty(), 1);
+}
+
+/// Sleeps until the doorbell word differs from `seen` or `timeout` passes.
+/// The value check is atomic with the sleep (FUTEX_WAIT), so a ring between
+/// the caller's load and this call is never lost.
+pub fn wait_futex_doorbell(r: &RegisterFile, seen: u32, timeout: std::time::Duration) {
+    let ts = rustix::thread::futex::Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()) as _,
+    };
+    // EAGAIN (value already changed), ETIMEDOUT and EINTR all mean "look again".
+    let _ = rustix::thread::futex::wait(
+        &r.doorbell,
+        rustix::thread::futex::Flags::empty(),
+        seen,
+        Some(&ts),
+    );
+}
+
+/// The register file at the start of `region`, if it is large enough.
+pub(crate) fn register_file(region: &super::SharedRegion) -> Option<&RegisterFile> {
+    if region.len() < size_of::<RegisterFile>() {
+        return None;
+    }
+    // SAFETY: the region is at least one RegisterFile long (checked) and
+    // page-aligned (mmap / `from_mapping`), lives as long as the borrow, and
+    // is only ever accessed through atomics; any bit pattern (zeroed memory
+    // included) is a valid RegisterFile of atomics.
+    Some(unsafe { &*region.as_ptr().cast::<RegisterFile>() })
 }

@@ -7,10 +7,13 @@ use rustix::fs::{FallocateFlags, MemfdFlags, SeekFrom};
 use rustix::mm::{MapFlags, ProtFlags};
 use std::ptr::NonNull;
 
-/// A memfd and its shared mapping.
+/// A memfd and its shared mapping, or (from [`SharedRegion::from_mapping`])
+/// a mapping someone else made and keeps, such as a region `pd`'s host
+/// backend mapped for this PD.
 #[derive(Debug)]
 pub struct SharedRegion {
-    fd: OwnedFd,
+    /// `None` for a borrowed mapping: no fd, and not ours to unmap.
+    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -51,12 +54,36 @@ impl SharedRegion {
             )?
         };
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(ModelError::BadSize(len))?;
-        Ok(Self { fd, ptr, len })
+        Ok(Self {
+            fd: Some(fd),
+            ptr,
+            len,
+        })
     }
 
-    /// The memfd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// Wraps a shared mapping made elsewhere (not unmapped on drop). It has
+    /// no fd, so [`Self::punch_hole`], [`Self::allocated_bytes`] and
+    /// [`Self::has_data`] fail with [`ModelError::NoFd`].
+    ///
+    /// # Safety
+    /// `ptr` must be page-aligned and valid for reads and writes of `len`
+    /// bytes for as long as the region is used, and every access to that
+    /// memory by anyone must be atomic or volatile (it is shared memory).
+    pub unsafe fn from_mapping(ptr: *mut u8, len: usize) -> Result<Self, ModelError> {
+        let ptr = NonNull::new(ptr).ok_or(ModelError::BadSize(len))?;
+        if len == 0 || !(ptr.as_ptr() as usize).is_multiple_of(4096) {
+            return Err(ModelError::BadSize(len));
+        }
+        Ok(Self { fd: None, ptr, len })
+    }
+
+    /// The memfd (`None` for a borrowed mapping).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    fn own_fd(&self) -> Result<&OwnedFd, ModelError> {
+        self.fd.as_ref().ok_or(ModelError::NoFd)
     }
 
     /// Start of the mapping.
@@ -78,7 +105,7 @@ impl SharedRegion {
     /// QEMU's `ram_block_discard_range` does for a memfd-backed RAM block.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), ModelError> {
         rustix::fs::fallocate(
-            &self.fd,
+            self.own_fd()?,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             offset,
             len,
@@ -88,13 +115,13 @@ impl SharedRegion {
 
     /// Bytes the memfd really holds (st_blocks * 512).
     pub fn allocated_bytes(&self) -> Result<u64, ModelError> {
-        Ok(rustix::fs::fstat(&self.fd)?.st_blocks as u64 * 512)
+        Ok(rustix::fs::fstat(self.own_fd()?)?.st_blocks as u64 * 512)
     }
 
     /// Whether any byte in `[offset, offset + len)` is backed by data
     /// (lseek SEEK_DATA), i.e. the range was not all discarded.
     pub fn has_data(&self, offset: u64, len: u64) -> Result<bool, ModelError> {
-        match rustix::fs::seek(&self.fd, SeekFrom::Data(offset)) {
+        match rustix::fs::seek(self.own_fd()?, SeekFrom::Data(offset)) {
             Ok(pos) => Ok(pos < offset + len),
             // ENXIO: no data at or after offset.
             Err(rustix::io::Errno::NXIO) => Ok(false),
@@ -105,6 +132,10 @@ impl SharedRegion {
 
 impl Drop for SharedRegion {
     fn drop(&mut self) {
+        if self.fd.is_none() {
+            // Borrowed: the owner unmaps it.
+            return;
+        }
         // SAFETY: we mapped exactly this range in `map` and nothing refers to
         // it once the region (held in an Arc by its users) is dropped.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };

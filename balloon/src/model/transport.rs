@@ -1,6 +1,8 @@
 //! A virtio-drivers `Transport` over the shared register page.
 
-use super::regs::{MAGIC, MAX_QUEUES, RegisterFile, STATUS_DOORBELL};
+use super::regs::{
+    MAGIC, MAX_QUEUES, RegisterFile, STATUS_DOORBELL, register_file, ring_futex_doorbell,
+};
 use super::{ModelError, SharedRegion};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
@@ -37,6 +39,35 @@ impl SharedTransport {
             return Err(ModelError::BadMagic);
         }
         Ok(t)
+    }
+
+    /// Wraps a register page with the futex doorbell: each notify bumps
+    /// the page's doorbell word and FUTEX_WAKEs the device
+    /// ([`super::regs::wait_futex_doorbell`] on the other side). No fd is
+    /// needed, which is what a PD process under the launcher has.
+    pub fn with_futex_doorbell(regs: Arc<SharedRegion>) -> Result<Self, ModelError> {
+        let bell = regs.clone();
+        Self::new(
+            regs,
+            Box::new(move |_| {
+                if let Some(r) = register_file(&bell) {
+                    ring_futex_doorbell(r);
+                }
+            }),
+        )
+    }
+
+    /// The transport over a register page already mapped into this process
+    /// (the `virtio_mmio` region `pd`'s host backend mapped), with the futex
+    /// doorbell.
+    ///
+    /// # Safety
+    /// As [`SharedRegion::from_mapping`]: `ptr` page-aligned, valid for `len`
+    /// bytes for the transport's life, shared memory accessed atomically.
+    pub unsafe fn from_mapping(ptr: *mut u8, len: usize) -> Result<Self, ModelError> {
+        // SAFETY: forwarded from this function's contract.
+        let region = unsafe { SharedRegion::from_mapping(ptr, len)? };
+        Self::with_futex_doorbell(Arc::new(region))
     }
 
     fn r(&self) -> &RegisterFile {
