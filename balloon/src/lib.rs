@@ -3,7 +3,7 @@
 //! - [`VirtIOBalloon`]: the driver core (no_std, generic over virtio-drivers'
 //!   `Hal` and `Transport`): free page reporting, inflate/deflate, stats.
 //! - [`layout`]: which queue index is which (QEMU and Linux disagree).
-//! - `model` (feature `std`): a virtio-balloon device on the device side of
+//! - `model` (Linux only): a virtio-balloon device on the device side of
 //!   real split virtqueues in shared memory, a shared-memory `Transport`, and
 //!   a host `Hal`, for tests and the host platform.
 //!
@@ -27,18 +27,21 @@
 //! On a memserver notification it turns each report batch into
 //! `submit_report(batch, &blocks)`; a refused batch (`QueueFull`, ...) is
 //! answered as failed at once.
-#![cfg_attr(not(any(feature = "std", test)), no_std)]
+#![cfg_attr(not(any(target_os = "linux", test)), no_std)]
 
 pub mod defs;
+pub mod dma;
 pub mod driver;
 pub mod layout;
 pub mod metrics;
 mod report_ring;
+pub mod shell;
 
-#[cfg(feature = "std")]
+#[cfg(target_os = "linux")]
 pub mod model;
 
-pub use defs::{BalloonFeatures, Block, Error, QueueKind, Stats};
+pub use defs::{BalloonFeatures, Block, BlockExt, Error, QueueKind, Stats};
 pub use driver::{BalloonAction, BalloonDone, BalloonOp, Config, DeflateReason, VirtIOBalloon};
 pub use layout::{QueueIndices, QueueLayout, queue_indices};
 pub use metrics::{ErrorCounts, Metrics};
+pub use shell::BalloonPd;

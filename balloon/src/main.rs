@@ -1,0 +1,242 @@
+//! The balloon PD: the virtio-balloon driver between the memserver's rings
+//! and the device.
+//!
+//! Everything but the wiring is in the library ([`balloon::shell`], tested on
+//! the host against the real memserver); this file picks the transport and
+//! DMA `Hal` for the platform and turns channels into calls:
+//!
+//! - Microkit aarch64: virtio-mmio at offset 0xe00 of the `virtio_mmio` page
+//!   (DESIGN §4), [`balloon::dma::RegionHal`] over `balloon_dma` (paddr from
+//!   the `balloon_dma_paddr` setvar);
+//! - Microkit x86_64: virtio-pci is issue 7's job; the PD stops at start with
+//!   one line saying so;
+//! - host (Linux, under `tools run`): the device model's `SharedTransport`
+//!   over the `virtio_mmio` region with the futex doorbell, and `HostHal`
+//!   over `balloon_dma` at the launcher's paddr. The launcher must start
+//!   `balloon::model::host::HostDevice` on the same memfds first.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+mod config {
+    pd::config!("balloon");
+}
+
+use balloon::VirtIOBalloon;
+use balloon::shell::{BalloonPd, Level};
+use config::{channel, irq, paddr, region};
+use core::fmt;
+use memserver_api::SLOT_SIZE;
+use pd::{ChannelSet, Handler};
+use pd_ring::{Consumer, GeometryError, Producer};
+
+const LOG: pd::Log = pd::Log::new("BALLOON");
+
+fn log(level: Level, args: fmt::Arguments<'_>) {
+    match level {
+        Level::Info => LOG.info(args),
+        Level::Warn => LOG.warn(args),
+        Level::Error => LOG.error(args),
+    }
+}
+
+/// Why the PD could not start.
+#[derive(Debug)]
+#[cfg_attr(
+    all(target_os = "none", target_arch = "x86_64"),
+    expect(dead_code, reason = "x86_64 stops before the driver exists (issue 7)")
+)]
+enum StartError {
+    /// A ring region cannot hold a ring.
+    Ring(GeometryError),
+    /// The transport or DMA region could not be set up.
+    Platform(platform::Error),
+    /// The driver refused the device.
+    Driver(balloon::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ring(e) => write!(f, "ring: {e}"),
+            Self::Platform(e) => write!(f, "{e}"),
+            Self::Driver(e) => write!(f, "driver: {e}"),
+        }
+    }
+}
+
+/// The platform's transport and `Hal`.
+#[cfg(target_os = "linux")]
+mod platform {
+    use super::{StartError, paddr, region};
+    use balloon::VirtIOBalloon;
+    use balloon::model::{DmaWindow, HostHal, ModelError, SharedRegion, SharedTransport};
+    use std::sync::Arc;
+
+    pub type H = HostHal;
+    pub type T = SharedTransport;
+    pub type Error = ModelError;
+
+    pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
+        let mmio = region::VIRTIO_MMIO.get();
+        let dma = region::BALLOON_DMA.get();
+        // SAFETY: pd's host backend mapped both regions MAP_SHARED for the
+        // life of the process; the device model (another process) and we
+        // only touch them through atomics / volatile accesses.
+        let transport = unsafe { SharedTransport::from_mapping(mmio.as_ptr(), mmio.size as usize) }
+            .map_err(StartError::Platform)?;
+        // SAFETY: as above; the DMA region is ours and the device's only.
+        let window = unsafe { SharedRegion::from_mapping(dma.as_ptr(), dma.size as usize) }
+            .map_err(StartError::Platform)?;
+        HostHal::install(DmaWindow {
+            region: Arc::new(window),
+            paddr: paddr::BALLOON_DMA_PADDR.get(),
+        })
+        .map_err(StartError::Platform)?;
+        VirtIOBalloon::new(transport).map_err(StartError::Driver)
+    }
+
+    pub fn fail(e: &StartError) -> ! {
+        super::LOG.error(format_args!("cannot start: {e}"));
+        std::process::exit(1)
+    }
+}
+
+/// Microkit: virtio-mmio on aarch64 (QEMU virt).
+#[cfg(target_os = "none")]
+mod platform {
+    use super::{StartError, paddr, region};
+    use balloon::VirtIOBalloon;
+    use balloon::dma::RegionHal;
+    use core::fmt;
+    use virtio_drivers::transport::mmio::{MmioError, MmioTransport};
+
+    pub type H = RegionHal;
+    pub type T = MmioTransport<'static>;
+
+    /// The device sits at 0xe00 in the mapped page (DESIGN §4: the first
+    /// virtio-*-device takes the last slot, 0x0a003e00).
+    #[cfg(target_arch = "aarch64")]
+    const MMIO_OFFSET: usize = 0xe00;
+    /// One virtio-mmio slot.
+    #[cfg(target_arch = "aarch64")]
+    const MMIO_SIZE: usize = 0x200;
+
+    #[derive(Debug)]
+    #[cfg_attr(
+        target_arch = "x86_64",
+        expect(dead_code, reason = "x86_64 stops before MMIO and DMA (issue 7)")
+    )]
+    pub enum Error {
+        Dma(balloon::dma::DmaError),
+        Mmio(MmioError),
+        /// x86_64 needs virtio-pci.
+        #[cfg(target_arch = "x86_64")]
+        NoPci,
+    }
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Self::Dma(e) => write!(f, "balloon_dma: {e}"),
+                Self::Mmio(e) => write!(f, "virtio-mmio: {e}"),
+                #[cfg(target_arch = "x86_64")]
+                Self::NoPci => write!(
+                    f,
+                    "x86_64 needs the virtio-pci transport, not written yet (issue 7)"
+                ),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
+        use core::ptr::NonNull;
+        let mmio = region::VIRTIO_MMIO.get();
+        let dma = region::BALLOON_DMA.get();
+        // SAFETY: `balloon_dma` is mapped read-write for the PD's life and
+        // only the driver's DMA buffers live there; its physical address
+        // comes from the Microkit tool (`balloon_dma_paddr`).
+        unsafe {
+            RegionHal::init(
+                dma.vaddr as usize,
+                paddr::BALLOON_DMA_PADDR.get(),
+                dma.size as usize,
+            )
+        }
+        .map_err(|e| StartError::Platform(Error::Dma(e)))?;
+        let header = NonNull::new((mmio.vaddr as usize + MMIO_OFFSET) as *mut _)
+            .ok_or(StartError::Platform(Error::Mmio(MmioError::BadMagic(0))))?;
+        // SAFETY: the page is mapped uncached for the PD's life (system.xml)
+        // and holds a virtio-mmio header at MMIO_OFFSET; nothing else uses it.
+        let transport = unsafe { MmioTransport::new(header, MMIO_SIZE) }
+            .map_err(|e| StartError::Platform(Error::Mmio(e)))?;
+        VirtIOBalloon::new(transport).map_err(StartError::Driver)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
+        let _ = (
+            &region::VIRTIO_MMIO,
+            &region::BALLOON_DMA,
+            &paddr::BALLOON_DMA_PADDR,
+        );
+        Err(StartError::Platform(Error::NoPci))
+    }
+
+    pub fn fail(e: &StartError) -> ! {
+        // One line (`BALLOON|PANIC: ...`), then the PD faults and the
+        // Microkit monitor reports it.
+        panic!("cannot start: {e}")
+    }
+}
+
+struct Balloon {
+    core: BalloonPd<'static, platform::H, platform::T>,
+}
+
+impl Handler for Balloon {
+    type Error = core::convert::Infallible;
+
+    fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
+        let irq = channels.contains(irq::IRQ);
+        let wake = self.core.run(irq);
+        if irq {
+            // After the device's ISR was read and acknowledged (edge IRQ).
+            irq::IRQ.irq_ack();
+        }
+        if wake.memserver {
+            channel::MEMSERVER.notify();
+        }
+        Ok(())
+    }
+}
+
+fn start() -> Result<Balloon, StartError> {
+    let to = region::TO_BALLOON.get();
+    let from = region::FROM_BALLOON.get();
+    // SAFETY: both ring regions are mapped read-write for the PD's life
+    // (system.xml) and shared only with the memserver; pd-ring touches them
+    // through atomics only.
+    let to = unsafe { Consumer::from_raw(to.as_ptr(), to.size as usize, SLOT_SIZE) }
+        .map_err(StartError::Ring)?;
+    // SAFETY: as above.
+    let from = unsafe { Producer::from_raw(from.as_ptr(), from.size as usize, SLOT_SIZE) }
+        .map_err(StartError::Ring)?;
+    let drv: VirtIOBalloon<platform::H, platform::T> = platform::driver()?;
+    LOG.info(format_args!(
+        "virtio-balloon up: features {:?}, queues {:?}",
+        drv.features(),
+        drv.queue_indices()
+    ));
+    Ok(Balloon {
+        core: BalloonPd::new(drv, to, from, log),
+    })
+}
+
+fn init() -> Balloon {
+    match start() {
+        Ok(b) => b,
+        Err(e) => platform::fail(&e),
+    }
+}
+
+pd::main!(init);

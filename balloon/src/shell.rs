@@ -1,0 +1,786 @@
+//! The balloon PD's core: the driver between the memserver's rings and the
+//! device, with no platform calls (the PD's `main.rs` wires channels,
+//! regions and the IRQ to it; tests drive it against the real memserver).
+//!
+//! On every event ([`BalloonPd::run`]) it works through everything, because
+//! notifications only say "look" (docs/architecture.md):
+//!
+//! 1. the device: ack the interrupt, collect report completions (each
+//!    becomes one `ReportDone`), inflate/deflate completions, a stats
+//!    request, a config change; a broken device is restarted;
+//! 2. the `to_balloon` ring: `Report` batches (queued locally while the
+//!    reporting queue is full), `Inflated` blocks, `Deflated`/`Refused`
+//!    answers, `Stats`;
+//! 3. posts what waits: report batches, one inflate and one deflate block at
+//!    a time on the device (one request in flight per direction);
+//! 4. the balloon target: when nothing is in flight, ask the memserver for
+//!    pages (`Inflate`) or pick ballooned blocks to give back (deflate);
+//! 5. the `from_balloon` ring: answers wait in bounded queues until it has
+//!    room; a `ReportDone` is never dropped.
+//!
+//! # Protocol choices
+//!
+//! - A device reset fails every batch in flight: each is answered once with
+//!   `ReportDone { ok: false }`; `DeviceReset` is never sent (the memserver
+//!   would fail those batches a second time, as unknown ids).
+//! - A `Report` is only taken off the ring when its answer has room: at most
+//!   [`MAX_REPORTS`] batches are tracked (waiting, on the device, or
+//!   answered but not yet pushed), twice the memserver's own limit (8).
+//! - Deflate tells the host first and gives the blocks back to the memserver
+//!   after the device used the PFN array (MUST_TELL_HOST order, as Linux's
+//!   `leak_balloon`). A deflate the device failed (reset) is posted again
+//!   after the restart, so `actual` and the memserver never disagree.
+//!   Inflated blocks the device failed, or that cannot be posted, go back to
+//!   the memserver with a `Deflate` that skips the device.
+//! - Ballooned blocks are tracked in a bounded list ([`MAX_BALLOONED`]).
+//!   A deflate of fewer pages than a block splits it into buddy halves. The
+//!   balloon stops growing while the list could not take one more
+//!   `Inflated` message plus a deflate's splits (counted in
+//!   `Counters::ballooned_full`, logged once): it then stays below the
+//!   host's target. A deflate that finds no room to split gives the whole
+//!   block back (the balloon ends below the target rather than above it).
+//! - A malformed `ToBalloon`, or an answer to nothing we asked, is counted
+//!   and ignored; nothing changes.
+
+use crate::defs::{Block, BlockExt, Error, MAX_ORDER, PAGE_SIZE, Stats};
+use crate::driver::{BalloonAction, BalloonDone, BalloonOp, DeflateReason, VirtIOBalloon};
+use core::fmt;
+use heapless::{Deque, Vec};
+use memserver_api::{self as api, BATCH, FromBalloon, MemStats, SLOT_SIZE, ToBalloon};
+use pd_ring::{Consumer, Misbehaviour, Producer, RingError};
+use virtio_drivers::{Hal, transport::Transport};
+
+/// Report batches tracked at once (waiting locally, on the device, or
+/// answered and waiting for ring room).
+pub const MAX_REPORTS: usize = 16;
+
+/// Ballooned blocks tracked (largest blocks first, so 512 blocks hold at
+/// least 2 MiB and at most 2 GiB).
+pub const MAX_BALLOONED: usize = 512;
+
+/// Splits one deflate may need (one per order) plus one.
+const SPLIT_HEADROOM: usize = MAX_ORDER as usize + 1;
+
+/// Log level of a line.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub enum Level {
+    /// Progress.
+    Info,
+    /// A peer misbehaved; it was ignored.
+    Warn,
+    /// Something is stuck or lost.
+    Error,
+}
+
+/// Where log lines go: the PD prints them as `BALLOON|INFO: ...`.
+pub type LogFn = fn(Level, fmt::Arguments<'_>);
+
+/// Counters: the PD's metrics and the tests' oracles.
+#[derive(Copy, Clone, Debug, Default, Eq, PartialEq)]
+pub struct Counters {
+    /// `ToBalloon` messages taken off the ring.
+    pub messages: u64,
+    /// Messages that did not decode (or a slot with a bad length).
+    pub malformed: u64,
+    /// Well-formed messages that answer nothing we asked, or duplicate
+    /// batch ids.
+    pub unexpected: u64,
+    /// Illegal ring index moves seen from the memserver.
+    pub ring_misbehaviour: u64,
+    /// `Report` batches received.
+    pub reports_received: u64,
+    /// Batches that had to wait for the reporting queue.
+    pub reports_waited: u64,
+    /// `ReportDone { ok: true }` sent.
+    pub reports_ok: u64,
+    /// `ReportDone { ok: false }` sent (device failure or refused batch).
+    pub reports_failed: u64,
+    /// `Inflate` requests sent.
+    pub inflate_requests: u64,
+    /// Inflate requests the memserver refused.
+    pub inflate_refused: u64,
+    /// Pages the device acknowledged as inflated.
+    pub pages_inflated: u64,
+    /// Blocks given back to the memserver without ballooning them.
+    pub blocks_returned: u64,
+    /// `Deflate` requests sent.
+    pub deflate_requests: u64,
+    /// Pages the memserver took back (`Deflated`).
+    pub pages_deflated: u64,
+    /// Deflate requests the memserver refused.
+    pub deflate_refused: u64,
+    /// `StatsRequest` sent.
+    pub stats_requests: u64,
+    /// `Stats` answers handed to the device.
+    pub stats_updates: u64,
+    /// Driver restarts after a device failure.
+    pub device_restarts: u64,
+    /// Restarts that failed (retried on the next event).
+    pub restart_failures: u64,
+    /// Times the balloon could not grow because the block list was full.
+    pub ballooned_full: u64,
+}
+
+/// What the PD shell must do after [`BalloonPd::run`].
+#[derive(Copy, Clone, Debug, Default, Eq, PartialEq)]
+pub struct Wake {
+    /// Notify the memserver.
+    pub memserver: bool,
+}
+
+/// A deflate in progress: blocks leave the device first (unless they were
+/// never ballooned there), then go back to the memserver.
+#[derive(Debug)]
+struct Deflation {
+    req: u32,
+    blocks: Vec<Block, BATCH>,
+    /// `blocks[..posted]` are done on the device side.
+    posted: usize,
+    /// `blocks[posted]` is on the deflate queue.
+    in_device: bool,
+    /// The `Deflate` message is queued or sent.
+    sent: bool,
+}
+
+/// The balloon PD's core.
+pub struct BalloonPd<'a, H: Hal, T: Transport> {
+    drv: VirtIOBalloon<H, T>,
+    /// memserver -> balloon (we consume).
+    to: Consumer<'a>,
+    /// balloon -> memserver (we produce).
+    from: Producer<'a>,
+    log: LogFn,
+    /// Batches waiting for room in the reporting queue.
+    reports: Deque<(u32, Vec<Block, BATCH>), MAX_REPORTS>,
+    /// Batches on the device.
+    reports_in_device: usize,
+    /// Answers waiting for room in `from`.
+    done_out: Deque<(u32, bool), MAX_REPORTS>,
+    /// Inflate, Deflate, StatsRequest waiting for room in `from` (at most
+    /// one of each is outstanding).
+    ctrl_out: Deque<FromBalloon, 4>,
+    /// The outstanding `Inflate` request: (req, pages).
+    ask: Option<(u32, u32)>,
+    /// The memserver said it has no more: no new `Inflate` until the
+    /// host changes the target.
+    inflate_stalled: bool,
+    /// Blocks from `Inflated` waiting for the inflate queue.
+    to_inflate: Deque<Block, BATCH>,
+    /// The block on the inflate queue.
+    inflating: Option<Block>,
+    /// Blocks to give back without the device (failed or unpostable inflates).
+    giveback: Vec<Block, BATCH>,
+    deflation: Option<Deflation>,
+    /// Blocks in the balloon (acknowledged by the device).
+    ballooned: Vec<Block, MAX_BALLOONED>,
+    stats_wanted: bool,
+    stats_outstanding: bool,
+    next_req: u32,
+    /// The last restart failed (log once per streak).
+    restart_failing: bool,
+    /// `ballooned_full` was logged.
+    full_logged: bool,
+    counters: Counters,
+}
+
+impl<H: Hal, T: Transport> fmt::Debug for BalloonPd<'_, H, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalloonPd")
+            .field("counters", &self.counters)
+            .field("ballooned", &self.ballooned.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_stats(m: &MemStats) -> Stats {
+    Stats {
+        free: m.free_pages.saturating_mul(PAGE_SIZE),
+        total: m.total_pages.saturating_mul(PAGE_SIZE),
+        available: m.available_pages.saturating_mul(PAGE_SIZE),
+        ..Stats::default()
+    }
+}
+
+/// A block the inflate/deflate queues can carry: valid, with le32 PFNs.
+fn postable(b: &Block) -> bool {
+    b.is_valid() && b.pfn + b.pages() <= 1 << 32
+}
+
+impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
+    /// The core over an initialised driver and the two rings.
+    pub fn new(drv: VirtIOBalloon<H, T>, to: Consumer<'a>, from: Producer<'a>, log: LogFn) -> Self {
+        let mut s = Self {
+            drv,
+            to,
+            from,
+            log,
+            reports: Deque::new(),
+            reports_in_device: 0,
+            done_out: Deque::new(),
+            ctrl_out: Deque::new(),
+            ask: None,
+            inflate_stalled: false,
+            to_inflate: Deque::new(),
+            inflating: None,
+            giveback: Vec::new(),
+            deflation: None,
+            ballooned: Vec::new(),
+            stats_wanted: false,
+            stats_outstanding: false,
+            next_req: 1,
+            restart_failing: false,
+            full_logged: false,
+            counters: Counters::default(),
+        };
+        // Ask the memserver to signal when it produces.
+        s.to.request_signal();
+        s
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The driver (features, metrics, `actual`).
+    pub fn driver(&self) -> &VirtIOBalloon<H, T> {
+        &self.drv
+    }
+
+    /// Blocks in the balloon.
+    pub fn ballooned(&self) -> &[Block] {
+        &self.ballooned
+    }
+
+    /// Pages in the balloon by our own bookkeeping.
+    pub fn ballooned_pages(&self) -> u64 {
+        self.ballooned.iter().map(Block::pages).sum()
+    }
+
+    /// Nothing in flight: no batch tracked, no inflate or deflate under way,
+    /// nothing waiting to be sent.
+    pub fn is_idle(&self) -> bool {
+        self.tracked_reports() == 0
+            && self.ctrl_out.is_empty()
+            && self.ask.is_none()
+            && self.to_inflate.is_empty()
+            && self.inflating.is_none()
+            && self.giveback.is_empty()
+            && self.deflation.is_none()
+            && !self.stats_outstanding
+    }
+
+    fn info(&self, args: fmt::Arguments<'_>) {
+        (self.log)(Level::Info, args)
+    }
+
+    fn warn(&self, args: fmt::Arguments<'_>) {
+        (self.log)(Level::Warn, args)
+    }
+
+    fn error(&self, args: fmt::Arguments<'_>) {
+        (self.log)(Level::Error, args)
+    }
+
+    fn req_id(&mut self) -> u32 {
+        let id = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        id
+    }
+
+    fn tracked_reports(&self) -> usize {
+        self.reports.len() + self.reports_in_device + self.done_out.len()
+    }
+
+    /// Handles an event: `irq` when the device's interrupt arrived (it is
+    /// acknowledged at the device here; the shell acks the IRQ channel).
+    /// Any event runs the whole loop (see the module docs).
+    pub fn run(&mut self, irq: bool) -> Wake {
+        let mut wake = Wake::default();
+        if irq {
+            self.drv.ack_interrupt();
+        }
+        self.drain_device();
+        if self.drv.take_config_changed() {
+            // A new target: the memserver may have memory again.
+            self.inflate_stalled = false;
+            if let Ok(t) = self.drv.target() {
+                self.info(format_args!(
+                    "target {} pages, balloon {} pages",
+                    t,
+                    self.drv.actual()
+                ));
+            }
+        }
+        if self.drv.is_broken() {
+            self.restart();
+        }
+        self.drain_ring(&mut wake);
+        self.submit_reports();
+        self.pump_inflate();
+        self.pump_deflate();
+        self.rebalance();
+        if self.drv.take_stats_request() {
+            self.stats_wanted = true;
+        }
+        if self.stats_wanted && !self.stats_outstanding {
+            self.stats_wanted = false;
+            self.stats_outstanding = true;
+            self.counters.stats_requests += 1;
+            self.queue_ctrl(FromBalloon::StatsRequest);
+        }
+        self.flush(&mut wake);
+        wake
+    }
+
+    /// Collects completions. A failure found while polling the balloon
+    /// queues fails report batches too, so reports are drained again.
+    fn drain_device(&mut self) {
+        self.drain_reports();
+        while let Some(done) = self.drv.poll_balloon() {
+            self.balloon_done(done);
+        }
+        self.drain_reports();
+    }
+
+    fn drain_reports(&mut self) {
+        while let Some((batch, result)) = self.drv.poll_reports() {
+            self.reports_in_device = self.reports_in_device.saturating_sub(1);
+            self.answer(batch, result.is_ok());
+        }
+    }
+
+    fn answer(&mut self, batch: u32, ok: bool) {
+        if ok {
+            self.counters.reports_ok += 1;
+        } else {
+            self.counters.reports_failed += 1;
+        }
+        // Room is reserved: a batch is taken off the ring only while fewer
+        // than MAX_REPORTS are tracked, and each stage holds each batch once.
+        if self.done_out.push_back((batch, ok)).is_err() {
+            self.error(format_args!("answer for batch {batch} lost: queue full"));
+        }
+    }
+
+    fn balloon_done(&mut self, done: BalloonDone) {
+        match (done.op, done.result) {
+            (BalloonOp::Inflate, Ok(())) => {
+                if let Some(b) = self.inflating.take() {
+                    self.counters.pages_inflated += b.pages();
+                    // Room is kept by `rebalance` (SPLIT_HEADROOM + BATCH).
+                    if self.ballooned.push(b).is_err() {
+                        self.error(format_args!("ballooned block {:#x} untracked", b.pfn));
+                    }
+                    if self.to_inflate.is_empty() {
+                        self.info(format_args!("balloon at {} pages", self.drv.actual()));
+                    }
+                }
+            }
+            (BalloonOp::Inflate, Err(e)) => {
+                // Not ballooned: the memserver takes the pages back.
+                if let Some(b) = self.inflating.take() {
+                    self.warn(format_args!("inflate of {:#x} failed: {e}", b.pfn));
+                    let _ = self.giveback.push(b);
+                }
+            }
+            (BalloonOp::Deflate, result) => {
+                if let Some(d) = self.deflation.as_mut() {
+                    d.in_device = false;
+                    // A failed deflate (device reset) is posted again after
+                    // the restart: `actual` still counts the pages.
+                    if result.is_ok() {
+                        d.posted += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        match self.drv.restart() {
+            Ok(()) => {
+                self.counters.device_restarts += 1;
+                self.restart_failing = false;
+                self.info(format_args!(
+                    "device failed; restarted the driver (batches failed so far: {})",
+                    self.counters.reports_failed
+                ));
+            }
+            Err(e) => {
+                self.counters.restart_failures += 1;
+                if !self.restart_failing {
+                    self.error(format_args!("device restart failed: {e}"));
+                }
+                self.restart_failing = true;
+            }
+        }
+    }
+
+    /// Takes messages off `to_balloon` while their answers have room.
+    fn drain_ring(&mut self, wake: &mut Wake) {
+        let mut buf = [0u8; SLOT_SIZE];
+        while self.tracked_reports() < MAX_REPORTS {
+            match self.to.pop(&mut buf) {
+                Ok(Some(n)) => {
+                    self.counters.messages += 1;
+                    match api::decode_to_balloon(&buf[..n]) {
+                        Ok(msg) => self.handle(msg),
+                        Err(e) => {
+                            self.counters.malformed += 1;
+                            self.warn(format_args!("malformed message ignored: {e}"));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // Process, request a signal, re-check (pd-ring's protocol).
+                    self.to.request_signal();
+                    match self.to.is_empty() {
+                        Ok(false) => continue,
+                        Ok(true) => break,
+                        Err(_) => {
+                            self.counters.ring_misbehaviour += 1;
+                            break;
+                        }
+                    }
+                }
+                Err(RingError::PeerMisbehaviour(Misbehaviour::BadLength { .. })) => {
+                    // The slot was consumed: a malformed message.
+                    self.counters.messages += 1;
+                    self.counters.malformed += 1;
+                    self.counters.ring_misbehaviour += 1;
+                }
+                Err(_) => {
+                    self.counters.ring_misbehaviour += 1;
+                    break;
+                }
+            }
+        }
+        if self.to.needs_notify() {
+            wake.memserver = true;
+        }
+    }
+
+    fn handle(&mut self, msg: ToBalloon) {
+        match msg {
+            ToBalloon::Report { batch, blocks } => self.report(batch, blocks),
+            ToBalloon::Inflated { req, blocks, last } => self.inflated(req, &blocks, last),
+            ToBalloon::Deflated { req, pages } => match &self.deflation {
+                Some(d) if d.sent && d.req == req => {
+                    self.counters.pages_deflated += u64::from(pages);
+                    self.deflation = None;
+                    self.info(format_args!("deflated {pages} pages"));
+                }
+                _ => self.unexpected(format_args!("Deflated for unknown request {req}")),
+            },
+            ToBalloon::Refused { req, reason } => {
+                if req.is_some() && req == self.ask.map(|a| a.0) {
+                    self.ask = None;
+                    self.counters.inflate_refused += 1;
+                    self.inflate_stalled = true;
+                    self.info(format_args!("inflate refused: {reason}"));
+                } else if let Some(d) = self.deflation.as_ref().filter(|d| d.sent)
+                    && req == Some(d.req)
+                {
+                    // The memserver says these are not ballooned: our lists
+                    // disagree. The pages are lost to both; say so loudly.
+                    self.counters.deflate_refused += 1;
+                    self.error(format_args!(
+                        "deflate of {} blocks refused: {reason}",
+                        d.blocks.len()
+                    ));
+                    self.deflation = None;
+                } else {
+                    self.unexpected(format_args!("Refused({reason}) for request {req:?}"));
+                }
+            }
+            ToBalloon::Stats(m) => {
+                self.stats_outstanding = false;
+                self.counters.stats_updates += 1;
+                // Broken device: the numbers are kept for the next buffer.
+                let _ = self.drv.set_stats(to_stats(&m));
+            }
+        }
+    }
+
+    fn unexpected(&mut self, args: fmt::Arguments<'_>) {
+        self.counters.unexpected += 1;
+        self.warn(format_args!("ignored: {args}"));
+    }
+
+    fn report(&mut self, batch: u32, blocks: Vec<Block, BATCH>) {
+        self.counters.reports_received += 1;
+        if self.reports.iter().any(|(b, _)| *b == batch) {
+            // Answering would complete the first batch of that id early.
+            return self.unexpected(format_args!("duplicate batch {batch}"));
+        }
+        let cap = self.drv.report_capacity();
+        if blocks.is_empty() || blocks.len() > cap || !blocks.iter().all(BlockExt::is_valid) {
+            // It can never be posted: fail it now, as a device would.
+            self.warn(format_args!(
+                "batch {batch} refused ({} blocks, queue holds {cap})",
+                blocks.len()
+            ));
+            return self.answer(batch, false);
+        }
+        // Room: tracked < MAX_REPORTS was checked before the pop.
+        if self.reports.push_back((batch, blocks)).is_err() {
+            self.answer(batch, false);
+        }
+    }
+
+    fn submit_reports(&mut self) {
+        while let Some((batch, blocks)) = self.reports.front() {
+            let batch = *batch;
+            match self.drv.submit_report(batch, blocks) {
+                Ok(()) => {
+                    self.reports.pop_front();
+                    self.reports_in_device += 1;
+                }
+                Err(Error::QueueFull | Error::Broken) => {
+                    // Waits for a completion or a restart.
+                    self.counters.reports_waited += 1;
+                    return;
+                }
+                Err(Error::DuplicateBatch(_)) => {
+                    self.reports.pop_front();
+                    self.unexpected(format_args!("duplicate batch {batch}"));
+                }
+                Err(e) => {
+                    self.reports.pop_front();
+                    self.warn(format_args!("batch {batch} failed: {e}"));
+                    self.answer(batch, false);
+                }
+            }
+        }
+    }
+
+    fn inflated(&mut self, req: u32, blocks: &[Block], last: bool) {
+        let Some((asked_req, asked)) = self.ask else {
+            return self.unexpected(format_args!("Inflated for unknown request {req}"));
+        };
+        if asked_req != req {
+            return self.unexpected(format_args!("Inflated for unknown request {req}"));
+        }
+        self.ask = None;
+        let mut got = 0u64;
+        for b in blocks {
+            got += b.pages();
+            // `to_inflate` is empty when we ask and a message holds at most
+            // BATCH blocks, so both pushes have room.
+            let _ = if postable(b) {
+                self.to_inflate.push_back(*b)
+            } else {
+                self.giveback.push(*b)
+            };
+        }
+        if last && got < u64::from(asked) {
+            // The memserver has no more above its watermark.
+            self.inflate_stalled = true;
+        }
+    }
+
+    fn pump_inflate(&mut self) {
+        if self.inflating.is_some() {
+            return;
+        }
+        let Some(&b) = self.to_inflate.front() else {
+            return;
+        };
+        let id = self.req_id();
+        match self.drv.inflate_block(id, b) {
+            Ok(()) => {
+                self.to_inflate.pop_front();
+                self.inflating = Some(b);
+            }
+            Err(Error::QueueFull | Error::Broken) => {}
+            Err(e) => {
+                self.to_inflate.pop_front();
+                self.warn(format_args!("inflate of {:#x} not posted: {e}", b.pfn));
+                let _ = self.giveback.push(b);
+            }
+        }
+    }
+
+    fn pump_deflate(&mut self) {
+        let Some(d) = self.deflation.as_mut() else {
+            return;
+        };
+        if d.in_device || d.sent {
+            return;
+        }
+        if d.posted < d.blocks.len() {
+            let b = d.blocks[d.posted];
+            let id = self.next_req;
+            self.next_req = self.next_req.wrapping_add(1).max(1);
+            match self.drv.deflate_block(id, b, DeflateReason::Target) {
+                Ok(()) => d.in_device = true,
+                Err(Error::QueueFull | Error::Broken) => {}
+                Err(e) => {
+                    // The device cannot be told (e.g. `actual` disagrees);
+                    // the memserver still gets the block back.
+                    d.posted += 1;
+                    let (pfn, n) = (b.pfn, d.blocks.len());
+                    self.warn(format_args!("deflate of {pfn:#x} not posted ({n}): {e}"));
+                }
+            }
+            return;
+        }
+        d.sent = true;
+        let msg = FromBalloon::Deflate {
+            req: d.req,
+            blocks: d.blocks.clone(),
+        };
+        self.counters.deflate_requests += 1;
+        self.queue_ctrl(msg);
+    }
+
+    /// Starts the next inflate or deflate when nothing is under way.
+    fn rebalance(&mut self) {
+        let busy = self.ask.is_some()
+            || !self.to_inflate.is_empty()
+            || self.inflating.is_some()
+            || self.deflation.is_some();
+        if busy || self.drv.is_broken() {
+            return;
+        }
+        if !self.giveback.is_empty() {
+            let blocks = core::mem::take(&mut self.giveback);
+            self.counters.blocks_returned += blocks.len() as u64;
+            let req = self.req_id();
+            self.deflation = Some(Deflation {
+                req,
+                posted: blocks.len(),
+                blocks,
+                in_device: false,
+                sent: false,
+            });
+            self.pump_deflate();
+            return;
+        }
+        match self.drv.balloon_action() {
+            Ok(BalloonAction::Inflate(pages)) if !self.inflate_stalled => {
+                if self.ballooned.len() + BATCH + SPLIT_HEADROOM > MAX_BALLOONED {
+                    self.counters.ballooned_full += 1;
+                    if !self.full_logged {
+                        self.full_logged = true;
+                        self.error(format_args!(
+                            "balloon list full ({MAX_BALLOONED} blocks): not growing"
+                        ));
+                    }
+                    return;
+                }
+                let req = self.req_id();
+                self.ask = Some((req, pages));
+                self.counters.inflate_requests += 1;
+                self.queue_ctrl(FromBalloon::Inflate { req, pages });
+            }
+            Ok(BalloonAction::Deflate(pages)) => self.start_deflate(u64::from(pages)),
+            _ => {}
+        }
+    }
+
+    /// Picks ballooned blocks worth `pages` (at most BATCH blocks),
+    /// splitting a block into buddy halves when all are larger than what is
+    /// left.
+    fn start_deflate(&mut self, pages: u64) {
+        let mut chosen: Vec<Block, BATCH> = Vec::new();
+        let mut left = pages;
+        while left > 0 && !chosen.is_full() {
+            let fits = (0..self.ballooned.len())
+                .filter(|&i| self.ballooned[i].pages() <= left)
+                .max_by_key(|&i| self.ballooned[i].pages());
+            if let Some(i) = fits {
+                let b = self.ballooned.swap_remove(i);
+                left -= b.pages();
+                let _ = chosen.push(b);
+                continue;
+            }
+            let Some(i) = (0..self.ballooned.len()).min_by_key(|&i| self.ballooned[i].pages())
+            else {
+                break;
+            };
+            // Every block is larger than `left` (so of order >= 1).
+            let b = self.ballooned[i];
+            let half = Block {
+                pfn: b.pfn,
+                order: b.order - 1,
+            };
+            let upper = Block {
+                pfn: b.pfn + half.pages(),
+                order: half.order,
+            };
+            if self.ballooned.push(upper).is_err() {
+                // No room to split: give the whole block back.
+                let _ = chosen.push(self.ballooned.swap_remove(i));
+                break;
+            }
+            self.ballooned[i] = half;
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        let req = self.req_id();
+        self.deflation = Some(Deflation {
+            req,
+            blocks: chosen,
+            posted: 0,
+            in_device: false,
+            sent: false,
+        });
+        self.pump_deflate();
+    }
+
+    fn queue_ctrl(&mut self, msg: FromBalloon) {
+        // At most one Inflate, one Deflate and one StatsRequest are
+        // outstanding, so four places are enough.
+        if self.ctrl_out.push_back(msg).is_err() {
+            self.error(format_args!("control message queue full"));
+        }
+    }
+
+    /// Pushes answers, then requests, while `from_balloon` has room.
+    fn flush(&mut self, wake: &mut Wake) {
+        let mut buf = [0u8; SLOT_SIZE];
+        loop {
+            let msg = if let Some(&(batch, ok)) = self.done_out.front() {
+                FromBalloon::ReportDone { batch, ok }
+            } else if let Some(m) = self.ctrl_out.front() {
+                m.clone()
+            } else {
+                break;
+            };
+            // Every FromBalloon fits a slot (memserver-api tests the largest).
+            let Ok(bytes) = api::encode(&msg, &mut buf) else {
+                self.error(format_args!("unencodable message dropped: {msg:?}"));
+                self.pop_out();
+                continue;
+            };
+            match self.from.push(bytes) {
+                Ok(()) => self.pop_out(),
+                Err(RingError::Full) => {
+                    // Wait for the memserver to consume; re-check first.
+                    self.from.request_signal();
+                    if matches!(self.from.free_slots(), Ok(n) if n > 0) {
+                        self.from.cancel_signal();
+                        continue;
+                    }
+                    break;
+                }
+                Err(_) => {
+                    self.counters.ring_misbehaviour += 1;
+                    break;
+                }
+            }
+        }
+        if self.from.needs_notify() {
+            wake.memserver = true;
+        }
+    }
+
+    fn pop_out(&mut self) {
+        if self.done_out.pop_front().is_none() {
+            self.ctrl_out.pop_front();
+        }
+    }
+}
