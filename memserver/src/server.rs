@@ -153,11 +153,11 @@ impl<'a, 'm> Server<'a, 'm> {
             s.clients.push(c).map_err(|_| Error::TooManyZones)?;
         }
         // Ask both kinds of peer to signal when they produce.
-        for c in s.clients.iter_mut() {
-            c.req.request_signal();
-        }
-        s.balloon.from.request_signal();
         s.apply(&boot);
+        // Peers may have produced before the server started: serve what is
+        // there, which also asks each ring for a signal (with the re-check).
+        s.serve_all();
+        s.serve_balloon();
         Ok(s)
     }
 
@@ -288,8 +288,16 @@ impl<'a, 'm> Server<'a, 'm> {
                 }
             };
             if room <= self.pending.len() {
+                // Wait for the balloon to consume; re-check so a slot freed
+                // meanwhile is not missed.
                 self.balloon.to.request_signal();
-                return;
+                match self.balloon.to.free_slots() {
+                    Ok(n) if n as usize > self.pending.len() => {
+                        self.balloon.to.cancel_signal();
+                        continue;
+                    }
+                    _ => return,
+                }
             }
             match self.balloon.from.pop(&mut buf) {
                 Ok(Some(n)) => {
@@ -468,10 +476,15 @@ impl<'a, 'm> Server<'a, 'm> {
 
     fn serve_client(&mut self, i: usize) {
         let mut buf = [0u8; SLOT_SIZE];
-        // Bounded: at most one ring's worth per event, so a flooding client
-        // cannot keep the server from the others.
-        let budget = self.clients[i].req.capacity();
-        for _ in 0..budget {
+        // Serve until the client's request ring is empty or its response
+        // ring is full; both end in a signal request plus a re-check, so the
+        // client's next push or pop wakes the server and nothing stalls.
+        // (A budget that stopped earlier would leave requests that no
+        // notification ever comes back for.) The response ring bounds the
+        // work per event: a client that does not read its responses gets at
+        // most one ring's worth, and on one core the server outranks the
+        // guests, so they cannot drain it meanwhile.
+        loop {
             let c = &mut self.clients[i];
             match c.resp.free_slots() {
                 Ok(0) => {
