@@ -21,11 +21,14 @@ enum Command {
     Check(cmd::check::Args),
     /// Run a system on the host platform: one Linux process per PD.
     Run(cmd::run::Args),
+    /// Run every check and test of the project (the command CI runs).
+    Test(cmd::test::Args),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check(a) => cmd::check::main(a),
         Command::Run(a) => cmd::run::main(a),
+        Command::Test(a) => cmd::test::main(a),
     }
 }

@@ -1,0 +1,99 @@
+//! `tools test`: the project's one test command (README.md; `.ci/run` calls
+//! it too). Format check, clippy with warnings denied, and every test of the
+//! workspace, including the end-to-end runs on the host platform and in QEMU.
+//!
+//! QEMU comes from `.ci/install-qemu` (Debian bookworm-backports) when it is
+//! missing and we may install packages (root); otherwise the command says
+//! what to install and stops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip the format check and clippy (tests only).
+    #[arg(long)]
+    pub tests_only: bool,
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn step(name: &str, dir: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+    println!("==> {name}: {program} {}", args.join(" "));
+    let t = Instant::now();
+    let status = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .map_err(|e| format!("{name}: running {program}: {e}"))?;
+    println!("==> {name}: {status} after {:.0} s", t.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn ensure_qemu(ws: &Path) -> Result<(), String> {
+    if have("qemu-system-aarch64") && have("qemu-system-x86_64") {
+        return Ok(());
+    }
+    if rustix::process::geteuid().is_root() {
+        return step("install QEMU", ws, "bash", &[".ci/install-qemu"]);
+    }
+    Err("QEMU is missing: run `sudo bash .ci/install-qemu` (qemu-system-arm and \
+         qemu-system-x86 from Debian bookworm-backports), then this again"
+        .into())
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let ws = workspace();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ensure_qemu(&ws)?;
+    if !args.tests_only {
+        step("format", &ws, &cargo, &["fmt", "--all", "--check"])?;
+        step(
+            "clippy",
+            &ws,
+            &cargo,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
+    }
+    let mut test = vec!["test", "--workspace", "--locked"];
+    if !args.cargo_test_args.is_empty() {
+        test.push("--");
+        test.extend(args.cargo_test_args.iter().map(String::as_str));
+    }
+    step("tests", &ws, &cargo, &test)
+}
+
+pub fn main(args: Args) -> ExitCode {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("test: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
