@@ -484,6 +484,12 @@ impl BalloonDevice {
         self.r().notify_pending.swap(0, AcqRel);
         let mut used = false;
         for i in 0..MAX_QUEUES {
+            // Stop the round after a fault that wedges the device, or when
+            // the driver reset it meanwhile: its new queues start from a
+            // fresh state on the next round (our queue state is stale).
+            if self.stalled || self.r().reset_epoch.load(Acquire) != self.epoch {
+                break;
+            }
             let Some(kind) = self.kind_of(i) else {
                 continue;
             };

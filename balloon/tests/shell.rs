@@ -1,0 +1,596 @@
+//! The balloon PD's core against the real memserver (`memserver::server`)
+//! over real rings, and the device model on its own thread woken by the
+//! futex doorbell. The test thread plays both PDs' event loops; the
+//! memserver's timer fires at once (simulated time). Counters on all three
+//! sides are the oracles; every wait is bounded.
+
+use balloon::model::host::HostDevice;
+use balloon::model::{
+    BalloonDevice, DeviceConfig, EventFd, Fault, GuestRam, HostHal, RamRange, SharedRegion,
+    SharedTransport,
+};
+use balloon::shell::{BalloonPd, Level, MAX_REPORTS};
+use balloon::{QueueKind, VirtIOBalloon};
+use memserver::server::{BalloonPort, Server};
+use memserver::{MemCore, Tunables, ZoneSpec, metadata_bytes};
+use memserver_api::{
+    self as api, Block, FromBalloon, MemStats, RefuseReason, SLOT_SIZE, ToBalloon,
+};
+use pd_ring::{Consumer, Producer, RingMemory, ring_words};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CAP: usize = 64;
+type Ring = RingMemory<{ ring_words(CAP, SLOT_SIZE) }>;
+
+fn ring() -> &'static Ring {
+    Box::leak(Box::new(Ring::new()))
+}
+
+const MIB: u64 = 1 << 20;
+/// Two guests of 128 MiB each, as two RAM ranges (two memfds).
+const ZONE_PAGES: u32 = 32768;
+const ZONES: [ZoneSpec; 2] = [
+    ZoneSpec {
+        base_pfn: 0x40000,
+        pages: ZONE_PAGES,
+        owner: 0,
+    },
+    ZoneSpec {
+        base_pfn: 0x80000,
+        pages: ZONE_PAGES,
+        owner: 1,
+    },
+];
+const TOTAL_PAGES: u64 = 2 * ZONE_PAGES as u64;
+
+fn tunables() -> Tunables {
+    Tunables {
+        reporting_order: 9,
+        delay_ns: 1_000_000,
+        capacity: 8,
+        budget_divisor: 1,
+        low_watermark_pages: 0,
+        max_in_flight: 8,
+    }
+}
+
+fn log(level: Level, args: std::fmt::Arguments<'_>) {
+    eprintln!("BALLOON|{level:?}: {args}");
+}
+
+type Pd = BalloonPd<'static, HostHal, SharedTransport>;
+
+struct Device {
+    dev: HostDevice,
+    irq: EventFd,
+    ram: Arc<GuestRam>,
+}
+
+/// The device on its thread, and a driver over a futex-doorbell transport.
+fn device(cfg: DeviceConfig) -> (Device, VirtIOBalloon<HostHal, SharedTransport>) {
+    let dma = HostHal::install_default().expect("dma window");
+    let regs = Arc::new(SharedRegion::create("regs", 4096).expect("regs"));
+    let ranges = ZONES
+        .iter()
+        .map(|z| RamRange {
+            region: SharedRegion::create("ram", z.pages as usize * 4096).expect("ram"),
+            base: z.base_pfn << 12,
+        })
+        .collect();
+    let ram = Arc::new(GuestRam::from_ranges(ranges).expect("ram ranges"));
+    let irq = EventFd::new().expect("eventfd");
+    let irq2 = irq.clone();
+    let model = BalloonDevice::new(
+        regs.clone(),
+        dma,
+        ram.clone(),
+        cfg,
+        Box::new(move || irq2.signal()),
+    )
+    .expect("device");
+    let dev = HostDevice::spawn(model, regs.clone(), ram.clone()).expect("device thread");
+    let transport = SharedTransport::with_futex_doorbell(regs).expect("transport");
+    let drv = VirtIOBalloon::new(transport).expect("driver init");
+    (Device { dev, irq, ram }, drv)
+}
+
+struct Sys {
+    // Dropped first: the driver resets the device while its thread runs.
+    pd: Pd,
+    server: Server<'static, 'static>,
+    d: Device,
+    timer: bool,
+}
+
+fn sys() -> Sys {
+    sys_with(DeviceConfig::default())
+}
+
+fn sys_with(cfg: DeviceConfig) -> Sys {
+    let meta = Box::leak(vec![0u8; metadata_bytes(&ZONES)].into_boxed_slice());
+    let (core, boot) = MemCore::new(&ZONES, meta, Some(tunables())).expect("core");
+    let (to, from) = (ring(), ring());
+    let port = BalloonPort {
+        to: to.producer(SLOT_SIZE).unwrap(),
+        from: from.consumer(SLOT_SIZE).unwrap(),
+    };
+    let server = Server::new(core, [], port, boot).expect("server");
+    let (d, drv) = device(cfg);
+    let pd = BalloonPd::new(
+        drv,
+        to.consumer(SLOT_SIZE).unwrap(),
+        from.producer(SLOT_SIZE).unwrap(),
+        log,
+    );
+    Sys {
+        pd,
+        server,
+        d,
+        timer: false,
+    }
+}
+
+impl Sys {
+    /// One round of both event loops.
+    fn step(&mut self) {
+        self.server.balloon_notified();
+        if std::mem::take(&mut self.timer) {
+            self.server.timer_expired();
+        }
+        if self.server.take_wake().arm_timer_ns.is_some() {
+            self.timer = true;
+        }
+        let irq = self.d.irq.wait(Some(Duration::from_millis(2)));
+        self.pd.run(irq);
+    }
+
+    fn until(&mut self, what: &str, mut cond: impl FnMut(&mut Sys) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.step();
+        }
+    }
+
+    fn mem(&self) -> memserver::Stats {
+        self.server.core().stats()
+    }
+
+    /// Reporting has settled: nothing isolated or in flight anywhere and
+    /// every free page reported.
+    fn settled(&mut self) -> bool {
+        let s = self.mem();
+        s.isolated_pages == 0
+            && s.reported_pages + s.ballooned_pages == TOTAL_PAGES
+            && self.pd.is_idle()
+    }
+
+    /// Every batch the memserver sent was answered exactly once.
+    fn check_books(&self) {
+        let c = self.server.counters();
+        let p = self.pd.counters();
+        assert_eq!(c.batches_sent, p.reports_received);
+        assert_eq!(c.completions_ok, p.reports_ok);
+        assert_eq!(c.completions_failed, p.reports_failed);
+        // Only inflates the memserver had no memory for were refused.
+        assert_eq!(c.balloon_refused, p.inflate_refused + p.deflate_refused);
+        assert_eq!(p.deflate_refused, 0);
+        assert_eq!(c.balloon_misbehaviour, 0);
+        assert_eq!(p.malformed + p.unexpected + p.ring_misbehaviour, 0);
+        self.server
+            .core()
+            .check_invariants()
+            .expect("memserver invariants");
+    }
+}
+
+#[test]
+fn reports_flow_both_ways_and_ram_leaves_both_memfds() {
+    let mut s = sys();
+    // Guests touched 8 MiB of each RAM range before reporting started.
+    for z in &ZONES {
+        assert!(s.d.ram.touch(z.base_pfn << 12, 8 * MIB));
+    }
+    let held = s.d.dev.held_bytes().unwrap();
+    assert!(held >= 16 * MIB, "touched memory is held: {held}");
+    s.until("reporting to settle", Sys::settled);
+    s.check_books();
+    let c = s.server.counters();
+    assert!(c.batches_sent >= 8, "batches: {}", c.batches_sent);
+    assert_eq!(c.completions_failed, 0);
+    // What the memserver counts as reported, the device discarded.
+    let dev = s.d.dev.counters();
+    assert_eq!(dev.bytes_discarded, s.mem().reported_pages * 4096);
+    assert_eq!(dev.bytes_discarded, TOTAL_PAGES * 4096);
+    assert_eq!(dev.ranges_skipped, 0);
+    assert_eq!(dev.reports, c.batches_sent);
+    // Each memfd gave its touched pages back.
+    for r in s.d.ram.ranges() {
+        assert_eq!(
+            r.region.allocated_bytes().unwrap(),
+            0,
+            "range {:#x}",
+            r.base
+        );
+    }
+    assert_eq!(s.d.dev.held_bytes().unwrap(), 0);
+    assert_eq!(s.pd.driver().metrics().pages_reported, TOTAL_PAGES);
+}
+
+#[test]
+fn a_full_reporting_queue_makes_batches_wait_locally() {
+    let mut s = sys();
+    s.d.dev.device().set_hold_reports(true);
+    // 64 order-10 blocks in batches of 8, all 8 in flight at the memserver,
+    // but QEMU's reporting queue has 32 descriptors: 4 batches wait here.
+    s.until("the reporting queue to fill", |s| {
+        s.pd.driver().report_free_descriptors() == 0 && s.pd.counters().reports_received == 8
+    });
+    assert_eq!(s.pd.driver().reports_in_flight(), 4);
+    assert!(s.pd.counters().reports_waited > 0);
+    assert_eq!(s.pd.counters().reports_ok, 0);
+    s.d.dev.device().set_hold_reports(false);
+    s.d.dev.kick();
+    s.until("reporting to settle", Sys::settled);
+    s.check_books();
+    assert_eq!(s.server.counters().completions_failed, 0);
+    assert_eq!(s.mem().reported_pages, TOTAL_PAGES);
+}
+
+#[test]
+fn inflate_to_a_target_and_deflate_back() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    // Not a power of two: deflating part of it splits blocks.
+    let target = 5000;
+    s.d.dev.set_target(target);
+    s.until("the balloon to reach the target", |s| {
+        s.pd.driver().actual() == target && s.pd.is_idle()
+    });
+    assert_eq!(s.d.dev.actual(), target);
+    assert_eq!(s.pd.ballooned_pages(), u64::from(target));
+    assert_eq!(s.mem().ballooned_pages, u64::from(target));
+    assert_eq!(s.d.dev.counters().pages_inflated, u64::from(target));
+    s.d.dev.set_target(1234);
+    s.until("the balloon to shrink", |s| {
+        s.pd.driver().actual() == 1234 && s.pd.is_idle()
+    });
+    assert_eq!(s.mem().ballooned_pages, 1234);
+    assert_eq!(s.pd.ballooned_pages(), 1234);
+    s.d.dev.set_target(0);
+    s.until("the balloon to empty", |s| {
+        s.pd.driver().actual() == 0 && s.pd.is_idle() && s.mem().ballooned_pages == 0
+    });
+    let p = s.pd.counters();
+    assert_eq!(p.pages_inflated, u64::from(target));
+    assert_eq!(p.pages_deflated, u64::from(target));
+    assert_eq!(p.inflate_refused + p.deflate_refused + p.blocks_returned, 0);
+    assert!(s.pd.ballooned().is_empty());
+    let dev = s.d.dev.counters();
+    assert_eq!(dev.pages_inflated - dev.pages_deflated, 0);
+    assert_eq!(s.server.counters().inflated_pages, u64::from(target));
+    assert_eq!(s.server.counters().deflated_pages, u64::from(target));
+    s.check_books();
+    // The pages are free again and get reported again.
+    s.until("reporting to settle", Sys::settled);
+}
+
+#[test]
+fn inflate_beyond_free_memory_stops_where_the_memserver_says() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    s.d.dev.set_target(u32::MAX / 2);
+    s.until("the memserver to run out", |s| {
+        s.mem().ballooned_pages == TOTAL_PAGES && s.pd.is_idle()
+    });
+    // The last request was refused; no more are sent until the target changes.
+    let asked = s.pd.counters().inflate_requests;
+    assert!(s.pd.counters().inflate_refused >= 1);
+    for _ in 0..20 {
+        s.step();
+    }
+    assert_eq!(s.pd.counters().inflate_requests, asked);
+    assert_eq!(s.pd.driver().actual() as u64, TOTAL_PAGES);
+    s.d.dev.set_target(0);
+    s.until("the balloon to empty", |s| {
+        s.pd.driver().actual() == 0 && s.pd.is_idle() && s.mem().ballooned_pages == 0
+    });
+    s.check_books();
+}
+
+#[test]
+fn stats_come_from_the_memserver() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    s.d.dev.set_target(512);
+    s.until("the balloon to reach the target", |s| {
+        s.pd.driver().actual() == 512 && s.pd.is_idle()
+    });
+    s.until("the device to hold the stats buffer", |s| {
+        s.d.dev.request_stats()
+    });
+    s.until("fresh statistics", |s| {
+        s.d.dev.last_stats().is_some_and(|st| st.total != 0) && s.pd.is_idle()
+    });
+    let st = s.d.dev.last_stats().unwrap();
+    let m = s.server.mem_stats();
+    assert_eq!(st.total, TOTAL_PAGES * 4096);
+    assert_eq!(st.free, m.free_pages * 4096);
+    assert_eq!(st.available, m.available_pages * 4096);
+    assert_eq!(st.free, (TOTAL_PAGES - 512) * 4096);
+    let p = s.pd.counters();
+    assert_eq!((p.stats_requests, p.stats_updates), (1, 1));
+    s.check_books();
+}
+
+#[test]
+fn a_device_reset_mid_batch_fails_each_batch_once_and_loses_nothing() {
+    let mut s = sys();
+    s.d.dev.device().set_hold_reports(true);
+    s.until("batches on the device", |s| {
+        s.pd.driver().reports_in_flight() == 4 && s.pd.counters().reports_received == 8
+    });
+    // The device resets itself on its next reporting completion.
+    s.d.dev.device().inject(QueueKind::Reporting, Fault::Reset);
+    s.d.dev.device().set_hold_reports(false);
+    s.d.dev.kick();
+    s.until("the driver to restart", |s| {
+        s.pd.counters().device_restarts >= 1
+    });
+    s.until("reporting to settle", Sys::settled);
+    s.check_books();
+    let c = s.server.counters();
+    // The 4 batches on the device failed (once each); the memserver
+    // reported their blocks again later. (The model's device thread may
+    // still be mid-round when the driver resets it, which can fail the
+    // restarted queues once more: the books must balance either way.)
+    assert!(
+        c.completions_failed >= 4,
+        "failed: {}",
+        c.completions_failed
+    );
+    assert_eq!(c.completions_ok + c.completions_failed, c.batches_sent);
+    assert_eq!(s.mem().reported_pages, TOTAL_PAGES);
+    assert_eq!(s.mem().free_pages, TOTAL_PAGES);
+}
+
+#[test]
+fn a_device_reset_during_a_deflate_posts_it_again() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    s.d.dev.set_target(2048);
+    s.until("the balloon to reach the target", |s| {
+        s.pd.driver().actual() == 2048 && s.pd.is_idle()
+    });
+    s.d.dev.device().inject(QueueKind::Deflate, Fault::Reset);
+    s.d.dev.set_target(0);
+    s.until("the balloon to empty", |s| {
+        s.pd.driver().actual() == 0 && s.pd.is_idle() && s.mem().ballooned_pages == 0
+    });
+    assert!(s.pd.counters().device_restarts >= 1);
+    assert_eq!(s.pd.counters().pages_deflated, 2048);
+    // The device saw the failed request's PFNs before it reset, then again.
+    assert!(s.d.dev.counters().pages_deflated > 2048);
+    s.check_books();
+}
+
+/// The rings without a memserver: the test writes `ToBalloon` itself.
+struct Raw {
+    pd: Pd,
+    to: Producer<'static>,
+    from: Consumer<'static>,
+    d: Device,
+}
+
+fn raw() -> Raw {
+    let (to, from) = (ring(), ring());
+    let (d, drv) = device(DeviceConfig::default());
+    let pd = BalloonPd::new(
+        drv,
+        to.consumer(SLOT_SIZE).unwrap(),
+        from.producer(SLOT_SIZE).unwrap(),
+        log,
+    );
+    Raw {
+        pd,
+        to: to.producer(SLOT_SIZE).unwrap(),
+        from: from.consumer(SLOT_SIZE).unwrap(),
+        d,
+    }
+}
+
+impl Raw {
+    fn send(&mut self, m: &ToBalloon) {
+        let mut buf = [0u8; SLOT_SIZE];
+        self.to.push(api::encode(m, &mut buf).unwrap()).unwrap();
+    }
+
+    fn received(&mut self) -> Vec<FromBalloon> {
+        let mut buf = [0u8; SLOT_SIZE];
+        let mut out = Vec::new();
+        while let Some(n) = self.from.pop(&mut buf).unwrap() {
+            out.push(api::decode_from_balloon(&buf[..n]).unwrap());
+        }
+        out
+    }
+
+    /// Runs the PD until it sends something or `rounds` pass.
+    fn run_for(&mut self, rounds: usize) -> Vec<FromBalloon> {
+        let mut out = Vec::new();
+        for _ in 0..rounds {
+            let irq = self.d.irq.wait(Some(Duration::from_millis(2)));
+            self.pd.run(irq);
+            out.extend(self.received());
+        }
+        out
+    }
+
+    fn until_message(&mut self) -> FromBalloon {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let irq = self.d.irq.wait(Some(Duration::from_millis(5)));
+            self.pd.run(irq);
+            if let Some(m) = self.received().pop() {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "no message from the balloon");
+        }
+    }
+}
+
+fn batch(pfn: u64, n: u64) -> heapless::Vec<Block, 32> {
+    (0..n)
+        .map(|i| Block {
+            pfn: pfn + 512 * i,
+            order: 9,
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_and_unexpected_messages_are_counted_and_change_nothing() {
+    let mut r = raw();
+    r.to.push(&[]).unwrap();
+    r.to.push(&[2, 0, 1]).unwrap(); // another protocol version
+    r.to.push(&[api::VERSION, 0xff, 0xff]).unwrap(); // no such variant
+    r.to.push(&[api::VERSION, 0, 5, 1, 0x80]).unwrap(); // truncated Report
+    // Well-formed, but answers nothing we asked.
+    r.send(&ToBalloon::Inflated {
+        req: 77,
+        blocks: batch(0x40000, 2),
+        last: true,
+    });
+    r.send(&ToBalloon::Deflated { req: 9, pages: 512 });
+    r.send(&ToBalloon::Refused {
+        req: Some(3),
+        reason: RefuseReason::NoMemory,
+    });
+    r.send(&ToBalloon::Refused {
+        req: None,
+        reason: RefuseReason::Malformed,
+    });
+    assert_eq!(r.run_for(10), vec![]);
+    let c = r.pd.counters();
+    assert_eq!(c.messages, 8);
+    assert_eq!(c.malformed, 4);
+    assert_eq!(c.unexpected, 4);
+    assert!(r.pd.is_idle());
+    assert!(r.pd.ballooned().is_empty());
+    assert_eq!(r.pd.driver().actual(), 0);
+    assert_eq!(r.d.dev.counters().pages_inflated, 0);
+    assert_eq!(r.d.dev.counters().reports, 0);
+    // And it still serves a good batch.
+    r.send(&ToBalloon::Report {
+        batch: 5,
+        blocks: batch(0x40000, 4),
+    });
+    assert_eq!(
+        r.until_message(),
+        FromBalloon::ReportDone { batch: 5, ok: true }
+    );
+    assert_eq!(r.d.dev.counters().ranges_discarded, 4);
+}
+
+#[test]
+fn batches_that_cannot_be_posted_are_failed_at_once() {
+    let mut r = raw();
+    // Misaligned (decodes: alignment is the driver's check).
+    r.send(&ToBalloon::Report {
+        batch: 1,
+        blocks: [Block {
+            pfn: 0x40001,
+            order: 9,
+        }]
+        .into_iter()
+        .collect(),
+    });
+    r.send(&ToBalloon::Report {
+        batch: 2,
+        blocks: heapless::Vec::new(),
+    });
+    let got = r.run_for(5);
+    assert_eq!(
+        got,
+        vec![
+            FromBalloon::ReportDone {
+                batch: 1,
+                ok: false
+            },
+            FromBalloon::ReportDone {
+                batch: 2,
+                ok: false
+            },
+        ]
+    );
+    assert_eq!(r.d.dev.counters().reports, 0);
+}
+
+#[test]
+fn answers_wait_for_ring_room_and_none_is_dropped() {
+    let mut r = raw();
+    // The memserver does not consume: the from ring (64 slots) fills up.
+    // With MAX_REPORTS tracked the PD stops taking batches off its ring, so
+    // every answer it owes has a place to wait.
+    let n = (CAP + 2 * MAX_REPORTS) as u32;
+    let mut sent = 0;
+    let mut answered = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.len() < n as usize {
+        while sent < n && r.to.free_slots().unwrap() > 0 {
+            r.send(&ToBalloon::Report {
+                batch: sent,
+                blocks: batch(0x40000 + 1024 * u64::from(sent % 32), 1),
+            });
+            sent += 1;
+        }
+        let irq = r.d.irq.wait(Some(Duration::from_millis(2)));
+        r.pd.run(irq);
+        // Consume only once the ring is full, to exercise the wait.
+        if r.from.available().unwrap() == CAP as u32 || sent == n {
+            for m in r.received() {
+                let FromBalloon::ReportDone { batch, ok } = m else {
+                    panic!("unexpected {m:?}");
+                };
+                assert!(ok);
+                assert!(answered.insert(batch), "batch {batch} answered twice");
+            }
+        }
+        assert!(Instant::now() < deadline, "answers: {}", answered.len());
+    }
+    assert_eq!(r.pd.counters().reports_ok, u64::from(n));
+}
+
+#[test]
+fn stats_convert_pages_to_bytes() {
+    let mut r = raw();
+    r.until_stats_buffer();
+    assert!(r.d.dev.request_stats());
+    assert_eq!(r.until_message(), FromBalloon::StatsRequest);
+    r.send(&ToBalloon::Stats(MemStats {
+        total_pages: 1000,
+        free_pages: 300,
+        available_pages: 200,
+        ..MemStats::default()
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.d.dev.last_stats().is_none_or(|s| s.total == 0) {
+        assert!(Instant::now() < deadline, "stats never reached the device");
+        r.run_for(1);
+    }
+    let st = r.d.dev.last_stats().unwrap();
+    assert_eq!(
+        (st.total, st.free, st.available),
+        (4096_000, 300 * 4096, 200 * 4096)
+    );
+}
+
+impl Raw {
+    fn until_stats_buffer(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.d.dev.counters().stats_received == 0 {
+            assert!(Instant::now() < deadline, "no stats buffer");
+            self.run_for(1);
+        }
+    }
+}
