@@ -111,6 +111,15 @@ impl MemServer {
             c.completions_ok,
             c.completions_failed,
         ));
+        // The conservation check end-to-end tests look for: every frame of
+        // every zone is in exactly one state, and the counters add up.
+        match core.check_invariants() {
+            Ok(()) => LOG.info(format_args!(
+                "conservation: ok total={} free={} allocated={} isolated={} ballooned={}",
+                s.total_pages, s.free_pages, s.allocated_pages, s.isolated_pages, s.ballooned_pages,
+            )),
+            Err(e) => LOG.error(format_args!("conservation: BROKEN {e}")),
+        }
     }
 }
 
