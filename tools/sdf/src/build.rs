@@ -76,7 +76,7 @@ pub fn linker_script() -> String {
         "ENTRY(_start)\n\
          SECTIONS\n{{\n  . = {LINK_ADDRESS:#x};\n  .text : {{ *(.text.start) *(.text .text.*) }}\n  \
          . = ALIGN(0x1000);\n  .rodata : {{ *(.rodata .rodata.*) }}\n  \
-         . = ALIGN(0x1000);\n  .data : {{ *(.data .data.*) }}\n  \
+         . = ALIGN(0x1000);\n  .data : {{ *(.data .data.*) *(.got .got.*) }}\n  \
          .bss : {{ *(.bss .bss.*) *(COMMON) }}\n}}\n"
     )
 }
@@ -96,6 +96,12 @@ pub fn link_microkit() -> Result<(), BuildError> {
     // Microkit image, so link it at its address.
     println!("cargo:rustc-link-arg-bins=--no-pie");
     println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
+    // x86_64-unknown-none code is position independent and keeps a `.got`;
+    // RELRO would give it a segment of its own that shares a page with
+    // `.rodata` or `.bss`, and the Microkit tool cannot map two segments
+    // into one page ("slot already filled"). The linker script puts `.got`
+    // in `.data`; without RELRO that is one RW segment.
+    println!("cargo:rustc-link-arg-bins=-znorelro");
     Ok(())
 }
 
