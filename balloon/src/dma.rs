@@ -80,7 +80,11 @@ impl RegionHal {
     /// program, used by nothing but this allocator, and be the memory the
     /// device sees at `[paddr, paddr + size)`.
     pub unsafe fn init(vaddr: usize, paddr: u64, size: usize) -> Result<(), DmaError> {
-        if vaddr == 0 || paddr == 0 || size < PAGE || vaddr % PAGE != 0 || paddr % PAGE as u64 != 0
+        if vaddr == 0
+            || paddr == 0
+            || size < PAGE
+            || !vaddr.is_multiple_of(PAGE)
+            || !paddr.is_multiple_of(PAGE as u64)
         {
             return Err(DmaError::BadRegion);
         }

@@ -581,7 +581,7 @@ fn stats_convert_pages_to_bytes() {
     let st = r.d.dev.last_stats().unwrap();
     assert_eq!(
         (st.total, st.free, st.available),
-        (4096_000, 300 * 4096, 200 * 4096)
+        (1000 * 4096, 300 * 4096, 200 * 4096)
     );
 }
 

@@ -137,3 +137,35 @@ pub(crate) fn register_file(region: &super::SharedRegion) -> Option<&RegisterFil
     // included) is a valid RegisterFile of atomics.
     Some(unsafe { &*region.as_ptr().cast::<RegisterFile>() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SharedRegion;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Acquire;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_futex_doorbell_wakes_a_waiter_long_before_its_timeout() {
+        let page = Arc::new(SharedRegion::create("regs", 4096).unwrap());
+        let p2 = page.clone();
+        let seen = register_file(&page).unwrap().doorbell.load(Acquire);
+        let waiter = std::thread::spawn(move || {
+            let r = register_file(&p2).unwrap();
+            let start = Instant::now();
+            // Loop on the value: a spurious wake-up is allowed by FUTEX_WAIT.
+            while r.doorbell.load(Acquire) == seen && start.elapsed() < Duration::from_secs(60) {
+                wait_futex_doorbell(r, seen, Duration::from_secs(60));
+            }
+            start.elapsed()
+        });
+        ring_futex_doorbell(register_file(&page).unwrap());
+        let waited = waiter.join().unwrap();
+        assert!(waited < Duration::from_secs(30), "woken after {waited:?}");
+        assert_eq!(
+            register_file(&page).unwrap().doorbell.load(Acquire),
+            seen + 1
+        );
+    }
+}
