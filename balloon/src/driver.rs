@@ -24,7 +24,8 @@ use virtio_drivers::{
 const SMALL_QUEUE: usize = 2;
 /// Completed report batches waiting for `poll_reports`; bounds in-flight +
 /// done so that a failure can always queue every batch (no lost block).
-const DONE_CAPACITY: usize = 256;
+/// One per reporting descriptor is enough: a batch needs at least one.
+const DONE_CAPACITY: usize = crate::defs::REPORT_RING_MAX;
 
 /// Driver options.
 #[derive(Copy, Clone, Debug, Default, Eq, PartialEq)]

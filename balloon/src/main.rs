@@ -24,6 +24,7 @@ use balloon::VirtIOBalloon;
 use balloon::shell::{BalloonPd, Level};
 use config::{channel, irq, paddr, region};
 use core::fmt;
+use core::mem::MaybeUninit;
 use memserver_api::SLOT_SIZE;
 use pd::{ChannelSet, Handler};
 use pd_ring::{Consumer, GeometryError, Producer};
@@ -189,8 +190,12 @@ mod platform {
     }
 }
 
+type Core = BalloonPd<'static, platform::H, platform::T>;
+
+/// The handler: a reference to the core, which lives in a static (about
+/// 22 KiB; `pd::microkit::run` keeps the handler on the PD's stack).
 struct Balloon {
-    core: BalloonPd<'static, platform::H, platform::T>,
+    core: &'static mut Core,
 }
 
 impl Handler for Balloon {
@@ -210,7 +215,7 @@ impl Handler for Balloon {
     }
 }
 
-fn start() -> Result<Balloon, StartError> {
+fn start() -> Result<Core, StartError> {
     let to = region::TO_BALLOON.get();
     let from = region::FROM_BALLOON.get();
     // SAFETY: both ring regions are mapped read-write for the PD's life
@@ -227,15 +232,21 @@ fn start() -> Result<Balloon, StartError> {
         drv.features(),
         drv.queue_indices()
     ));
-    Ok(Balloon {
-        core: BalloonPd::new(drv, to, from, log),
-    })
+    Ok(BalloonPd::new(drv, to, from, log))
 }
 
 fn init() -> Balloon {
-    match start() {
-        Ok(b) => b,
+    static mut CORE: MaybeUninit<Core> = MaybeUninit::uninit();
+    let core = match start() {
+        Ok(c) => c,
         Err(e) => platform::fail(&e),
+    };
+    let p = &raw mut CORE;
+    // SAFETY: `pd::main!` calls `init` once, before any event, so this is
+    // the only reference to CORE that is ever made.
+    let slot = unsafe { &mut *p };
+    Balloon {
+        core: slot.write(core),
     }
 }
 

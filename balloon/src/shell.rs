@@ -128,6 +128,29 @@ pub struct Wake {
     pub memserver: bool,
 }
 
+/// A block in 8 bytes (`pfn << 8 | order`), so the lists that live in the
+/// PD's stack frame stay small. Every block here came through
+/// `memserver_api::decode`, so `pfn <= MAX_PFN < 2^40` and the order fits.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+struct Packed(u64);
+
+impl Packed {
+    fn new(b: Block) -> Self {
+        Self(b.pfn << 8 | u64::from(b.order))
+    }
+
+    fn get(self) -> Block {
+        Block {
+            pfn: self.0 >> 8,
+            order: self.0 as u8,
+        }
+    }
+
+    fn pages(self) -> u64 {
+        self.get().pages()
+    }
+}
+
 /// A deflate in progress: blocks leave the device first (unless they were
 /// never ballooned there), then go back to the memserver.
 #[derive(Debug)]
@@ -138,6 +161,8 @@ struct Deflation {
     posted: usize,
     /// `blocks[posted]` is on the deflate queue.
     in_device: bool,
+    /// The `Deflate` message is waiting for ring room.
+    queued: bool,
     /// The `Deflate` message is queued or sent.
     sent: bool,
 }
@@ -151,16 +176,17 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     from: Producer<'a>,
     log: LogFn,
     /// Batches waiting for room in the reporting queue.
-    reports: Deque<(u32, Vec<Block, BATCH>), MAX_REPORTS>,
+    reports: Deque<(u32, Vec<Packed, BATCH>), MAX_REPORTS>,
     /// Batches on the device.
     reports_in_device: usize,
     /// Answers waiting for room in `from`.
     done_out: Deque<(u32, bool), MAX_REPORTS>,
-    /// Inflate, Deflate, StatsRequest waiting for room in `from` (at most
-    /// one of each is outstanding).
-    ctrl_out: Deque<FromBalloon, 4>,
     /// The outstanding `Inflate` request: (req, pages).
     ask: Option<(u32, u32)>,
+    /// `ask` is waiting for ring room.
+    ask_queued: bool,
+    /// A `StatsRequest` is waiting for ring room.
+    stats_queued: bool,
     /// The memserver said it has no more: no new `Inflate` until the
     /// host changes the target.
     inflate_stalled: bool,
@@ -172,7 +198,7 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     giveback: Vec<Block, BATCH>,
     deflation: Option<Deflation>,
     /// Blocks in the balloon (acknowledged by the device).
-    ballooned: Vec<Block, MAX_BALLOONED>,
+    ballooned: Vec<Packed, MAX_BALLOONED>,
     stats_wanted: bool,
     stats_outstanding: bool,
     next_req: u32,
@@ -217,7 +243,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             reports: Deque::new(),
             reports_in_device: 0,
             done_out: Deque::new(),
-            ctrl_out: Deque::new(),
+            ask_queued: false,
+            stats_queued: false,
             ask: None,
             inflate_stalled: false,
             to_inflate: Deque::new(),
@@ -248,20 +275,21 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     }
 
     /// Blocks in the balloon.
-    pub fn ballooned(&self) -> &[Block] {
-        &self.ballooned
+    pub fn ballooned(&self) -> impl Iterator<Item = Block> + '_ {
+        self.ballooned.iter().map(|p| p.get())
     }
 
     /// Pages in the balloon by our own bookkeeping.
     pub fn ballooned_pages(&self) -> u64 {
-        self.ballooned.iter().map(Block::pages).sum()
+        self.ballooned.iter().map(|p| p.pages()).sum()
     }
 
     /// Nothing in flight: no batch tracked, no inflate or deflate under way,
     /// nothing waiting to be sent.
     pub fn is_idle(&self) -> bool {
         self.tracked_reports() == 0
-            && self.ctrl_out.is_empty()
+            && !self.ask_queued
+            && !self.stats_queued
             && self.ask.is_none()
             && self.to_inflate.is_empty()
             && self.inflating.is_none()
@@ -327,7 +355,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             self.stats_wanted = false;
             self.stats_outstanding = true;
             self.counters.stats_requests += 1;
-            self.queue_ctrl(FromBalloon::StatsRequest);
+            self.stats_queued = true;
         }
         self.flush(&mut wake);
         wake
@@ -369,7 +397,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 if let Some(b) = self.inflating.take() {
                     self.counters.pages_inflated += b.pages();
                     // Room is kept by `rebalance` (SPLIT_HEADROOM + BATCH).
-                    if self.ballooned.push(b).is_err() {
+                    if self.ballooned.push(Packed::new(b)).is_err() {
                         self.error(format_args!("ballooned block {:#x} untracked", b.pfn));
                     }
                     if self.to_inflate.is_empty() {
@@ -523,16 +551,18 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             ));
             return self.answer(batch, false);
         }
+        let packed = blocks.iter().map(|b| Packed::new(*b)).collect();
         // Room: tracked < MAX_REPORTS was checked before the pop.
-        if self.reports.push_back((batch, blocks)).is_err() {
+        if self.reports.push_back((batch, packed)).is_err() {
             self.answer(batch, false);
         }
     }
 
     fn submit_reports(&mut self) {
-        while let Some((batch, blocks)) = self.reports.front() {
+        while let Some((batch, packed)) = self.reports.front() {
             let batch = *batch;
-            match self.drv.submit_report(batch, blocks) {
+            let blocks: Vec<Block, BATCH> = packed.iter().map(|p| p.get()).collect();
+            match self.drv.submit_report(batch, &blocks) {
                 Ok(()) => {
                     self.reports.pop_front();
                     self.reports_in_device += 1;
@@ -606,7 +636,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         let Some(d) = self.deflation.as_mut() else {
             return;
         };
-        if d.in_device || d.sent {
+        if d.in_device || d.queued || d.sent {
             return;
         }
         if d.posted < d.blocks.len() {
@@ -626,13 +656,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             }
             return;
         }
-        d.sent = true;
-        let msg = FromBalloon::Deflate {
-            req: d.req,
-            blocks: d.blocks.clone(),
-        };
+        d.queued = true;
         self.counters.deflate_requests += 1;
-        self.queue_ctrl(msg);
     }
 
     /// Starts the next inflate or deflate when nothing is under way.
@@ -653,6 +678,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 posted: blocks.len(),
                 blocks,
                 in_device: false,
+                queued: false,
                 sent: false,
             });
             self.pump_deflate();
@@ -672,8 +698,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 }
                 let req = self.req_id();
                 self.ask = Some((req, pages));
+                self.ask_queued = true;
                 self.counters.inflate_requests += 1;
-                self.queue_ctrl(FromBalloon::Inflate { req, pages });
             }
             Ok(BalloonAction::Deflate(pages)) => self.start_deflate(u64::from(pages)),
             _ => {}
@@ -691,7 +717,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 .filter(|&i| self.ballooned[i].pages() <= left)
                 .max_by_key(|&i| self.ballooned[i].pages());
             if let Some(i) = fits {
-                let b = self.ballooned.swap_remove(i);
+                let b = self.ballooned.swap_remove(i).get();
                 left -= b.pages();
                 let _ = chosen.push(b);
                 continue;
@@ -701,7 +727,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 break;
             };
             // Every block is larger than `left` (so of order >= 1).
-            let b = self.ballooned[i];
+            let b = self.ballooned[i].get();
             let half = Block {
                 pfn: b.pfn,
                 order: b.order - 1,
@@ -710,12 +736,12 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 pfn: b.pfn + half.pages(),
                 order: half.order,
             };
-            if self.ballooned.push(upper).is_err() {
+            if self.ballooned.push(Packed::new(upper)).is_err() {
                 // No room to split: give the whole block back.
-                let _ = chosen.push(self.ballooned.swap_remove(i));
+                let _ = chosen.push(self.ballooned.swap_remove(i).get());
                 break;
             }
-            self.ballooned[i] = half;
+            self.ballooned[i] = Packed::new(half);
         }
         if chosen.is_empty() {
             return;
@@ -726,17 +752,10 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             blocks: chosen,
             posted: 0,
             in_device: false,
+            queued: false,
             sent: false,
         });
         self.pump_deflate();
-    }
-
-    fn queue_ctrl(&mut self, msg: FromBalloon) {
-        // At most one Inflate, one Deflate and one StatsRequest are
-        // outstanding, so four places are enough.
-        if self.ctrl_out.push_back(msg).is_err() {
-            self.error(format_args!("control message queue full"));
-        }
     }
 
     /// Pushes answers, then requests, while `from_balloon` has room.
@@ -745,8 +764,15 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         loop {
             let msg = if let Some(&(batch, ok)) = self.done_out.front() {
                 FromBalloon::ReportDone { batch, ok }
-            } else if let Some(m) = self.ctrl_out.front() {
-                m.clone()
+            } else if let (true, Some((req, pages))) = (self.ask_queued, self.ask) {
+                FromBalloon::Inflate { req, pages }
+            } else if let Some(d) = self.deflation.as_ref().filter(|d| d.queued) {
+                FromBalloon::Deflate {
+                    req: d.req,
+                    blocks: d.blocks.clone(),
+                }
+            } else if self.stats_queued {
+                FromBalloon::StatsRequest
             } else {
                 break;
             };
@@ -778,9 +804,18 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         }
     }
 
+    /// Marks the message `flush` just pushed as sent (same order).
     fn pop_out(&mut self) {
-        if self.done_out.pop_front().is_none() {
-            self.ctrl_out.pop_front();
+        if self.done_out.pop_front().is_some() {
+            return;
+        }
+        if self.ask_queued && self.ask.is_some() {
+            self.ask_queued = false;
+        } else if let Some(d) = self.deflation.as_mut().filter(|d| d.queued) {
+            d.queued = false;
+            d.sent = true;
+        } else {
+            self.stats_queued = false;
         }
     }
 }
