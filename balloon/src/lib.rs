@@ -2,15 +2,23 @@
 //!
 //! - [`VirtIOBalloon`]: the driver core (no_std, generic over virtio-drivers'
 //!   `Hal` and `Transport`): free page reporting, inflate/deflate, stats.
+//! - [`shell::BalloonPd`]: the PD's core (no_std, no platform calls): the
+//!   driver between the memserver's rings (`memserver-api` messages) and the
+//!   device; `src/main.rs` only wires channels, regions and the IRQ to it.
+//! - [`dma::RegionHal`]: a `Hal` over one DMA region (Microkit).
 //! - [`layout`]: which queue index is which (QEMU and Linux disagree).
 //! - `model` (Linux only): a virtio-balloon device on the device side of
-//!   real split virtqueues in shared memory, a shared-memory `Transport`, and
-//!   a host `Hal`, for tests and the host platform.
+//!   real split virtqueues in shared memory, a shared-memory `Transport`, a
+//!   host `Hal`, and `model::host::HostDevice`, the device thread the host
+//!   platform's launcher runs over the PDs' memfds.
+//!
+//! The core modules never use std; the crate is std only on Linux, for
+//! `model` (the `std` feature is kept as a no-op for callers that ask for it).
 //!
 //! # How a PD shell drives the driver
 //!
-//! Notifications only say "look" (docs/architecture.md), so on every device
-//! interrupt the shell runs the whole sequence:
+//! [`shell::BalloonPd::run`] is this sequence. Notifications only say "look"
+//! (docs/architecture.md), so on every device interrupt it runs it whole:
 //!
 //! 1. `ack_interrupt()` (QEMU sets 0x3 for a config change, so never trust
 //!    the bits to skip a ring);
@@ -25,8 +33,9 @@
 //!    already failed (step 2/3 hand it back); `restart()`.
 //!
 //! On a memserver notification it turns each report batch into
-//! `submit_report(batch, &blocks)`; a refused batch (`QueueFull`, ...) is
-//! answered as failed at once.
+//! `submit_report(batch, &blocks)`; a batch that waits for queue room
+//! (`QueueFull`) is kept, one that can never be posted is answered as failed
+//! at once.
 #![cfg_attr(not(any(target_os = "linux", test)), no_std)]
 
 pub mod defs;

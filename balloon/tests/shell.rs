@@ -603,3 +603,49 @@ fn the_core_fits_comfortably_on_the_pd_stack() {
     eprintln!("BalloonPd: {size} bytes");
     assert!(size < 24 * 1024, "BalloonPd is {size} bytes");
 }
+
+#[test]
+fn the_balloon_stops_growing_when_its_block_list_is_full() {
+    use balloon::shell::MAX_BALLOONED;
+    let mut r = raw();
+    r.d.dev.set_target(100_000);
+    let mut next_pfn = 0x40000;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Answer every Inflate with 32 single pages until the PD stops asking.
+    loop {
+        assert!(Instant::now() < deadline, "the PD kept asking");
+        let got = r.run_for(3);
+        let mut asked = false;
+        for m in got {
+            let FromBalloon::Inflate { req, .. } = m else {
+                panic!("unexpected {m:?}");
+            };
+            asked = true;
+            let blocks = (0..32)
+                .map(|i| Block {
+                    pfn: next_pfn + i,
+                    order: 0,
+                })
+                .collect();
+            next_pfn += 32;
+            r.send(&ToBalloon::Inflated {
+                req,
+                blocks,
+                last: false,
+            });
+        }
+        if !asked && r.pd.is_idle() && r.pd.counters().ballooned_full > 0 {
+            break;
+        }
+    }
+    let n = r.pd.ballooned().count();
+    assert!(
+        n <= MAX_BALLOONED && n + 32 + 11 > MAX_BALLOONED,
+        "{n} blocks"
+    );
+    assert_eq!(r.pd.driver().actual() as usize, n);
+    assert_eq!(r.d.dev.actual() as usize, n);
+    // It stays below the target and asks for nothing more.
+    assert_eq!(r.run_for(10), vec![]);
+    assert_eq!(r.pd.counters().inflate_requests as usize, n / 32);
+}
