@@ -1,4 +1,8 @@
 //! Host-side tools as a library: the host platform launcher ([`host`]), for
-//! `tools run`, `tools demo` and tests.
+//! `tools run`, `tools demo` and tests; the Microkit image builder
+//! ([`image`]) and the QEMU runner ([`qemu`]) with the memory [`timeline`].
 
 pub mod host;
+pub mod image;
+pub mod qemu;
+pub mod timeline;

@@ -21,6 +21,12 @@ enum Command {
     Check(cmd::check::Args),
     /// Run a system on the host platform: one Linux process per PD.
     Run(cmd::run::Args),
+    /// Build the PDs for a Microkit board and the bootable image (needs
+    /// MICROKIT_SDK).
+    Image(cmd::image::Args),
+    /// Boot the Microkit image in QEMU with a virtio-balloon and show the
+    /// host getting memory back (needs MICROKIT_SDK).
+    Qemu(cmd::qemu::Args),
     /// Run every check and test of the project (the command CI runs).
     Test(cmd::test::Args),
 }
@@ -30,5 +36,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Test(a) => cmd::test::main(a),
+        Command::Image(a) => cmd::image::main(a),
+        Command::Qemu(a) => cmd::qemu::main(a),
     }
 }

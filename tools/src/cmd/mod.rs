@@ -1,5 +1,7 @@
 //! One module per subcommand: `Args` (clap) and `main(Args) -> ExitCode`.
 
 pub mod check;
+pub mod image;
+pub mod qemu;
 pub mod run;
 pub mod test;

@@ -1,0 +1,92 @@
+//! `tools image --board B --config C [--system PATH] [--out DIR]`: build the
+//! PD ELFs for board B and make the bootable Microkit image with the SDK at
+//! `MICROKIT_SDK` (see `tools::image`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tools::image::{self, Board, Image, ImageSpec, KernelConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// qemu_virt_aarch64 or x86_64_generic.
+    #[arg(long, value_parser = parse_board)]
+    pub board: Board,
+    /// The seL4 kernel configuration of the SDK: debug or release.
+    #[arg(long, value_parser = parse_config, default_value = "debug")]
+    pub config: KernelConfig,
+    /// The system description (written for qemu_virt_aarch64; the x86_64
+    /// variant is derived from it).
+    #[arg(long, default_value_os_t = workspace().join("system.xml"))]
+    pub system: PathBuf,
+    /// Output directory (default: <target dir>/microkit/<board>-<config>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn parse_board(s: &str) -> Result<Board, String> {
+    Board::parse(s)
+        .ok_or_else(|| format!("unknown board '{s}' (qemu_virt_aarch64, x86_64_generic)"))
+}
+
+pub fn parse_config(s: &str) -> Result<KernelConfig, String> {
+    KernelConfig::parse(s).ok_or_else(|| format!("unknown config '{s}' (debug, release)"))
+}
+
+/// The workspace this binary was built from.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// cargo's target dir: `CARGO_TARGET_DIR` or the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+/// Build the image `args` describe; errors are one printable message.
+pub fn build(
+    board: Board,
+    config: KernelConfig,
+    system: PathBuf,
+    out: Option<PathBuf>,
+) -> Result<Image, image::ImageError> {
+    let sdk = image::sdk_from_env()?;
+    let target_dir = target_dir();
+    let out_dir = out.unwrap_or_else(|| {
+        target_dir
+            .join("microkit")
+            .join(format!("{}-{}", board.name(), config.name()))
+    });
+    eprintln!(
+        "building the PDs for {board} and the image ({config} kernel) in {}",
+        out_dir.display()
+    );
+    image::build(&ImageSpec {
+        board,
+        config,
+        system,
+        sdk,
+        workspace: workspace(),
+        target_dir,
+        out_dir,
+    })
+}
+
+pub fn main(args: Args) -> ExitCode {
+    match build(args.board, args.config, args.system, args.out) {
+        Ok(img) => {
+            println!("image: {}", img.loader.display());
+            if let Some(k) = &img.kernel {
+                println!("kernel: {}", k.display());
+            }
+            println!("system description: {}", img.board_sdf.display());
+            println!("report: {}", img.report.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tools image: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

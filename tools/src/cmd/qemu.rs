@@ -1,0 +1,128 @@
+//! `tools qemu --board B [--config C]`: build the Microkit image, boot it in
+//! QEMU with a free-page-reporting virtio-balloon, follow QEMU's RSS and the
+//! PDs' console, print the timeline and the phase table, write the plot, and
+//! fail when the host did not get the memory back.
+
+use super::image::{parse_board, parse_config, target_dir, workspace};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tools::image::{Board, KernelConfig};
+use tools::qemu::{self, Arch, BalloonDevice, Boot, QemuConfig, RunConfig};
+
+/// Share of the memory that must come back (issue 6 asks 90 %).
+const FRACTION: f64 = 0.9;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// qemu_virt_aarch64 or x86_64_generic.
+    #[arg(long, value_parser = parse_board)]
+    pub board: Board,
+    /// The seL4 kernel configuration: debug or release (release kernels
+    /// print nothing, so only debug runs can be followed).
+    #[arg(long, value_parser = parse_config, default_value = "debug")]
+    pub config: KernelConfig,
+    /// The system description (for qemu_virt_aarch64; see `tools image`).
+    #[arg(long, default_value_os_t = workspace().join("system.xml"))]
+    pub system: PathBuf,
+    /// Output directory for the image, plot and CSV.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// After the run, ask the balloon (QMP `balloon`) for a guest of this
+    /// many MiB and check `query-balloon`.
+    #[arg(long)]
+    pub balloon_mib: Option<u64>,
+    /// QEMU without free page reporting (the control run).
+    #[arg(long)]
+    pub no_reporting: bool,
+    /// aarch64: virtio-mmio version 2 (`force-legacy=false`).
+    #[arg(long)]
+    pub modern_mmio: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 240)]
+    pub timeout_s: u64,
+}
+
+pub fn main(args: Args) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tools qemu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    let out = args.out.clone().unwrap_or_else(|| {
+        target_dir()
+            .join("microkit")
+            .join(format!("{}-{}", args.board, args.config))
+    });
+    let img = super::image::build(
+        args.board,
+        args.config,
+        args.system.clone(),
+        Some(out.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    let sys =
+        sdf::System::parse(&std::fs::read_to_string(&img.board_sdf).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let guests = sys
+        .pds
+        .iter()
+        .filter(|p| p.program_image.as_deref() == Some("guest.elf"))
+        .map(|p| p.name.to_uppercase())
+        .collect();
+    let cfg = RunConfig {
+        qemu: QemuConfig {
+            arch: match args.board {
+                Board::QemuVirtAarch64 => Arch::Aarch64,
+                Board::X86_64Generic => Arch::X86_64,
+            },
+            boot: Boot::Microkit {
+                loader: img.loader.clone(),
+                kernel: img.kernel.clone(),
+            },
+            memory_mib: 2048,
+            balloon: Some(BalloonDevice {
+                reporting: !args.no_reporting,
+                modern_mmio: args.modern_mmio,
+            }),
+            qmp: out.join("qmp.sock"),
+            extra: Vec::new(),
+        },
+        guests,
+        timeout: Duration::from_secs(args.timeout_s),
+        period: Duration::from_millis(250),
+        steady: Duration::from_secs(3),
+        settle: Duration::from_secs(30),
+        balloon_target: args.balloon_mib.map(|m| m << 20),
+    };
+    eprintln!("booting {} in QEMU", img.loader.display());
+    let report = qemu::run(&cfg, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
+    let console = out.join("console.txt");
+    std::fs::write(&console, &report.console).map_err(|e| e.to_string())?;
+    let csv = out.join("timeline.csv");
+    std::fs::write(&csv, report.timeline.csv()).map_err(|e| e.to_string())?;
+    let svg = out.join("timeline.svg");
+    report
+        .timeline
+        .plot_svg(&svg, &format!("seL4 Microkit on {}: QEMU RSS", args.board))?;
+    println!("{}", report.summary());
+    println!(
+        "console: {}\nplot: {}\nsamples: {}",
+        console.display(),
+        svg.display(),
+        csv.display()
+    );
+    let balloon_ok = report.balloon.is_none_or(|b| b.reached.is_some());
+    if report.memory_came_back(FRACTION) && balloon_ok {
+        println!("ok: the host got the memory back");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAILED: the memory did not come back (or the balloon target was not reached)");
+        Ok(ExitCode::FAILURE)
+    }
+}
