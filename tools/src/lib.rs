@@ -2,6 +2,7 @@
 //! `tools run`, `tools demo` and tests; the Microkit image builder
 //! ([`image`]) and the QEMU runner ([`qemu`]) with the memory [`timeline`].
 
+pub mod demo;
 pub mod host;
 pub mod image;
 pub mod qemu;

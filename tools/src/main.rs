@@ -27,6 +27,9 @@ enum Command {
     /// Boot the Microkit image in QEMU with a virtio-balloon and show the
     /// host getting memory back (needs MICROKIT_SDK).
     Qemu(cmd::qemu::Args),
+    /// Run the system on the host platform and show the host getting the
+    /// guests' freed memory back.
+    Demo(cmd::demo::Args),
     /// Run every check and test of the project (the command CI runs).
     Test(cmd::test::Args),
 }
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check(a) => cmd::check::main(a),
         Command::Run(a) => cmd::run::main(a),
+        Command::Demo(a) => cmd::demo::main(a),
         Command::Test(a) => cmd::test::main(a),
         Command::Image(a) => cmd::image::main(a),
         Command::Qemu(a) => cmd::qemu::main(a),

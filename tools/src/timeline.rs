@@ -75,7 +75,10 @@ fn opt_mib(bytes: Option<u64>) -> String {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+    d.map_or_else(
+        || "never".to_string(),
+        |d| format!("{:.2} s", d.as_secs_f64()),
+    )
 }
 
 impl Timeline {

@@ -1,6 +1,7 @@
 //! One module per subcommand: `Args` (clap) and `main(Args) -> ExitCode`.
 
 pub mod check;
+pub mod demo;
 pub mod image;
 pub mod qemu;
 pub mod run;

@@ -39,7 +39,10 @@ fn step(name: &str, dir: &Path, program: &str, args: &[&str]) -> Result<(), Stri
         .args(args)
         .status()
         .map_err(|e| format!("{name}: running {program}: {e}"))?;
-    println!("==> {name}: {status} after {:.0} s", t.elapsed().as_secs_f64());
+    println!(
+        "==> {name}: {status} after {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     if status.success() {
         Ok(())
     } else {
@@ -54,9 +57,11 @@ fn ensure_qemu(ws: &Path) -> Result<(), String> {
     if rustix::process::geteuid().is_root() {
         return step("install QEMU", ws, "bash", &[".ci/install-qemu"]);
     }
-    Err("QEMU is missing: run `sudo bash .ci/install-qemu` (qemu-system-arm and \
+    Err(
+        "QEMU is missing: run `sudo bash .ci/install-qemu` (qemu-system-arm and \
          qemu-system-x86 from Debian bookworm-backports), then this again"
-        .into())
+            .into(),
+    )
 }
 
 fn run(args: &Args) -> Result<(), String> {

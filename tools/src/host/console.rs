@@ -98,16 +98,28 @@ impl Console {
     }
 
     /// Wait up to `timeout` for a line satisfying `pred`; the first such line.
+    /// `pred` runs with the console locked: it must not call the console.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let mut found = None;
+        self.wait_until(timeout, |lines| {
+            found = lines.iter().find(|l| pred(l)).cloned();
+            found.is_some()
+        });
+        found
+    }
+
+    /// Wait up to `timeout` until `pred` holds for all lines so far; whether
+    /// it did. `pred` runs with the console locked: it must not call the console.
+    pub fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&[String]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
         loop {
-            if let Some(l) = g.lines.iter().find(|l| pred(l)) {
-                return Some(l.clone());
+            if pred(&g.lines) {
+                return true;
             }
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                return false;
             }
             g = self
                 .cv
