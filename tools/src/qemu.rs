@@ -450,9 +450,21 @@ impl Qmp {
     }
 }
 
+/// The PD prefix just before `|` at the end of `head`: the console of two
+/// PDs at one priority can interleave mid-line (each character is a
+/// DebugPutChar syscall and the kernel may switch between them), so the
+/// prefix is the trailing run of `[A-Z0-9_]`, not the line's start.
+fn trailing_prefix(head: &str) -> &str {
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .map_or(0, |i| i + 1);
+    &head[start..]
+}
+
 /// A guest's `phase=` line: `(guest prefix, phase, mib)`.
 pub fn parse_phase(line: &str) -> Option<(&str, &str, Option<u64>)> {
     let (prefix, rest) = line.split_once("|INFO: phase=")?;
+    let prefix = trailing_prefix(prefix);
     let mut words = rest.split_whitespace();
     let phase = words.next()?;
     let mib = words
@@ -463,8 +475,8 @@ pub fn parse_phase(line: &str) -> Option<(&str, &str, Option<u64>)> {
 
 /// `reported_mib` of a memserver summary line.
 pub fn parse_reported(line: &str) -> Option<u64> {
-    line.strip_prefix("MEMSERVER|INFO: reported: ")?
-        .split_whitespace()
+    let (_, rest) = line.split_once("MEMSERVER|INFO: reported: ")?;
+    rest.split_whitespace()
         .find_map(|w| w.strip_prefix("reported_mib="))
         .and_then(|v| v.parse().ok())
 }
@@ -553,7 +565,9 @@ impl Observed {
                 let h = self.hold(guest);
                 *h = h.saturating_sub(bytes);
                 self.freed += bytes;
-                self.last_free = Some(t);
+                if bytes > 0 {
+                    self.last_free = Some(t);
+                }
                 Some(format!("{guest} freed {} MiB", bytes / MIB))
             }
             "verified" => {
@@ -896,6 +910,9 @@ mod tests {
         );
         o.line("GUEST0|INFO: phase=done allocs=1 t_ns=1", t);
         o.line("GUEST1|ERROR: phase=failed reason=\"x\" t_ns=0", t);
+        // Interleaved output of two PDs still counts for the right one.
+        let m = o.line("GUEST1|ERROR: mGUEST0|INFO: phase=touched mib=4 blocks=1 t_ns=1", t);
+        assert_eq!(m.as_deref(), Some("GUEST0 touched 4 MiB"));
         assert_eq!(o.started, ["MEMSERVER", "GUEST0", "GUEST1"]);
         assert_eq!(
             (o.done.len(), o.verified.len(), o.problems.len()),

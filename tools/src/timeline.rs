@@ -226,8 +226,10 @@ impl Timeline {
         )
     }
 
-    /// Write an SVG plot of the series over time, with the marks as
-    /// vertical lines.
+    /// Write an SVG plot over time: the host's memory for guest RAM and
+    /// what the guests hold on the left axis, the cumulative bytes reported
+    /// on the right axis (it grows far beyond the others), and the marks as
+    /// vertical lines with staggered labels.
     pub fn plot_svg(&self, path: &Path, title: &str) -> Result<(), String> {
         use plotters::prelude::*;
         let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
@@ -236,15 +238,13 @@ impl Timeline {
             .last()
             .map_or(1.0, |s| s.t.as_secs_f64())
             .max(1.0);
-        let y_max = self
+        let top = |it: &mut dyn Iterator<Item = u64>| it.max().map_or(1.0, mib).max(1.0) * 1.15;
+        let y_max = top(&mut self
             .samples
             .iter()
-            .flat_map(|s| [Some(s.host), s.guest, s.reported])
-            .flatten()
-            .max()
-            .map_or(1.0, mib)
-            .max(1.0)
-            * 1.1;
+            .flat_map(|s| [Some(s.host), s.guest])
+            .flatten());
+        let y2_max = top(&mut self.samples.iter().filter_map(|s| s.reported));
         let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
@@ -252,36 +252,53 @@ impl Timeline {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
+            .right_y_label_area_size(60)
             .build_cartesian_2d(0f64..t_end, 0f64..y_max)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(&e))?
+            .set_secondary_coord(0f64..t_end, 0f64..y2_max);
         chart
             .configure_mesh()
             .x_desc("time (s)")
-            .y_desc("MiB")
+            .y_desc("MiB held")
             .draw()
             .map_err(|e| err(&e))?;
-        type Pick = fn(&Sample) -> Option<u64>;
-        let series: [(&str, RGBColor, Pick); 3] = [
-            ("host memory for guest RAM", RED, |s| Some(s.host)),
-            ("held by guests", BLUE, |s| s.guest),
-            ("reported (cumulative)", GREEN, |s| s.reported),
-        ];
-        for (name, color, pick) in series {
-            let points: Vec<(f64, f64)> = self
-                .samples
+        chart
+            .configure_secondary_axes()
+            .y_desc("MiB reported (cumulative)")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let points = |pick: fn(&Sample) -> Option<u64>| -> Vec<(f64, f64)> {
+            self.samples
                 .iter()
                 .filter_map(|s| pick(s).map(|v| (s.t.as_secs_f64(), mib(v))))
-                .collect();
-            if points.is_empty() {
+                .collect()
+        };
+        type Pick = fn(&Sample) -> Option<u64>;
+        let left: [(&str, RGBColor, Pick); 2] = [
+            ("host memory for guest RAM", RED, |s| Some(s.host)),
+            ("held by guests", BLUE, |s| s.guest),
+        ];
+        for (name, color, pick) in left {
+            let p = points(pick);
+            if p.is_empty() {
                 continue;
             }
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .draw_series(LineSeries::new(p, color.stroke_width(2)))
                 .map_err(|e| err(&e))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
-        for m in &self.marks {
+        let reported = points(|s| s.reported);
+        if !reported.is_empty() {
+            let green = RGBColor(0, 150, 0);
+            chart
+                .draw_secondary_series(LineSeries::new(reported, green.stroke_width(1)))
+                .map_err(|e| err(&e))?
+                .label("reported, cumulative (right axis)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green));
+        }
+        for (i, m) in self.marks.iter().enumerate() {
             let x = m.t.as_secs_f64();
             chart
                 .draw_series(LineSeries::new(
@@ -289,17 +306,19 @@ impl Timeline {
                     BLACK.mix(0.3).stroke_width(1),
                 ))
                 .map_err(|e| err(&e))?;
+            // Four label rows, so labels of nearby marks do not overlap.
+            let row = (i % 4) as f64;
             chart
                 .draw_series(std::iter::once(Text::new(
                     m.label.clone(),
-                    (x, y_max * 0.97),
+                    (x, y_max * (0.97 - 0.05 * row)),
                     ("sans-serif", 11).into_font().color(&BLACK),
                 )))
                 .map_err(|e| err(&e))?;
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::MiddleRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()

@@ -231,6 +231,9 @@ pub struct Launcher {
     plans: Vec<Plan>,
     running: Vec<Running>,
     console: Arc<Console>,
+    /// Extra environment for every PD (workload and tunables on the host
+    /// platform).
+    env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for Launcher {
@@ -436,7 +439,14 @@ impl Launcher {
             plans,
             running: Vec::new(),
             console,
+            env: Vec::new(),
         })
+    }
+
+    /// Set an environment variable for every PD started after this call
+    /// (how the host platform passes PDs their parameters).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
     }
 
     /// The system being run.
@@ -509,7 +519,8 @@ impl Launcher {
         let mut pgid = 0;
         for plan in std::mem::take(&mut self.plans) {
             let mut cmd = Command::new(&plan.image);
-            cmd.env(CONFIG_ENV, plan.config.encode())
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+                .env(CONFIG_ENV, plan.config.encode())
                 .env(LAUNCHER_PID_ENV, &launcher_pid)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

@@ -1,0 +1,175 @@
+//! `tools demo`: run the system on the host platform and show the host
+//! getting the guests' freed memory back (see `tools::demo`).
+//!
+//! Exit status: 0 when at least `--expect` of the freed memory came back and
+//! the guests verified their live data, 1 when not, 2 when the demo could not
+//! run.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tools::demo::{self, DemoConfig};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Pattern {
+    /// Allocate in 4 MiB blocks, touch, free all.
+    Bulk,
+    /// Small blocks (orders 0-3), free every other one, then the rest.
+    Fragmented,
+    /// Rounds of mixed-order allocation and free.
+    Churn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// MiB each guest allocates and frees.
+    #[arg(long, default_value_t = 256)]
+    pub guest_mib: u64,
+    /// The guests' allocation pattern.
+    #[arg(long, value_enum, default_value_t = Pattern::Bulk)]
+    pub pattern: Pattern,
+    /// How long the guests hold memory between phases (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub hold_ms: u64,
+    /// Rounds of the churn pattern.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u32,
+    /// MiB each guest keeps for the whole run and verifies at the end.
+    #[arg(long, default_value_t = 8)]
+    pub live_mib: u64,
+    /// Reporting order (Linux: 9, 2 MiB blocks).
+    #[arg(long, default_value_t = 9)]
+    pub order: u8,
+    /// Reporting delay in ms (Linux: 2000).
+    #[arg(long, default_value_t = 2000)]
+    pub delay_ms: u64,
+    /// Blocks per report (Linux: 32).
+    #[arg(long, default_value_t = 32)]
+    pub capacity: u16,
+    /// Report batches in flight (Linux: 1).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: u8,
+    /// Turn reporting off (the control run: the memory stays with the host).
+    #[arg(long)]
+    pub no_reporting: bool,
+    /// Fraction of the freed memory that must come back for success.
+    #[arg(long, default_value_t = 0.95)]
+    pub expect: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+    /// Where the plot (SVG) and the samples (CSV) go.
+    #[arg(long, default_value = "target/demo")]
+    pub out: PathBuf,
+    /// The system description (default: the workspace's system.xml).
+    #[arg(long)]
+    pub system: Option<PathBuf>,
+    /// Do not build the PDs first (use the binaries next to this one).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn main(args: Args) -> ExitCode {
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let bin_dir = exe
+        .parent()
+        .ok_or("this executable has no directory")?
+        .to_path_buf();
+    if !args.no_build {
+        // The PDs are built next to this binary, with its profile.
+        let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(p) => p,
+            None => "release",
+        };
+        let target_dir = bin_dir.parent().ok_or("no target directory")?;
+        eprintln!("demo: building the PDs ({profile})");
+        demo::build_pds(&workspace(), target_dir, profile)?;
+    }
+    let pattern = match args.pattern {
+        Pattern::Bulk => "bulk",
+        Pattern::Fragmented => "fragmented",
+        Pattern::Churn => "churn",
+    };
+    let tunables = if args.no_reporting {
+        "off".to_string()
+    } else {
+        format!(
+            "order={},delay_ms={},capacity={},in_flight={}",
+            args.order, args.delay_ms, args.capacity, args.in_flight
+        )
+    };
+    let cfg = DemoConfig {
+        system: args
+            .system
+            .clone()
+            .unwrap_or_else(|| workspace().join("system.xml")),
+        bin_dir,
+        guest_params: format!(
+            "pattern={pattern},mib={},hold_ms={},rounds={},live_mib={}",
+            args.guest_mib, args.hold_ms, args.rounds, args.live_mib
+        ),
+        tunables,
+        timeout: Duration::from_secs_f64(args.timeout),
+        period: Duration::from_millis(100),
+        settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
+    };
+    println!(
+        "demo: 2 guests x {} MiB ({pattern}), reporting {}",
+        args.guest_mib, cfg.tunables
+    );
+    let tty = std::io::stdout().is_terminal();
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let report = demo::run(&cfg, &mut |line| {
+        // Live on a terminal; a line a second otherwise (CI logs).
+        if tty {
+            print!("\r{line}\x1b[K");
+            let _ = std::io::stdout().flush();
+        } else if last_print.elapsed() >= Duration::from_secs(1) {
+            println!("{line}");
+            last_print = Instant::now();
+        }
+    })?;
+    if tty {
+        println!();
+    }
+    println!("\n{}", report.summary());
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("creating {}: {e}", args.out.display()))?;
+    let svg = args.out.join("host-memory.svg");
+    report
+        .timeline
+        .plot_svg(&svg, "tools demo: host memory for guest RAM")?;
+    let csv = args.out.join("samples.csv");
+    std::fs::write(&csv, report.timeline.csv())
+        .map_err(|e| format!("writing {}: {e}", csv.display()))?;
+    println!("plot: {}  samples: {}", svg.display(), csv.display());
+    let ok = report.memory_came_back(args.expect);
+    if args.no_reporting {
+        println!("reporting was off: the host kept the freed memory, as expected without it");
+        return Ok(report.guests_ok);
+    }
+    if !ok {
+        println!(
+            "FAILED: expected at least {:.0} % of the freed memory back",
+            args.expect * 100.0
+        );
+    }
+    Ok(ok)
+}

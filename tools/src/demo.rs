@@ -1,0 +1,395 @@
+//! `tools demo`: the whole system on the host platform (DESIGN §5.2).
+//!
+//! The PDs of `system.xml` run as Linux processes under the launcher; guest
+//! RAM is one memfd per guest; the balloon PD drives a virtio-balloon device
+//! model running on a thread of this process, which discards reported ranges
+//! with `fallocate(PUNCH_HOLE)` as QEMU does. The guests touch memory, free
+//! it, and the memory the host holds for guest RAM (the memfds' allocated
+//! blocks) falls once the memserver has reported it.
+//!
+//! Sources of the timeline: the memfds' `st_blocks` (host memory), the device
+//! model's counters (bytes reported), and the guests' `phase=` console lines
+//! (memory the guests hold, phase marks).
+
+use crate::host::Launcher;
+use crate::timeline::{Reclaim, Sample, Timeline};
+use balloon::model::DeviceConfig;
+use balloon::model::host::{HostDevice, Memfd};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// The guest PDs of `system.xml` and their RAM regions.
+const GUESTS: [(&str, &str); 2] = [("guest0", "guest0_ram"), ("guest1", "guest1_ram")];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// The system description.
+    pub system: PathBuf,
+    /// Where the PDs' host binaries are.
+    pub bin_dir: PathBuf,
+    /// Guest workload, `GUEST_PARAMS` text (see `vmm::params`).
+    pub guest_params: String,
+    /// Memserver tunables, `MEMSERVER_TUNABLES` text (see
+    /// `memserver::params`).
+    pub tunables: String,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Sampling period.
+    pub period: Duration,
+    /// After the guests are done, wait at most this long for the host
+    /// memory to settle.
+    pub settle: Duration,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Samples and phase marks.
+    pub timeline: Timeline,
+    /// Bytes the guests freed (sum of their `phase=freed` lines).
+    pub freed: u64,
+    /// Bytes the guests keep for the whole run (live sets).
+    pub live: u64,
+    /// How the host memory fell after the last free.
+    pub reclaim: Reclaim,
+    /// Bytes the device model discarded in all.
+    pub discarded: u64,
+    /// Reported ranges the device skipped (outside guest RAM).
+    pub skipped: u64,
+    /// Whether every guest verified its live data and finished.
+    pub guests_ok: bool,
+    /// Error and warning lines of the PDs, and PD exits.
+    pub problems: Vec<String>,
+}
+
+impl DemoReport {
+    /// The demo's verdict: the host got back at least `fraction` of what the
+    /// guests freed, and nothing a guest still owned was lost.
+    pub fn memory_came_back(&self, fraction: f64) -> bool {
+        self.guests_ok && self.freed > 0 && self.reclaim.fraction() >= fraction
+    }
+
+    /// A text summary: the phase table and the reclaim line.
+    pub fn summary(&self) -> String {
+        let mut s = self.timeline.phase_table();
+        let _ = writeln!(
+            s,
+            "\n{}",
+            Timeline::reclaim_line("after the last free", &self.reclaim)
+        );
+        let _ = writeln!(
+            s,
+            "device: {:.1} MiB discarded, {} ranges skipped; guests freed {:.1} MiB, kept {:.1} MiB live: {}",
+            self.discarded as f64 / MIB as f64,
+            self.skipped,
+            self.freed as f64 / MIB as f64,
+            self.live as f64 / MIB as f64,
+            if self.guests_ok {
+                "verified"
+            } else {
+                "NOT verified"
+            }
+        );
+        for p in &self.problems {
+            let _ = writeln!(s, "problem: {p}");
+        }
+        s
+    }
+}
+
+/// Build the PDs' host binaries into `target_dir` with `profile`, with
+/// cargo's own progress on the terminal.
+pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--profile", profile, "--bins"])
+        .args([
+            "-p",
+            "memserver",
+            "-p",
+            "balloon",
+            "-p",
+            "timer",
+            "-p",
+            "vmm",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the PDs failed ({status})"));
+    }
+    Ok(())
+}
+
+/// A `phase=` line of a guest: `(guest, phase, mib)`.
+fn parse_phase(line: &str) -> Option<(&str, &str, Option<u64>)> {
+    let (prefix, rest) = line.split_once("|INFO: phase=")?;
+    let guest = prefix.trim();
+    let mut words = rest.split_whitespace();
+    let phase = words.next()?;
+    let mib = words
+        .find_map(|w| w.strip_prefix("mib="))
+        .and_then(|v| v.parse().ok());
+    Some((guest, phase, mib))
+}
+
+struct Guests {
+    /// Bytes each guest holds, from its phase lines.
+    holding: [u64; GUESTS.len()],
+    live: [u64; GUESTS.len()],
+    done: [bool; GUESTS.len()],
+    verified: [bool; GUESTS.len()],
+    freed: u64,
+    last_free: Option<Duration>,
+}
+
+impl Guests {
+    fn index(name: &str) -> Option<usize> {
+        GUESTS
+            .iter()
+            .position(|(g, _)| name.eq_ignore_ascii_case(g))
+    }
+
+    /// Fold a console line in; returns a phase mark label.
+    fn line(&mut self, line: &str, t: Duration) -> Option<String> {
+        let (guest, phase, mib) = parse_phase(line)?;
+        let i = Self::index(guest)?;
+        let bytes = mib.unwrap_or(0) * MIB;
+        match phase {
+            "live_touched" => {
+                let live = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("live_mib="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                self.live[i] = live * MIB;
+                self.holding[i] += live * MIB;
+                None
+            }
+            "touched" => {
+                self.holding[i] += bytes;
+                Some(format!("{guest} touched {} MiB", bytes / MIB))
+            }
+            "freed_half" | "freed" => {
+                self.holding[i] = self.holding[i].saturating_sub(bytes);
+                self.freed += bytes;
+                self.last_free = Some(t);
+                Some(format!("{guest} freed {} MiB", bytes / MIB))
+            }
+            "verified" => {
+                self.verified[i] = line.contains("phase=verified ok");
+                None
+            }
+            "done" => {
+                self.done[i] = true;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+}
+
+/// Run the demo; `progress` gets a line per sample (for a live display).
+pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
+    let xml = std::fs::read_to_string(&cfg.system)
+        .map_err(|e| format!("{}: {e}", cfg.system.display()))?;
+    let sys = sdf::System::parse(&xml).map_err(|e| format!("{}:{e}", cfg.system.display()))?;
+    let mut launcher =
+        Launcher::new(sys, &cfg.bin_dir, false).map_err(|e| format!("launcher: {e}"))?;
+    // How the host platform passes the PDs their workload and tunables.
+    launcher.set_env("GUEST_PARAMS", &cfg.guest_params);
+    launcher.set_env("MEMSERVER_TUNABLES", &cfg.tunables);
+
+    // The device side: the register page, the balloon's DMA memory and the
+    // guests' RAM, through the launcher's memfds. Started before the PDs so
+    // the register page is ready when the driver looks.
+    let memfd = |name: &str| -> Result<Memfd<'_>, String> {
+        let fd = launcher
+            .region_fd(name)
+            .ok_or_else(|| format!("system.xml has no region '{name}'"))?;
+        let paddr = launcher
+            .region_paddr(name)
+            .ok_or_else(|| format!("no paddr for '{name}'"))?;
+        let len = launcher
+            .system()
+            .region(name)
+            .map(|r| r.size as usize)
+            .ok_or_else(|| format!("no size for '{name}'"))?;
+        Ok(Memfd { fd, paddr, len })
+    };
+    let irq = launcher
+        .irq_line("balloon", 0)
+        .map_err(|e| format!("balloon irq: {e}"))?;
+    let ram = GUESTS
+        .iter()
+        .map(|(_, r)| memfd(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut device = HostDevice::start(
+        memfd("virtio_mmio")?.fd,
+        memfd("balloon_dma")?,
+        &ram,
+        Box::new(move || {
+            let _ = irq.raise();
+        }),
+        DeviceConfig::default(),
+    )
+    .map_err(|e| format!("starting the device model: {e}"))?;
+    drop(ram);
+
+    launcher.start().map_err(|e| format!("launcher: {e}"))?;
+    let console = launcher.console();
+
+    let start = Instant::now();
+    let mut timeline = Timeline::new();
+    let mut guests = Guests {
+        holding: [0; GUESTS.len()],
+        live: [0; GUESTS.len()],
+        done: [false; GUESTS.len()],
+        verified: [false; GUESTS.len()],
+        freed: 0,
+        last_free: None,
+    };
+    let mut seen = 0;
+    let mut problems = Vec::new();
+    let mut done_at: Option<Instant> = None;
+    let mut last_host = u64::MAX;
+    let mut steady = 0;
+    loop {
+        let t = start.elapsed();
+        let lines = console.lines();
+        for line in &lines[seen..] {
+            if let Some(label) = guests.line(line, t) {
+                timeline.mark(t, label);
+            }
+            if line.contains("|ERROR") || line.contains("|stderr") || line.contains("|WARN") {
+                problems.push(line.clone());
+            }
+        }
+        seen = lines.len();
+        let host: u64 = device.held_bytes().unwrap_or(0);
+        let counters = device.counters();
+        timeline.push(Sample {
+            t,
+            host,
+            guest: Some(guests.holding.iter().sum()),
+            reported: Some(counters.bytes_discarded),
+        });
+        progress(&timeline.progress_line());
+
+        if guests.all_done() && done_at.is_none() {
+            timeline.mark(t, "guests done");
+            done_at = Some(Instant::now());
+        }
+        // Settled: the guests are done and the host memory has stopped
+        // falling for a second (or the settle time ran out).
+        if let Some(d) = done_at {
+            steady = if host == last_host { steady + 1 } else { 0 };
+            let steady_for = cfg.period * steady;
+            let live: u64 = guests.live.iter().sum();
+            if (steady_for >= Duration::from_secs(1) && host <= live + guests.freed / 20)
+                || d.elapsed() >= cfg.settle
+            {
+                break;
+            }
+        }
+        last_host = host;
+        if t >= cfg.timeout {
+            problems.push(format!("timeout after {:?}", cfg.timeout));
+            break;
+        }
+        // Wait one period, or less if a PD ends.
+        match launcher.wait(Some(cfg.period)) {
+            Ok(crate::host::Event::Exited(exit)) => {
+                problems.push(exit.to_string());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                problems.push(format!("launcher: {e}"));
+                break;
+            }
+        }
+    }
+    let exits = launcher.stop(Duration::from_secs(2));
+    let counters = device.counters();
+    device.stop();
+    for e in exits {
+        use std::os::unix::process::ExitStatusExt;
+        // The launcher stops PDs with SIGTERM (then SIGKILL): not a problem.
+        let stopped = matches!(e.status.signal(), Some(libc::SIGTERM | libc::SIGKILL));
+        if !stopped && !e.status.success() {
+            problems.push(e.to_string());
+        }
+    }
+    let from = guests.last_free.unwrap_or_default();
+    let reclaim = timeline.reclaim(from, guests.freed, None);
+    Ok(DemoReport {
+        timeline,
+        freed: guests.freed,
+        live: guests.live.iter().sum(),
+        reclaim,
+        discarded: counters.bytes_discarded,
+        skipped: counters.ranges_skipped,
+        guests_ok: guests.all_done() && guests.verified.iter().all(|&v| v),
+        problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_lines_are_parsed() {
+        assert_eq!(
+            parse_phase("GUEST0|INFO: phase=touched mib=256 blocks=64 t_ns=5"),
+            Some(("GUEST0", "touched", Some(256)))
+        );
+        assert_eq!(
+            parse_phase("GUEST1|INFO: phase=done allocs=3 t_ns=1"),
+            Some(("GUEST1", "done", None))
+        );
+        assert_eq!(parse_phase("MEMSERVER|INFO: ready"), None);
+    }
+
+    #[test]
+    fn guests_track_holding_and_frees() {
+        let mut g = Guests {
+            holding: [0; 2],
+            live: [0; 2],
+            done: [false; 2],
+            verified: [false; 2],
+            freed: 0,
+            last_free: None,
+        };
+        let t = Duration::from_secs(1);
+        g.line(
+            "GUEST0|INFO: phase=live_touched live_mib=8 blocks=2 t_ns=1",
+            t,
+        );
+        g.line("GUEST0|INFO: phase=touched mib=64 blocks=16 t_ns=1", t);
+        assert_eq!(g.holding[0], 72 * MIB);
+        let mark = g.line("GUEST0|INFO: phase=freed mib=64 blocks=16 t_ns=1", t);
+        assert_eq!(mark.as_deref(), Some("GUEST0 freed 64 MiB"));
+        assert_eq!(g.holding[0], 8 * MIB);
+        assert_eq!(g.freed, 64 * MIB);
+        g.line(
+            "GUEST0|INFO: phase=verified ok live_mib=8 bad_pages=0 t_ns=1",
+            t,
+        );
+        g.line("GUEST0|INFO: phase=done allocs=1 t_ns=1", t);
+        assert!(g.done[0] && g.verified[0] && !g.all_done());
+    }
+}
