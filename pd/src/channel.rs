@@ -38,7 +38,7 @@ impl fmt::Display for DeferredActionSlotFull {
 static DEFERRED: AtomicU64 = AtomicU64::new(0);
 pub(crate) const DEFER_NOTIFY: u64 = 1 << 63;
 pub(crate) const DEFER_IRQ_ACK: u64 = 1 << 62;
-#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+#[cfg_attr(any(not(target_os = "none"), feature = "bare"), allow(dead_code))]
 pub(crate) const DEFER_MONITOR: u64 = 1 << 61;
 #[cfg_attr(not(any(target_os = "none", feature = "host")), allow(dead_code))]
 pub(crate) const DEFER_ID_MASK: u64 = 0xff;

@@ -11,6 +11,8 @@
 //! Backends, chosen at compile time:
 //! - `target_os = "none"`: Microkit 2.3.0 / seL4 16.0.0 MCS (`microkit` module),
 //!   aarch64 and x86_64.
+//! - feature `bare` on `target_os = "none"`: every PD is a module of one
+//!   image without seL4, booted by QEMU (`bare` module, DESIGN §5.3).
 //! - feature `host` on Linux: the PD is a process started by `tools run`
 //!   (`host` module).
 //! - otherwise (unit tests of cores): no platform; platform calls panic.
@@ -70,8 +72,11 @@ pub mod handler;
 pub use handler::{Handler, NoHandler, PPC_UNSUPPORTED_LABEL};
 pub use region::{PaddrSource, PhysAddr, Region, RegionDecl, SetVar};
 
-#[cfg(target_os = "none")]
+#[cfg(all(target_os = "none", not(feature = "bare")))]
 pub mod microkit;
+
+#[cfg(all(target_os = "none", feature = "bare"))]
+pub mod bare;
 
 #[cfg(all(feature = "host", not(target_os = "none")))]
 pub mod host;
@@ -83,7 +88,9 @@ mod null;
 pub(crate) mod sys {
     #[cfg(all(feature = "host", not(target_os = "none")))]
     pub(crate) use crate::host::sys::*;
-    #[cfg(target_os = "none")]
+    #[cfg(all(target_os = "none", feature = "bare"))]
+    pub(crate) use crate::bare::sys::*;
+    #[cfg(all(target_os = "none", not(feature = "bare")))]
     pub(crate) use crate::microkit::sys::*;
     #[cfg(not(any(target_os = "none", feature = "host")))]
     pub(crate) use crate::null::*;
@@ -117,7 +124,20 @@ macro_rules! main {
     };
 }
 
-#[cfg(target_os = "none")]
+// The bare platform: the PD is a module of one image; the image starts it
+// through this function (see `bare`).
+#[cfg(all(target_os = "none", feature = "bare"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pd_entry {
+    ($init:expr) => {
+        pub(crate) fn __pd_bare_init() -> impl $crate::Handler {
+            ($init)()
+        }
+    };
+}
+
+#[cfg(all(target_os = "none", not(feature = "bare")))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __pd_entry {

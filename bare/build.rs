@@ -1,0 +1,377 @@
+//! Generate the bare images from their system descriptions (DESIGN §5.3).
+//!
+//! For each image (`system`: ../system.xml; `pingpong`: pd's test pair) and
+//! the target architecture, this writes to `$OUT_DIR`:
+//! - `pd_<name>.rs` per PD: `sdf::codegen`'s module with the setvar symbols
+//!   left unexported (only the Microkit tool needs them, and PDs in one image
+//!   would define the same names);
+//! - what the PD crates' own build scripts generate: `timer_hw.rs` (the
+//!   HPET region) and `guests.rs` (the guest layouts, each guest with its own
+//!   module);
+//! - `image_<image>.rs`: each PD's `main.rs` as a module, the
+//!   `pd::bare::System` table (channels, maps at their image addresses,
+//!   IRQs), and `image_main`;
+//! - the linker script, passed to the binaries.
+//!
+//! x86_64 derives its variant of the system: the timer PD gets the HPET page
+//! (0xfed00000) and the IRQs become IOAPIC pins (see [`x86_irq`]).
+
+#[path = "src/layout.rs"]
+mod layout;
+
+use sdf::System;
+use sdf::model::{Map, MemoryRegion, Perms};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Program image -> source of the PD, relative to the workspace root.
+const SOURCES: &[(&str, &str)] = &[
+    ("timer.elf", "timer/src/main.rs"),
+    ("balloon.elf", "balloon/src/main.rs"),
+    ("memserver.elf", "memserver/src/main.rs"),
+    ("guest.elf", "vmm/src/main.rs"),
+    ("ping.elf", "pd/examples/pingpong/ping.rs"),
+    ("pong.elf", "pd/examples/pingpong/pong.rs"),
+];
+
+const IMAGES: &[(&str, &str)] = &[
+    ("system", "system.xml"),
+    ("pingpong", "pd/examples/pingpong/system.xml"),
+];
+
+const HPET_PADDR: u64 = 0xfed0_0000;
+/// Where the timer PD maps the HPET in the x86_64 variant (unused address
+/// in system.xml; the bare image maps regions at their physical address).
+const HPET_VADDR: u64 = 0x300_0000;
+
+/// The platform's interrupt for an `<irq>` of system.xml (written for
+/// qemu_virt_aarch64) and whether it is level-triggered. aarch64: the GIC
+/// number as given; virtio-mmio's line is a level (QEMU raises it while
+/// InterruptStatus is non-zero), so it is polled as one, which loses no
+/// interrupt. x86_64 pc: the generic timer (30) becomes the HPET's
+/// legacy-replacement IRQ0 (IOAPIC pin 2, edge), the virtio slot (79) the
+/// PCI INTx line SeaBIOS gives 00:04.0 (pin 11, level, DESIGN §4).
+fn irq(arch: &str, kind: &sdf::model::IrqKind) -> (u32, bool) {
+    use sdf::model::IrqKind;
+    match (arch, kind) {
+        ("x86_64", IrqKind::IoApic { pin, edge, .. }) => (*pin as u32, !edge),
+        ("x86_64", IrqKind::Number { irq, .. }) => x86_irq(*irq),
+        (_, IrqKind::Number { irq: 79, .. }) => (79, true),
+        (_, IrqKind::Number { irq, edge }) => (*irq as u32, !edge),
+        _ => (u32::MAX, false),
+    }
+}
+
+fn x86_irq(aarch64_irq: u64) -> (u32, bool) {
+    match aarch64_irq {
+        30 => (2, false),
+        79 => (11, true),
+        _ => (u32::MAX, false),
+    }
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let root = manifest.join("..");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    println!("cargo:rerun-if-changed=src/layout.rs");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
+        return;
+    }
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let (image_base, pool) = match arch.as_str() {
+        "aarch64" => ((0x4020_0000u64), (0x4800_0000u64, 0xC000_0000u64)),
+        "x86_64" => (0x20_0000, (0x0800_0000, 0x8000_0000)),
+        a => panic!("no bare platform for {a}"),
+    };
+    for (image, xml) in IMAGES {
+        let path = root.join(xml);
+        if let Err(e) = generate(&root, &out, image, &path, &arch, pool) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+    let script = out.join("bare.ld");
+    std::fs::write(&script, linker_script(&arch, image_base))
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
+    println!("cargo:rustc-link-arg-bins=--no-pie");
+    println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
+    println!("cargo:rustc-link-arg-bins=-znorelro");
+}
+
+fn linker_script(arch: &str, base: u64) -> String {
+    let entry = if arch == "x86_64" {
+        "_start32"
+    } else {
+        "_start"
+    };
+    format!(
+        "ENTRY({entry})\nSECTIONS\n{{\n  . = {base:#x};\n  \
+         .text : {{ KEEP(*(.text.start)) *(.text .text.*) }}\n  \
+         .note : {{ KEEP(*(.note.pvh)) }}\n  \
+         . = ALIGN(0x1000);\n  .rodata : {{ *(.rodata .rodata.*) }}\n  \
+         . = ALIGN(0x1000);\n  .data : {{ *(.data .data.*) *(.got .got.*) }}\n  \
+         . = ALIGN(0x1000);\n  .bss (NOLOAD) : {{ __bss_start = .; *(.bss .bss.*) *(COMMON) . = ALIGN(16); __bss_end = .; }}\n  \
+         . = ALIGN(0x1000);\n  . = . + 0x100000;\n  __stack_top = .;\n}}\n"
+    )
+}
+
+fn generate(
+    root: &Path,
+    out: &Path,
+    image: &str,
+    xml: &Path,
+    arch: &str,
+    pool: (u64, u64),
+) -> Result<(), String> {
+    println!("cargo:rerun-if-changed={}", xml.display());
+    let text = std::fs::read_to_string(xml).map_err(|e| e.to_string())?;
+    let mut sys = System::parse(&text).map_err(|e| e.to_string())?;
+    if arch == "x86_64" && sys.pd("timer").is_some() {
+        sys.memory_regions.push(MemoryRegion {
+            name: "hpet".into(),
+            size: 0x1000,
+            page_size: 0x1000,
+            phys_addr: Some(HPET_PADDR),
+            line: 0,
+        });
+        if let Some(t) = sys.pds.iter_mut().find(|p| p.name == "timer") {
+            t.maps.push(Map {
+                mr: "hpet".into(),
+                vaddr: HPET_VADDR,
+                perms: Perms {
+                    read: true,
+                    write: true,
+                    execute: false,
+                },
+                cached: false,
+                setvar_vaddr: None,
+                setvar_size: None,
+                line: 0,
+            });
+        }
+    }
+    let diags = sdf::check(&sys);
+    if sdf::check::has_errors(&diags) {
+        return Err(diags.iter().map(|d| format!("{d}\n")).collect());
+    }
+
+    // Every region gets an address: its phys_addr or a piece of the pool.
+    let reqs: Vec<layout::RegionReq<'_>> = sys
+        .memory_regions
+        .iter()
+        .map(|r| layout::RegionReq {
+            name: &r.name,
+            size: r.size,
+            align: r.page_size.max(0x1000),
+            fixed: r.phys_addr,
+        })
+        .collect();
+    let addrs = layout::place(&reqs, pool).map_err(|e| e.to_string())?;
+    let addr_of = |name: &str| {
+        sys.memory_regions
+            .iter()
+            .position(|r| r.name == name)
+            .map(|i| addrs[i])
+    };
+
+    // Per-PD config modules, setvars unexported.
+    for pd in &sys.pds {
+        let code = sdf::codegen::generate(&sys, &pd.name).map_err(|e| e.to_string())?;
+        let code = unexport(&code)?;
+        write(&out.join(format!("pd_{}.rs", pd.name)), &code)?;
+    }
+    if sys.pd("timer").is_some() {
+        write(&out.join("timer_hw.rs"), &timer_hw(&sys))?;
+    }
+    let guests: Vec<&str> = sys
+        .pds
+        .iter()
+        .filter(|p| p.program_image.as_deref() == Some("guest.elf"))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !guests.is_empty() {
+        write(&out.join("guests.rs"), &guests_rs(&sys, &guests)?)?;
+    }
+
+    // The image: modules, the system table, the entry.
+    let mut code = format!(
+        "// @generated by bare/build.rs from {}. Do not edit.\n\n",
+        xml.display()
+    );
+    let mut slots = String::new();
+    let mut refs = String::new();
+    let mut pds = String::new();
+    for (i, pd) in sys.pds.iter().enumerate() {
+        let img = pd.program_image.as_deref().unwrap_or_default();
+        let src = SOURCES
+            .iter()
+            .find(|(e, _)| *e == img)
+            .ok_or_else(|| {
+                format!(
+                    "PD '{}': no source known for program_image '{img}'",
+                    pd.name
+                )
+            })?
+            .1;
+        let src = root
+            .join(src)
+            .canonicalize()
+            .map_err(|e| format!("{src}: {e}"))?;
+        println!("cargo:rerun-if-changed={}", src.display());
+        let module = format!("pd_{}", sdf::codegen::const_name(&pd.name).to_lowercase());
+        let _ = writeln!(
+            code,
+            "/// PD '{}' ({img}).\n#[allow(unused_attributes, dead_code, unused_imports, clippy::all)]\n#[path = {:?}]\nmod {module};\n",
+            pd.name,
+            src.display().to_string()
+        );
+        let _ = writeln!(
+            slots,
+            "    let mut pd{i} = ::pd::bare::PdSlot::new({module}::__pd_bare_init);"
+        );
+        let _ = write!(refs, "&mut pd{i}, ");
+        let index = |name: &str| sys.pds.iter().position(|p| p.name == name);
+        let mut ends = String::new();
+        for (end, other) in sys.ends_of(&pd.name) {
+            let peer = index(&other.pd).ok_or_else(|| format!("no PD '{}'", other.pd))?;
+            let _ = write!(
+                ends,
+                "::pd::bare::End {{ id: {}, peer: {peer}, peer_id: {}, notify: {}, pp: {} }}, ",
+                end.id, other.id, end.notify, end.pp
+            );
+        }
+        let mut maps = String::new();
+        for m in &pd.maps {
+            let r = sys
+                .region(&m.mr)
+                .ok_or_else(|| format!("no memory_region '{}'", m.mr))?;
+            let a = addr_of(&m.mr).unwrap_or_default();
+            let _ = write!(
+                maps,
+                "::pd::bare::Map {{ vaddr: {:#x}, size: {:#x}, addr: {a:#x} }}, ",
+                m.vaddr, r.size
+            );
+        }
+        let mut irqs = String::new();
+        for q in &pd.irqs {
+            let (n, level) = irq(arch, &q.kind);
+            let _ = write!(
+                irqs,
+                "::pd::bare::Irq {{ id: {}, irq: {n:#x}, level: {level} }}, ",
+                q.id
+            );
+        }
+        let _ = writeln!(
+            pds,
+            "    ::pd::bare::PdDesc {{ name: {:?}, priority: {}, ends: &[{ends}], maps: &[{maps}], irqs: &[{irqs}] }},",
+            pd.name, pd.priority
+        );
+    }
+    let mut regions = String::new();
+    for (r, a) in sys.memory_regions.iter().zip(&addrs) {
+        let _ = writeln!(
+            regions,
+            "    ::pd::bare::RegionAddr {{ name: {:?}, addr: {a:#x}, size: {:#x} }},",
+            r.name, r.size
+        );
+    }
+    let _ = write!(
+        code,
+        "/// The system, as the image lays it out.\npub static SYSTEM: ::pd::bare::System = ::pd::bare::System {{\n  pds: &[\n{pds}  ],\n  regions: &[\n{regions}  ],\n}};\n\n\
+         /// Start every PD and run the loop.\npub fn image_main(platform: &'static dyn ::pd::bare::Platform) -> ! {{\n    ::pd::bare::set_platform(platform);\n{slots}    ::pd::bare::run(&SYSTEM, platform, &mut [{refs}])\n}}\n"
+    );
+    write(&out.join(format!("image_{image}.rs")), &code)
+}
+
+/// Drop the `export_name`/`link_section` attributes of the setvar statics.
+fn unexport(code: &str) -> Result<String, String> {
+    const ATTR: &str = "#[cfg_attr(target_os = \"none\", unsafe(export_name";
+    let statics = code.matches("::pd::SetVar::new()").count();
+    let mut removed = 0;
+    let mut out = String::with_capacity(code.len());
+    for line in code.lines() {
+        if line.trim_start().starts_with(ATTR) {
+            removed += 1;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if removed != statics {
+        return Err(format!(
+            "sdf::codegen's setvar attributes changed ({removed} of {statics} found): update bare/build.rs"
+        ));
+    }
+    Ok(out)
+}
+
+fn timer_hw(sys: &System) -> String {
+    let hpet = sys.pd("timer").and_then(|pd| {
+        pd.maps.iter().find(|m| {
+            sys.region(&m.mr)
+                .is_some_and(|r| r.phys_addr == Some(HPET_PADDR))
+        })
+    });
+    let body = match hpet {
+        Some(m) => format!(
+            "Some(&super::config::region::{})",
+            sdf::codegen::const_name(&m.mr)
+        ),
+        None => "None".to_string(),
+    };
+    format!(
+        "// @generated by bare/build.rs (as timer/build.rs does).\n\
+         #[allow(dead_code)]\npub fn hpet() -> Option<&'static ::pd::RegionDecl> {{\n    {body}\n}}\n"
+    )
+}
+
+/// vmm/build.rs's `guests.rs`, every guest with its own module (the bare
+/// backend finds each PD's regions by the running PD anyway).
+fn guests_rs(sys: &System, guests: &[&str]) -> Result<String, String> {
+    let mut code = String::from("// @generated by bare/build.rs (as vmm/build.rs does).\n\n");
+    let mut table = String::new();
+    let mut ram_pages = None;
+    for name in guests {
+        let pd = sys.pd(name).ok_or_else(|| format!("no PD '{name}'"))?;
+        let map = |key: &str| {
+            pd.maps
+                .iter()
+                .find(|m| m.setvar_vaddr.as_deref() == Some(key))
+                .map(|m| sdf::codegen::const_name(&m.mr))
+                .ok_or_else(|| format!("PD '{name}' has no <map setvar_vaddr=\"{key}\">"))
+        };
+        let ram_mr = pd
+            .maps
+            .iter()
+            .find(|m| m.setvar_vaddr.as_deref() == Some("ram"))
+            .and_then(|m| sys.region(&m.mr))
+            .ok_or_else(|| format!("PD '{name}' has no ram map"))?;
+        ram_pages.get_or_insert(ram_mr.size / 4096);
+        let module = sdf::codegen::const_name(name).to_lowercase();
+        let _ = writeln!(
+            code,
+            "#[allow(dead_code)]\npub mod {module} {{\n    include!(concat!(env!(\"OUT_DIR\"), \"/pd_{name}.rs\"));\n}}\n"
+        );
+        let _ = writeln!(
+            table,
+            "    Layout {{ name: {name:?}, log: {:?}, ram: &{module}::region::{}, req: &{module}::region::{}, \
+             resp: &{module}::region::{}, ram_paddr: &{module}::paddr::RAM_PADDR, \
+             memserver: {module}::channel::MEMSERVER, timer: {module}::channel::TIMER }},",
+            name.to_uppercase(),
+            map("ram")?,
+            map("req")?,
+            map("resp")?,
+        );
+    }
+    let _ = write!(
+        code,
+        "/// Pages of guest RAM.\npub const RAM_PAGES: usize = {};\n\npub static LAYOUTS: &[Layout] = &[\n{table}];\n",
+        ram_pages.unwrap_or(0)
+    );
+    Ok(code)
+}
+
+fn write(path: &Path, code: &str) -> Result<(), String> {
+    std::fs::write(path, code).map_err(|e| format!("{}: {e}", path.display()))
+}
