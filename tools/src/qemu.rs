@@ -911,12 +911,15 @@ mod tests {
         o.line("GUEST0|INFO: phase=done allocs=1 t_ns=1", t);
         o.line("GUEST1|ERROR: phase=failed reason=\"x\" t_ns=0", t);
         // Interleaved output of two PDs still counts for the right one.
-        let m = o.line("GUEST1|ERROR: mGUEST0|INFO: phase=touched mib=4 blocks=1 t_ns=1", t);
+        let m = o.line(
+            "GUEST1|ERROR: mGUEST0|INFO: phase=touched mib=4 blocks=1 t_ns=1",
+            t,
+        );
         assert_eq!(m.as_deref(), Some("GUEST0 touched 4 MiB"));
         assert_eq!(o.started, ["MEMSERVER", "GUEST0", "GUEST1"]);
         assert_eq!(
             (o.done.len(), o.verified.len(), o.problems.len()),
-            (1, 1, 1)
+            (1, 1, 2)
         );
         // The second report is a sample, not a mark.
         assert_eq!(
