@@ -55,7 +55,9 @@ pub struct DemoReport {
     pub freed: u64,
     /// Bytes the guests keep for the whole run (live sets).
     pub live: u64,
-    /// How the host memory fell after the last free.
+    /// How the host memory fell from the first free on (the guests' frees
+    /// may be staggered; measuring from the last would miss what came back
+    /// before it).
     pub reclaim: Reclaim,
     /// Bytes the device model discarded in all.
     pub discarded: u64,
@@ -65,6 +67,8 @@ pub struct DemoReport {
     pub guests_ok: bool,
     /// Error and warning lines of the PDs, and PD exits.
     pub problems: Vec<String>,
+    /// Every console line of every PD.
+    pub console: Vec<String>,
 }
 
 impl DemoReport {
@@ -80,7 +84,7 @@ impl DemoReport {
         let _ = writeln!(
             s,
             "\n{}",
-            Timeline::reclaim_line("after the last free", &self.reclaim)
+            Timeline::reclaim_line("from the first free", &self.reclaim)
         );
         let _ = writeln!(
             s,
@@ -148,7 +152,7 @@ struct Guests {
     done: [bool; GUESTS.len()],
     verified: [bool; GUESTS.len()],
     freed: u64,
-    last_free: Option<Duration>,
+    first_free: Option<Duration>,
 }
 
 impl Guests {
@@ -181,7 +185,7 @@ impl Guests {
             "freed_half" | "freed" => {
                 self.holding[i] = self.holding[i].saturating_sub(bytes);
                 self.freed += bytes;
-                self.last_free = Some(t);
+                self.first_free.get_or_insert(t);
                 Some(format!("{guest} freed {} MiB", bytes / MIB))
             }
             "verified" => {
@@ -259,7 +263,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         done: [false; GUESTS.len()],
         verified: [false; GUESTS.len()],
         freed: 0,
-        last_free: None,
+        first_free: None,
     };
     let mut seen = 0;
     let mut problems = Vec::new();
@@ -333,7 +337,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             problems.push(e.to_string());
         }
     }
-    let from = guests.last_free.unwrap_or_default();
+    let from = guests.first_free.unwrap_or_default();
     let reclaim = timeline.reclaim(from, guests.freed, None);
     Ok(DemoReport {
         timeline,
@@ -344,6 +348,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         skipped: counters.ranges_skipped,
         guests_ok: guests.all_done() && guests.verified.iter().all(|&v| v),
         problems,
+        console: console.lines(),
     })
 }
 
@@ -372,7 +377,7 @@ mod tests {
             done: [false; 2],
             verified: [false; 2],
             freed: 0,
-            last_free: None,
+            first_free: None,
         };
         let t = Duration::from_secs(1);
         g.line(

@@ -1,0 +1,113 @@
+//! The whole system on the host platform, end to end (issue 5): the guests
+//! touch and free memory, the memserver reports it, the balloon PD hands it
+//! to the device model, and the memory the host holds for guest RAM falls.
+//! A control run with reporting off keeps it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tools::demo::{self, DemoConfig, DemoReport};
+
+const MIB: u64 = 1 << 20;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The PDs' host binaries, built once per test binary in a target dir of
+/// their own (the outer build's is locked while tests run).
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pds");
+        demo::build_pds(&workspace(), &target, "dev").expect("build the PDs");
+        target.join("debug")
+    })
+}
+
+fn run(guest_params: &str, tunables: &str) -> DemoReport {
+    let cfg = DemoConfig {
+        system: workspace().join("system.xml"),
+        bin_dir: bin_dir().to_path_buf(),
+        guest_params: guest_params.into(),
+        tunables: tunables.into(),
+        timeout: Duration::from_secs(60),
+        period: Duration::from_millis(50),
+        settle: Duration::from_secs(8),
+    };
+    let report = demo::run(&cfg, &mut |_| {}).expect("the demo runs");
+    println!("{}", report.summary());
+    // The PDs' own account, for when an assertion below fails.
+    for line in report.console.iter().filter(|l| !l.contains("phase=")) {
+        println!("  {line}");
+    }
+    report
+}
+
+fn conservation_ok(report: &DemoReport) -> bool {
+    report
+        .console
+        .iter()
+        .any(|l| l.starts_with("MEMSERVER|INFO: conservation: ok"))
+        && !report
+            .console
+            .iter()
+            .any(|l| l.contains("conservation: BROKEN"))
+}
+
+#[test]
+fn freed_memory_goes_back_to_the_host() {
+    let r = run(
+        "pattern=bulk,mib=64,hold_ms=300,live_mib=8",
+        "order=9,delay_ms=500",
+    );
+    assert!(r.problems.is_empty(), "problems: {:?}", r.problems);
+    // Nothing a guest still owned was discarded: both verified their live
+    // data after the reports.
+    assert!(r.guests_ok, "a guest did not verify its live data");
+    assert_eq!(r.freed, 2 * 64 * MIB);
+    assert!(
+        r.reclaim.fraction() >= 0.95,
+        "only {:.1} % of the freed memory came back",
+        r.reclaim.fraction() * 100.0
+    );
+    // The device discarded at least what was freed (plus the never-touched
+    // free memory reported at boot).
+    assert!(r.discarded >= r.freed * 95 / 100);
+    assert_eq!(r.skipped, 0);
+    // What the host still holds is the guests' live sets.
+    let end = r.timeline.samples().last().unwrap().host;
+    assert!(
+        end <= r.live + 4 * MIB,
+        "host still holds {} MiB",
+        end / MIB
+    );
+    assert!(conservation_ok(&r), "no conservation line, or a broken one");
+}
+
+#[test]
+fn fragmented_frees_merge_and_are_reported() {
+    let r = run(
+        "pattern=fragmented,mib=32,hold_ms=300,live_mib=4",
+        "order=9,delay_ms=500",
+    );
+    assert!(r.problems.is_empty(), "problems: {:?}", r.problems);
+    assert!(r.guests_ok);
+    assert!(
+        r.reclaim.fraction() >= 0.95,
+        "only {:.1} % came back",
+        r.reclaim.fraction() * 100.0
+    );
+}
+
+#[test]
+fn without_reporting_the_host_keeps_the_memory() {
+    let r = run("pattern=bulk,mib=32,hold_ms=300,live_mib=4", "off");
+    assert!(r.problems.is_empty(), "problems: {:?}", r.problems);
+    assert!(r.guests_ok);
+    assert_eq!(r.discarded, 0);
+    assert!(
+        r.reclaim.fraction() < 0.05,
+        "memory came back without reporting"
+    );
+}
