@@ -18,7 +18,22 @@ global_asm!(
     ".section .text.start, \"ax\"",
     ".global _start",
     "_start:",
-    "    msr daifset, #0xf",
+    // Entered at EL2 (`-M virt,virtualization=on`): run the image at EL1
+    // anyway, AArch64, with EL1 access to the physical timer and counter.
+    "    mrs x20, CurrentEL",
+    "    cmp x20, #(2 << 2)",
+    "    b.ne 0f",
+    "    mov x0, #(1 << 31)",
+    "    msr hcr_el2, x0",
+    "    mov x0, #3",
+    "    msr cnthctl_el2, x0",
+    "    msr cntvoff_el2, xzr",
+    "    mov x0, #0x3c5",
+    "    msr spsr_el2, x0",
+    "    adr x0, 0f",
+    "    msr elr_el2, x0",
+    "    eret",
+    "0:  msr daifset, #0xf",
     "    adrp x0, __stack_top",
     "    add x0, x0, :lo12:__stack_top",
     "    mov sp, x0",
@@ -33,11 +48,18 @@ global_asm!(
     "    b.hs 2f",
     "    str xzr, [x0], #8",
     "    b 1b",
-    "2:  bl bare_mmu_on",
+    "2:  adrp x0, BARE_BOOT_EL",
+    "    str x20, [x0, :lo12:BARE_BOOT_EL]",
+    "    bl bare_mmu_on",
     "    bl bare_main",
     "3:  wfi",
     "    b 3b",
 );
+
+/// CurrentEL at entry (EL << 2): PSCI goes through SMC when QEMU emulates
+/// EL2 (its PSCI conduit is then SMC), else through HVC.
+#[unsafe(no_mangle)]
+static mut BARE_BOOT_EL: u64 = 0;
 
 /// The level-1 table: 512 entries of 1 GiB.
 #[repr(C, align(4096))]
@@ -190,10 +212,18 @@ impl pd::bare::Platform for Virt {
     }
 
     fn halt(&self) -> ! {
+        let boot_el = &raw const BARE_BOOT_EL;
+        // SAFETY: written once by the boot stub, before any Rust code.
+        let el2 = unsafe { boot_el.read() } == 2 << 2;
         loop {
-            // SAFETY: PSCI SYSTEM_OFF through HVC (QEMU virt implements PSCI
-            // itself when there is no EL2 firmware); QEMU exits.
-            unsafe { asm!("hvc #0", in("x0") 0x8400_0008u64, options(nostack)) };
+            if el2 {
+                // SAFETY: PSCI SYSTEM_OFF, which QEMU virt implements itself
+                // (no firmware); QEMU exits.
+                unsafe { asm!("smc #0", in("x0") 0x8400_0008u64, options(nostack)) };
+            } else {
+                // SAFETY: as above, through HVC.
+                unsafe { asm!("hvc #0", in("x0") 0x8400_0008u64, options(nostack)) };
+            }
         }
     }
 }
