@@ -42,7 +42,7 @@
 //! - A malformed `ToBalloon`, or an answer to nothing we asked, is counted
 //!   and ignored; nothing changes.
 
-use crate::defs::{Block, BlockExt, Error, MAX_ORDER, PAGE_SIZE, Stats};
+use crate::defs::{BalloonFeatures, Block, BlockExt, Error, MAX_ORDER, PAGE_SIZE, Stats};
 use crate::driver::{BalloonAction, BalloonDone, BalloonOp, DeflateReason, VirtIOBalloon};
 use core::fmt;
 use heapless::{Deque, Vec};
@@ -119,6 +119,10 @@ pub struct Counters {
     pub restart_failures: u64,
     /// Times the balloon could not grow because the block list was full.
     pub ballooned_full: u64,
+    /// `Reclaim` requests from the memserver (it ran out of memory).
+    pub reclaim_requests: u64,
+    /// `Reclaim` requests ignored: the device did not offer DEFLATE_ON_OOM.
+    pub reclaim_ignored: u64,
 }
 
 /// What the PD shell must do after [`BalloonPd::run`].
@@ -165,6 +169,8 @@ struct Deflation {
     queued: bool,
     /// The `Deflate` message is queued or sent.
     sent: bool,
+    /// Why the host is told (the balloon target, or the guest's OOM).
+    reason: DeflateReason,
 }
 
 /// The balloon PD's core.
@@ -197,6 +203,8 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     /// Blocks to give back without the device (failed or unpostable inflates).
     giveback: Vec<Block, BATCH>,
     deflation: Option<Deflation>,
+    /// Pages the memserver asked back because it ran out (deflate on OOM).
+    oom_pages: u32,
     /// Blocks in the balloon (acknowledged by the device).
     ballooned: Vec<Packed, MAX_BALLOONED>,
     stats_wanted: bool,
@@ -247,6 +255,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             stats_queued: false,
             ask: None,
             inflate_stalled: false,
+            oom_pages: 0,
             to_inflate: Deque::new(),
             inflating: None,
             giveback: Vec::new(),
@@ -522,6 +531,20 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                     self.unexpected(format_args!("Refused({reason}) for request {req:?}"));
                 }
             }
+            ToBalloon::Reclaim { pages } => {
+                self.counters.reclaim_requests += 1;
+                if self
+                    .drv
+                    .features()
+                    .contains(BalloonFeatures::DEFLATE_ON_OOM)
+                {
+                    self.oom_pages = self.oom_pages.max(pages);
+                } else {
+                    // Without DEFLATE_ON_OOM the host must be asked first
+                    // (MUST_TELL_HOST) and may refuse: the pages stay.
+                    self.counters.reclaim_ignored += 1;
+                }
+            }
             ToBalloon::Stats(m) => {
                 self.stats_outstanding = false;
                 self.counters.stats_updates += 1;
@@ -643,7 +666,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             let b = d.blocks[d.posted];
             let id = self.next_req;
             self.next_req = self.next_req.wrapping_add(1).max(1);
-            match self.drv.deflate_block(id, b, DeflateReason::Target) {
+            match self.drv.deflate_block(id, b, d.reason) {
                 Ok(()) => d.in_device = true,
                 Err(Error::QueueFull | Error::Broken) => {}
                 Err(e) => {
@@ -680,8 +703,20 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 in_device: false,
                 queued: false,
                 sent: false,
+                reason: DeflateReason::Target,
             });
             self.pump_deflate();
+            return;
+        }
+        if self.oom_pages > 0 && !self.ballooned.is_empty() {
+            // Deflate on OOM (VIRTIO 1.2 5.5.6.1): the guest's need wins
+            // over the target. Don't re-inflate until the host sets a new
+            // target, or the two would fight (Linux's fill also waits for a
+            // config change).
+            let pages = core::mem::take(&mut self.oom_pages);
+            self.inflate_stalled = true;
+            self.info(format_args!("deflating {pages} pages on OOM"));
+            self.start_deflate(u64::from(pages), DeflateReason::Oom);
             return;
         }
         match self.drv.balloon_action() {
@@ -701,7 +736,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 self.ask_queued = true;
                 self.counters.inflate_requests += 1;
             }
-            Ok(BalloonAction::Deflate(pages)) => self.start_deflate(u64::from(pages)),
+            Ok(BalloonAction::Deflate(pages)) => {
+                self.start_deflate(u64::from(pages), DeflateReason::Target)
+            }
             _ => {}
         }
     }
@@ -709,7 +746,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// Picks ballooned blocks worth `pages` (at most BATCH blocks),
     /// splitting a block into buddy halves when all are larger than what is
     /// left.
-    fn start_deflate(&mut self, pages: u64) {
+    fn start_deflate(&mut self, pages: u64, reason: DeflateReason) {
         let mut chosen: Vec<Block, BATCH> = Vec::new();
         let mut left = pages;
         while left > 0 && !chosen.is_full() {
@@ -754,6 +791,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             in_device: false,
             queued: false,
             sent: false,
+            reason,
         });
         self.pump_deflate();
     }

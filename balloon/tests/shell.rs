@@ -11,8 +11,8 @@ use balloon::model::{
 };
 use balloon::shell::{BalloonPd, Level, MAX_REPORTS};
 use balloon::{QueueKind, VirtIOBalloon};
-use memserver::server::{BalloonPort, Server};
-use memserver::{MemCore, Tunables, ZoneSpec, metadata_bytes};
+use memserver::server::{BalloonPort, ClientPort, Server};
+use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
 use memserver_api::{
     self as api, Block, FromBalloon, MemStats, RefuseReason, SLOT_SIZE, ToBalloon,
 };
@@ -101,6 +101,8 @@ struct Sys {
     server: Server<'static, 'static>,
     d: Device,
     timer: bool,
+    /// A guest of zone 0: its request producer and response consumer.
+    guest: (Producer<'static>, Consumer<'static>),
 }
 
 fn sys() -> Sys {
@@ -115,7 +117,17 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         to: to.producer(SLOT_SIZE).unwrap(),
         from: from.consumer(SLOT_SIZE).unwrap(),
     };
-    let server = Server::new(core, [], port, boot).expect("server");
+    let (req, resp) = (ring(), ring());
+    let client = ClientPort {
+        zone: ZoneId(0),
+        req: req.consumer(SLOT_SIZE).unwrap(),
+        resp: resp.producer(SLOT_SIZE).unwrap(),
+    };
+    let guest = (
+        req.producer(SLOT_SIZE).unwrap(),
+        resp.consumer(SLOT_SIZE).unwrap(),
+    );
+    let server = Server::new(core, [client], port, boot).expect("server");
     let (d, drv) = device(cfg);
     let pd = BalloonPd::new(
         drv,
@@ -128,6 +140,7 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         server,
         d,
         timer: false,
+        guest,
     }
 }
 
@@ -151,6 +164,20 @@ impl Sys {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             self.step();
         }
+    }
+
+    /// The guest asks for one page; the memserver's answer.
+    fn guest_alloc(&mut self) -> api::ClientResponse {
+        let mut buf = [0u8; SLOT_SIZE];
+        let req = api::Request {
+            tag: 1,
+            body: api::ClientRequest::Alloc { order: 0 },
+        };
+        let bytes = api::encode(&req, &mut buf).unwrap();
+        self.guest.0.push(bytes).unwrap();
+        self.server.client_notified(0);
+        let n = self.guest.1.pop(&mut buf).unwrap().expect("a response");
+        api::decode::<api::Response>(&buf[..n]).unwrap().body
     }
 
     fn mem(&self) -> memserver::Stats {
@@ -648,4 +675,66 @@ fn the_balloon_stops_growing_when_its_block_list_is_full() {
     // It stays below the target and asks for nothing more.
     assert_eq!(r.run_for(10), vec![]);
     assert_eq!(r.pd.counters().inflate_requests as usize, n / 32);
+}
+
+/// Deflate on OOM: the balloon holds everything, a guest's allocation
+/// fails, the memserver asks the balloon, which deflates with the OOM reason
+/// (the device offers DEFLATE_ON_OOM) and does not re-inflate until the
+/// host sets a new target.
+#[test]
+fn an_out_of_memory_guest_gets_ballooned_pages_back() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    s.d.dev.set_target(TOTAL_PAGES as u32);
+    s.until("the balloon to take everything", |s| {
+        s.mem().ballooned_pages == TOTAL_PAGES && s.pd.is_idle()
+    });
+    let actual = s.pd.driver().actual();
+    assert_eq!(
+        s.guest_alloc(),
+        api::ClientResponse::Error(api::ClientError::NoMemory)
+    );
+    assert_eq!(s.server.counters().reclaims, 1);
+    s.until("the balloon to deflate on OOM", |s| {
+        s.pd.counters().reclaim_requests == 1
+            && s.mem().ballooned_pages <= TOTAL_PAGES - 512
+            && s.pd.is_idle()
+    });
+    assert!(matches!(s.guest_alloc(), api::ClientResponse::Allocated(_)));
+    let dev = s.d.dev.counters();
+    assert!(dev.pages_deflated >= 512, "device told: {dev:?}");
+    assert!(s.pd.driver().actual() < actual);
+    // No fight: the target still says "everything", but the balloon waits
+    // for the host to set a new one.
+    let asked = s.pd.counters().inflate_requests;
+    for _ in 0..20 {
+        s.step();
+    }
+    assert_eq!(s.pd.counters().inflate_requests, asked);
+    s.check_books();
+}
+
+#[test]
+fn without_deflate_on_oom_the_balloon_keeps_its_pages() {
+    let mut cfg = DeviceConfig::default();
+    cfg.offered.remove(balloon::BalloonFeatures::DEFLATE_ON_OOM);
+    let mut s = sys_with(cfg);
+    s.until("reporting to settle", Sys::settled);
+    s.d.dev.set_target(TOTAL_PAGES as u32);
+    s.until("the balloon to take everything", |s| {
+        s.mem().ballooned_pages == TOTAL_PAGES && s.pd.is_idle()
+    });
+    assert_eq!(
+        s.guest_alloc(),
+        api::ClientResponse::Error(api::ClientError::NoMemory)
+    );
+    s.until("the request to be seen", |s| {
+        s.pd.counters().reclaim_requests == 1
+    });
+    for _ in 0..20 {
+        s.step();
+    }
+    assert_eq!(s.pd.counters().reclaim_ignored, 1);
+    assert_eq!(s.mem().ballooned_pages, TOTAL_PAGES);
+    s.check_books();
 }

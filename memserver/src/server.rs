@@ -66,6 +66,9 @@ pub struct Counters {
     pub inflated_pages: u64,
     /// See `inflated_pages`.
     pub deflated_pages: u64,
+    /// `Reclaim` requests sent: allocations failed while pages were
+    /// ballooned.
+    pub reclaims: u64,
 }
 
 /// A client: the zone it owns and its two rings.
@@ -98,6 +101,9 @@ pub struct Server<'a, 'm> {
     pending: Deque<BatchId, MAX_IN_FLIGHT>,
     counters: Counters,
     wake: Wake,
+    /// A `Reclaim` is out and unanswered: don't ask again until the balloon
+    /// deflates or changes course.
+    reclaim_asked: bool,
 }
 
 fn client_error(e: Error) -> ClientError {
@@ -147,6 +153,7 @@ impl<'a, 'm> Server<'a, 'm> {
             pending: Deque::new(),
             counters: Counters::default(),
             wake: Wake::default(),
+            reclaim_asked: false,
         };
         for c in clients {
             s.core.zone_spec(c.zone)?;
@@ -359,8 +366,14 @@ impl<'a, 'm> Server<'a, 'm> {
                     Err(_) => self.refuse(Some(batch), RefuseReason::UnknownId),
                 }
             }
-            Ok(FromBalloon::Inflate { req, pages }) => self.inflate(req, u64::from(pages)),
-            Ok(FromBalloon::Deflate { req, blocks }) => self.deflate(req, &blocks),
+            Ok(FromBalloon::Inflate { req, pages }) => {
+                self.reclaim_asked = false;
+                self.inflate(req, u64::from(pages));
+            }
+            Ok(FromBalloon::Deflate { req, blocks }) => {
+                self.reclaim_asked = false;
+                self.deflate(req, &blocks);
+            }
             Ok(FromBalloon::StatsRequest) => {
                 let s = self.mem_stats();
                 let _ = self.send_balloon(&ToBalloon::Stats(s));
@@ -455,6 +468,22 @@ impl<'a, 'm> Server<'a, 'm> {
             req,
             pages: u32::try_from(pages).unwrap_or(u32::MAX),
         });
+    }
+
+    /// Deflate on OOM: an allocation failed while pages are in the balloon,
+    /// so ask the balloon to give some back (it does when the device
+    /// negotiated DEFLATE_ON_OOM). The client got NoMemory and retries; at
+    /// least 2 MiB is asked so a retry has a chance. At most one request is
+    /// out at a time.
+    fn ask_reclaim(&mut self, order: u8) {
+        if self.reclaim_asked || self.core.stats().ballooned_pages == 0 {
+            return;
+        }
+        let pages = (1u32 << order).max(512);
+        if self.send_balloon(&ToBalloon::Reclaim { pages }).is_ok() {
+            self.reclaim_asked = true;
+            self.counters.reclaims += 1;
+        }
     }
 
     /// The statistics the balloon publishes on the stats queue.
@@ -582,6 +611,10 @@ impl<'a, 'm> Server<'a, 'm> {
         let body = match body {
             ClientRequest::Alloc { order } => match self.core.alloc(zone, order) {
                 Ok(pfn) => ClientResponse::Allocated(api::Block { pfn, order }),
+                Err(Error::NoMemory) => {
+                    self.ask_reclaim(order);
+                    ClientResponse::Error(ClientError::NoMemory)
+                }
                 Err(e) => ClientResponse::Error(client_error(e)),
             },
             ClientRequest::Free(b) => match self.core.free(zone, b.pfn, b.order) {

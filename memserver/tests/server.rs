@@ -615,3 +615,59 @@ fn a_client_keeping_its_rings_full_never_stalls() {
     }
     assert_eq!(answered, total, "stalled after {answered} of {total}");
 }
+
+#[test]
+fn an_allocation_failing_while_pages_are_ballooned_asks_for_them_back() {
+    let mut s = sys();
+    // The balloon takes all of both zones but what the watermark keeps
+    // (none in these tunables).
+    s.balloon_says(FromBalloon::Inflate {
+        req: 1,
+        pages: 8192,
+    });
+    let msgs = s.read_balloon_ring();
+    let ballooned: Vec<Block> = msgs
+        .iter()
+        .flat_map(|m| match m {
+            ToBalloon::Inflated { blocks, .. } => blocks.to_vec(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(ballooned.iter().map(Block::pages).sum::<u64>(), 8192);
+    // Client 0 finds no memory: it is told so, and the balloon is asked,
+    // once, for at least 2 MiB.
+    for _ in 0..3 {
+        assert_eq!(
+            s.call(0, ClientRequest::Alloc { order: 0 }),
+            ClientResponse::Error(ClientError::NoMemory)
+        );
+    }
+    assert_eq!(
+        s.read_balloon_ring(),
+        vec![ToBalloon::Reclaim { pages: 512 }]
+    );
+    assert_eq!(s.server.counters().reclaims, 1);
+    // The balloon deflates a block of zone 0; the client's retry succeeds.
+    let back = *ballooned.iter().find(|b| b.pfn < 0x50000).unwrap();
+    let mut v = heapless::Vec::new();
+    v.push(back).unwrap();
+    s.balloon_says(FromBalloon::Deflate { req: 2, blocks: v });
+    assert!(matches!(
+        s.read_balloon_ring().as_slice(),
+        [ToBalloon::Deflated { req: 2, .. }]
+    ));
+    assert!(matches!(
+        s.call(0, ClientRequest::Alloc { order: 0 }),
+        ClientResponse::Allocated(_)
+    ));
+    s.check();
+}
+
+#[test]
+fn no_reclaim_is_asked_when_nothing_is_ballooned() {
+    let mut s = sys();
+    // Exhaust zone 0 with 4 MiB blocks.
+    while let ClientResponse::Allocated(_) = s.call(0, ClientRequest::Alloc { order: 10 }) {}
+    assert!(s.read_balloon_ring().is_empty());
+    assert_eq!(s.server.counters().reclaims, 0);
+}

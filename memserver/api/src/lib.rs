@@ -317,6 +317,14 @@ pub enum ToBalloon {
         /// Why.
         reason: RefuseReason,
     },
+    /// The memory server could not satisfy an allocation while pages are in
+    /// the balloon: give up to `pages` of them back (with a `Deflate`), if
+    /// the device allows it (VIRTIO_BALLOON_F_DEFLATE_ON_OOM, as Linux's
+    /// OOM notifier does). Unanswered when it does not.
+    Reclaim {
+        /// Pages wanted.
+        pages: u32,
+    },
 }
 
 /// Balloon driver → memory server.
@@ -526,7 +534,10 @@ impl Message for ToBalloon {
     fn check(&self) -> Result<(), RangeError> {
         match self {
             Self::Report { blocks, .. } | Self::Inflated { blocks, .. } => check_blocks(blocks),
-            Self::Deflated { .. } | Self::Stats(_) | Self::Refused { .. } => Ok(()),
+            Self::Deflated { .. }
+            | Self::Stats(_)
+            | Self::Refused { .. }
+            | Self::Reclaim { .. } => Ok(()),
         }
     }
 }

@@ -115,6 +115,7 @@ fn to_balloon() -> impl Strategy<Value = ToBalloon> {
         mem_stats().prop_map(ToBalloon::Stats),
         (any::<Option<u32>>(), refuse_reason())
             .prop_map(|(req, reason)| ToBalloon::Refused { req, reason }),
+        any::<u32>().prop_map(|pages| ToBalloon::Reclaim { pages }),
     ]
 }
 
