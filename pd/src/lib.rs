@@ -86,10 +86,10 @@ mod null;
 
 /// The platform backend compiled in.
 pub(crate) mod sys {
-    #[cfg(all(feature = "host", not(target_os = "none")))]
-    pub(crate) use crate::host::sys::*;
     #[cfg(all(target_os = "none", feature = "bare"))]
     pub(crate) use crate::bare::sys::*;
+    #[cfg(all(feature = "host", not(target_os = "none")))]
+    pub(crate) use crate::host::sys::*;
     #[cfg(all(target_os = "none", not(feature = "bare")))]
     pub(crate) use crate::microkit::sys::*;
     #[cfg(not(any(target_os = "none", feature = "host")))]
