@@ -1,5 +1,6 @@
 //! One module per subcommand: `Args` (clap) and `main(Args) -> ExitCode`.
 
+pub mod bare;
 pub mod check;
 pub mod demo;
 pub mod image;

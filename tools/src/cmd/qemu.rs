@@ -16,8 +16,15 @@ const FRACTION: f64 = 0.9;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// qemu_virt_aarch64 or x86_64_generic.
-    #[arg(long, value_parser = parse_board)]
-    pub board: Board,
+    #[arg(long, value_parser = parse_board, required_unless_present = "platform")]
+    pub board: Option<Board>,
+    /// `bare`: boot the bare platform's image instead (no seL4, no SDK;
+    /// DESIGN §5.3), with `--arch`.
+    #[arg(long, value_parser = ["bare"], requires = "arch", conflicts_with = "board")]
+    pub platform: Option<String>,
+    /// With `--platform bare`: aarch64 or x86_64.
+    #[arg(long, value_parser = super::bare::parse_arch)]
+    pub arch: Option<Arch>,
     /// The seL4 kernel configuration: debug or release (release kernels
     /// print nothing, so only debug runs can be followed).
     #[arg(long, value_parser = parse_config, default_value = "debug")]
@@ -44,7 +51,21 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> ExitCode {
-    match run(args) {
+    if let (Some(_), Some(arch)) = (&args.platform, args.arch) {
+        return super::bare::main(super::bare::BareArgs {
+            arch,
+            out: args.out,
+            balloon_mib: args.balloon_mib,
+            no_reporting: args.no_reporting,
+            modern_mmio: args.modern_mmio,
+            timeout_s: args.timeout_s,
+        });
+    }
+    let Some(board) = args.board else {
+        eprintln!("tools qemu: --board or --platform bare --arch ARCH");
+        return ExitCode::FAILURE;
+    };
+    match run(args, board) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tools qemu: {e}");
@@ -53,19 +74,14 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
+fn run(args: Args, board: Board) -> Result<ExitCode, String> {
     let out = args.out.clone().unwrap_or_else(|| {
         target_dir()
             .join("microkit")
-            .join(format!("{}-{}", args.board, args.config))
+            .join(format!("{}-{}", board, args.config))
     });
-    let img = super::image::build(
-        args.board,
-        args.config,
-        args.system.clone(),
-        Some(out.clone()),
-    )
-    .map_err(|e| e.to_string())?;
+    let img = super::image::build(board, args.config, args.system.clone(), Some(out.clone()))
+        .map_err(|e| e.to_string())?;
     let sys =
         sdf::System::parse(&std::fs::read_to_string(&img.board_sdf).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
@@ -77,7 +93,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         .collect();
     let cfg = RunConfig {
         qemu: QemuConfig {
-            arch: match args.board {
+            arch: match board {
                 Board::QemuVirtAarch64 => Arch::Aarch64,
                 Board::X86_64Generic => Arch::X86_64,
             },
@@ -109,7 +125,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let svg = out.join("timeline.svg");
     report
         .timeline
-        .plot_svg(&svg, &format!("seL4 Microkit on {}: QEMU RSS", args.board))?;
+        .plot_svg(&svg, &format!("seL4 Microkit on {}: QEMU RSS", board))?;
     println!("{}", report.summary());
     println!(
         "console: {}\nplot: {}\nsamples: {}",
