@@ -221,6 +221,95 @@ pub struct IoPort {
     pub size: u64,
 }
 
+/// Why a port access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoPortError {
+    /// `port..port + width` is not inside the range.
+    OutOfRange { port: u16, width: u8 },
+    /// The Microkit tool did not give this PD the range's capability.
+    NotGranted,
+    /// The kernel refused the invocation (its seL4 error code).
+    Kernel(u64),
+    /// No port I/O on this platform (aarch64, the host platform).
+    Unsupported,
+}
+
+impl fmt::Display for IoPortError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoPortError::OutOfRange { port, width } => {
+                write!(
+                    f,
+                    "port {port:#x} ({width} bytes) is outside the granted range"
+                )
+            }
+            IoPortError::NotGranted => f.write_str("this PD has no capability for the port range"),
+            IoPortError::Kernel(e) => {
+                write!(f, "the kernel refused the port access (seL4 error {e})")
+            }
+            IoPortError::Unsupported => f.write_str("no port I/O on this platform"),
+        }
+    }
+}
+
+/// A port access: the order of seL4's `X86IOPort` invocations (In8, In16,
+/// In32, Out8, Out16, Out32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(all(target_os = "none", target_arch = "x86_64")), allow(dead_code))]
+pub(crate) enum PortOp {
+    In8 = 0,
+    In16,
+    In32,
+    Out8,
+    Out16,
+    Out32,
+}
+
+impl IoPort {
+    fn access(&self, op: PortOp, port: u16, width: u8, value: u32) -> Result<u32, IoPortError> {
+        let end = u64::from(port) + u64::from(width);
+        if u64::from(port) < self.addr || end > self.addr.saturating_add(self.size) {
+            return Err(IoPortError::OutOfRange { port, width });
+        }
+        port_io(self.id, op, port, value)
+    }
+
+    /// `in` of one byte from `port` (an absolute port number in the range).
+    pub fn read8(&self, port: u16) -> Result<u8, IoPortError> {
+        self.access(PortOp::In8, port, 1, 0).map(|v| v as u8)
+    }
+    /// `in` of two bytes.
+    pub fn read16(&self, port: u16) -> Result<u16, IoPortError> {
+        self.access(PortOp::In16, port, 2, 0).map(|v| v as u16)
+    }
+    /// `in` of four bytes.
+    pub fn read32(&self, port: u16) -> Result<u32, IoPortError> {
+        self.access(PortOp::In32, port, 4, 0)
+    }
+    /// `out` of one byte.
+    pub fn write8(&self, port: u16, v: u8) -> Result<(), IoPortError> {
+        self.access(PortOp::Out8, port, 1, v.into()).map(|_| ())
+    }
+    /// `out` of two bytes.
+    pub fn write16(&self, port: u16, v: u16) -> Result<(), IoPortError> {
+        self.access(PortOp::Out16, port, 2, v.into()).map(|_| ())
+    }
+    /// `out` of four bytes.
+    pub fn write32(&self, port: u16, v: u32) -> Result<(), IoPortError> {
+        self.access(PortOp::Out32, port, 4, v).map(|_| ())
+    }
+}
+
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+fn port_io(id: u64, op: PortOp, port: u16, value: u32) -> Result<u32, IoPortError> {
+    crate::microkit::port_io(id, op, port, value)
+}
+
+#[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
+fn port_io(_: u64, _: PortOp, _: u16, _: u32) -> Result<u32, IoPortError> {
+    Err(IoPortError::Unsupported)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +338,31 @@ mod tests {
         assert_eq!(v, [0, 5, 61]);
         assert!(s.contains(Channel::new(5)) && !s.contains(Channel::new(4)));
         assert_eq!(s.iter().count(), 3);
+    }
+
+    #[test]
+    fn port_accesses_outside_the_range_are_refused_before_the_kernel() {
+        let p = IoPort {
+            id: 0,
+            addr: 0xcf8,
+            size: 8,
+        };
+        assert_eq!(
+            p.read32(0xcfd),
+            Err(IoPortError::OutOfRange {
+                port: 0xcfd,
+                width: 4
+            })
+        );
+        assert_eq!(
+            p.write8(0xcf7, 0),
+            Err(IoPortError::OutOfRange {
+                port: 0xcf7,
+                width: 1
+            })
+        );
+        // In range: this platform has no port I/O.
+        assert_eq!(p.read32(0xcfc), Err(IoPortError::Unsupported));
     }
 
     #[test]

@@ -62,8 +62,8 @@ mod debug;
 mod region;
 
 pub use channel::{
-    Channel, ChannelSet, DeferredActionSlotFull, IoPort, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo,
-    get_mr, set_mr,
+    Channel, ChannelSet, DeferredActionSlotFull, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH,
+    MessageInfo, get_mr, set_mr,
 };
 #[doc(hidden)]
 pub use debug::print_fmt as __debug_print_fmt;

@@ -33,12 +33,22 @@ const MONITOR_EP: u64 = 5;
 const BASE_OUTPUT_NOTIFICATION_CAP: u64 = 10;
 const BASE_ENDPOINT_CAP: u64 = 74;
 const BASE_IRQ_CAP: u64 = 138;
+#[cfg(target_arch = "x86_64")]
+const BASE_IOPORT_CAP: u64 = 394;
 
 /// `IRQAckIRQ` invocation label: it differs between kernel configurations.
 #[cfg(not(feature = "release-kernel"))]
 const IRQ_ACK_LABEL: u64 = 31;
 #[cfg(feature = "release-kernel")]
 const IRQ_ACK_LABEL: u64 = 27;
+
+/// `X86IOPortIn8` invocation label; In16, In32, Out8, Out16, Out32 follow
+/// (the SDK's `invocations_all.json` for x86_64_generic: 58 debug, 54
+/// release, shifted like the IRQ ack label).
+#[cfg(all(target_arch = "x86_64", not(feature = "release-kernel")))]
+const IOPORT_IN8_LABEL: u64 = 58;
+#[cfg(all(target_arch = "x86_64", feature = "release-kernel"))]
+const IOPORT_IN8_LABEL: u64 = 54;
 
 /// The IPC buffer: at `seL4_UserVSpaceTop & ~0xfff`.
 #[cfg(target_arch = "aarch64")]
@@ -212,6 +222,31 @@ pub(crate) mod sys {
             }
         }
         let _ = fmt::Write::write_fmt(&mut Console, args);
+    }
+}
+
+/// One x86 port access on the `<ioport id>` capability (libsel4
+/// `seL4_X86_IOPort_In*/Out*`: port in MR0, value in MR1, the read value
+/// back in MR0, the error in the reply's label).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn port_io(
+    id: u64,
+    op: crate::channel::PortOp,
+    port: u16,
+    value: u32,
+) -> Result<u32, crate::IoPortError> {
+    if id >= 64 || microkit_ioports.get() & (1 << id) == 0 {
+        return Err(crate::IoPortError::NotGranted);
+    }
+    let write = op as u64 >= crate::channel::PortOp::Out8 as u64;
+    sys::set_mr(0, u64::from(port));
+    sys::set_mr(1, u64::from(value));
+    let info = MessageInfo::new(IOPORT_IN8_LABEL + op as u64, if write { 2 } else { 1 });
+    let (_, out) = syscall(SYS_CALL, BASE_IOPORT_CAP + id, info.into_raw(), 0, 0);
+    match MessageInfo::from_raw(out).label() {
+        0 if write => Ok(0),
+        0 => Ok(sys::get_mr(0) as u32),
+        e => Err(crate::IoPortError::Kernel(e)),
     }
 }
 
