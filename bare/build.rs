@@ -253,6 +253,7 @@ fn generate(
                 m.vaddr, r.size
             );
         }
+        let ioports: String = pd.ioports.iter().map(|io| format!("{}, ", io.id)).collect();
         let mut irqs = String::new();
         for q in &pd.irqs {
             let (n, level) = irq(arch, &q.kind);
@@ -264,7 +265,7 @@ fn generate(
         }
         let _ = writeln!(
             pds,
-            "    ::pd::bare::PdDesc {{ name: {:?}, priority: {}, ends: &[{ends}], maps: &[{maps}], irqs: &[{irqs}] }},",
+            "    ::pd::bare::PdDesc {{ name: {:?}, priority: {}, ends: &[{ends}], maps: &[{maps}], irqs: &[{irqs}], ioports: &[{ioports}] }},",
             pd.name, pd.priority
         );
     }

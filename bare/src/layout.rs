@@ -1,6 +1,8 @@
 //! Where the image puts each memory region: regions with a `phys_addr` stay
-//! there (device pages), every other one is carved from a RAM pool, aligned
-//! to its page size. Pure code: the build script includes this file, and the
+//! there (device pages), every other one is carved from a RAM pool,
+//! naturally aligned (its size rounded up to a power of two, at most 1 GiB,
+//! at least its page size), so every buddy block of a RAM region is aligned
+//! in physical memory too (the memserver's zones work on PFNs). Pure code: the build script includes this file, and the
 //! library tests it on the host.
 
 use core::fmt;
@@ -55,8 +57,9 @@ impl fmt::Display for LayoutError {
 }
 
 /// The address of each region of `regions` (same order), carving the
-/// non-fixed ones from `pool` (start, end) in order of decreasing alignment
-/// then size, so large pages do not fragment the pool.
+/// non-fixed ones from `pool` (start, end), largest page size then size
+/// first, so large
+/// alignments do not fragment the pool.
 pub fn place(regions: &[RegionReq<'_>], pool: (u64, u64)) -> Result<Vec<u64>, LayoutError> {
     let mut addrs = vec![0u64; regions.len()];
     let mut taken: Vec<(u64, u64, usize)> = Vec::new();
@@ -93,7 +96,12 @@ pub fn place(regions: &[RegionReq<'_>], pool: (u64, u64)) -> Result<Vec<u64>, La
     });
     for i in order {
         let r = &regions[i];
-        let mut at = pool.0.next_multiple_of(r.align);
+        let align = r
+            .size
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 30)
+            .clamp(r.align, (1 << 30).max(r.align));
+        let mut at = pool.0.next_multiple_of(align);
         loop {
             let end =
                 at.checked_add(r.size)
@@ -103,7 +111,7 @@ pub fn place(regions: &[RegionReq<'_>], pool: (u64, u64)) -> Result<Vec<u64>, La
                         size: r.size,
                     })?;
             match taken.iter().find(|t| t.0 < end && at < t.1) {
-                Some(t) => at = t.1.next_multiple_of(r.align),
+                Some(t) => at = t.1.next_multiple_of(align),
                 None => break,
             }
         }

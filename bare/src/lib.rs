@@ -83,10 +83,10 @@ mod tests {
                 );
             }
         }
-        // 2 MiB pages first, then small regions fill the gap before them.
-        assert_eq!(a[1], 0x4820_0000);
-        assert_eq!(a[3], 0x6820_0000);
-        assert_eq!(a[0], 0x4800_1000);
+        // Natural alignment, largest first; small regions fill the gaps.
+        assert_eq!(a[1], 0x6000_0000);
+        assert_eq!(a[3], 0x8000_0000);
+        assert_eq!(a[0], 0x4801_0000);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{
 };
 use core::cell::{Cell, UnsafeCell};
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// At most this many PDs in one image (Microkit's limit is 63).
 pub const MAX_PDS: usize = 16;
@@ -76,6 +76,8 @@ pub struct PdDesc {
     pub ends: &'static [End],
     pub maps: &'static [Map],
     pub irqs: &'static [Irq],
+    /// Ids of the `<ioport>` ranges granted to the PD (x86_64).
+    pub ioports: &'static [u8],
 }
 
 /// A memory region and its address in the image.
@@ -214,6 +216,12 @@ pub fn set_platform(p: &'static dyn Platform) {
 /// Run the image: start every PD in priority order (highest first, so a
 /// PPC callee, which Microkit requires to outrank its caller, is ready when
 /// an init calls it), then dispatch notifications forever.
+///
+/// A PD that panics or whose handler fails is stopped, and the others go on
+/// (a faulting PD under Microkit): its frames are dropped by resuming the
+/// scheduler on the stack pointer `run` had, below the caller's frame that
+/// holds the PD slots. PDs in the middle of a PPC to it are stopped too (on
+/// seL4 they would wait for the reply for ever).
 pub fn run(system: &'static System, platform: &'static dyn Platform, pds: &mut [&mut dyn Pd]) -> ! {
     set_platform(platform);
     KERNEL.system.set(Some(system));
@@ -229,30 +237,46 @@ pub fn run(system: &'static System, platform: &'static dyn Platform, pds: &mut [
     )]
     let ptr = pds as *mut [&mut dyn Pd] as *mut [&'static mut dyn Pd];
     KERNEL.pds.set(Some(ptr));
+    resume::start()
+}
+
+/// The scheduler: starts the PDs not started yet, then runs the loop. Entered
+/// from `run` and again after each fault, on the same stack pointer.
+extern "C" fn schedule() -> ! {
+    let (Some(system), Some(platform)) = (system(), KERNEL.platform.get()) else {
+        halt()
+    };
+    let n = system.pds.len();
     let mut order = [0usize; MAX_PDS];
-    let n = pds.len();
     for (i, o) in order.iter_mut().enumerate().take(n) {
         *o = i;
     }
-    // Stable: equal priorities keep system.xml's order.
     order[..n].sort_unstable_by_key(|&i| (core::cmp::Reverse(system.pds[i].priority), i));
     for &i in &order[..n] {
-        enter(i, |pd| pd.start());
-    }
-    // seL4 issue 1536 / libmicrokit: every IRQ starts unmasked.
-    for pd in system.pds {
-        for irq in pd.irqs {
-            platform.configure(irq.irq, irq.level);
-            platform.unmask(irq.irq);
+        let bit = 1u64 << i;
+        if (STARTED.load(Ordering::Relaxed) | FAULTED.load(Ordering::Relaxed)) & bit == 0 {
+            STARTED.fetch_or(bit, Ordering::Relaxed);
+            enter(i, |pd| pd.start());
         }
     }
-    put_str("BARE|INFO: all PDs started\n");
+    if !STARTED_ALL.swap(true, Ordering::Relaxed) {
+        // seL4 issue 1536 / libmicrokit: every IRQ starts unmasked.
+        for pd in system.pds {
+            for irq in pd.irqs {
+                platform.configure(irq.irq, irq.level);
+                platform.unmask(irq.irq);
+            }
+        }
+        put_str("BARE|INFO: all PDs started\n");
+    }
     loop {
         let mut fired = |irq: u32| raise_irq(system, irq);
         platform.poll(false, &mut fired);
+        let faulted = FAULTED.load(Ordering::Relaxed);
         let next = order[..n]
             .iter()
             .copied()
+            .filter(|&i| faulted & (1 << i) == 0)
             .find(|&i| PENDING[i].load(Ordering::Relaxed) != 0);
         match next {
             Some(i) => {
@@ -260,6 +284,81 @@ pub fn run(system: &'static System, platform: &'static dyn Platform, pds: &mut [
                 enter(i, |pd| pd.notified(ChannelSet::from_bits(bits)));
             }
             None => platform.poll(true, &mut fired),
+        }
+    }
+}
+
+/// PDs whose init has been called, and PDs stopped by a fault.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static FAULTED: AtomicU64 = AtomicU64::new(0);
+static STARTED_ALL: AtomicBool = AtomicBool::new(false);
+/// The stack pointer the scheduler runs on (0 until `run`).
+static RESUME_SP: AtomicUsize = AtomicUsize::new(0);
+
+/// Stop the PDs in the current call chain and resume the scheduler; before
+/// `run` (or outside any PD), halt.
+fn fault() -> ! {
+    let busy = KERNEL.busy.replace(0);
+    let sp = RESUME_SP.load(Ordering::Relaxed);
+    if busy == 0 || sp == 0 {
+        halt()
+    }
+    FAULTED.fetch_or(busy, Ordering::Relaxed);
+    let _ = take_deferred();
+    if let Some(system) = system() {
+        for (i, pd) in system.pds.iter().enumerate() {
+            if busy & (1 << i) != 0 {
+                crate::debug_println!(
+                    "BARE|ERROR: PD '{}' faulted: stopped, the others go on",
+                    pd.name
+                );
+            }
+        }
+    }
+    // SAFETY: `sp` is the stack pointer `run` handed the scheduler, below
+    // every frame still in use (the PD slots are in `run`'s caller); all
+    // frames under it belong to the stopped PDs and are abandoned.
+    unsafe { resume::at(sp) }
+}
+
+mod resume {
+    use super::{RESUME_SP, schedule};
+    use core::sync::atomic::Ordering;
+
+    /// Record the stack pointer and enter the scheduler.
+    pub(super) fn start() -> ! {
+        let sp: usize;
+        // SAFETY: reads the stack pointer; without `nostack` the compiler
+        // keeps it aligned for a call here.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            core::arch::asm!("mov {}, sp", out(reg) sp)
+        };
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) sp)
+        };
+        // Leave room for this frame's own use of the area above `sp`.
+        let sp = (sp - 256) & !0xf;
+        RESUME_SP.store(sp, Ordering::Relaxed);
+        // SAFETY: `sp` is below this frame, inside the boot stack.
+        unsafe { at(sp) }
+    }
+
+    /// # Safety
+    /// `sp` must be 16-byte aligned, inside the stack, below every frame
+    /// still in use.
+    pub(super) unsafe fn at(sp: usize) -> ! {
+        // SAFETY: the caller guarantees `sp`; `schedule` never returns.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            core::arch::asm!("mov sp, {sp}", "bl {f}", sp = in(reg) sp, f = sym schedule, options(noreturn))
+        }
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            core::arch::asm!("mov rsp, {sp}", "call {f}", sp = in(reg) sp, f = sym schedule, options(noreturn))
         }
     }
 }
@@ -276,14 +375,11 @@ fn raise_irq(system: &System, irq: u32) {
 fn enter<R>(i: usize, f: impl FnOnce(&mut dyn Pd) -> R) -> Option<R> {
     let ptr = KERNEL.pds.get()?;
     let bit = 1u64 << i;
-    if KERNEL.busy.get() & bit != 0 {
+    if i >= ptr.len() || (KERNEL.busy.get() | FAULTED.load(Ordering::Relaxed)) & bit != 0 {
         return None;
     }
     let prev = KERNEL.current.replace(i);
     KERNEL.busy.set(KERNEL.busy.get() | bit);
-    if i >= ptr.len() {
-        return None;
-    }
     // SAFETY: `ptr` is the slice `run` holds for ever and `i < len`; the
     // `busy` bit makes this the only live reference to PD `i` (references
     // to other PDs on the stack are to distinct elements).
@@ -322,7 +418,7 @@ fn invalid(what: &str, ch: usize) {
 
 fn fatal(e: &dyn fmt::Display) -> ! {
     crate::debug_println!("{}|ERROR: handler failed: {e}", sys::pd_name());
-    halt()
+    fault()
 }
 
 fn halt() -> ! {
@@ -454,8 +550,68 @@ pub(crate) mod sys {
     }
 }
 
+/// Port I/O of the running PD (x86_64): the range check against the
+/// `<ioport>` was made by the caller; here only the grant is checked, then
+/// the instruction runs (the image runs in ring 0).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn port_io(
+    id: u64,
+    op: crate::channel::PortOp,
+    port: u16,
+    value: u32,
+) -> Result<u32, crate::IoPortError> {
+    use crate::channel::PortOp;
+    use core::arch::asm;
+    let granted = current_desc().is_some_and(|d| d.ioports.iter().any(|&i| u64::from(i) == id));
+    if !granted {
+        return Err(crate::IoPortError::NotGranted);
+    }
+    // SAFETY (every arm): port I/O granted to this PD by system.xml; it
+    // touches no memory.
+    let v = match op {
+        PortOp::In8 => {
+            let b: u8;
+            // SAFETY: see above.
+            unsafe { asm!("in al, dx", in("dx") port, out("al") b, options(nomem, nostack)) };
+            u32::from(b)
+        }
+        PortOp::In16 => {
+            let w: u16;
+            // SAFETY: see above.
+            unsafe { asm!("in ax, dx", in("dx") port, out("ax") w, options(nomem, nostack)) };
+            u32::from(w)
+        }
+        PortOp::In32 => {
+            let d: u32;
+            // SAFETY: see above.
+            unsafe { asm!("in eax, dx", in("dx") port, out("eax") d, options(nomem, nostack)) };
+            d
+        }
+        PortOp::Out8 => {
+            // SAFETY: see above.
+            unsafe {
+                asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack))
+            };
+            0
+        }
+        PortOp::Out16 => {
+            // SAFETY: see above.
+            unsafe {
+                asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack))
+            };
+            0
+        }
+        PortOp::Out32 => {
+            // SAFETY: see above.
+            unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
+            0
+        }
+    };
+    Ok(v)
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     crate::debug_println!("{}|PANIC: {info}", sys::pd_name());
-    halt()
+    fault()
 }

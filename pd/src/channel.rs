@@ -300,9 +300,14 @@ impl IoPort {
     }
 }
 
-#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+#[cfg(all(target_os = "none", target_arch = "x86_64", not(feature = "bare")))]
 fn port_io(id: u64, op: PortOp, port: u16, value: u32) -> Result<u32, IoPortError> {
     crate::microkit::port_io(id, op, port, value)
+}
+
+#[cfg(all(target_os = "none", target_arch = "x86_64", feature = "bare"))]
+fn port_io(id: u64, op: PortOp, port: u16, value: u32) -> Result<u32, IoPortError> {
+    crate::bare::port_io(id, op, port, value)
 }
 
 #[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
