@@ -10,10 +10,7 @@ use std::path::PathBuf;
 const HPET_PADDR: u64 = 0xfed0_0000;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=SYSTEM_XML");
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let xml = std::env::var_os("SYSTEM_XML")
-        .map_or_else(|| manifest.join("../system.xml"), PathBuf::from);
+    let xml = sdf::build::system_xml();
     if let Err(e) = sdf::build::pd(&xml, "timer") {
         panic!("{e}");
     }

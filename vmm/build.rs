@@ -79,10 +79,7 @@ fn layout(
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=SYSTEM_XML");
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let xml = std::env::var_os("SYSTEM_XML")
-        .map_or_else(|| manifest.join("../system.xml"), PathBuf::from);
+    let xml = sdf::build::system_xml();
     let text = std::fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{}: {e}", xml.display()));
     let sys = System::parse(&text).unwrap_or_else(|e| panic!("{}:{e}", xml.display()));
     let guests: Vec<_> = sys

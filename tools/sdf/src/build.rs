@@ -105,6 +105,18 @@ pub fn link_microkit() -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The system description a PD crate builds from: `$SYSTEM_XML` when set
+/// (how `tools image` and the bare image pass a board's variant), else
+/// `system.xml` at the workspace root, one level above the crate.
+pub fn system_xml() -> PathBuf {
+    println!("cargo:rerun-if-env-changed=SYSTEM_XML");
+    match std::env::var_os("SYSTEM_XML") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+            .join("../system.xml"),
+    }
+}
+
 /// [`generate`] for one PD plus [`link_microkit`]: all a one-PD crate needs.
 pub fn pd(system_xml: impl AsRef<Path>, pd_name: &str) -> Result<PathBuf, BuildError> {
     let out = generate(system_xml, pd_name)?;
