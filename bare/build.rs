@@ -13,8 +13,10 @@
 //!   IRQs), and `image_main`;
 //! - the linker script, passed to the binaries.
 //!
-//! x86_64 derives its variant of the system: the timer PD gets the HPET page
-//! (0xfed00000) and the IRQs become IOAPIC pins (see [`x86_irq`]).
+//! `SYSTEM_XML` replaces ../system.xml for the `system` image (tools passes
+//! the x86_64_generic variant of `tools image`). Given the aarch64
+//! description on x86_64, the timer PD gets the HPET page (0xfed00000) and
+//! the IRQs become IOAPIC pins (see [`x86_irq`]).
 
 #[path = "src/layout.rs"]
 mod layout;
@@ -84,8 +86,16 @@ fn main() {
         "x86_64" => (0x20_0000, (0x0800_0000, 0x8000_0000)),
         a => panic!("no bare platform for {a}"),
     };
+    // As in the PD crates: `SYSTEM_XML` replaces ../system.xml (tools passes
+    // the x86_64_generic variant of `tools image` this way, so both
+    // platforms build the PDs from the same description).
+    println!("cargo:rerun-if-env-changed=SYSTEM_XML");
+    let system_xml = std::env::var_os("SYSTEM_XML").map(PathBuf::from);
     for (image, xml) in IMAGES {
-        let path = root.join(xml);
+        let path = match (&system_xml, *image) {
+            (Some(p), "system") => p.clone(),
+            _ => root.join(xml),
+        };
         if let Err(e) = generate(&root, &out, image, &path, &arch, pool) {
             panic!("{}: {e}", path.display());
         }
@@ -127,7 +137,11 @@ fn generate(
     println!("cargo:rerun-if-changed={}", xml.display());
     let text = std::fs::read_to_string(xml).map_err(|e| e.to_string())?;
     let mut sys = System::parse(&text).map_err(|e| e.to_string())?;
-    if arch == "x86_64" && sys.pd("timer").is_some() {
+    let has_hpet = sys
+        .memory_regions
+        .iter()
+        .any(|r| r.phys_addr == Some(HPET_PADDR));
+    if arch == "x86_64" && sys.pd("timer").is_some() && !has_hpet {
         sys.memory_regions.push(MemoryRegion {
             name: "hpet".into(),
             size: 0x1000,

@@ -64,12 +64,27 @@ pub fn build(
     bin: &str,
 ) -> Result<PathBuf, BareError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace)
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
         .args(["build", "--release", "-p", "bare", "--bin", bin])
         .args(["--target", target(arch)])
         .arg("--target-dir")
-        .arg(target_dir)
+        .arg(target_dir);
+    if arch == Arch::X86_64 {
+        // The PDs see the PC as on Microkit: the x86_64_generic variant of
+        // system.xml (HPET, PCI configuration ports, IOAPIC pins).
+        let xml = std::fs::read_to_string(workspace.join("system.xml"))
+            .map_err(|e| BareError::Cargo(format!("system.xml: {e}")))?;
+        let x86 = crate::image::board_sdf(&xml, crate::image::Board::X86_64Generic)
+            .map_err(|e| BareError::Cargo(format!("the x86_64 variant of system.xml: {e}")))?;
+        std::fs::create_dir_all(target_dir)
+            .map_err(|e| BareError::Cargo(format!("{}: {e}", target_dir.display())))?;
+        let path = target_dir.join("system-x86_64.xml");
+        std::fs::write(&path, x86)
+            .map_err(|e| BareError::Cargo(format!("{}: {e}", path.display())))?;
+        cmd.env("SYSTEM_XML", path);
+    }
+    let out = cmd
         .output()
         .map_err(|e| BareError::Cargo(format!("running cargo: {e}")))?;
     if !out.status.success() {

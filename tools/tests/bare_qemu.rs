@@ -7,6 +7,8 @@
 //!   to a smaller size makes the driver inflate until `query-balloon` shows
 //!   the target. The control run with `free-page-reporting=off` shows no
 //!   such fall.
+//! - x86_64 (`pc`): the same PDs run on the PC's devices; see
+//!   [`x86_64_runs_the_same_pds`] for the balloon there.
 //! - both arches: the ping/pong image boots (entry, console, the cooperative
 //!   loop, notifications and a PPC between two PDs in one image).
 //!
@@ -113,6 +115,41 @@ fn aarch64_without_reporting_keeps_the_memory() {
         ctx()
     );
     assert!(bare::verdict(&r, 0.9).is_err(), "{}", ctx());
+}
+
+/// x86_64 (`pc`, the x86_64_generic variant of system.xml): the PDs run on
+/// the PC's devices (HPET through the IOAPIC, COM1). With the balloon's
+/// virtio-pci transport the run must give the memory back as on aarch64;
+/// without it (balloon/src/main.rs refuses x86_64 for now) the balloon PD
+/// stops at start, saying why, and everything else still runs to the end.
+#[test]
+fn x86_64_runs_the_same_pds() {
+    let balloon = BalloonDevice {
+        reporting: true,
+        modern_mmio: false,
+    };
+    let r = boot("x86_64", Arch::X86_64, balloon, Some(1792 * MIB));
+    let ctx = || format!("{}\n{}", r.summary(), r.console);
+    for pd in ["TIMER", "MEMSERVER", "GUEST0", "GUEST1"] {
+        assert!(
+            r.observed.started.iter().any(|s| s == pd),
+            "{pd}\n{}",
+            ctx()
+        );
+    }
+    assert_eq!(r.observed.freed, 512 * MIB, "{}", ctx());
+    assert_eq!(r.observed.verified.len(), 2, "{}", ctx());
+    if r.console.contains("BALLOON|INFO: virtio-balloon up") {
+        bare::verdict(&r, 0.9).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    } else {
+        assert!(
+            r.console
+                .contains("BARE|ERROR: PD 'balloon' faulted: stopped, the others go on"),
+            "{}",
+            ctx()
+        );
+        assert!(r.reclaim.fraction() < 0.1, "{}", ctx());
+    }
 }
 
 fn pingpong(arch: Arch, name: &str) {

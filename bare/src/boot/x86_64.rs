@@ -243,6 +243,9 @@ pub fn platform() -> &'static Pc {
     // priority 0 accepts every vector.
     dev_write(LAPIC + 0xf0, 0x1ff);
     dev_write(LAPIC + 0x80, 0);
+    // SeaBIOS leaves its banner without a newline: start the PDs' lines on
+    // a line of their own.
+    pd::bare::Platform::write(&PC, b"\n");
     &PC
 }
 
