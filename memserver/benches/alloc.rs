@@ -78,6 +78,9 @@ fn ops() -> Vec<Op> {
 }
 
 /// `live` is scratch space (cleared here) so no run pays for fresh pages.
+/// Never inlined, so callgrind can count its instructions alone
+/// (`MEMSERVER_BENCH_ONLY`).
+#[inline(never)]
 fn run_core(
     core: &mut MemCore<'_>,
     ops: &[Op],
@@ -87,21 +90,24 @@ fn run_core(
     let z = ZoneId(0);
     live.clear();
     let mut fails = 0;
-    let every = ops_per_timer();
-    for (n, op) in ops.iter().enumerate() {
-        match *op {
-            Op::Alloc(o) => match core.alloc(z, o) {
-                Ok(p) => live.push((p, o)),
-                Err(_) => fails += 1,
-            },
-            Op::Free(i) => {
-                if !live.is_empty() {
-                    let (p, o) = live.swap_remove(i as usize % live.len());
-                    let _ = black_box(core.free(z, p, o));
+    // Chunks, not a per-op `n % every`: the harness must cost both variants
+    // the same, or it is measured as the cost of reporting.
+    for chunk in ops.chunks(ops_per_timer()) {
+        for op in chunk {
+            match *op {
+                Op::Alloc(o) => match core.alloc(z, o) {
+                    Ok(p) => live.push((p, o)),
+                    Err(_) => fails += 1,
+                },
+                Op::Free(i) => {
+                    if !live.is_empty() {
+                        let (p, o) = live.swap_remove(i as usize % live.len());
+                        let _ = black_box(core.free(z, p, o));
+                    }
                 }
             }
         }
-        if reporting && n % every == every - 1 {
+        if reporting {
             let t = Instant::now();
             drive_reporting(core);
             WORKER_NS.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
@@ -130,6 +136,7 @@ fn drive_reporting(core: &mut MemCore<'_>) {
     }
 }
 
+#[inline(never)]
 fn run_bsa(fa: &mut FrameAllocator<11>, ops: &[Op], live: &mut Vec<(usize, usize)>) -> usize {
     live.clear();
     let mut fails = 0;
@@ -204,8 +211,36 @@ fn time_bsa(s: &mut Scratch, ops: &[Op], iters: u64) -> Duration {
     total
 }
 
+/// `MEMSERVER_BENCH_ONLY=off|on|bsa`: run that variant once and exit, for
+/// an instruction count that load on the machine cannot disturb:
+/// `valgrind --tool=callgrind --toggle-collect='*run_core*'
+/// --toggle-collect='*run_bsa*' target/release/deps/alloc-* --bench`.
+fn only(variant: &str, ops: &[Op]) -> ! {
+    let mut meta = vec![0u8; metadata_bytes(&zones())];
+    let mut live = Vec::with_capacity(ops.len());
+    let fails = match variant {
+        "off" | "on" => {
+            let on = variant == "on";
+            let (mut core, _) =
+                MemCore::new(&zones(), &mut meta, on.then(Tunables::default)).unwrap();
+            run_core(&mut core, ops, on, &mut live)
+        }
+        "bsa" => {
+            let mut fa = FrameAllocator::<11>::new();
+            fa.add_frame(BASE as usize, BASE as usize + PAGES as usize);
+            run_bsa(&mut fa, ops, &mut Vec::with_capacity(ops.len()))
+        }
+        other => panic!("MEMSERVER_BENCH_ONLY={other}: want off, on or bsa"),
+    };
+    println!("{variant}: {} ops, {fails} allocation failures", ops.len());
+    std::process::exit(0)
+}
+
 fn bench(c: &mut Criterion) {
     let ops = ops();
+    if let Ok(v) = std::env::var("MEMSERVER_BENCH_ONLY") {
+        only(&v, &ops);
+    }
     let mut s = Scratch {
         meta: vec![0u8; metadata_bytes(&zones())],
         live: Vec::with_capacity(ops.len()),
