@@ -458,7 +458,35 @@ fn trailing_prefix(head: &str) -> &str {
     let start = head
         .rfind(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
         .map_or(0, |i| i + 1);
-    &head[start..]
+    // A prefix starts with a letter: digits before it belong to the text
+    // it cut into (`t_ns=14GUEST1|...`).
+    let run = &head[start..];
+    let letter = run
+        .find(|c: char| c.is_ascii_uppercase())
+        .unwrap_or(run.len());
+    &run[letter..]
+}
+
+/// `line` cut before each `PREFIX|LEVEL:` that does not start it.
+pub fn segments(line: &str) -> Vec<&str> {
+    let mut starts = vec![0];
+    for level in ["|INFO:", "|WARN:", "|ERROR:", "|PANIC:"] {
+        for (i, _) in line.match_indices(level) {
+            let head = &line[..i];
+            let start = head.len() - trailing_prefix(head).len();
+            if start > 0 && start < i {
+                starts.push(start);
+            }
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &a) in starts.iter().enumerate() {
+        let b = starts.get(k + 1).copied().unwrap_or(line.len());
+        out.push(&line[a..b]);
+    }
+    out
 }
 
 /// A guest's `phase=` line: `(guest prefix, phase, mib)`.
@@ -527,8 +555,17 @@ impl Observed {
         self.holding.iter().map(|(_, b)| b).sum()
     }
 
-    /// Fold one console line at time `t`; a phase mark label if it is one.
-    pub fn line(&mut self, line: &str, t: Duration) -> Option<String> {
+    /// Fold one console line at time `t`; the phase marks it holds. A line
+    /// where PDs interleaved is cut before every `PREFIX|LEVEL:` in it, and
+    /// each piece is read on its own.
+    pub fn line(&mut self, line: &str, t: Duration) -> Vec<String> {
+        segments(line)
+            .into_iter()
+            .filter_map(|seg| self.segment(seg, t))
+            .collect()
+    }
+
+    fn segment(&mut self, line: &str, t: Duration) -> Option<String> {
         if let Some(p) = log_prefix(line)
             && !self.started.iter().any(|s| s == p)
         {
@@ -715,7 +752,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         let lines = qemu.console().lines_from(seen);
         seen += lines.len();
         for l in &lines {
-            if let Some(label) = obs.line(l, t) {
+            for label in obs.line(l, t) {
                 tl.mark(t, label);
             }
             if l == "MON|INFO: Microkit Monitor started!" {
@@ -810,7 +847,7 @@ fn balloon_check(
         let t = start.elapsed();
         for l in qemu.console().lines_from(*seen) {
             *seen += 1;
-            if let Some(label) = obs.line(&l, t) {
+            for label in obs.line(&l, t) {
                 tl.mark(t, label);
             }
         }
@@ -888,19 +925,19 @@ mod tests {
     fn console_lines_are_folded_into_marks_and_holdings() {
         let mut o = Observed::default();
         let t = Duration::from_secs(1);
-        assert_eq!(o.line("MEMSERVER|INFO: ready, 2 clients", t), None);
+        assert!(o.line("MEMSERVER|INFO: ready, 2 clients", t).is_empty());
         let m = o.line(
             "MEMSERVER|INFO: reported: reported_mib=990 free_mib=1000 allocated_mib=16 batches_ok=3 batches_failed=0",
             t,
         );
-        assert_eq!(m.as_deref(), Some("boot: 990 MiB free reported"));
+        assert_eq!(m, ["boot: 990 MiB free reported"]);
         assert_eq!(o.boot_report, Some((t, 990 * MIB)));
         o.line(
             "GUEST0|INFO: phase=live_touched live_mib=8 blocks=2 t_ns=1",
             t,
         );
         let m = o.line("GUEST0|INFO: phase=touched mib=64 blocks=16 t_ns=1", t);
-        assert_eq!(m.as_deref(), Some("GUEST0 touched 64 MiB"));
+        assert_eq!(m, ["GUEST0 touched 64 MiB"]);
         assert_eq!(o.guest_bytes(), 72 * MIB);
         o.line("GUEST0|INFO: phase=freed mib=64 blocks=16 t_ns=1", t);
         assert_eq!((o.guest_bytes(), o.freed), (8 * MIB, 64 * MIB));
@@ -915,18 +952,40 @@ mod tests {
             "GUEST1|ERROR: mGUEST0|INFO: phase=touched mib=4 blocks=1 t_ns=1",
             t,
         );
-        assert_eq!(m.as_deref(), Some("GUEST0 touched 4 MiB"));
+        assert_eq!(m, ["GUEST0 touched 4 MiB"]);
+        // Two lines run together: both count.
+        o.line(
+            "GUEST1|INFO: phase=verified ok live_mib=0 bad_pages=0 t_ns=14GUEST1|INFO: phase=done allocs=0 t_ns=1",
+            t,
+        );
         assert_eq!(o.started, ["MEMSERVER", "GUEST0", "GUEST1"]);
         assert_eq!(
             (o.done.len(), o.verified.len(), o.problems.len()),
-            (1, 1, 2)
+            (2, 2, 2)
         );
         // The second report is a sample, not a mark.
-        assert_eq!(
-            o.line("MEMSERVER|INFO: reported: reported_mib=1050 free_mib=1 allocated_mib=1 batches_ok=1 batches_failed=0", t),
-            None
+        assert!(
+            o.line("MEMSERVER|INFO: reported: reported_mib=1050 free_mib=1 allocated_mib=1 batches_ok=1 batches_failed=0", t)
+                .is_empty()
         );
         assert_eq!(o.reported, Some(1050 * MIB));
+    }
+
+    #[test]
+    fn interleaved_lines_are_cut_at_each_prefix() {
+        assert_eq!(
+            segments("GUEST0|INFO: phase=done t_ns=14GUEST1|INFO: phase=done t_ns=1"),
+            [
+                "GUEST0|INFO: phase=done t_ns=14",
+                "GUEST1|INFO: phase=done t_ns=1"
+            ]
+        );
+        assert_eq!(
+            segments("MON|INFO: Microkit Monitor started!"),
+            ["MON|INFO: Microkit Monitor started!"]
+        );
+        assert_eq!(segments("x|INFO: y"), ["x|INFO: y"]);
+        assert_eq!(segments(""), [""]);
     }
 
     #[test]
