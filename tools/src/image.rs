@@ -216,14 +216,9 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
             spec.config
         )));
     }
-    std::fs::create_dir_all(&spec.out_dir).map_err(io(&spec.out_dir))?;
+    let (board_path, mk_path) = write_sdfs(&spec.system, spec.board, &spec.out_dir)?;
     let out_dir = spec.out_dir.canonicalize().map_err(io(&spec.out_dir))?;
-    let text = std::fs::read_to_string(&spec.system).map_err(io(&spec.system))?;
-    let board_text = board_sdf(&text, spec.board)?;
-    let board_path = out_dir.join(format!("{}.xml", spec.board));
-    std::fs::write(&board_path, &board_text).map_err(io(&board_path))?;
-    let mk_path = out_dir.join("microkit.xml");
-    std::fs::write(&mk_path, microkit_sdf(&board_text)?).map_err(io(&mk_path))?;
+    let board_text = std::fs::read_to_string(&board_path).map_err(io(&board_path))?;
 
     let sys = System::parse(&board_text).map_err(|e| ImageError::Sdf(format!("line {e}")))?;
     let mut images: Vec<&str> = sys
@@ -294,6 +289,25 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
         report,
         board_sdf: board_path,
     })
+}
+
+/// Write the board's description (`<out_dir>/<board>.xml`, our dialect)
+/// and its Microkit-dialect copy (`<out_dir>/microkit.xml`) derived from
+/// `system`; their paths. Needs no SDK.
+pub fn write_sdfs(
+    system: &Path,
+    board: Board,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf), ImageError> {
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let out_dir = out_dir.canonicalize().map_err(io(out_dir))?;
+    let text = std::fs::read_to_string(system).map_err(io(system))?;
+    let board_text = board_sdf(&text, board)?;
+    let board_path = out_dir.join(format!("{board}.xml"));
+    std::fs::write(&board_path, &board_text).map_err(io(&board_path))?;
+    let mk_path = out_dir.join("microkit.xml");
+    std::fs::write(&mk_path, microkit_sdf(&board_text)?).map_err(io(&mk_path))?;
+    Ok((board_path, mk_path))
 }
 
 fn cargo_build(

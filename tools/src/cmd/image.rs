@@ -21,6 +21,18 @@ pub struct Args {
     /// Output directory (default: <target dir>/microkit/<board>-<config>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only write the board's system description (<board>.xml) and its
+    /// Microkit-dialect copy (microkit.xml); needs no SDK.
+    #[arg(long)]
+    pub sdf_only: bool,
+}
+
+fn out_dir(board: Board, config: KernelConfig, out: Option<PathBuf>) -> PathBuf {
+    out.unwrap_or_else(|| {
+        target_dir()
+            .join("microkit")
+            .join(format!("{}-{}", board.name(), config.name()))
+    })
 }
 
 pub fn parse_board(s: &str) -> Result<Board, String> {
@@ -53,11 +65,7 @@ pub fn build(
 ) -> Result<Image, image::ImageError> {
     let sdk = image::sdk_from_env()?;
     let target_dir = target_dir();
-    let out_dir = out.unwrap_or_else(|| {
-        target_dir
-            .join("microkit")
-            .join(format!("{}-{}", board.name(), config.name()))
-    });
+    let out_dir = out_dir(board, config, out);
     eprintln!(
         "building the PDs for {board} and the image ({config} kernel) in {}",
         out_dir.display()
@@ -74,6 +82,20 @@ pub fn build(
 }
 
 pub fn main(args: Args) -> ExitCode {
+    if args.sdf_only {
+        let dir = out_dir(args.board, args.config, args.out);
+        return match image::write_sdfs(&args.system, args.board, &dir) {
+            Ok((board, mk)) => {
+                println!("system description: {}", board.display());
+                println!("for the microkit tool: {}", mk.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tools image: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match build(args.board, args.config, args.system, args.out) {
         Ok(img) => {
             println!("image: {}", img.loader.display());
