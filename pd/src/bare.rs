@@ -386,6 +386,9 @@ fn enter<R>(i: usize, f: impl FnOnce(&mut dyn Pd) -> R) -> Option<R> {
     let slot = unsafe { ptr.cast::<&'static mut dyn Pd>().add(i) };
     // SAFETY: as above: a valid element, referenced only here.
     let pd: &mut dyn Pd = unsafe { &mut **slot };
+    // A caller's deferred action (PPC) is its own: keep it out of the
+    // callee's slot and put it back afterwards.
+    let outer = take_deferred();
     let r = Some(f(pd));
     match take_deferred() {
         0 => {}
@@ -393,6 +396,9 @@ fn enter<R>(i: usize, f: impl FnOnce(&mut dyn Pd) -> R) -> Option<R> {
     }
     KERNEL.busy.set(KERNEL.busy.get() & !bit);
     KERNEL.current.set(prev);
+    if outer != 0 {
+        let _ = crate::channel::set_deferred(outer);
+    }
     r
 }
 
