@@ -120,6 +120,19 @@ impl MemServer {
             )),
             Err(e) => LOG.error(format_args!("conservation: BROKEN {e}")),
         }
+        // What the peers did wrong, for the tests that play hostile peers
+        // (issue 8): the server's own counters, not the peers' claims.
+        LOG.info(format_args!(
+            "peers: requests={} errors={} malformed={} client_misbehaviour={} \
+             balloon_misbehaviour={} balloon_refused={} reclaims={}",
+            c.requests,
+            c.errors,
+            c.malformed,
+            c.client_misbehaviour,
+            c.balloon_misbehaviour,
+            c.balloon_refused,
+            c.reclaims,
+        ));
     }
 }
 
