@@ -4,21 +4,9 @@
 //! defaults), and runs the workload, advancing it on every notification.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-mod guests {
-    /// One guest PD's view of `system.xml` (generated table entry).
-    #[derive(Debug)]
-    pub struct Layout {
-        pub name: &'static str,
-        pub log: &'static str,
-        pub ram: &'static pd::RegionDecl,
-        pub req: &'static pd::RegionDecl,
-        pub resp: &'static pd::RegionDecl,
-        pub ram_paddr: &'static pd::PhysAddr,
-        pub memserver: pd::Channel,
-        pub timer: pd::Channel,
-    }
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+// The generated layout table, shared with the hostile PD (src/bin/hostile.rs).
+#[path = "pd_layout.rs"]
+mod guests;
 
 use core::cell::UnsafeCell;
 use core::convert::Infallible;
