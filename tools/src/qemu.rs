@@ -758,6 +758,23 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             if l == "MON|INFO: Microkit Monitor started!" {
                 tl.mark(t, "booted");
             }
+            // The Microkit monitor names a PD that faulted; nothing restarts
+            // it, so the run cannot succeed: stop now instead of timing out.
+            if let Some((_, pd)) = l.split_once("MON|ERROR: faulting PD: ")
+                && failure.is_none()
+            {
+                failure = Some(format!("PD {} faulted (see the MON lines)", pd.trim()));
+            }
+        }
+        if failure.is_some() {
+            // The monitor's register dump and diagnosis follow: keep them.
+            qemu.console().wait_for(seen, Duration::from_secs(1), |l| {
+                l.contains("potential stack overflow") || l.contains("UserException")
+            });
+            for l in qemu.console().lines_from(seen) {
+                obs.line(&l, start.elapsed());
+            }
+            break;
         }
         if let Some(s) = qemu.exited() {
             failure = Some(format!("QEMU exited ({s})"));
