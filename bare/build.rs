@@ -20,6 +20,9 @@
 
 #[path = "src/layout.rs"]
 mod layout;
+#[path = "src/memmap.rs"]
+#[allow(dead_code)]
+mod memmap;
 
 use sdf::System;
 use sdf::model::{Map, MemoryRegion, Perms};
@@ -77,13 +80,14 @@ fn main() {
     let root = manifest.join("..");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     println!("cargo:rerun-if-changed=src/layout.rs");
+    println!("cargo:rerun-if-changed=src/memmap.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
         return;
     }
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let (image_base, pool) = match arch.as_str() {
-        "aarch64" => ((0x4020_0000u64), (0x4800_0000u64, 0xC000_0000u64)),
-        "x86_64" => (0x20_0000, (0x0800_0000, 0x8000_0000)),
+        "aarch64" => (memmap::AARCH64_IMAGE, memmap::AARCH64_POOL),
+        "x86_64" => (memmap::X86_64_IMAGE, memmap::X86_64_POOL),
         a => panic!("no bare platform for {a}"),
     };
     // As in the PD crates: `SYSTEM_XML` replaces ../system.xml (tools passes

@@ -11,7 +11,8 @@
 //! under pd's `bare` feature defines `__pd_bare_init` there instead of an
 //! entry point. A PD binary shared by several PDs (`guest.elf`) is included
 //! once per PD. `build.rs` also writes the files the PD crates' build
-//! scripts would (`pd_<name>.rs`, `timer_hw.rs`, `guests.rs`), with the
+//! scripts would (`pd_<name>.rs`, `timer_hw.rs`, `balloon_hw.rs`,
+//! `guests.rs`), with the
 //! setvar symbols not exported: they exist for the Microkit tool, and two PDs
 //! in one image would define the same names. Including the sources keeps the
 //! PD crates untouched (no `bare` feature or library target in each),
@@ -22,32 +23,51 @@
 //!
 //! Identity mapped (aarch64: MMU on with 1 GiB blocks, x86_64: 2 MiB pages
 //! over the low 4 GiB); every region is carved from QEMU RAM by [`layout`]
-//! (or stays at its `phys_addr`), so the guests' RAM is real QEMU RAM that
-//! QEMU touches only when the guest writes it.
+//! (or stays at its `phys_addr`), naturally aligned, so the guests' RAM is
+//! real QEMU RAM that QEMU touches only when the guest writes it.
+//!
+//! # Interrupts
+//!
+//! Interrupt-driven waiting, polled acknowledgement: when no PD has pending
+//! notifications the core sleeps (WFI / `sti; hlt`) until a device
+//! interrupts; the interrupt is masked at the controller and becomes a
+//! notification on the owning PD's IRQ channel, unmasked again by the PD's
+//! `irq_ack` (seL4's semantics). aarch64: GICv2, PSTATE.I stays masked and
+//! GICC_IAR is read after WFI. x86_64: IOAPIC pin n -> vector 0x20 + n,
+//! handlers run only inside `hlt`. An idle image uses no host CPU.
+//!
+//! # Faults
+//!
+//! A PD that panics or whose handler fails stops alone (with the PDs in a
+//! PPC to it) and the others go on, as under Microkit (`pd::bare::run`).
 //!
 //! # Machines
 //!
-//! - aarch64: `qemu-system-aarch64 -M virt -cpu cortex-a53 -m 2G -kernel
-//!   system`, entered at EL1; PL011 console; GICv2, polled (see
-//!   `src/boot/aarch64.rs`).
+//! - aarch64: `qemu-system-aarch64 -M virt[,virtualization=on] -cpu
+//!   cortex-a53 -m 2G -kernel system`, run at EL1 (the stub drops from EL2);
+//!   PL011 console; the balloon is virtio-mmio (legacy or version 2).
 //! - x86_64: `qemu-system-x86_64 -M pc -m 2G -kernel system` through the PVH
-//!   ELF note (SeaBIOS runs first and assigns the PCI BARs); COM1 console;
-//!   IOAPIC + LAPIC, see `src/boot/x86_64.rs`.
+//!   ELF note (SeaBIOS runs first and assigns the PCI BARs: the balloon at
+//!   00:04.0, BAR4 at 0xfe000000, INTx on IOAPIC pin 11, checked by
+//!   booting); COM1 console. Built from the x86_64_generic variant of
+//!   system.xml that `tools image` derives (`SYSTEM_XML`, passed by
+//!   `tools qemu --platform bare`), so the PDs see the PC as on Microkit.
+//!
+//! # Running it
+//!
+//! `cargo run -p tools -- qemu --platform bare --arch aarch64` (or x86_64;
+//! `--modern-mmio`, `--no-reporting`, `--balloon-mib N`); tests:
+//! `cargo test -p tools --test bare_qemu`. Build by hand:
+//! `cargo build --release -p bare --bin system --target
+//! aarch64-unknown-none` (build `bare` on its own: its `pd/bare` feature
+//! would turn the PD crates' own binaries into modules without an entry).
 #![cfg_attr(target_os = "none", no_std)]
 
 /// Region placement: used by `build.rs` (host code), tested here.
 #[cfg(not(target_os = "none"))]
 pub mod layout;
 
-/// RAM of the aarch64 `virt` machine with `-m 2G`: 0x4000_0000..0xC000_0000.
-/// The image is linked at [`AARCH64_IMAGE`]; QEMU puts the DTB at the start
-/// of RAM.
-pub const AARCH64_IMAGE: u64 = 0x4020_0000;
-/// Regions are carved from here to the end of RAM.
-pub const AARCH64_POOL: (u64, u64) = (0x4800_0000, 0xC000_0000);
-/// x86_64 `pc` with `-m 2G`: RAM 0..0x8000_0000; the image at 2 MiB.
-pub const X86_64_IMAGE: u64 = 0x20_0000;
-pub const X86_64_POOL: (u64, u64) = (0x0800_0000, 0x8000_0000);
+pub mod memmap;
 
 #[cfg(test)]
 mod tests {
