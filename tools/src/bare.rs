@@ -158,6 +158,15 @@ pub fn freed_reclaim(r: &RunReport) -> Option<Reclaim> {
     Some(rc)
 }
 
+/// The runner's summary without its boot-time line (the bare image does
+/// not zero RAM at boot, so there is nothing to give back then), plus
+/// [`freed_reclaim_line`].
+pub fn summary(r: &RunReport) -> String {
+    let mut shown = r.clone();
+    shown.boot = None;
+    format!("{}{}", shown.summary(), freed_reclaim_line(r))
+}
+
 /// [`freed_reclaim`] as one line for people.
 pub fn freed_reclaim_line(r: &RunReport) -> String {
     match freed_reclaim(r) {

@@ -58,11 +58,7 @@ fn boot(name: &str, arch: Arch, balloon: BalloonDevice, target: Option<u64>) -> 
     };
     std::fs::write(out.join("console.txt"), &report.console).unwrap();
     std::fs::write(out.join("timeline.csv"), report.timeline.csv()).unwrap();
-    println!(
-        "{name}:\n{}{}",
-        report.summary(),
-        bare::freed_reclaim_line(&report)
-    );
+    println!("{name}:\n{}", bare::summary(&report));
     report
 }
 
@@ -76,7 +72,7 @@ fn gives_memory_back(name: &str, modern_mmio: bool) {
     // QEMU sees 2048 MiB: ask for 256 MiB less, within what the
     // memserver holds free once the guests are done.
     let r = boot(name, Arch::Aarch64, balloon, Some(1792 * MIB));
-    let ctx = || format!("{name}:\n{}\n{}", r.summary(), r.console);
+    let ctx = || format!("{name}:\n{}\n{}", bare::summary(&r), r.console);
     // Every PD started under its own prefix.
     for pd in ["TIMER", "BALLOON", "MEMSERVER", "GUEST0", "GUEST1"] {
         assert!(
@@ -115,7 +111,7 @@ fn aarch64_without_reporting_keeps_the_memory() {
         modern_mmio: false,
     };
     let r = boot("aarch64-control", Arch::Aarch64, balloon, None);
-    let ctx = || format!("{}\n{}", r.summary(), r.console);
+    let ctx = || format!("{}\n{}", bare::summary(&r), r.console);
     assert!(r.failure.is_none(), "{}", ctx());
     assert_eq!(r.observed.done.len(), 2, "{}", ctx());
     assert_eq!(r.observed.freed, 512 * MIB, "{}", ctx());
@@ -140,7 +136,7 @@ fn x86_64_runs_the_same_pds() {
         modern_mmio: false,
     };
     let r = boot("x86_64", Arch::X86_64, balloon, Some(1792 * MIB));
-    let ctx = || format!("{}\n{}", r.summary(), r.console);
+    let ctx = || format!("{}\n{}", bare::summary(&r), r.console);
     for pd in ["TIMER", "MEMSERVER", "GUEST0", "GUEST1"] {
         assert!(
             r.observed.started.iter().any(|s| s == pd),

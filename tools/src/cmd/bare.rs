@@ -82,8 +82,7 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
     report
         .timeline
         .plot_svg(&svg, &format!("bare platform on {name}: QEMU RSS"))?;
-    println!("{}", report.summary());
-    println!("{}", bare::freed_reclaim_line(&report));
+    println!("{}", bare::summary(&report));
     println!(
         "console: {}\nplot: {}\nsamples: {}",
         console.display(),
