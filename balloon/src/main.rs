@@ -245,9 +245,16 @@ fn init() -> Balloon {
     // SAFETY: `pd::main!` calls `init` once, before any event, so this is
     // the only reference to CORE that is ever made.
     let slot = unsafe { &mut *p };
-    Balloon {
-        core: slot.write(core),
+    let core = slot.write(core);
+    // Serve what the memserver produced before we started: it notifies only
+    // when we asked (`consumer_signal`), and we asked only just now, in
+    // `BalloonPd::new`, so a report pushed earlier would wait for an
+    // unrelated event (issue 8: with a short reporting delay the boot-time
+    // batches were never taken). `run` pops, asks again and re-checks.
+    if core.run(false).memserver {
+        channel::MEMSERVER.notify();
     }
+    Balloon { core }
 }
 
 pd::main!(init);

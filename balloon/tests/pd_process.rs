@@ -105,6 +105,25 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
         }],
         ..HostConfig::default()
     };
+    // A report the memserver pushed before the PD started, without a
+    // notification (the PD had not asked for one yet): the PD must serve it
+    // on its own when it starts.
+    {
+        // SAFETY: the region stays mapped until the end of the test; pd-ring
+        // only uses atomics on it.
+        let mut early = unsafe { Producer::from_raw(to.as_ptr(), RING, SLOT_SIZE) }.unwrap();
+        let mut buf = [0u8; SLOT_SIZE];
+        let m = ToBalloon::Report {
+            batch: 41,
+            blocks: [Block {
+                pfn: (RAM_BASE >> 12) + 3072,
+                order: 9,
+            }]
+            .into_iter()
+            .collect(),
+        };
+        early.push(api::encode(&m, &mut buf).unwrap()).unwrap();
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_balloon"))
         .env(CONFIG_ENV, config.encode())
         .stdin(Stdio::null())
@@ -147,6 +166,17 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
         }
     };
 
+    assert_eq!(
+        receive(),
+        FromBalloon::ReportDone {
+            batch: 41,
+            ok: true
+        },
+        "the report pushed before the PD started"
+    );
+    let early = dev.counters().bytes_discarded;
+    assert_eq!(early, 2 * MIB);
+
     // Guest RAM in use, then reported free: the PD posts it, the device
     // thread punches it out of the memfd.
     for o in (0..8 * MIB).step_by(4096) {
@@ -170,7 +200,7 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
             ok: true
         }
     );
-    assert_eq!(dev.counters().bytes_discarded, 8 * MIB);
+    assert_eq!(dev.counters().bytes_discarded, early + 8 * MIB);
     assert_eq!(dev.held_bytes().unwrap(), 0);
 
     // The host wants 512 pages: config IRQ -> Inflate -> PFNs on the device.
