@@ -247,6 +247,8 @@ pub struct BalloonDevice {
     held_stats: Option<(usize, u16)>,
     last_stats: Option<Stats>,
     hold_reports: bool,
+    /// Complete the next two or more available reports in reverse order.
+    reverse_reports: bool,
     /// Set after a fatal fault: a broken device stops serving until reset.
     stalled: bool,
     fault: Option<(QueueKind, Fault)>,
@@ -295,6 +297,7 @@ impl BalloonDevice {
             held_stats: None,
             last_stats: None,
             hold_reports: false,
+            reverse_reports: false,
             stalled: false,
             fault: None,
             counters: DeviceCounters::default(),
@@ -389,6 +392,27 @@ impl BalloonDevice {
     /// test pile up batches in flight).
     pub fn set_hold_reports(&mut self, hold: bool) {
         self.hold_reports = hold;
+    }
+
+    /// The next time two or more reporting chains are available, process
+    /// them all and return them in reverse order (VIRTIO 1.2 §2.7.8: a
+    /// device may use buffers in any order). Counted as a fault.
+    pub fn set_reverse_reports(&mut self) {
+        self.reverse_reports = true;
+    }
+
+    /// Reporting chains the driver made available that the device has not
+    /// taken yet (0 before the queue is set up, or if its index is illegal).
+    pub fn reports_waiting(&self) -> u16 {
+        let Some(qi) = (0..MAX_QUEUES).find(|&i| self.kind_of(i) == Some(QueueKind::Reporting))
+        else {
+            return 0;
+        };
+        let Some(ring) = self.ring(qi) else {
+            return 0;
+        };
+        let n = Self::avail_idx(&ring).wrapping_sub(self.queues[qi].last_avail);
+        if n > ring.size { 0 } else { n }
     }
 
     /// Misbehave on the next completion on `queue`.
@@ -576,6 +600,10 @@ impl BalloonDevice {
         if kind == QueueKind::Reporting && self.hold_reports {
             return false;
         }
+        if kind == QueueKind::Reporting && self.reverse_reports && self.complete_reversed(qi, &ring)
+        {
+            return true;
+        }
         let mut used = false;
         loop {
             let avail = Self::avail_idx(&ring);
@@ -622,6 +650,41 @@ impl BalloonDevice {
             }
             used = true;
         }
+    }
+
+    /// Processes every available reporting chain and returns them last
+    /// first; false (nothing done) while fewer than two are available.
+    fn complete_reversed(&mut self, qi: usize, ring: &Ring) -> bool {
+        let avail = Self::avail_idx(ring);
+        let start = self.queues[qi].last_avail;
+        let n = avail.wrapping_sub(start);
+        if n < 2 || n > ring.size {
+            return false;
+        }
+        self.reverse_reports = false;
+        self.counters.faults += 1;
+        let mut heads = Vec::with_capacity(usize::from(n));
+        for k in 0..n {
+            let slot = usize::from(start.wrapping_add(k) & (ring.size - 1));
+            let p = ring.avail.wrapping_add(4 + 2 * slot).cast::<u16>();
+            // SAFETY: avail.ring[slot] at 4 + 2 * slot, inside the avail ring.
+            let head = u16::from_le(unsafe { p.read_volatile() });
+            match Self::chain(ring, head) {
+                Some(chain) => {
+                    self.counters.reports += 1;
+                    for d in &chain {
+                        self.discard_report(d);
+                    }
+                }
+                None => self.counters.bad_chains += 1,
+            }
+            heads.push(head);
+        }
+        self.queues[qi].last_avail = avail;
+        for &h in heads.iter().rev() {
+            self.push_used(qi, ring, u32::from(h), 0);
+        }
+        true
     }
 
     /// Pushes the used element for `head`, or the injected fault instead.
