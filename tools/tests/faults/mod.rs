@@ -189,11 +189,7 @@ pub fn last_conservation(lines: &[String], from: usize) -> Option<[u64; 5]> {
     for l in lines {
         assert!(!l.contains("conservation: BROKEN"), "{l}");
     }
-    lines
-        .iter()
-        .skip(from)
-        .filter_map(|l| conservation(l))
-        .last()
+    lines.iter().skip(from).rev().find_map(|l| conservation(l))
 }
 
 /// A guest's `phase=done` line says no request failed, and its

@@ -227,6 +227,8 @@ impl Default for Params {
 impl Params {
     /// `key=value` pairs, comma-separated; unknown keys or bad numbers are
     /// refused (this PD is a test instrument: a typo must not go unnoticed).
+    /// Microkit has no environment: the defaults apply there.
+    #[cfg_attr(target_os = "none", allow(dead_code))]
     fn parse(text: &str) -> Result<Params, &str> {
         let mut p = Params::default();
         for kv in text.split(',').filter(|s| !s.is_empty()) {
@@ -840,28 +842,24 @@ fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Hostile, ()> {
     let ram = layout.ram.get();
     let paddr = ram.paddr.unwrap_or_else(|| layout.ram_paddr.get());
     let (req, resp) = (layout.req.get(), layout.resp.get());
-    // SAFETY: `req` and `resp` are this PD's ring regions, mapped read-write
-    // for the life of the PD and shared with the memserver only; the handles
-    // and the two header words below are the only accesses, all atomic.
-    let (p, c) = unsafe {
-        (
-            Producer::from_raw(req.as_ptr(), req.size as usize, SLOT_SIZE),
-            Consumer::from_raw(resp.as_ptr(), resp.size as usize, SLOT_SIZE),
-        )
-    };
+    // SAFETY: `req` is this PD's request ring region, mapped read-write for
+    // the life of the PD and shared with the memserver only; this handle and
+    // the header word below are the only accesses, all atomic.
+    let p = unsafe { Producer::from_raw(req.as_ptr(), req.size as usize, SLOT_SIZE) };
+    // SAFETY: as above, for the response ring region.
+    let c = unsafe { Consumer::from_raw(resp.as_ptr(), resp.size as usize, SLOT_SIZE) };
     let (Ok(p), Ok(c)) = (p, c) else {
         log.error(format_args!("ring regions too small"));
         return Err(());
     };
-    // SAFETY: offsets 0 (`head`) and 64 (`tail`) of a mapped, 4 KiB-aligned
-    // ring region are 4-byte aligned u32 words of pd-ring's header, only
-    // ever accessed atomically, valid for the life of the PD.
-    let (req_head, resp_tail) = unsafe {
-        (
-            &*req.as_ptr().cast::<AtomicU32>(),
-            &*resp.as_ptr().add(TAIL_OFFSET).cast::<AtomicU32>(),
-        )
-    };
+    // Offsets 0 (`head`) and 64 (`tail`, inside the region: HEADER_SIZE is
+    // 128) of a mapped, page-aligned ring region are 4-byte aligned u32
+    // words of pd-ring's header, only ever accessed atomically.
+    let tail_ptr = resp.as_ptr().wrapping_add(TAIL_OFFSET).cast::<AtomicU32>();
+    // SAFETY: see above; valid for the life of the PD.
+    let req_head = unsafe { &*req.as_ptr().cast::<AtomicU32>() };
+    // SAFETY: see above.
+    let resp_tail = unsafe { &*tail_ptr };
     let h = Hostile {
         params,
         log,
