@@ -617,7 +617,18 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         }
         self.ask = None;
         let mut got = 0u64;
-        for b in blocks {
+        for (i, b) in blocks.iter().enumerate() {
+            // A frame we already hold, or twice in one message, is a
+            // memserver bug or a hostile one: taking it would count its
+            // pages twice in `actual`, and giving it back would free the
+            // copy we still hold. Ignore it (issue 8, found by fuzzing).
+            if self.holds(b) || blocks[..i].iter().any(|o| overlaps(o, b)) {
+                self.unexpected(format_args!(
+                    "Inflated block {:#x} order {} overlaps one the balloon holds",
+                    b.pfn, b.order
+                ));
+                continue;
+            }
             got += b.pages();
             // `to_inflate` is empty when we ask and a message holds at most
             // BATCH blocks, so both pushes have room.
@@ -631,6 +642,18 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // The memserver has no more above its watermark.
             self.inflate_stalled = true;
         }
+    }
+
+    /// Whether `b` overlaps a block the balloon holds in any state.
+    fn holds(&self, b: &Block) -> bool {
+        self.ballooned.iter().any(|p| overlaps(&p.get(), b))
+            || self.to_inflate.iter().any(|o| overlaps(o, b))
+            || self.inflating.as_ref().is_some_and(|o| overlaps(o, b))
+            || self.giveback.iter().any(|o| overlaps(o, b))
+            || self
+                .deflation
+                .as_ref()
+                .is_some_and(|d| d.blocks.iter().any(|o| overlaps(o, b)))
     }
 
     fn pump_inflate(&mut self) {
@@ -856,4 +879,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             self.stats_queued = false;
         }
     }
+}
+
+/// Whether two blocks share a frame.
+fn overlaps(a: &Block, b: &Block) -> bool {
+    a.pfn < b.pfn.saturating_add(b.pages()) && b.pfn < a.pfn.saturating_add(a.pages())
 }

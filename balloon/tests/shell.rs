@@ -738,3 +738,52 @@ fn without_deflate_on_oom_the_balloon_keeps_its_pages() {
     assert_eq!(s.mem().ballooned_pages, TOTAL_PAGES);
     s.check_books();
 }
+
+/// A memserver that hands out a frame twice (in one message, or again in a
+/// later one) does not get it counted twice: the copies are ignored and
+/// counted as unexpected (found by the `balloon_pd` fuzz target).
+#[test]
+fn inflated_frames_already_held_are_ignored() {
+    let mut r = raw();
+    r.d.dev.set_target(2048);
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent < 2 {
+        assert!(Instant::now() < deadline, "the PD did not ask twice");
+        for m in r.run_for(3) {
+            let FromBalloon::Inflate { req, .. } = m else {
+                panic!("unexpected {m:?}");
+            };
+            // First: one 2 MiB block, plus a page inside it. Second: the
+            // same block again, plus a new one.
+            let blocks = if sent == 0 {
+                [(0x40000, 9), (0x40000, 0)]
+            } else {
+                [(0x40000, 9), (0x40200, 9)]
+            };
+            r.send(&ToBalloon::Inflated {
+                req,
+                blocks: blocks
+                    .into_iter()
+                    .map(|(pfn, order)| Block { pfn, order })
+                    .collect(),
+                last: false,
+            });
+            sent += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.pd.driver().actual() < 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the balloon did not reach 1024 pages"
+        );
+        r.run_for(1);
+    }
+    let mut held: Vec<_> = r.pd.ballooned().map(|b| (b.pfn, b.order)).collect();
+    held.sort_unstable();
+    assert_eq!(held, vec![(0x40000, 9), (0x40200, 9)]);
+    assert_eq!(r.pd.counters().unexpected, 2);
+    assert_eq!(r.pd.driver().actual(), 1024);
+    assert_eq!(r.d.dev.counters().pages_inflated, 1024);
+}
