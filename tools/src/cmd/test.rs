@@ -85,6 +85,18 @@ fn run(args: &Args) -> Result<(), String> {
             ],
         )?;
     }
+    // cargo captures a passing test's output, so say it here: the seL4
+    // boot tests (tools/tests/sel4_qemu.rs) only run with an SDK.
+    match std::env::var_os("MICROKIT_SDK") {
+        Some(sdk) => println!(
+            "==> seL4: MICROKIT_SDK={}: the Microkit image tests run",
+            Path::new(&sdk).display()
+        ),
+        None => println!(
+            "==> seL4: MICROKIT_SDK is not set: the Microkit image tests are skipped \
+             (they pass without booting); set it to a Microkit 2.3.0 SDK to run them"
+        ),
+    }
     let mut test = vec!["test", "--workspace", "--locked"];
     if !args.cargo_test_args.is_empty() {
         test.push("--");
