@@ -68,6 +68,10 @@ impl State {
 
 static STATE: spin::Mutex<Option<State>> = spin::Mutex::new(None);
 
+/// The device's register window for transports that find it by physical
+/// address (virtio-pci's BARs): (vaddr, paddr, size).
+static MMIO: spin::Mutex<Option<(usize, u64, usize)>> = spin::Mutex::new(None);
+
 /// The `Hal` over the PD's DMA region.
 #[derive(Debug)]
 pub struct RegionHal;
@@ -98,6 +102,24 @@ impl RegionHal {
             pages: (size / PAGE).min(MAX_PAGES),
             used: [0; MAX_PAGES / 64],
         });
+        Ok(())
+    }
+
+    /// Sets the device's register window (once): virtio-pci's transport asks
+    /// [`Hal::mmio_phys_to_virt`] for its BARs by physical address.
+    ///
+    /// # Safety
+    /// `[vaddr, vaddr + size)` must be mapped uncached for the rest of the
+    /// program and be the device registers at `[paddr, paddr + size)`.
+    pub unsafe fn map_mmio(vaddr: usize, paddr: u64, size: usize) -> Result<(), DmaError> {
+        if vaddr == 0 || size == 0 {
+            return Err(DmaError::BadRegion);
+        }
+        let mut m = MMIO.lock();
+        if m.is_some() {
+            return Err(DmaError::AlreadyInitialised);
+        }
+        *m = Some((vaddr, paddr, size));
         Ok(())
     }
 
@@ -160,8 +182,16 @@ unsafe impl Hal for RegionHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        // Only the DMA region translates; the MMIO transport is built from
-        // its own mapping and never asks.
+        // The register window (virtio-pci's BARs), then the DMA region; the
+        // MMIO transport is built from its own mapping and never asks.
+        let window = *MMIO.lock();
+        if let Some((v, p, len)) = window
+            && let Some(off) = paddr.checked_sub(p).and_then(|o| usize::try_from(o).ok())
+            && off.checked_add(size).is_some_and(|end| end <= len)
+            && let Some(ptr) = NonNull::new((v + off) as *mut u8)
+        {
+            return ptr;
+        }
         let guard = STATE.lock();
         let v = guard.as_ref().and_then(|s| {
             let off = usize::try_from(paddr.checked_sub(s.paddr)?).ok()?;

@@ -8,8 +8,9 @@
 //! - Microkit aarch64: virtio-mmio at offset 0xe00 of the `virtio_mmio` page
 //!   (DESIGN §4), [`balloon::dma::RegionHal`] over `balloon_dma` (paddr from
 //!   the `balloon_dma_paddr` setvar);
-//! - Microkit x86_64: virtio-pci is issue 7's job; the PD stops at start with
-//!   one line saying so;
+//! - Microkit x86_64 (and the bare platform on QEMU pc): virtio-pci, its
+//!   configuration space through the granted ports 0xcf8/0xcfc, its BAR4 as
+//!   the `virtio_mmio` region of the x86_64_generic description;
 //! - host (Linux, under `tools run`): the device model's `SharedTransport`
 //!   over the `virtio_mmio` region with the futex doorbell, and `HostHal`
 //!   over `balloon_dma` at the launcher's paddr. The launcher must start
@@ -18,6 +19,10 @@
 
 mod config {
     pd::config!("balloon");
+}
+#[allow(dead_code)]
+mod hw {
+    include!(concat!(env!("OUT_DIR"), "/balloon_hw.rs"));
 }
 
 use balloon::VirtIOBalloon;
@@ -41,10 +46,6 @@ fn log(level: Level, args: fmt::Arguments<'_>) {
 
 /// Why the PD could not start.
 #[derive(Debug)]
-#[cfg_attr(
-    all(target_os = "none", target_arch = "x86_64"),
-    expect(dead_code, reason = "x86_64 stops before the driver exists (issue 7)")
-)]
 enum StartError {
     /// A ring region cannot hold a ring.
     Ring(GeometryError),
@@ -101,17 +102,24 @@ mod platform {
     }
 }
 
-/// Microkit: virtio-mmio on aarch64 (QEMU virt).
+/// Microkit (and the bare platform): virtio-mmio on aarch64 (QEMU virt),
+/// virtio-pci on x86_64 (QEMU pc).
 #[cfg(target_os = "none")]
 mod platform {
     use super::{StartError, paddr, region};
     use balloon::VirtIOBalloon;
     use balloon::dma::RegionHal;
     use core::fmt;
+    #[cfg(target_arch = "aarch64")]
     use virtio_drivers::transport::mmio::{MmioError, MmioTransport};
+    #[cfg(target_arch = "x86_64")]
+    use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 
     pub type H = RegionHal;
+    #[cfg(target_arch = "aarch64")]
     pub type T = MmioTransport<'static>;
+    #[cfg(target_arch = "x86_64")]
+    pub type T = PciTransport;
 
     /// The device sits at 0xe00 in the mapped page (DESIGN §4: the first
     /// virtio-*-device takes the last slot, 0x0a003e00).
@@ -122,36 +130,48 @@ mod platform {
     const MMIO_SIZE: usize = 0x200;
 
     #[derive(Debug)]
-    #[cfg_attr(
-        target_arch = "x86_64",
-        expect(dead_code, reason = "x86_64 stops before MMIO and DMA (issue 7)")
-    )]
     pub enum Error {
         Dma(balloon::dma::DmaError),
+        #[cfg(target_arch = "aarch64")]
         Mmio(MmioError),
-        /// x86_64 needs virtio-pci.
+        /// x86_64: no `<ioport>` at 0xcf8 for this PD in system.xml.
         #[cfg(target_arch = "x86_64")]
-        NoPci,
+        NoConfigPorts,
+        /// x86_64: no virtio-balloon function on PCI bus 0.
+        #[cfg(target_arch = "x86_64")]
+        NoPciDevice,
+        /// x86_64: the register region has no physical address.
+        #[cfg(target_arch = "x86_64")]
+        NoBarAddress,
+        #[cfg(target_arch = "x86_64")]
+        Pci(VirtioPciError),
     }
 
     impl fmt::Display for Error {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
                 Self::Dma(e) => write!(f, "balloon_dma: {e}"),
+                #[cfg(target_arch = "aarch64")]
                 Self::Mmio(e) => write!(f, "virtio-mmio: {e}"),
                 #[cfg(target_arch = "x86_64")]
-                Self::NoPci => write!(
+                Self::NoConfigPorts => write!(
                     f,
-                    "x86_64 needs the virtio-pci transport, not written yet (issue 7)"
+                    "virtio-pci: no <ioport> at 0xcf8 (PCI configuration) in the system description"
                 ),
+                #[cfg(target_arch = "x86_64")]
+                Self::NoPciDevice => write!(f, "virtio-pci: no virtio-balloon on PCI bus 0"),
+                #[cfg(target_arch = "x86_64")]
+                Self::NoBarAddress => write!(
+                    f,
+                    "virtio-pci: the BAR region has no phys_addr in the system description"
+                ),
+                #[cfg(target_arch = "x86_64")]
+                Self::Pci(e) => write!(f, "virtio-pci: {e}"),
             }
         }
     }
 
-    #[cfg(target_arch = "aarch64")]
-    pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
-        use core::ptr::NonNull;
-        let mmio = region::VIRTIO_MMIO.get();
+    fn dma() -> Result<(), StartError> {
         let dma = region::BALLOON_DMA.get();
         // SAFETY: `balloon_dma` is mapped read-write for the PD's life and
         // only the driver's DMA buffers live there; its physical address
@@ -163,7 +183,14 @@ mod platform {
                 dma.size as usize,
             )
         }
-        .map_err(|e| StartError::Platform(Error::Dma(e)))?;
+        .map_err(|e| StartError::Platform(Error::Dma(e)))
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
+        use core::ptr::NonNull;
+        dma()?;
+        let mmio = region::VIRTIO_MMIO.get();
         let header = NonNull::new((mmio.vaddr as usize + MMIO_OFFSET) as *mut _)
             .ok_or(StartError::Platform(Error::Mmio(MmioError::BadMagic(0))))?;
         // SAFETY: the page is mapped uncached for the PD's life (system.xml)
@@ -173,14 +200,74 @@ mod platform {
         VirtIOBalloon::new(transport).map_err(StartError::Driver)
     }
 
+    /// x86_64: the x86_64_generic description (tools image) maps the
+    /// device's BAR4 (modern virtio-pci capabilities, where SeaBIOS put it)
+    /// as `virtio_mmio` and grants the PCI configuration ports; the
+    /// transport finds its capabilities through configuration space and
+    /// its registers by physical address in that mapping.
     #[cfg(target_arch = "x86_64")]
     pub fn driver() -> Result<VirtIOBalloon<H, T>, StartError> {
-        let _ = (
-            &region::VIRTIO_MMIO,
-            &region::BALLOON_DMA,
-            &paddr::BALLOON_DMA_PADDR,
-        );
-        Err(StartError::Platform(Error::NoPci))
+        use virtio_drivers::transport::DeviceType;
+        use virtio_drivers::transport::pci::bus::PciRoot;
+        use virtio_drivers::transport::pci::virtio_device_type;
+        dma()?;
+        let bar = region::VIRTIO_MMIO.get();
+        let bar_paddr = bar.paddr.ok_or(StartError::Platform(Error::NoBarAddress))?;
+        // SAFETY: the region is mapped uncached for the PD's life and holds
+        // the device's registers at `bar_paddr` (system.xml, SeaBIOS).
+        unsafe { RegionHal::map_mmio(bar.vaddr as usize, bar_paddr, bar.size as usize) }
+            .map_err(|e| StartError::Platform(Error::Dma(e)))?;
+        let ports = super::hw::pci_config().ok_or(StartError::Platform(Error::NoConfigPorts))?;
+        let mut root = PciRoot::new(pci::PortCam(ports));
+        let df = root
+            .enumerate_bus(0)
+            .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::MemoryBalloon))
+            .map(|(df, _)| df)
+            .ok_or(StartError::Platform(Error::NoPciDevice))?;
+        let transport = PciTransport::new::<RegionHal, _>(&mut root, df)
+            .map_err(|e| StartError::Platform(Error::Pci(e)))?;
+        VirtIOBalloon::new(transport).map_err(StartError::Driver)
+    }
+
+    /// PCI configuration mechanism #1 through the granted ports.
+    #[cfg(target_arch = "x86_64")]
+    mod pci {
+        use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+
+        const ADDRESS: u16 = 0xcf8;
+        const DATA: u16 = 0xcfc;
+
+        #[derive(Debug)]
+        pub struct PortCam(pub pd::IoPort);
+
+        fn address(df: DeviceFunction, offset: u8) -> u32 {
+            1 << 31
+                | u32::from(df.bus) << 16
+                | u32::from(df.device) << 11
+                | u32::from(df.function) << 8
+                | u32::from(offset & 0xfc)
+        }
+
+        impl ConfigurationAccess for PortCam {
+            fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+                // A refused access reads as no device (all ones), as a
+                // master abort would.
+                match self.0.write32(ADDRESS, address(df, offset)) {
+                    Ok(()) => self.0.read32(DATA).unwrap_or(u32::MAX),
+                    Err(_) => u32::MAX,
+                }
+            }
+
+            fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+                if self.0.write32(ADDRESS, address(df, offset)).is_ok() {
+                    let _ = self.0.write32(DATA, data);
+                }
+            }
+
+            unsafe fn unsafe_clone(&self) -> Self {
+                PortCam(self.0)
+            }
+        }
     }
 
     pub fn fail(e: &StartError) -> ! {
