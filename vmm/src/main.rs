@@ -173,7 +173,10 @@ fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Guest, ()> {
         }
     };
     let ram = layout.ram.get();
-    let paddr = ram.paddr.unwrap_or_else(|| layout.ram_paddr.get());
+    // The guest's own `ram_paddr` setvar: `ram.paddr` comes from the
+    // region's `phys_addr` in the one shared module, which on Microkit is
+    // guest0's region for every guest running guest.elf.
+    let paddr = layout.ram_paddr.get();
     params
         .check_fits(ram.size)
         .map_err(|e| log.error(format_args!("bad parameters {params}: {e}")))?;

@@ -68,12 +68,16 @@ impl<'s> OwnedPages<'s> {
         if order > MAX_ORDER {
             return None;
         }
+        // Alignment is not checked here: blocks are aligned in absolute
+        // frame numbers (the memserver's buddies), and the RAM base need not
+        // be aligned to a block (Microkit places regions at any 2 MiB
+        // boundary). The caller checks the block's pfn.
         let end = index.checked_add(1usize << order)?;
-        (end <= self.pages && index.is_multiple_of(1 << order)).then_some(index..end)
+        (end <= self.pages).then_some(index..end)
     }
 
     /// Record a block at page `index`; `false` (nothing recorded) when it
-    /// is misaligned, out of range, or overlaps a page already owned.
+    /// is out of range or overlaps a page already owned.
     pub fn insert(&mut self, index: usize, order: u8, set: Set) -> bool {
         let Some(r) = self.range(index, order) else {
             return false;
@@ -156,13 +160,12 @@ mod tests {
     use std::vec;
 
     #[test]
-    fn insert_refuses_overlap_and_misalignment() {
+    fn insert_refuses_overlap() {
         let mut storage = vec![0xffu8; 64];
         let mut m = OwnedPages::new(&mut storage, 32);
         assert_eq!(m.pages(), 32);
         assert!(m.insert(8, 3, Set::A));
         assert!(!m.insert(12, 2, Set::B), "overlaps the order-3 block");
-        assert!(!m.insert(4, 3, Set::B), "misaligned");
         assert!(!m.insert(32, 0, Set::B), "out of range");
         assert!(!m.insert(0, 11, Set::B), "order above MAX_ORDER");
         assert!(m.insert(16, 4, Set::Live));

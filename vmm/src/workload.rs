@@ -793,7 +793,10 @@ impl<'s> Workload<'s> {
         host: &mut impl Host,
     ) {
         let index = ram.index_of(b).and_then(|i| usize::try_from(i).ok());
-        let ok = b.order == order && index.is_some_and(|i| self.owned.insert(i, order, set));
+        // Buddy blocks are aligned in absolute frame numbers.
+        let ok = b.order == order
+            && b.pfn.is_multiple_of(1u64 << order)
+            && index.is_some_and(|i| self.owned.insert(i, order, set));
         if !ok {
             // Not ours to touch: outside our RAM, overlapping a block we
             // own, or not what we asked for. Never written, never freed.
