@@ -840,7 +840,8 @@ fn params(_: pd::Log) -> Result<Params, ()> {
 fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Hostile, ()> {
     let params = params(log)?;
     let ram = layout.ram.get();
-    let paddr = ram.paddr.unwrap_or_else(|| layout.ram_paddr.get());
+    // Its own ram_paddr setvar (see the same line in main.rs).
+    let paddr = layout.ram_paddr.get();
     let (req, resp) = (layout.req.get(), layout.resp.get());
     // SAFETY: `req` is this PD's request ring region, mapped read-write for
     // the life of the PD and shared with the memserver only; this handle and
