@@ -44,6 +44,22 @@ struct Row {
     later: u64,
 }
 
+/// Make reportable memory now, whatever the guests are doing (they may have
+/// finished already on a fast or a loaded machine): balloon 64 MiB and give
+/// it back. The deflated blocks return to the free lists unreported and the
+/// memserver reports them.
+fn make_reportable(run: &mut Run) {
+    let pages = 64 * faults::PAGES_PER_MIB as u32;
+    run.device.set_target(pages);
+    run.wait("the balloon to take 64 MiB", WAIT, |r| {
+        r.device.actual() >= pages
+    });
+    run.device.set_target(0);
+    run.wait("the balloon to give it back", WAIT, |r| {
+        r.device.actual() == 0
+    });
+}
+
 /// Inject `fault` on the next report completion, wait until a report hit
 /// it, then until the device processed a later report (the memserver
 /// retried: the failed blocks went back unreported and were reported again).
@@ -51,6 +67,7 @@ fn fail_one_report(run: &mut Run, fault: Fault, rows: &mut Vec<Row>) {
     let (faults0, restarts0) = (run.device.counters().faults, restarts(run));
     run.device.device().inject(QueueKind::Reporting, fault);
     run.device.kick();
+    make_reportable(run);
     run.wait(&format!("a report to meet {fault:?}"), WAIT, |r| {
         r.device.counters().faults > faults0
     });
@@ -71,6 +88,16 @@ fn fail_one_report(run: &mut Run, fault: Fault, rows: &mut Vec<Row>) {
 fn hold_reports(run: &mut Run, n: u16, then: Then, rows: &mut Vec<Row>) {
     let restarts0 = restarts(run);
     run.device.device().set_hold_reports(true);
+    // Make reportable memory now, whatever the guests are doing (they may
+    // have finished on a fast or a loaded machine): balloon 64 MiB and give
+    // it back; the deflated blocks come back to the free lists unreported
+    // and the memserver reports them, into the held queue.
+    let pages = 64 * faults::PAGES_PER_MIB as u32;
+    run.device.set_target(pages);
+    run.wait("the balloon to take 64 MiB", WAIT, |r| {
+        r.device.actual() >= pages
+    });
+    run.device.set_target(0);
     run.wait(&format!("{n} reports held by the host"), WAIT, |r| {
         r.device.device().reports_waiting() >= n
     });
@@ -115,10 +142,12 @@ enum Then {
 
 #[test]
 fn a_faulty_host_loses_nothing_and_reporting_goes_on() {
-    // Long enough that reports keep coming while the faults are injected;
+    // Long enough that the guests still run through every fault: a device
+    // that resets on its own is only noticed by the driver at its next
+    // event, and an idle system has none (no watchdog yet);
     // a churning guest takes back what it freed at once, so the reporting
     // delay is short enough for the worker to see the frees in between.
-    let guest = format!("pattern=churn,mib=64,rounds=60,hold_ms=20,live_mib={LIVE_MIB}");
+    let guest = format!("pattern=churn,mib=64,rounds=150,hold_ms=20,live_mib={LIVE_MIB}");
     let xml = std::fs::read_to_string(faults::workspace().join("system.xml")).unwrap();
     let mut run = Run::start(
         &xml,
