@@ -12,6 +12,7 @@
 //! (memory the guests hold, phase marks).
 
 use crate::host::Launcher;
+use crate::qemu::parse_phase;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use balloon::model::DeviceConfig;
 use balloon::model::host::{HostDevice, Memfd};
@@ -131,18 +132,6 @@ pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(
         return Err(format!("building the PDs failed ({status})"));
     }
     Ok(())
-}
-
-/// A `phase=` line of a guest: `(guest, phase, mib)`.
-fn parse_phase(line: &str) -> Option<(&str, &str, Option<u64>)> {
-    let (prefix, rest) = line.split_once("|INFO: phase=")?;
-    let guest = prefix.trim();
-    let mut words = rest.split_whitespace();
-    let phase = words.next()?;
-    let mib = words
-        .find_map(|w| w.strip_prefix("mib="))
-        .and_then(|v| v.parse().ok());
-    Some((guest, phase, mib))
 }
 
 struct Guests {
