@@ -296,6 +296,9 @@ pub enum Error {
     },
     /// Device error: the device reset itself or asked for a reset.
     DeviceReset,
+    /// Device error: requests were outstanding for a whole watchdog period
+    /// with no completion (the driver gave up on them and reset it).
+    Stalled,
 }
 
 impl From<virtio_drivers::Error> for Error {
@@ -337,6 +340,7 @@ impl fmt::Display for Error {
                 write!(f, "{queue:?}: used index jumped by {delta}")
             }
             Self::DeviceReset => write!(f, "device reset or needs reset"),
+            Self::Stalled => write!(f, "device stalled: no completion in a watchdog period"),
         }
     }
 }

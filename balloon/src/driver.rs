@@ -559,6 +559,16 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
         Ok(())
     }
 
+    /// Gives up on a device that stopped answering (the caller's watchdog
+    /// saw no completion for a whole period): resets it, so it can no
+    /// longer touch the rings, and fails everything in flight with
+    /// [`Error::Stalled`], as after a device error. [`Self::restart`] next.
+    pub fn abandon(&mut self) {
+        if !self.is_broken() {
+            self.fail(Error::Stalled);
+        }
+    }
+
     /// Gives up on the device and starts again: reset, renegotiate, new
     /// queues. `actual` is kept and published again. Only when broken.
     pub fn restart(&mut self) -> Result<(), Error> {

@@ -26,7 +26,7 @@ mod hw {
 }
 
 use balloon::VirtIOBalloon;
-use balloon::shell::{BalloonPd, Level};
+use balloon::shell::{BalloonPd, Level, Wake};
 use config::{channel, irq, paddr, region};
 use core::fmt;
 use core::mem::MaybeUninit;
@@ -290,16 +290,48 @@ impl Handler for Balloon {
 
     fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
         let irq = channels.contains(irq::IRQ);
-        let wake = self.core.run(irq);
+        let mut wake = self.core.run(irq);
         if irq {
             // After the device's ISR was read and acknowledged (edge IRQ).
             irq::IRQ.irq_ack();
         }
-        if wake.memserver {
-            channel::MEMSERVER.notify();
+        if channels.contains(channel::TIMER) {
+            let w = self.core.watchdog_expired();
+            wake.memserver |= w.memserver;
+            wake.arm_timer_ns = w.arm_timer_ns.or(wake.arm_timer_ns);
         }
+        apply(wake);
         Ok(())
     }
+}
+
+fn apply(wake: Wake) {
+    if let Some(ns) = wake.arm_timer_ns
+        && let Err(e) = timer::client::set_timeout(channel::TIMER, ns)
+    {
+        // The driver goes on without its watchdog until the next arming.
+        LOG.warn(format_args!("watchdog timeout not armed: {e}"));
+    }
+    if wake.memserver {
+        channel::MEMSERVER.notify();
+    }
+}
+
+/// The watchdog's period (see `balloon::shell`): 5 s, on the host platform
+/// `BALLOON_WATCHDOG_MS` (0 turns it off).
+fn watchdog_ns() -> Option<u64> {
+    const DEFAULT_MS: u64 = 5_000;
+    #[cfg(target_os = "linux")]
+    if let Ok(text) = std::env::var("BALLOON_WATCHDOG_MS") {
+        match text.trim().parse::<u64>() {
+            Ok(ms) => return ms.checked_mul(1_000_000).filter(|&ns| ns > 0),
+            Err(e) => {
+                LOG.error(format_args!("BALLOON_WATCHDOG_MS={text:?}: {e}"));
+                std::process::exit(2);
+            }
+        }
+    }
+    Some(DEFAULT_MS * 1_000_000)
 }
 
 fn start() -> Result<Core, StartError> {
@@ -319,7 +351,9 @@ fn start() -> Result<Core, StartError> {
         drv.features(),
         drv.queue_indices()
     ));
-    Ok(BalloonPd::new(drv, to, from, log))
+    let mut core = BalloonPd::new(drv, to, from, log);
+    core.set_watchdog(watchdog_ns());
+    Ok(core)
 }
 
 fn init() -> Balloon {
@@ -338,9 +372,7 @@ fn init() -> Balloon {
     // `BalloonPd::new`, so a report pushed earlier would wait for an
     // unrelated event (issue 8: with a short reporting delay the boot-time
     // batches were never taken). `run` pops, asks again and re-checks.
-    if core.run(false).memserver {
-        channel::MEMSERVER.notify();
-    }
+    apply(core.run(false));
     Balloon { core }
 }
 

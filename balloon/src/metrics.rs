@@ -16,6 +16,8 @@ pub struct ErrorCounts {
     pub used_idx_jump: u64,
     /// Device resets / NEEDS_RESET seen.
     pub device_reset: u64,
+    /// Stalls: the watchdog reset the device.
+    pub stalled: u64,
 }
 
 impl ErrorCounts {
@@ -26,6 +28,7 @@ impl ErrorCounts {
             Error::NotInFlight { .. } => self.not_in_flight += 1,
             Error::UsedIndexJump { .. } => self.used_idx_jump += 1,
             Error::DeviceReset => self.device_reset += 1,
+            Error::Stalled => self.stalled += 1,
             _ => {}
         }
     }
@@ -37,6 +40,7 @@ impl ErrorCounts {
             + self.not_in_flight
             + self.used_idx_jump
             + self.device_reset
+            + self.stalled
     }
 }
 

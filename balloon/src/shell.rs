@@ -41,6 +41,21 @@
 //!   block back (the balloon ends below the target rather than above it).
 //! - A malformed `ToBalloon`, or an answer to nothing we asked, is counted
 //!   and ignored; nothing changes.
+//!
+//! # Watchdog
+//!
+//! A device that stops answering (a report, inflate or deflate never
+//! completed, a reset without an interrupt) would hold the memserver's
+//! batches isolated for as long as nothing else happens. With a watchdog
+//! period set ([`BalloonPd::set_watchdog`]), the core asks for a timer
+//! ([`Wake::arm_timer_ns`]) whenever requests are on the device; on expiry
+//! ([`BalloonPd::watchdog_expired`]) it looks at the device as on any
+//! event, and if requests are still outstanding with no completion since
+//! the timer was armed, it resets the device (the device may not touch
+//! the rings after a reset, VIRTIO 1.2 §2.1), fails those requests as a
+//! device error would (batches back to the memserver unreported), and
+//! restarts the driver. QEMU completes every request within its handler,
+//! so a period of seconds only ever fires on a broken device.
 
 use crate::defs::{BalloonFeatures, Block, BlockExt, Error, MAX_ORDER, PAGE_SIZE, Stats};
 use crate::driver::{BalloonAction, BalloonDone, BalloonOp, DeflateReason, VirtIOBalloon};
@@ -123,6 +138,9 @@ pub struct Counters {
     pub reclaim_requests: u64,
     /// `Reclaim` requests ignored: the device did not offer DEFLATE_ON_OOM.
     pub reclaim_ignored: u64,
+    /// Device resets by the watchdog (requests outstanding, no completion
+    /// for a whole period).
+    pub watchdog_resets: u64,
 }
 
 /// What the PD shell must do after [`BalloonPd::run`].
@@ -130,6 +148,9 @@ pub struct Counters {
 pub struct Wake {
     /// Notify the memserver.
     pub memserver: bool,
+    /// Arm the one-shot timer for this many nanoseconds, then call
+    /// [`BalloonPd::watchdog_expired`] when it fires.
+    pub arm_timer_ns: Option<u64>,
 }
 
 /// A block in 8 bytes (`pfn << 8 | order`), so the lists that live in the
@@ -214,6 +235,12 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     restart_failing: bool,
     /// `ballooned_full` was logged.
     full_logged: bool,
+    /// The watchdog period, if any.
+    watchdog_ns: Option<u64>,
+    /// The watchdog's timer is armed; `device_completions` then.
+    watchdog_armed: Option<u64>,
+    /// Completions the device gave (reports, inflates, deflates).
+    device_completions: u64,
     counters: Counters,
 }
 
@@ -266,11 +293,55 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             next_req: 1,
             restart_failing: false,
             full_logged: false,
+            watchdog_ns: None,
+            watchdog_armed: None,
+            device_completions: 0,
             counters: Counters::default(),
         };
         // Ask the memserver to signal when it produces.
         s.to.request_signal();
         s
+    }
+
+    /// Turn the watchdog on with this period (`None` or 0: off, the
+    /// default).
+    pub fn set_watchdog(&mut self, period_ns: Option<u64>) {
+        self.watchdog_ns = period_ns.filter(|&ns| ns > 0);
+    }
+
+    /// Requests the device holds: report batches, the inflate or the
+    /// deflate on its queue (not the stats buffer, which a device keeps
+    /// until it wants the next statistics).
+    fn device_busy(&self) -> bool {
+        self.reports_in_device > 0
+            || self.inflating.is_some()
+            || self.deflation.as_ref().is_some_and(|d| d.in_device)
+    }
+
+    /// The watchdog's timer fired: an event like any other, and if the
+    /// device still holds requests and completed none since the timer was
+    /// armed, it is reset and the driver restarted.
+    pub fn watchdog_expired(&mut self) -> Wake {
+        let armed = self.watchdog_armed.take();
+        let mut wake = self.run(false);
+        if let Some(seen) = armed
+            && self.device_busy()
+            && self.device_completions == seen
+        {
+            self.counters.watchdog_resets += 1;
+            self.warn(format_args!(
+                "device stalled: requests outstanding with no completion for {} ms; resetting it",
+                self.watchdog_ns.unwrap_or(0) / 1_000_000
+            ));
+            self.drv.abandon();
+            // Armed again (if the restarted device holds requests) from
+            // the completions counted after the reset.
+            self.watchdog_armed = None;
+            let again = self.run(false);
+            wake.memserver |= again.memserver;
+            wake.arm_timer_ns = again.arm_timer_ns;
+        }
+        wake
     }
 
     /// The counters.
@@ -367,6 +438,15 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             self.stats_queued = true;
         }
         self.flush(&mut wake);
+        // Also while a restart keeps failing: it is retried on each event,
+        // and the timer makes one.
+        if let Some(ns) = self.watchdog_ns
+            && self.watchdog_armed.is_none()
+            && (self.device_busy() || self.drv.is_broken())
+        {
+            self.watchdog_armed = Some(self.device_completions);
+            wake.arm_timer_ns = Some(ns);
+        }
         wake
     }
 
@@ -382,6 +462,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
 
     fn drain_reports(&mut self) {
         while let Some((batch, result)) = self.drv.poll_reports() {
+            self.device_completions += 1;
             self.reports_in_device = self.reports_in_device.saturating_sub(1);
             self.answer(batch, result.is_ok());
         }
@@ -401,6 +482,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     }
 
     fn balloon_done(&mut self, done: BalloonDone) {
+        self.device_completions += 1;
         match (done.op, done.result) {
             (BalloonOp::Inflate, Ok(())) => {
                 if let Some(b) = self.inflating.take() {

@@ -101,6 +101,8 @@ struct Sys {
     server: Server<'static, 'static>,
     d: Device,
     timer: bool,
+    /// The balloon asked for its watchdog timer (fired by the test).
+    watchdog: bool,
     /// A guest of zone 0: its request producer and response consumer.
     guest: (Producer<'static>, Consumer<'static>),
 }
@@ -140,6 +142,7 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         server,
         d,
         timer: false,
+        watchdog: false,
         guest,
     }
 }
@@ -155,7 +158,19 @@ impl Sys {
             self.timer = true;
         }
         let irq = self.d.irq.wait(Some(Duration::from_millis(2)));
-        self.pd.run(irq);
+        if self.pd.run(irq).arm_timer_ns.is_some() {
+            self.watchdog = true;
+        }
+    }
+
+    /// The balloon's watchdog timer fires (simulated time: whenever the
+    /// test says); whether it was armed.
+    fn fire_watchdog(&mut self) -> bool {
+        let armed = std::mem::take(&mut self.watchdog);
+        if self.pd.watchdog_expired().arm_timer_ns.is_some() {
+            self.watchdog = true;
+        }
+        armed
     }
 
     fn until(&mut self, what: &str, mut cond: impl FnMut(&mut Sys) -> bool) {
@@ -786,4 +801,114 @@ fn inflated_frames_already_held_are_ignored() {
     assert_eq!(r.pd.counters().unexpected, 2);
     assert_eq!(r.pd.driver().actual(), 1024);
     assert_eq!(r.d.dev.counters().pages_inflated, 1024);
+}
+
+/// A device that takes report batches and never completes them: without a
+/// watchdog they would stay isolated until some other event; with it, one
+/// period with requests outstanding and no completion resets the device,
+/// the batches come back unreported, and the restarted device reports them.
+/// A device that reset without a word is seen at the watchdog's event (its
+/// status says so) and restarted the same way.
+fn stalled_device_is_reset_by_the_watchdog(fault: Option<Fault>) {
+    let mut s = sys();
+    s.pd.set_watchdog(Some(1_000_000_000));
+    s.d.dev.device().set_hold_reports(true);
+    s.until("batches on the device", |s| {
+        s.pd.driver().reports_in_flight() == 4
+    });
+    assert!(s.watchdog, "requests on the device arm the watchdog");
+    // Wedged: the device takes a batch and answers nothing (or resets
+    // without a word), so no event ever comes; without a fault it just
+    // keeps holding them.
+    if let Some(f) = fault {
+        s.d.dev.device().inject(QueueKind::Reporting, f);
+        s.d.dev.device().set_hold_reports(false);
+        s.d.dev.kick();
+        // Only the device runs meanwhile: the balloon has no event.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.d.dev.counters().faults == 0 {
+            assert!(Instant::now() < deadline, "timed out waiting for the fault");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let isolated = s.mem().isolated_pages;
+    assert!(isolated > 0);
+    assert_eq!(s.pd.counters().watchdog_resets, 0);
+    assert!(s.fire_watchdog());
+    assert!(s.pd.counters().device_restarts >= 1);
+    let errors = s.pd.driver().metrics().errors;
+    if fault == Some(Fault::SilentReset) {
+        // Seen by looking, not by waiting: no stall.
+        assert_eq!(s.pd.counters().watchdog_resets, 0);
+        assert_eq!((errors.device_reset, errors.stalled), (1, 0));
+    } else {
+        assert_eq!(s.pd.counters().watchdog_resets, 1);
+        assert_eq!((errors.device_reset, errors.stalled), (0, 1));
+    }
+    s.d.dev.device().set_hold_reports(false);
+    s.d.dev.kick();
+    s.until("reporting to settle", Sys::settled);
+    s.check_books();
+    let c = s.server.counters();
+    assert!(
+        c.completions_failed >= 4,
+        "failed: {}",
+        c.completions_failed
+    );
+    assert_eq!(s.mem().reported_pages, TOTAL_PAGES);
+}
+
+#[test]
+fn a_device_that_loses_batches_is_reset_by_the_watchdog() {
+    stalled_device_is_reset_by_the_watchdog(Some(Fault::Lose));
+}
+
+#[test]
+fn a_device_that_resets_silently_is_noticed_by_the_watchdog() {
+    stalled_device_is_reset_by_the_watchdog(Some(Fault::SilentReset));
+}
+
+#[test]
+fn a_device_that_holds_batches_is_reset_by_the_watchdog() {
+    stalled_device_is_reset_by_the_watchdog(None);
+}
+
+/// A device that completes something each period is slow, not stalled.
+#[test]
+fn completions_hold_the_watchdog_off() {
+    let mut s = sys();
+    s.pd.set_watchdog(Some(1_000_000_000));
+    s.d.dev.device().set_hold_reports(true);
+    s.until("batches on the device", |s| {
+        s.pd.driver().reports_in_flight() == 4
+    });
+    assert!(s.watchdog);
+    // One completion, then the device holds the rest again.
+    let reports0 = s.d.dev.counters().reports;
+    s.d.dev.device().set_hold_reports(false);
+    s.d.dev.kick();
+    s.until("a completion", |s| s.d.dev.counters().reports > reports0);
+    s.d.dev.device().set_hold_reports(true);
+    s.until("the balloon to see it", |s| {
+        s.pd.counters().reports_ok > 0 && s.pd.driver().reports_in_flight() > 0
+    });
+    assert!(s.fire_watchdog());
+    assert_eq!(s.pd.counters().watchdog_resets, 0);
+    // Armed again: the device still holds batches.
+    assert!(s.watchdog);
+    // A whole period without one now: reset.
+    assert!(s.fire_watchdog());
+    assert_eq!(s.pd.counters().watchdog_resets, 1);
+    s.d.dev.device().set_hold_reports(false);
+    s.d.dev.kick();
+    s.until("reporting to settle", Sys::settled);
+    s.check_books();
+    // An idle device: the last arming expires with nothing outstanding,
+    // and nothing arms it again.
+    s.fire_watchdog();
+    for _ in 0..5 {
+        s.step();
+    }
+    assert!(!s.watchdog);
+    assert_eq!(s.pd.counters().watchdog_resets, 1);
 }

@@ -2,8 +2,9 @@
 //! memserver: raw bytes and well-formed `ToBalloon` messages about real or
 //! invented batches, requests and blocks, scribbles on the ring words the
 //! memserver owns, interleaved with a faulty host: balloon targets, injected
-//! device faults and held reports. The device model runs synchronously on
-//! the driver's doorbell (no thread: each input replays the same way).
+//! device faults, held reports, and the watchdog's timer firing. The device
+//! model runs synchronously on the driver's doorbell (no thread: each input
+//! replays the same way).
 //! After every step nothing has panicked and the balloon's own list holds
 //! no block twice.
 #![no_main]
@@ -90,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
         from_mem.producer(SLOT_SIZE).unwrap(),
         log,
     );
+    pd.set_watchdog(Some(1));
     let mut reqs: Vec<u32> = Vec::new();
     let mut buf = [0u8; SLOT_SIZE];
     let dev = || device.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,13 +179,15 @@ fuzz_target!(|data: &[u8]| {
                     2 => QueueKind::Deflate,
                     _ => QueueKind::Stats,
                 };
-                let f = match input.byte() % 6 {
+                let f = match input.byte() % 8 {
                     0 => Fault::BadUsedId,
                     1 => Fault::BadUsedLength,
                     2 => Fault::DuplicateCompletion,
                     3 => Fault::UsedIndexJump,
                     4 => Fault::Reset,
-                    _ => Fault::NeedsReset,
+                    5 => Fault::NeedsReset,
+                    6 => Fault::Lose,
+                    _ => Fault::SilentReset,
                 };
                 dev().inject(kind, f);
             }
@@ -207,8 +211,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                let _ = dev().request_stats();
-                irq = true;
+                if input.byte() & 1 == 0 {
+                    let _ = dev().request_stats();
+                    irq = true;
+                } else {
+                    // The watchdog's timer fires (armed or not).
+                    let _ = pd.watchdog_expired();
+                }
             }
         }
         let _ = pd.run(irq);

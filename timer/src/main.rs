@@ -103,7 +103,8 @@ fn init() -> TimerPd<HwClock> {
             [
                 config::channel::MEMSERVER,
                 config::channel::GUEST0,
-                config::channel::GUEST1
+                config::channel::GUEST1,
+                config::channel::BALLOON
             ]
         )),
         Err(e) => LOG.error(format_args!("no clock: {e}")),

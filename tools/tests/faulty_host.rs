@@ -177,6 +177,9 @@ fn a_faulty_host_loses_nothing_and_reporting_goes_on() {
                 "MEMSERVER_TUNABLES",
                 "order=9,delay_ms=1,capacity=2,in_flight=4",
             ),
+            // The test ends each fault itself; the watchdog (which would
+            // end the holds after its period) has its own test below.
+            ("BALLOON_WATCHDOG_MS", "60000"),
         ],
     );
     run.wait("the boot-time report", WAIT, |r| batches_ok(r) >= 1);
@@ -307,4 +310,100 @@ fn a_faulty_host_loses_nothing_and_reporting_goes_on() {
         .filter(|l| !l.starts_with("BALLOON|"))
         .collect();
     assert_eq!(problems, Vec::<String>::new());
+}
+
+/// The balloon's watchdog (balloon::shell): on an idle system (the guests
+/// are done, so no other event comes), the device takes a report batch and
+/// never answers. After one period the balloon resets it; the batch comes
+/// back unreported, the restarted device reports it, and nothing stays
+/// isolated. Without the watchdog those pages would stay isolated, and out
+/// of the host's hands, until the next unrelated event.
+#[test]
+fn a_device_that_stops_answering_is_reset_by_the_watchdog() {
+    let guest = format!("pattern=churn,mib=16,rounds=2,hold_ms=10,live_mib={LIVE_MIB}");
+    let xml = std::fs::read_to_string(faults::workspace().join("system.xml")).unwrap();
+    let mut run = Run::start(
+        &xml,
+        &[
+            ("GUEST_PARAMS", &guest),
+            ("MEMSERVER_TUNABLES", "order=9,delay_ms=300"),
+            ("BALLOON_WATCHDOG_MS", "500"),
+        ],
+    );
+    run.wait("both guests to finish", WAIT, |r| {
+        r.line("GUEST0|INFO: phase=done").is_some() && r.line("GUEST1|INFO: phase=done").is_some()
+    });
+    let live = 2 * LIVE_MIB * faults::PAGES_PER_MIB;
+    let settled = |r: &mut Run| {
+        last_conservation(&r.lines(), 0)
+            .is_some_and(|[_, free, a, iso, ball]| a == live && iso == 0 && ball == 0 && free > 0)
+            && r.lines()
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("MEMSERVER|INFO: reported:"))
+                .is_some_and(|l| field(l, "reported_mib") == field(l, "free_mib"))
+    };
+    run.wait("everything free to be reported", WAIT, settled);
+    let failed0 = run
+        .lines()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: reported:"))
+        .and_then(|l| field(l, "batches_failed"))
+        .unwrap();
+
+    // The next report is taken and lost; the device answers nothing more.
+    run.device
+        .device()
+        .inject(QueueKind::Reporting, Fault::Lose);
+    make_reportable(&mut run);
+    run.wait("the device to lose a report", WAIT, |r| {
+        r.device.counters().faults == 1
+    });
+    let reports0 = run.device.counters().reports;
+    run.wait("the watchdog to reset the device", WAIT, |r| {
+        r.line("BALLOON|WARN: device stalled").is_some()
+    });
+    run.wait("the restarted device to report", WAIT, |r| {
+        r.device.counters().reports > reports0
+    });
+    let at = run.lines().len();
+    run.wait("everything free to be reported again", WAIT, |r| {
+        settled(r) && last_conservation(&r.lines(), at).is_some()
+    });
+    let lines = run.lines();
+    let reported = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: reported:"))
+        .unwrap();
+    println!("{reported}");
+    assert!(
+        field(reported, "batches_failed").unwrap() > failed0,
+        "the lost batch came back failed: {reported}"
+    );
+    assert_eq!(restarts(&run), 1);
+    for l in &lines {
+        if let Some([total, free, alloc, iso, ball]) = conservation(l) {
+            assert_eq!(total, free + alloc + iso + ball, "{l}");
+        }
+    }
+    assert_guest_clean(&run, "GUEST0");
+    assert_guest_clean(&run, "GUEST1");
+    // The host holds only the guests' live sets (and a little slack for
+    // blocks below the reporting order).
+    run.wait("the host to hold only the live sets", WAIT, |r| {
+        r.device.held_bytes().unwrap() <= (2 * LIVE_MIB + 8) * faults::MIB
+    });
+    // The stall is the only complaint.
+    assert_eq!(
+        run.problems(&[]),
+        vec![
+            lines
+                .iter()
+                .find(|l| l.starts_with("BALLOON|WARN: device stalled"))
+                .unwrap()
+                .clone()
+        ]
+    );
 }

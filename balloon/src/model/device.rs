@@ -145,6 +145,11 @@ pub enum Fault {
     Reset,
     /// Set DEVICE_NEEDS_RESET and raise a config interrupt.
     NeedsReset,
+    /// Take the chain and never return it (then stop, wedged): a completion
+    /// that never comes.
+    Lose,
+    /// Reset itself without a word: status reads 0, no interrupt.
+    SilentReset,
 }
 
 /// The device's counters (the tests' oracle).
@@ -721,6 +726,11 @@ impl BalloonDevice {
             Fault::NeedsReset => {
                 self.r().status.fetch_or(STATUS_NEEDS_RESET, AcqRel);
                 self.raise(0x2);
+            }
+            Fault::Lose => {}
+            Fault::SilentReset => {
+                self.r().status.store(0, Release);
+                self.reset_state();
             }
         }
         // Only a wrong length leaves the device working; after the others it
