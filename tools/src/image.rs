@@ -20,7 +20,9 @@
 //!   has (`pp` on `<protection_domain>`, which Microkit 2.3.0 rejects: its
 //!   PPC permission lives on the channel end).
 //!
-//! Both rewrites edit the text in place, so comments and layout survive.
+//! Both rewrites edit the text in place, so comments and layout survive, as
+//! does [`variant`], which makes the test-only descriptions (one PD running
+//! another program image, e.g. the hostile guest of issue 8).
 
 use sdf::System;
 use std::fmt;
@@ -601,6 +603,31 @@ fn free_vaddr(sys: &System, pd: &str) -> u64 {
     end.max(0x100_0000).next_multiple_of(0x20_0000)
 }
 
+/// `text` with PD `pd` running `image` instead of its program_image: the
+/// test-only variants (`variant(xml, "guest1", "hostile.elf")`, issue 8)
+/// stay in sync with the one topology by construction. Only the `path`
+/// attribute changes, in place.
+pub fn variant(text: &str, pd: &str, image: &str) -> Result<String, ImageError> {
+    let doc = parse(text)?;
+    let node = elements(&doc, "protection_domain")
+        .find(|n| n.attribute("name") == Some(pd))
+        .ok_or_else(|| ImageError::Sdf(format!("no protection_domain '{pd}'")))?;
+    let mut images = node
+        .children()
+        .filter(|n| n.is_element() && n.tag_name().name() == "program_image");
+    let (Some(pi), None) = (images.next(), images.next()) else {
+        return Err(ImageError::Sdf(format!(
+            "protection_domain '{pd}' needs exactly one program_image"
+        )));
+    };
+    let path = pi
+        .attributes()
+        .find(|a| a.name() == "path")
+        .ok_or_else(|| ImageError::Sdf(format!("'{pd}': program_image without a path")))?;
+    let edits = Edits(vec![(path.range(), format!("path=\"{image}\""))]);
+    Ok(edits.apply(text))
+}
+
 /// `text` in the dialect of the Microkit 2.3.0 tool: without `pp` on
 /// `<protection_domain>`.
 pub fn microkit_sdf(text: &str) -> Result<String, ImageError> {
@@ -712,6 +739,29 @@ mod tests {
         }
         // And it is in the Microkit dialect once pp is dropped.
         assert!(!microkit_sdf(&out).unwrap().contains("priority=\"254\" pp="));
+    }
+
+    #[test]
+    fn a_variant_changes_one_program_image_in_place() {
+        let x = workspace_xml();
+        let v = variant(&x, "guest1", "hostile.elf").unwrap();
+        let diff: Vec<(&str, &str)> = x.lines().zip(v.lines()).filter(|(a, b)| a != b).collect();
+        assert_eq!(x.lines().count(), v.lines().count());
+        assert_eq!(
+            diff,
+            [(
+                "        <program_image path=\"guest.elf\" />",
+                "        <program_image path=\"hostile.elf\" />"
+            )]
+        );
+        let sys = System::parse(&v).unwrap();
+        assert!(!sdf::check::has_errors(&sdf::check(&sys)));
+        let image = |name: &str| sys.pd(name).unwrap().program_image.clone();
+        assert_eq!(image("guest1").as_deref(), Some("hostile.elf"));
+        assert_eq!(image("guest0").as_deref(), Some("guest.elf"));
+        assert!(variant(&x, "guest9", "hostile.elf").is_err());
+        let two = "<system><protection_domain name=\"a\"><program_image path=\"a.elf\"/><program_image path=\"b.elf\"/></protection_domain></system>";
+        assert!(variant(two, "a", "c.elf").is_err());
     }
 
     #[test]

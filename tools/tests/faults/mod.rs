@@ -30,23 +30,11 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// `system.xml` with the program_image of PD `pd` replaced by `image`: the
-/// test-only variants stay in sync with the one topology by construction.
+/// `system.xml` with the program_image of PD `pd` replaced by `image`
+/// (`tools::image::variant`, shared with the bare platform's build).
 pub fn variant(pd: &str, image: &str) -> String {
     let xml = std::fs::read_to_string(workspace().join("system.xml")).unwrap();
-    let open = format!("<protection_domain name=\"{pd}\"");
-    let at = xml.find(&open).expect("the PD is in system.xml");
-    let end = at + xml[at..].find("</protection_domain>").unwrap();
-    let pd_text = &xml[at..end];
-    let old = "<program_image path=\"guest.elf\" />";
-    assert_eq!(pd_text.matches(old).count(), 1, "{pd} runs guest.elf once");
-    let new = format!("<program_image path=\"{image}\" />");
-    format!(
-        "{}{}{}",
-        &xml[..at],
-        pd_text.replace(old, &new),
-        &xml[end..]
-    )
+    tools::image::variant(&xml, pd, image).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A running system: launcher, console, device model.
