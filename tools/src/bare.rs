@@ -6,6 +6,10 @@
 //! Unlike seL4, the bare image does not zero RAM at boot, so QEMU's RSS
 //! starts low and the boot-time report returns nothing measurable; the
 //! verdict is about what the guests touched and freed.
+//!
+//! The image holds `system.xml` or its test-only hostile [`Variant`]
+//! (issue 8: guest1 runs `hostile.elf`), judged by [`hostile_verdict`] as
+//! well.
 
 use crate::qemu::{Arch, BalloonDevice, Boot, QemuConfig, RunConfig, RunReport};
 use crate::timeline::{Reclaim, Timeline};
@@ -35,12 +39,15 @@ pub const RECLAIM_BOUND: Duration = Duration::from_secs(7);
 pub enum BareError {
     /// cargo could not be run or failed (its stderr).
     Cargo(String),
+    /// The system description could not be read, derived or written.
+    Description(String),
 }
 
 impl fmt::Display for BareError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BareError::Cargo(m) => write!(f, "building the bare image: {m}"),
+            BareError::Description(m) => write!(f, "the bare image's system description: {m}"),
         }
     }
 }
@@ -55,14 +62,66 @@ pub fn target(arch: Arch) -> &'static str {
     }
 }
 
+/// Which system the `system` image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `system.xml` as it is.
+    System,
+    /// Test-only (issue 8): [`HOSTILE_PD`] runs [`HOSTILE_IMAGE`], which
+    /// attacks the memserver while guest0 runs its workload.
+    Hostile,
+}
+
+impl Variant {
+    /// For directory names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::System => "system",
+            Variant::Hostile => "hostile",
+        }
+    }
+}
+
+/// The PD the hostile variant replaces, and what it runs instead
+/// (vmm/src/bin/hostile.rs).
+pub const HOSTILE_PD: &str = "guest1";
+pub const HOSTILE_IMAGE: &str = "hostile.elf";
+/// The hostile PD's summary line, its last: the runner waits for it too.
+pub const HOSTILE_DONE: &str = "HOSTILE|INFO: done";
+
+/// The QEMU size (MiB) the hostile runs ask the balloon for once the run
+/// settled: 256 MiB less than [`MEMORY_MIB`]. The inflate makes the
+/// memserver log its counters (`peers:`) after the hostile PD finished,
+/// which [`hostile_verdict`] reads; it logs them only when a reporting or
+/// balloon pass settles.
+pub const HOSTILE_BALLOON_MIB: u64 = 1792;
+
+/// The description of `variant`, from the workspace's `system.xml`
+/// (written for qemu_virt_aarch64; [`build`] derives the x86_64 one).
+pub fn description(workspace: &Path, variant: Variant) -> Result<String, BareError> {
+    let path = workspace.join("system.xml");
+    let xml = std::fs::read_to_string(&path)
+        .map_err(|e| BareError::Description(format!("{}: {e}", path.display())))?;
+    match variant {
+        Variant::System => Ok(xml),
+        Variant::Hostile => crate::image::variant(&xml, HOSTILE_PD, HOSTILE_IMAGE)
+            .map_err(|e| BareError::Description(e.to_string())),
+    }
+}
+
 /// Build image `bin` (`system` or `pingpong`) of the `bare` crate for
 /// `arch`, release profile, in `target_dir` (not the target dir of a cargo
-/// that is running us: it holds the lock), and return the ELF's path.
+/// that is running us: it holds the lock), and return the ELF's path. The
+/// `system` image holds the PDs of `system` (a description written for
+/// qemu_virt_aarch64, e.g. from [`description`]); bare/build.rs gets it
+/// through `SYSTEM_XML`. One target dir per variant saves rebuilds: the
+/// image follows the description either way.
 pub fn build(
     workspace: &Path,
     target_dir: &Path,
     arch: Arch,
     bin: &str,
+    system: &str,
 ) -> Result<PathBuf, BareError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -71,20 +130,16 @@ pub fn build(
         .args(["--target", target(arch)])
         .arg("--target-dir")
         .arg(target_dir);
-    if arch == Arch::X86_64 {
-        // The PDs see the PC as on Microkit: the x86_64_generic variant of
-        // system.xml (HPET, PCI configuration ports, IOAPIC pins).
-        let xml = std::fs::read_to_string(workspace.join("system.xml"))
-            .map_err(|e| BareError::Cargo(format!("system.xml: {e}")))?;
-        let x86 = crate::image::board_sdf(&xml, crate::image::Board::X86_64Generic)
-            .map_err(|e| BareError::Cargo(format!("the x86_64 variant of system.xml: {e}")))?;
-        std::fs::create_dir_all(target_dir)
-            .map_err(|e| BareError::Cargo(format!("{}: {e}", target_dir.display())))?;
-        let path = target_dir.join("system-x86_64.xml");
-        std::fs::write(&path, x86)
-            .map_err(|e| BareError::Cargo(format!("{}: {e}", path.display())))?;
-        cmd.env("SYSTEM_XML", path);
-    }
+    let xml = match arch {
+        Arch::Aarch64 => system.to_string(),
+        // The PDs see the PC as on Microkit: the x86_64_generic variant
+        // (HPET, PCI configuration ports, IOAPIC pins).
+        Arch::X86_64 => crate::image::board_sdf(system, crate::image::Board::X86_64Generic)
+            .map_err(|e| BareError::Description(format!("its x86_64 variant: {e}")))?,
+    };
+    let path = target_dir.join(format!("system-{}.xml", target(arch)));
+    write_if_changed(&path, &xml).map_err(BareError::Description)?;
+    cmd.env("SYSTEM_XML", &path);
     let out = cmd
         .output()
         .map_err(|e| BareError::Cargo(format!("running cargo: {e}")))?;
@@ -94,6 +149,19 @@ pub fn build(
         ));
     }
     Ok(target_dir.join(target(arch)).join("release").join(bin))
+}
+
+/// Write `text` to `path` unless it holds it already: bare/build.rs reruns
+/// when the file changes (`rerun-if-changed`), and a new mtime alone would
+/// rebuild the image every time.
+fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The guests of `system.xml` as the runner waits for them (log prefixes).
@@ -127,6 +195,7 @@ pub fn run_config(
             extra: vec!["-no-reboot".into()],
         },
         guests,
+        done_lines: Vec::new(),
         timeout: Duration::from_secs(180),
         period: Duration::from_millis(250),
         steady: Duration::from_secs(3),
@@ -219,4 +288,233 @@ pub fn verdict(r: &RunReport, fraction: f64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The attacks of the hostile PD (vmm/src/bin/hostile.rs `Kind`, without
+/// `legit`), each with its `HOSTILE|INFO: attack=` line.
+pub const ATTACKS: [&str; 10] = [
+    "never_got",
+    "other_zone",
+    "double_free",
+    "misaligned",
+    "wrong_order",
+    "mixed_batch",
+    "garbage",
+    "future_version",
+    "out_of_range",
+    "flood",
+];
+
+/// What a run of the hostile variant showed, for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostileFigures {
+    /// Rounds the hostile PD ran.
+    pub rounds: u64,
+    /// Requests sent per kind (`legit` first, then [`ATTACKS`]).
+    pub sent: Vec<(String, u64)>,
+    /// The memserver's last `peers:` line.
+    pub peers: String,
+    /// `conservation: ok` lines, all adding up, and their `total`.
+    pub conservation_lines: usize,
+    pub total_pages: u64,
+}
+
+/// Whether the console of a hostile run (issue 8) shows the memserver
+/// holding: every hostile request answered with the error its kind must
+/// get and the good ones served; the hostile PD's ring and tag checks
+/// clean; `guests` (log prefixes) done without an error and their data
+/// verified; the memserver's own counters, in its last `peers:` line after
+/// the hostile PD finished, saw every undecodable request and the illegal
+/// index moves; every `conservation:` line adds up.
+pub fn hostile_verdict(console: &str, guests: &[String]) -> Result<HostileFigures, String> {
+    use crate::qemu::{field, segments};
+    let lines: Vec<&str> = console.lines().flat_map(segments).collect();
+    let find = |start: &str| lines.iter().position(|l| l.starts_with(start));
+    let get = |l: &str, k: &str| field(l, k).ok_or_else(|| format!("no {k}= in: {l}"));
+    let start = find("HOSTILE|INFO: start ").ok_or("the hostile PD did not start")?;
+    let rounds = get(lines[start], "rounds")?;
+    let flood = get(lines[start], "flood")?;
+    let mut fig = HostileFigures {
+        rounds,
+        ..HostileFigures::default()
+    };
+    let mut undecodable = 0;
+    for kind in std::iter::once("legit").chain(ATTACKS) {
+        let l = lines[find(&format!("HOSTILE|INFO: attack={kind} "))
+            .ok_or_else(|| format!("no attack={kind} line"))?];
+        let [sent, answered, errors, expected] =
+            ["sent", "answered", "errors", "expected"].map(|k| field(l, k));
+        let (Some(sent), Some(answered), Some(errors), Some(expected)) =
+            (sent, answered, errors, expected)
+        else {
+            return Err(format!("unreadable: {l}"));
+        };
+        let ok = if kind == "legit" {
+            // The requests a good client makes are served.
+            sent > 0 && answered == sent && errors == 0 && expected == sent
+        } else {
+            sent >= rounds && answered == sent && errors == sent && expected == sent
+        };
+        if !ok {
+            return Err(format!("not every request answered as it must be: {l}"));
+        }
+        if kind == "flood" && sent != rounds * flood {
+            return Err(format!("{flood} a round for {rounds} rounds expected: {l}"));
+        }
+        if ["garbage", "future_version", "out_of_range"].contains(&kind) {
+            undecodable += sent;
+        }
+        fig.sent.push((kind.to_string(), sent));
+    }
+    let done_at = find(HOSTILE_DONE).ok_or("the hostile PD did not finish")?;
+    let done = lines[done_at];
+    // Four illegal index moves a round, three followed by a Stats request
+    // that must be served.
+    for (k, want) in [
+        ("rounds", rounds),
+        ("bad_answers", 0),
+        ("ring_errors", 0),
+        ("timer_errors", 0),
+        ("scribbles", 4 * rounds),
+        ("recovered", 3 * rounds),
+    ] {
+        if get(done, k)? != want {
+            return Err(format!("{k} is not {want}: {done}"));
+        }
+    }
+    for g in guests {
+        let l = lines[find(&format!("{g}|INFO: phase=done"))
+            .ok_or_else(|| format!("{g} did not finish"))?];
+        if get(l, "errors")? != 0 {
+            return Err(format!("{g} saw errors: {l}"));
+        }
+        let v = lines[find(&format!("{g}|INFO: phase=verified"))
+            .ok_or_else(|| format!("{g} did not verify its data"))?];
+        if !v.contains("phase=verified ok") || get(v, "bad_pages")? != 0 {
+            return Err(format!("{g}'s data did not survive: {v}"));
+        }
+    }
+    // The server's own counters, after the hostile PD's last request.
+    let peers = lines[done_at..]
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: peers:"))
+        .ok_or("no memserver peers line after the hostile PD finished")?;
+    if get(peers, "malformed")? != undecodable
+        || get(peers, "client_misbehaviour")? < 1
+        || get(peers, "balloon_misbehaviour")? != 0
+        || get(peers, "errors")? < get(done, "hostile_errors")?
+    {
+        return Err(format!(
+            "the memserver's counters disagree ({undecodable} undecodable requests sent, at least one \
+             illegal index move, {} error answers): {peers}",
+            get(done, "hostile_errors")?
+        ));
+    }
+    fig.peers = peers.to_string();
+    for l in lines.iter().filter(|l| l.contains("conservation:")) {
+        if !l.starts_with("MEMSERVER|INFO: conservation: ok") {
+            return Err(format!("conservation broken: {l}"));
+        }
+        let [total, free, alloc, iso, ball] =
+            ["total", "free", "allocated", "isolated", "ballooned"].map(|k| field(l, k));
+        let (Some(total), Some(free), Some(alloc), Some(iso), Some(ball)) =
+            (total, free, alloc, iso, ball)
+        else {
+            return Err(format!("unreadable: {l}"));
+        };
+        if total != free + alloc + iso + ball
+            || (fig.conservation_lines > 0 && total != fig.total_pages)
+        {
+            return Err(format!("pages lost: {l}"));
+        }
+        fig.conservation_lines += 1;
+        fig.total_pages = total;
+    }
+    if fig.conservation_lines == 0 {
+        return Err("no conservation line".into());
+    }
+    Ok(fig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console() -> String {
+        let mut c = String::from(
+            "MEMSERVER|INFO: ready, 2 clients\n\
+             HOSTILE|INFO: start rounds=2 flood=4 zone_pfn=0x80000 zone_pages=131072 other_zone_pfn=0x60000\n\
+             GUEST0|INFO: phase=verified ok live_mib=8 bad_pages=0 t_ns=1\n\
+             GUEST0|INFO: phase=done allocs=1 errors=0 t_ns=1\n\
+             MEMSERVER|INFO: conservation: ok total=10 free=5 allocated=3 isolated=1 ballooned=1\n\
+             HOSTILE|INFO: attack=legit sent=9 answered=9 errors=0 expected=9 error_kinds=-\n",
+        );
+        for a in ATTACKS {
+            let n = if a == "flood" { 8 } else { 3 };
+            c += &format!(
+                "HOSTILE|INFO: attack={a} sent={n} answered={n} errors={n} expected={n} error_kinds=X:{n}\n"
+            );
+        }
+        c += "HOSTILE|INFO: done rounds=2 hostile_sent=35 hostile_answered=35 hostile_errors=35 \
+              hostile_expected=35 scribbles=8 recovered=6 bad_answers=0 ring_errors=0 timer_errors=0\n\
+              MEMSERVER|INFO: peers: requests=80 errors=40 malformed=9 client_misbehaviour=2 \
+              balloon_misbehaviour=0 balloon_refused=0 reclaims=0\n";
+        c
+    }
+
+    #[test]
+    fn a_clean_hostile_run_passes_with_its_figures() {
+        let f = hostile_verdict(&console(), &["GUEST0".into()]).unwrap();
+        assert_eq!((f.rounds, f.conservation_lines, f.total_pages), (2, 1, 10));
+        assert_eq!(f.sent.len(), 11);
+        assert_eq!(f.sent[0], ("legit".into(), 9));
+        assert!(f.peers.contains("malformed=9"));
+    }
+
+    #[test]
+    fn each_failure_is_caught() {
+        let g = ["GUEST0".to_string()];
+        for (from, to) in [
+            // An attack answered with success, or not answered.
+            (
+                "attack=misaligned sent=3 answered=3 errors=3 expected=3",
+                "attack=misaligned sent=3 answered=3 errors=2 expected=2",
+            ),
+            (
+                "attack=garbage sent=3 answered=3",
+                "attack=garbage sent=3 answered=2",
+            ),
+            (
+                "attack=flood sent=8 answered=8 errors=8 expected=8",
+                "attack=flood sent=6 answered=6 errors=6 expected=6",
+            ),
+            (
+                "attack=legit sent=9 answered=9 errors=0",
+                "attack=legit sent=9 answered=9 errors=1",
+            ),
+            ("bad_answers=0", "bad_answers=1"),
+            ("recovered=6", "recovered=5"),
+            (
+                "GUEST0|INFO: phase=done allocs=1 errors=0",
+                "GUEST0|INFO: phase=done allocs=1 errors=4",
+            ),
+            ("bad_pages=0", "bad_pages=3"),
+            ("malformed=9", "malformed=8"),
+            ("client_misbehaviour=2", "client_misbehaviour=0"),
+            ("ballooned=1", "ballooned=2"),
+            ("conservation: ok total=10", "conservation: BROKEN total=10"),
+            ("HOSTILE|INFO: done", "HOSTILE|INFO: gone"),
+        ] {
+            let c = console();
+            assert!(c.contains(from), "{from}");
+            let bad = c.replace(from, to);
+            assert!(hostile_verdict(&bad, &g).is_err(), "{to}");
+        }
+        // The peers line must come after the hostile PD's summary.
+        let c = console();
+        let (head, peers) = c.rsplit_once("MEMSERVER|INFO: peers:").unwrap();
+        let moved = format!("MEMSERVER|INFO: peers:{peers}{head}");
+        assert!(hostile_verdict(&moved, &g).is_err());
+    }
 }

@@ -509,6 +509,15 @@ pub fn parse_reported(line: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The number after `key=` among the words of a log line
+/// (`MEMSERVER|INFO: peers: requests=12 errors=3` -> `errors` = 3).
+pub fn field(line: &str, key: &str) -> Option<u64> {
+    let k = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(k.as_str()))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The log prefix of a PD line (`MEMSERVER|INFO: ...` -> `MEMSERVER`).
 pub fn log_prefix(line: &str) -> Option<&str> {
     let (p, rest) = line.split_once('|')?;
@@ -628,6 +637,9 @@ pub struct RunConfig {
     pub qemu: QemuConfig,
     /// The guests' log prefixes (`GUEST0`, ...): the run waits for them.
     pub guests: Vec<String>,
+    /// Console lines the run waits for as well, by their start (e.g.
+    /// `HOSTILE|INFO: done`, the hostile PD of a test variant).
+    pub done_lines: Vec<String>,
     /// Give up after this long.
     pub timeout: Duration,
     /// Sampling period.
@@ -747,6 +759,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     let mut done_at: Option<Instant> = None;
     let mut steady_since = Instant::now();
     let mut last_host = 0;
+    let mut lines_seen = vec![false; cfg.done_lines.len()];
     loop {
         let t = start.elapsed();
         let lines = qemu.console().lines_from(seen);
@@ -754,6 +767,9 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         for l in &lines {
             for label in obs.line(l, t) {
                 tl.mark(t, label);
+            }
+            for (want, seen) in cfg.done_lines.iter().zip(&mut lines_seen) {
+                *seen |= segments(l).iter().any(|seg| seg.starts_with(want.as_str()));
             }
             if l == "MON|INFO: Microkit Monitor started!" {
                 tl.mark(t, "booted");
@@ -788,7 +804,9 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             reported: obs.reported,
         });
         progress(&tl.progress_line());
-        let all_done = !cfg.guests.is_empty() && cfg.guests.iter().all(|g| obs.done.contains(g));
+        let all_done = !cfg.guests.is_empty()
+            && cfg.guests.iter().all(|g| obs.done.contains(g))
+            && lines_seen.iter().all(|s| *s);
         if all_done && done_at.is_none() {
             tl.mark(t, "guests done");
             done_at = Some(Instant::now());
@@ -804,8 +822,15 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             break;
         }
         if t >= cfg.timeout {
+            let missing: Vec<&String> = cfg
+                .done_lines
+                .iter()
+                .zip(&lines_seen)
+                .filter(|(_, s)| !**s)
+                .map(|(l, _)| l)
+                .collect();
             failure = Some(format!(
-                "timeout after {:?}: guests done: {:?} of {:?}",
+                "timeout after {:?}: guests done: {:?} of {:?}; lines never seen: {missing:?}",
                 cfg.timeout, obs.done, cfg.guests
             ));
             break;

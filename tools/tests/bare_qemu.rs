@@ -39,7 +39,8 @@ static QEMU: Mutex<()> = Mutex::new(());
 fn image(arch: Arch, bin: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     // Not the outer cargo's target dir: it holds the lock while we run.
-    bare::build(&workspace(), &tmp().join("bare-build"), arch, bin)
+    let xml = bare::description(&workspace(), bare::Variant::System).unwrap();
+    bare::build(&workspace(), &tmp().join("bare-build"), arch, bin, &xml)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -71,6 +71,7 @@ fn boot(board: Board, sdk: PathBuf) -> (RunReport, sdf::System) {
             extra: Vec::new(),
         },
         guests,
+        done_lines: Vec::new(),
         timeout: Duration::from_secs(180),
         period: Duration::from_millis(250),
         steady: Duration::from_secs(3),

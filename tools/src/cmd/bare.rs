@@ -2,7 +2,9 @@
 //! (every PD in one ELF, DESIGN §5.3), boot it in QEMU with QEMU's
 //! virtio-balloon, follow QEMU's RSS and the PDs' console, print the timeline
 //! and the phase table, write the plot, and fail when the host did not get
-//! the guests' freed memory back.
+//! the guests' freed memory back. `--hostile` boots the hostile variant
+//! (guest1 runs `hostile.elf`, issue 8), shows its attack counts and the
+//! memserver's counters, and fails as well when the memserver did not hold.
 
 use super::image::{target_dir, workspace};
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ pub struct BareArgs {
     pub balloon_mib: Option<u64>,
     pub no_reporting: bool,
     pub modern_mmio: bool,
+    pub hostile: bool,
     pub timeout_s: u64,
 }
 
@@ -49,17 +52,30 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         Arch::Aarch64 => "aarch64",
         Arch::X86_64 => "x86_64",
     };
+    let variant = if args.hostile {
+        bare::Variant::Hostile
+    } else {
+        bare::Variant::System
+    };
+    let dir = match variant {
+        bare::Variant::System => name.to_string(),
+        v => format!("{name}-{}", v.name()),
+    };
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| target_dir().join("bare").join(name));
+        .unwrap_or_else(|| target_dir().join("bare").join(dir));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    eprintln!("building the bare image for {}", bare::target(args.arch));
+    let xml = bare::description(&workspace(), variant).map_err(|e| e.to_string())?;
+    eprintln!(
+        "building the bare image ({}) for {}",
+        variant.name(),
+        bare::target(args.arch)
+    );
     // A target dir of its own: `tools` may be running under cargo.
-    let kernel = bare::build(&workspace(), &out.join("build"), args.arch, "system")
+    let kernel = bare::build(&workspace(), &out.join("build"), args.arch, "system", &xml)
         .map_err(|e| e.to_string())?;
-    let xml = std::fs::read_to_string(workspace().join("system.xml"))
-        .map_err(|e| format!("system.xml: {e}"))?;
+    let guests = bare::guests(&xml)?;
     let mut cfg = bare::run_config(
         args.arch,
         kernel.clone(),
@@ -68,9 +84,14 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
             modern_mmio: args.modern_mmio,
         },
         out.join("qmp.sock"),
-        bare::guests(&xml)?,
-        args.balloon_mib.map(|m| m << 20),
+        guests.clone(),
+        args.balloon_mib
+            .or(args.hostile.then_some(bare::HOSTILE_BALLOON_MIB))
+            .map(|m| m << 20),
     );
+    if args.hostile {
+        cfg.done_lines = vec![bare::HOSTILE_DONE.to_string()];
+    }
     cfg.timeout = Duration::from_secs(args.timeout_s);
     eprintln!("booting {} in QEMU", kernel.display());
     let report = qemu::run(&cfg, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
@@ -89,14 +110,32 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         svg.display(),
         csv.display()
     );
-    match bare::verdict(&report, FRACTION) {
-        Ok(()) => {
-            println!("ok: the host got the memory back");
-            Ok(ExitCode::SUCCESS)
+    let mut failed = false;
+    if args.hostile {
+        for l in report.console.lines().filter(|l| l.starts_with("HOSTILE|")) {
+            println!("{l}");
         }
-        Err(e) => {
-            println!("FAILED: {e}");
-            Ok(ExitCode::FAILURE)
+        match bare::hostile_verdict(&report.console, &guests) {
+            Ok(f) => println!(
+                "ok: the memserver held against the hostile PD ({} rounds); {}",
+                f.rounds, f.peers
+            ),
+            Err(e) => {
+                println!("FAILED: the hostile run: {e}");
+                failed = true;
+            }
         }
     }
+    match bare::verdict(&report, FRACTION) {
+        Ok(()) => println!("ok: the host got the memory back"),
+        Err(e) => {
+            println!("FAILED: {e}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -45,6 +45,13 @@ pub struct Args {
     /// aarch64: virtio-mmio version 2 (`force-legacy=false`).
     #[arg(long)]
     pub modern_mmio: bool,
+    /// With `--platform bare`: boot the test-only hostile variant (guest1
+    /// runs hostile.elf and attacks the memserver, issue 8) and check that
+    /// the memserver held. Asks the balloon for 1792 MiB at the end unless
+    /// `--balloon-mib` says otherwise (the memserver logs its counters when
+    /// a reporting or balloon pass settles).
+    #[arg(long, requires = "platform")]
+    pub hostile: bool,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout_s: u64,
@@ -58,6 +65,7 @@ pub fn main(args: Args) -> ExitCode {
             balloon_mib: args.balloon_mib,
             no_reporting: args.no_reporting,
             modern_mmio: args.modern_mmio,
+            hostile: args.hostile,
             timeout_s: args.timeout_s,
         });
     }
@@ -110,6 +118,7 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
             extra: Vec::new(),
         },
         guests,
+        done_lines: Vec::new(),
         timeout: Duration::from_secs(args.timeout_s),
         period: Duration::from_millis(250),
         steady: Duration::from_secs(3),

@@ -148,12 +148,7 @@ impl Drop for Run {
 }
 
 /// `key=value` of a log line.
-pub fn field(line: &str, key: &str) -> Option<u64> {
-    let k = format!("{key}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(k.as_str()))
-        .and_then(|v| v.parse().ok())
-}
+pub use tools::qemu::field;
 
 /// The memserver's conservation line: `(total, free, allocated, isolated,
 /// ballooned)`; panics on a broken one.
