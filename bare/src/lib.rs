@@ -10,11 +10,13 @@
 //! own statics, its own `config` module and its own `init`; `pd::main!`
 //! under pd's `bare` feature defines `__pd_bare_init` there instead of an
 //! entry point. A PD binary shared by several PDs (`guest.elf`) is included
-//! once per PD. `build.rs` also writes the files the PD crates' build
-//! scripts would (`pd_<name>.rs`, `timer_hw.rs`, `balloon_hw.rs`,
-//! `guests.rs`), with the
-//! setvar symbols not exported: they exist for the Microkit tool, and two PDs
-//! in one image would define the same names. Including the sources keeps the
+//! once per PD; so is the test-only `hostile.elf` (vmm/src/bin/hostile.rs)
+//! of the hostile variant of system.xml, which takes guest1's place and
+//! finds its layout in the same `guests.rs` table. `build.rs` also writes
+//! the files the PD crates' build scripts would (`pd_<name>.rs`,
+//! `timer_hw.rs`, `balloon_hw.rs`, `guests.rs`), with the setvar symbols
+//! not exported: they exist for the Microkit tool, and two PDs in one image
+//! would define the same names. Including the sources keeps the
 //! PD crates untouched (no `bare` feature or library target in each),
 //! which is the point: the code proven against QEMU here is the code of the
 //! Microkit build.
@@ -56,8 +58,9 @@
 //! # Running it
 //!
 //! `cargo run -p tools -- qemu --platform bare --arch aarch64` (or x86_64;
-//! `--modern-mmio`, `--no-reporting`, `--balloon-mib N`); tests:
-//! `cargo test -p tools --test bare_qemu`. Build by hand:
+//! `--modern-mmio`, `--no-reporting`, `--balloon-mib N`, `--hostile` for
+//! the hostile variant, built from `SYSTEM_XML` like the x86_64 one); tests:
+//! `cargo test -p tools --test bare_qemu --test bare_hostile`. Build by hand:
 //! `cargo build --release -p bare --bin system --target
 //! aarch64-unknown-none` (build `bare` on its own: its `pd/bare` feature
 //! would turn the PD crates' own binaries into modules without an entry).
