@@ -212,13 +212,7 @@ pub fn run_config(
 /// than the reporting delay, as on a loaded machine), with the 50/90/99 %
 /// times counted from the *last* free (zero if reached before it).
 pub fn freed_reclaim(r: &RunReport) -> Option<Reclaim> {
-    let first = r
-        .timeline
-        .marks()
-        .iter()
-        .filter(|m| m.label.contains(" freed "))
-        .map(|m| m.t)
-        .min()?;
+    let first = r.observed.first_free?;
     let last = r.observed.last_free.unwrap_or(first).max(first);
     let mut rc = r.timeline.reclaim(first, r.observed.freed, None);
     for p in [&mut rc.p50, &mut rc.p90, &mut rc.p99] {

@@ -12,7 +12,7 @@
 //! (memory the guests hold, phase marks).
 
 use crate::host::Launcher;
-use crate::qemu::parse_phase;
+use crate::qemu::Observed;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use balloon::model::DeviceConfig;
 use balloon::model::host::{HostDevice, Memfd};
@@ -134,66 +134,6 @@ pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(
     Ok(())
 }
 
-struct Guests {
-    /// Bytes each guest holds, from its phase lines.
-    holding: [u64; GUESTS.len()],
-    live: [u64; GUESTS.len()],
-    done: [bool; GUESTS.len()],
-    verified: [bool; GUESTS.len()],
-    freed: u64,
-    first_free: Option<Duration>,
-}
-
-impl Guests {
-    fn index(name: &str) -> Option<usize> {
-        GUESTS
-            .iter()
-            .position(|(g, _)| name.eq_ignore_ascii_case(g))
-    }
-
-    /// Fold a console line in; returns a phase mark label.
-    fn line(&mut self, line: &str, t: Duration) -> Option<String> {
-        let (guest, phase, mib) = parse_phase(line)?;
-        let i = Self::index(guest)?;
-        let bytes = mib.unwrap_or(0) * MIB;
-        match phase {
-            "live_touched" => {
-                let live = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("live_mib="))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-                self.live[i] = live * MIB;
-                self.holding[i] += live * MIB;
-                None
-            }
-            "touched" => {
-                self.holding[i] += bytes;
-                Some(format!("{guest} touched {} MiB", bytes / MIB))
-            }
-            "freed_half" | "freed" => {
-                self.holding[i] = self.holding[i].saturating_sub(bytes);
-                self.freed += bytes;
-                self.first_free.get_or_insert(t);
-                Some(format!("{guest} freed {} MiB", bytes / MIB))
-            }
-            "verified" => {
-                self.verified[i] = line.contains("phase=verified ok");
-                None
-            }
-            "done" => {
-                self.done[i] = true;
-                None
-            }
-            _ => None,
-        }
-    }
-
-    fn all_done(&self) -> bool {
-        self.done.iter().all(|&d| d)
-    }
-}
-
 /// Run the demo; `progress` gets a line per sample (for a live display).
 pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     let xml = std::fs::read_to_string(&cfg.system)
@@ -246,14 +186,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
 
     let start = Instant::now();
     let mut timeline = Timeline::new();
-    let mut guests = Guests {
-        holding: [0; GUESTS.len()],
-        live: [0; GUESTS.len()],
-        done: [false; GUESTS.len()],
-        verified: [false; GUESTS.len()],
-        freed: 0,
-        first_free: None,
-    };
+    // The guests' phase lines, folded as the QEMU runner does.
+    let names: Vec<String> = GUESTS.iter().map(|(g, _)| g.to_uppercase()).collect();
+    let mut guests = Observed::default();
     let mut seen = 0;
     let mut problems = Vec::new();
     let mut done_at: Option<Instant> = None;
@@ -263,7 +198,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         let t = start.elapsed();
         let lines = console.lines();
         for line in &lines[seen..] {
-            if let Some(label) = guests.line(line, t) {
+            for label in guests.line(line, t) {
                 timeline.mark(t, label);
             }
             if line.contains("|ERROR") || line.contains("|stderr") || line.contains("|WARN") {
@@ -276,12 +211,12 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         timeline.push(Sample {
             t,
             host,
-            guest: Some(guests.holding.iter().sum()),
+            guest: Some(guests.guest_bytes()),
             reported: Some(counters.bytes_discarded),
         });
         progress(&timeline.progress_line());
 
-        if guests.all_done() && done_at.is_none() {
+        if guests.all_done(&names) && done_at.is_none() {
             timeline.mark(t, "guests done");
             done_at = Some(Instant::now());
         }
@@ -290,8 +225,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         if let Some(d) = done_at {
             steady = if host == last_host { steady + 1 } else { 0 };
             let steady_for = cfg.period * steady;
-            let live: u64 = guests.live.iter().sum();
-            if (steady_for >= Duration::from_secs(1) && host <= live + guests.freed / 20)
+            if (steady_for >= Duration::from_secs(1) && host <= guests.live + guests.freed / 20)
                 || d.elapsed() >= cfg.settle
             {
                 break;
@@ -331,59 +265,12 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     Ok(DemoReport {
         timeline,
         freed: guests.freed,
-        live: guests.live.iter().sum(),
+        live: guests.live,
         reclaim,
         discarded: counters.bytes_discarded,
         skipped: counters.ranges_skipped,
-        guests_ok: guests.all_done() && guests.verified.iter().all(|&v| v),
+        guests_ok: guests.all_done(&names) && guests.all_verified(&names),
         problems,
         console: console.lines(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phase_lines_are_parsed() {
-        assert_eq!(
-            parse_phase("GUEST0|INFO: phase=touched mib=256 blocks=64 t_ns=5"),
-            Some(("GUEST0", "touched", Some(256)))
-        );
-        assert_eq!(
-            parse_phase("GUEST1|INFO: phase=done allocs=3 t_ns=1"),
-            Some(("GUEST1", "done", None))
-        );
-        assert_eq!(parse_phase("MEMSERVER|INFO: ready"), None);
-    }
-
-    #[test]
-    fn guests_track_holding_and_frees() {
-        let mut g = Guests {
-            holding: [0; 2],
-            live: [0; 2],
-            done: [false; 2],
-            verified: [false; 2],
-            freed: 0,
-            first_free: None,
-        };
-        let t = Duration::from_secs(1);
-        g.line(
-            "GUEST0|INFO: phase=live_touched live_mib=8 blocks=2 t_ns=1",
-            t,
-        );
-        g.line("GUEST0|INFO: phase=touched mib=64 blocks=16 t_ns=1", t);
-        assert_eq!(g.holding[0], 72 * MIB);
-        let mark = g.line("GUEST0|INFO: phase=freed mib=64 blocks=16 t_ns=1", t);
-        assert_eq!(mark.as_deref(), Some("GUEST0 freed 64 MiB"));
-        assert_eq!(g.holding[0], 8 * MIB);
-        assert_eq!(g.freed, 64 * MIB);
-        g.line(
-            "GUEST0|INFO: phase=verified ok live_mib=8 bad_pages=0 t_ns=1",
-            t,
-        );
-        g.line("GUEST0|INFO: phase=done allocs=1 t_ns=1", t);
-        assert!(g.done[0] && g.verified[0] && !g.all_done());
-    }
 }

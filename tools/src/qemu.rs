@@ -538,7 +538,11 @@ pub struct Observed {
     pub holding: Vec<(String, u64)>,
     /// Bytes the guests freed (sum of `freed`/`freed_half` lines).
     pub freed: u64,
+    /// When the guests' first and last frees (of any memory) were seen.
+    pub first_free: Option<Duration>,
     pub last_free: Option<Duration>,
+    /// Bytes the guests keep live the whole run (`live_touched` lines).
+    pub live: u64,
     /// The latest `reported_mib`, in bytes.
     pub reported: Option<u64>,
     /// The first `reported_mib` and when: the boot-time free memory.
@@ -562,6 +566,16 @@ impl Observed {
     /// Bytes all guests hold.
     pub fn guest_bytes(&self) -> u64 {
         self.holding.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Every guest of `guests` (log prefixes) printed `phase=done`.
+    pub fn all_done(&self, guests: &[String]) -> bool {
+        guests.iter().all(|g| self.done.contains(g))
+    }
+
+    /// Every guest of `guests` printed `phase=verified ok`.
+    pub fn all_verified(&self, guests: &[String]) -> bool {
+        guests.iter().all(|g| self.verified.contains(g))
     }
 
     /// Fold one console line at time `t`; the phase marks it holds. A line
@@ -601,6 +615,7 @@ impl Observed {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
                 *self.hold(guest) += live * MIB;
+                self.live += live * MIB;
                 None
             }
             "touched" => {
@@ -612,6 +627,7 @@ impl Observed {
                 *h = h.saturating_sub(bytes);
                 self.freed += bytes;
                 if bytes > 0 {
+                    self.first_free.get_or_insert(t);
                     self.last_free = Some(t);
                 }
                 Some(format!("{guest} freed {} MiB", bytes / MIB))
@@ -964,6 +980,19 @@ mod tests {
     }
 
     #[test]
+    fn phase_lines_are_parsed() {
+        assert_eq!(
+            parse_phase("GUEST0|INFO: phase=touched mib=256 blocks=64 t_ns=5"),
+            Some(("GUEST0", "touched", Some(256)))
+        );
+        assert_eq!(
+            parse_phase("GUEST1|INFO: phase=done allocs=3 t_ns=1"),
+            Some(("GUEST1", "done", None))
+        );
+        assert_eq!(parse_phase("MEMSERVER|INFO: ready"), None);
+    }
+
+    #[test]
     fn console_lines_are_folded_into_marks_and_holdings() {
         let mut o = Observed::default();
         let t = Duration::from_secs(1);
@@ -983,11 +1012,19 @@ mod tests {
         assert_eq!(o.guest_bytes(), 72 * MIB);
         o.line("GUEST0|INFO: phase=freed mib=64 blocks=16 t_ns=1", t);
         assert_eq!((o.guest_bytes(), o.freed), (8 * MIB, 64 * MIB));
+        assert_eq!(
+            (o.first_free, o.last_free, o.live),
+            (Some(t), Some(t), 8 * MIB)
+        );
+        let both = ["GUEST0".to_string(), "GUEST1".to_string()];
+        assert!(!o.all_done(&both[..1]));
         o.line(
             "GUEST0|INFO: phase=verified ok live_mib=8 bad_pages=0 t_ns=1",
             t,
         );
         o.line("GUEST0|INFO: phase=done allocs=1 t_ns=1", t);
+        assert!(o.all_done(&both[..1]) && o.all_verified(&both[..1]));
+        assert!(!o.all_done(&both));
         o.line("GUEST1|ERROR: phase=failed reason=\"x\" t_ns=0", t);
         // Interleaved output of two PDs still counts for the right one.
         let m = o.line(
