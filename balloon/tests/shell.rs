@@ -208,6 +208,24 @@ impl Sys {
             && self.pd.is_idle()
     }
 
+    /// Reporting settles with every batch answered once, at least `failed`
+    /// of them failed, and everything reported in the end. (The model's
+    /// device thread may still be mid-round when the driver resets it,
+    /// which can fail the restarted queues once more: the books must
+    /// balance either way.)
+    fn settle_after_failures(&mut self, failed: u64) {
+        self.until("reporting to settle", Sys::settled);
+        self.check_books();
+        let c = self.server.counters();
+        assert!(
+            c.completions_failed >= failed,
+            "failed: {}",
+            c.completions_failed
+        );
+        assert_eq!(c.completions_ok + c.completions_failed, c.batches_sent);
+        assert_eq!(self.mem().reported_pages, TOTAL_PAGES);
+    }
+
     /// Every batch the memserver sent was answered exactly once.
     fn check_books(&self) {
         let c = self.server.counters();
@@ -380,20 +398,9 @@ fn a_device_reset_mid_batch_fails_each_batch_once_and_loses_nothing() {
     s.until("the driver to restart", |s| {
         s.pd.counters().device_restarts >= 1
     });
-    s.until("reporting to settle", Sys::settled);
-    s.check_books();
-    let c = s.server.counters();
     // The 4 batches on the device failed (once each); the memserver
-    // reported their blocks again later. (The model's device thread may
-    // still be mid-round when the driver resets it, which can fail the
-    // restarted queues once more: the books must balance either way.)
-    assert!(
-        c.completions_failed >= 4,
-        "failed: {}",
-        c.completions_failed
-    );
-    assert_eq!(c.completions_ok + c.completions_failed, c.batches_sent);
-    assert_eq!(s.mem().reported_pages, TOTAL_PAGES);
+    // reported their blocks again later.
+    s.settle_after_failures(4);
     assert_eq!(s.mem().free_pages, TOTAL_PAGES);
 }
 
@@ -847,15 +854,7 @@ fn stalled_device_is_reset_by_the_watchdog(fault: Option<Fault>) {
     }
     s.d.dev.device().set_hold_reports(false);
     s.d.dev.kick();
-    s.until("reporting to settle", Sys::settled);
-    s.check_books();
-    let c = s.server.counters();
-    assert!(
-        c.completions_failed >= 4,
-        "failed: {}",
-        c.completions_failed
-    );
-    assert_eq!(s.mem().reported_pages, TOTAL_PAGES);
+    s.settle_after_failures(4);
 }
 
 #[test]
