@@ -95,18 +95,7 @@ fn a_hostile_guest_gets_errors_and_the_good_guest_is_served() {
             f("expected"),
         )
     };
-    for name in [
-        "never_got",
-        "other_zone",
-        "double_free",
-        "misaligned",
-        "wrong_order",
-        "mixed_batch",
-        "garbage",
-        "future_version",
-        "out_of_range",
-        "flood",
-    ] {
+    for name in tools::bare::ATTACKS {
         let (l, sent, answered, errors, expected) = attack(name);
         assert!(sent >= ROUNDS, "{l}");
         assert_eq!(answered, sent, "{l}");
