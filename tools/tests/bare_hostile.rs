@@ -14,27 +14,14 @@
 //! is bounded (the runner's timeout, its settle time, the balloon check's
 //! 30 s); nothing sleeps for timing.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod common;
+
+use common::{BUILD, QEMU, tmp, workspace};
 use std::time::Instant;
 use tools::bare::{self, Variant};
 use tools::qemu::{self, Arch, BalloonDevice};
 
 const MIB: u64 = 1 << 20;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-/// One cargo build at a time (they share a target dir and its lock).
-static BUILD: Mutex<()> = Mutex::new(());
-/// One QEMU at a time, as in bare_qemu.rs: timings measured on a machine
-/// loaded by another QEMU would say little.
-static QEMU: Mutex<()> = Mutex::new(());
 
 #[test]
 fn the_hostile_variant_replaces_guest1_only() {

@@ -14,27 +14,15 @@
 //! Needs QEMU (`.ci/install-qemu`) and the *-unknown-none targets. Each wait
 //! is bounded; nothing sleeps for timing.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod common;
+
+use common::{BUILD, QEMU, tmp, workspace};
+use std::path::PathBuf;
 use std::time::Duration;
 use tools::bare;
 use tools::qemu::{self, Arch, BalloonDevice, Boot, Qemu, QemuConfig, RunReport};
 
 const MIB: u64 = 1 << 20;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-/// One cargo build at a time (they share a target dir and its lock).
-static BUILD: Mutex<()> = Mutex::new(());
-/// One QEMU at a time: each holds up to 600 MiB, and timings measured on a
-/// machine loaded by the others would say little.
-static QEMU: Mutex<()> = Mutex::new(());
 
 fn image(arch: Arch, bin: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,11 +6,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// The test binary's scratch directory.
+pub fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// One cargo build at a time in a test binary (they share a target dir and
+/// its lock).
+pub static BUILD: Mutex<()> = Mutex::new(());
+/// One QEMU at a time in a test binary: each holds up to 600 MiB, and
+/// timings measured on a machine loaded by another QEMU would say little.
+/// (Cargo runs test binaries one after another.)
+pub static QEMU: Mutex<()> = Mutex::new(());
 
 pub fn pingpong(file: &str) -> PathBuf {
     workspace().join("pd/examples/pingpong").join(file)
