@@ -4,6 +4,7 @@
 //! the bare platform's image and verdict ([`bare`]).
 
 pub mod bare;
+pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod image;

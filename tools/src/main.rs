@@ -32,6 +32,9 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Run every check and test of the project (the command CI runs).
     Test(cmd::test::Args),
+    /// Run the benchmarks (allocator, balloon driver, reclaim on the host
+    /// platform) and write tables and a plot.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +45,6 @@ fn main() -> ExitCode {
         Command::Test(a) => cmd::test::main(a),
         Command::Image(a) => cmd::image::main(a),
         Command::Qemu(a) => cmd::qemu::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand: `Args` (clap) and `main(Args) -> ExitCode`.
 
 pub mod bare;
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod image;

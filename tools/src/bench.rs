@@ -1,0 +1,633 @@
+//! `tools bench`: the project's benchmarks in one place (see
+//! `cmd/bench.rs` for the command).
+//!
+//! - **alloc**: memserver/benches/alloc.rs (criterion). It prints its own
+//!   interleaved comparison (`interleaved x41: <variant> best .. M ops/s,
+//!   median .. M ops/s` and a `reporting cost:` line), which is the fair
+//!   measure on a shared machine; criterion's estimates come next to it.
+//! - **report**: balloon/benches/report.rs (criterion): a 64 MiB discard
+//!   through `fallocate` directly and through the driver, and a 4 KiB report
+//!   round trip.
+//! - **reclaim**: the whole system on the host platform ([`crate::demo`]),
+//!   swept over the reporting tunables a study of reclaim would vary: how
+//!   much comes back and how long after the first free.
+//!
+//! This module parses and summarises; it runs no cargo itself.
+
+use crate::demo::DemoReport;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// One criterion estimate (nanoseconds per iteration).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub mean_ns: f64,
+    /// The mean's 95 % confidence interval.
+    pub mean_lo_ns: f64,
+    pub mean_hi_ns: f64,
+    pub median_ns: f64,
+}
+
+/// Parse criterion's `new/estimates.json`.
+pub fn parse_estimates(text: &str) -> Result<Estimate, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("estimates.json: {e}"))?;
+    let get = |stat: &str, path: &[&str]| -> Result<f64, String> {
+        let mut x = &v[stat];
+        for p in path {
+            x = &x[*p];
+        }
+        x.as_f64()
+            .ok_or_else(|| format!("estimates.json: no {stat}.{}", path.join(".")))
+    };
+    Ok(Estimate {
+        mean_ns: get("mean", &["point_estimate"])?,
+        mean_lo_ns: get("mean", &["confidence_interval", "lower_bound"])?,
+        mean_hi_ns: get("mean", &["confidence_interval", "upper_bound"])?,
+        median_ns: get("median", &["point_estimate"])?,
+    })
+}
+
+/// Criterion's estimate of `group/function` under `target_dir`.
+pub fn read_estimate(target_dir: &Path, id: &str) -> Result<Estimate, String> {
+    let path = target_dir
+        .join("criterion")
+        .join(id)
+        .join("new")
+        .join("estimates.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_estimates(&text)
+}
+
+/// One variant of the alloc bench's interleaved comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throughput {
+    pub variant: String,
+    /// Millions of operations per second, best and median round.
+    pub best_mops: f64,
+    pub median_mops: f64,
+}
+
+/// What the alloc bench printed about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllocSummary {
+    pub rounds: u32,
+    pub variants: Vec<Throughput>,
+    /// Reporting's cost in percent, best and median rounds.
+    pub cost_best_pct: Option<f64>,
+    pub cost_median_pct: Option<f64>,
+    /// Speed-up over buddy_system_allocator, best and median rounds.
+    pub ratio_best: Option<f64>,
+    pub ratio_median: Option<f64>,
+}
+
+/// Fold the alloc bench's stdout: its `interleaved` and `reporting cost`
+/// lines (memserver/benches/alloc.rs).
+pub fn parse_alloc_output(out: &str) -> AllocSummary {
+    let mut s = AllocSummary::default();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("interleaved x") {
+            // "41: memserver reporting off    best  65.70 M ops/s, median  63.10 M ops/s"
+            let Some((rounds, rest)) = rest.split_once(':') else {
+                continue;
+            };
+            let Some((variant, nums)) = rest.split_once(" best ") else {
+                continue;
+            };
+            // " 65.70 M ops/s, median  63.10 M ops/s": the last word
+            // before each unit.
+            let num = |p: &str| p.split_whitespace().last()?.parse::<f64>().ok();
+            let mut pieces = nums.split("M ops/s");
+            let (Some(best), Some(median)) =
+                (pieces.next().and_then(num), pieces.next().and_then(num))
+            else {
+                continue;
+            };
+            s.rounds = rounds.trim().parse().unwrap_or(0);
+            s.variants.push(Throughput {
+                variant: variant.trim().to_string(),
+                best_mops: best,
+                median_mops: median,
+            });
+        } else if let Some(rest) = line.strip_prefix("reporting cost: ") {
+            // "+0.12 % (best), +0.40 % (median); vs buddy_system_allocator: 2.31x (best), 2.20x (median)"
+            let pct = |key: &str| {
+                rest.split([',', ';'])
+                    .find(|p| p.contains(key) && p.contains('%'))
+                    .and_then(|p| p.split_whitespace().next())
+                    .and_then(|n| n.parse::<f64>().ok())
+            };
+            s.cost_best_pct = pct("(best)");
+            s.cost_median_pct = pct("(median)");
+            if let Some((_, vs)) = rest.split_once("buddy_system_allocator:") {
+                let ratio = |key: &str| {
+                    vs.split(',')
+                        .find(|p| p.contains(key))
+                        .and_then(|p| p.split_whitespace().next())
+                        .and_then(|n| n.trim_end_matches('x').parse::<f64>().ok())
+                };
+                s.ratio_best = ratio("(best)");
+                s.ratio_median = ratio("(median)");
+            }
+        }
+    }
+    s
+}
+
+/// One point of the reclaim sweep: the memserver's tunables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunables {
+    pub order: u8,
+    pub delay_ms: u64,
+    pub capacity: u16,
+    pub in_flight: u8,
+}
+
+impl Tunables {
+    /// `MEMSERVER_TUNABLES` text.
+    pub fn env_text(&self) -> String {
+        format!(
+            "order={},delay_ms={},capacity={},in_flight={}",
+            self.order, self.delay_ms, self.capacity, self.in_flight
+        )
+    }
+
+    /// A short label for tables and plots.
+    pub fn label(&self) -> String {
+        format!("cap {} x {} in flight", self.capacity, self.in_flight)
+    }
+}
+
+/// What one run of the whole system showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReclaimRun {
+    /// Fraction of the freed memory the host got back.
+    pub fraction: f64,
+    /// From the first free until 50 / 90 % were back.
+    pub p50: Option<Duration>,
+    pub p90: Option<Duration>,
+    /// Report batches the memserver completed (its last `reported:` line).
+    pub batches: Option<u64>,
+    pub freed: u64,
+}
+
+impl ReclaimRun {
+    pub fn from_report(r: &DemoReport) -> Self {
+        let batches = r
+            .console
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("MEMSERVER|INFO: reported:"))
+            .and_then(|l| crate::qemu::field(l, "batches_ok"));
+        Self {
+            fraction: r.reclaim.fraction(),
+            p50: r.reclaim.p50,
+            p90: r.reclaim.p90,
+            batches,
+            freed: r.freed,
+        }
+    }
+}
+
+/// The runs of one sweep point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReclaimPoint {
+    pub tunables: Tunables,
+    pub runs: Vec<ReclaimRun>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+impl ReclaimPoint {
+    /// The worst fraction over the runs.
+    pub fn min_fraction(&self) -> f64 {
+        self.runs.iter().map(|r| r.fraction).fold(1.0, f64::min)
+    }
+
+    /// Median seconds to 90 % back, over the runs that got there.
+    pub fn p90_s(&self) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|r| r.p90.map(|d| d.as_secs_f64()))
+                .collect(),
+        )
+    }
+
+    pub fn p50_s(&self) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|r| r.p50.map(|d| d.as_secs_f64()))
+                .collect(),
+        )
+    }
+
+    /// The reporting work itself: time to 90 % less the delay.
+    pub fn work_s(&self) -> Option<f64> {
+        self.p90_s()
+            .map(|p| (p - self.tunables.delay_ms as f64 / 1000.0).max(0.0))
+    }
+
+    pub fn batches(&self) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|r| r.batches.map(|b| b as f64))
+                .collect(),
+        )
+    }
+}
+
+/// Everything one `tools bench` measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub alloc: Option<AllocSummary>,
+    /// Criterion estimates by id (`group/function`).
+    pub estimates: Vec<(String, Estimate)>,
+    /// Metadata bytes per 4 KiB page for a 1 GiB zone.
+    pub metadata_per_page: Option<f64>,
+    pub reclaim: Vec<ReclaimPoint>,
+    /// The guests' workload of the reclaim sweep (`GUEST_PARAMS`).
+    pub reclaim_workload: String,
+    /// Errors of parts that did not run through.
+    pub errors: Vec<String>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// Bytes per second of `bytes` moved in `ns`, as GiB/s.
+fn gib_s(bytes: f64, ns: f64) -> f64 {
+    bytes / (ns / 1e9) / (1u64 << 30) as f64
+}
+
+impl Results {
+    /// The tables, in Markdown (readable as text too).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        if let Some(a) = &self.alloc {
+            let _ = writeln!(
+                s,
+                "## Allocator: 200 k alloc/free over a 1 GiB zone (interleaved x{})\n",
+                a.rounds
+            );
+            let _ = writeln!(s, "| variant | best M ops/s | median M ops/s |");
+            let _ = writeln!(s, "|---|---|---|");
+            for v in &a.variants {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.2} | {:.2} |",
+                    v.variant, v.best_mops, v.median_mops
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\nreporting cost: {} % (best), {} % (median); vs buddy_system_allocator: {}x (best), {}x (median)",
+                opt(a.cost_best_pct, 2),
+                opt(a.cost_median_pct, 2),
+                opt(a.ratio_best, 2),
+                opt(a.ratio_median, 2)
+            );
+        }
+        if let Some(m) = self.metadata_per_page {
+            let _ = writeln!(s, "\nmetadata: {m:.2} bytes per 4 KiB page\n");
+        }
+        if !self.estimates.is_empty() {
+            let _ = writeln!(s, "## Criterion estimates\n");
+            let _ = writeln!(
+                s,
+                "| benchmark | mean | 95 % interval | median | throughput |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for (id, e) in &self.estimates {
+                let tp = if id.starts_with("discard_64MiB/") {
+                    format!("{:.2} GiB/s", gib_s(64.0 * MIB, e.mean_ns))
+                } else if id.starts_with("alloc_free_1GiB/") {
+                    format!("{:.2} M ops/s", 200_000.0 / (e.mean_ns / 1e9) / 1e6)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {id} | {} | {} .. {} | {} | {tp} |",
+                    human_ns(e.mean_ns),
+                    human_ns(e.mean_lo_ns),
+                    human_ns(e.mean_hi_ns),
+                    human_ns(e.median_ns)
+                );
+            }
+        }
+        if !self.reclaim.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Reclaim on the host platform ({})\n",
+                self.reclaim_workload
+            );
+            let _ = writeln!(
+                s,
+                "| tunables | runs | back (worst) | 50 % after | 90 % after | 90 % less the delay | batches |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            for p in &self.reclaim {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} % | {} s | {} s | {} s | {} |",
+                    p.tunables.env_text(),
+                    p.runs.len(),
+                    p.min_fraction() * 100.0,
+                    opt(p.p50_s(), 3),
+                    opt(p.p90_s(), 3),
+                    opt(p.work_s(), 3),
+                    opt(p.batches(), 0)
+                );
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(s, "\nFAILED: {e}");
+        }
+        s
+    }
+
+    /// The same, for programs.
+    pub fn json(&self) -> Value {
+        let alloc = self.alloc.as_ref().map(|a| {
+            json!({
+                "rounds": a.rounds,
+                "variants": a.variants.iter().map(|v| json!({
+                    "variant": v.variant, "best_mops": v.best_mops, "median_mops": v.median_mops,
+                })).collect::<Vec<_>>(),
+                "reporting_cost_pct": { "best": a.cost_best_pct, "median": a.cost_median_pct },
+                "vs_buddy_system_allocator": { "best": a.ratio_best, "median": a.ratio_median },
+            })
+        });
+        json!({
+            "alloc": alloc,
+            "metadata_bytes_per_page": self.metadata_per_page,
+            "criterion": self.estimates.iter().map(|(id, e)| json!({
+                "id": id, "mean_ns": e.mean_ns, "mean_lo_ns": e.mean_lo_ns,
+                "mean_hi_ns": e.mean_hi_ns, "median_ns": e.median_ns,
+            })).collect::<Vec<_>>(),
+            "reclaim": {
+                "workload": self.reclaim_workload,
+                "points": self.reclaim.iter().map(|p| json!({
+                    "tunables": p.tunables.env_text(),
+                    "capacity": p.tunables.capacity,
+                    "in_flight": p.tunables.in_flight,
+                    "delay_ms": p.tunables.delay_ms,
+                    "runs": p.runs.iter().map(|r| json!({
+                        "fraction": r.fraction,
+                        "p50_s": r.p50.map(|d| d.as_secs_f64()),
+                        "p90_s": r.p90.map(|d| d.as_secs_f64()),
+                        "batches": r.batches,
+                        "freed_bytes": r.freed,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            },
+            "errors": self.errors,
+        })
+    }
+
+    /// One SVG: allocator throughput (left) and time to 90 % back per
+    /// tunables point (right), whichever ran.
+    pub fn plot_svg(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let (left, right) = root.split_horizontally(550);
+        let alloc: Vec<(String, f64)> = self
+            .alloc
+            .iter()
+            .flat_map(|a| a.variants.iter())
+            .map(|v| (v.variant.clone(), v.best_mops))
+            .collect();
+        let reclaim: Vec<(String, f64)> = self
+            .reclaim
+            .iter()
+            .filter_map(|p| p.p90_s().map(|s| (p.tunables.label(), s)))
+            .collect();
+        bars(
+            &left,
+            "allocator: best of interleaved rounds",
+            "M ops/s",
+            &alloc,
+            &BLUE,
+        )?;
+        bars(
+            &right,
+            "host platform: first free to 90 % back",
+            "seconds",
+            &reclaim,
+            &RED,
+        )?;
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+/// A bar chart of `(label, value)` on `area`.
+fn bars<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    data: &[(String, f64)],
+    color: &plotters::style::RGBColor,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    if data.is_empty() {
+        let style = ("sans-serif", 16).into_font().color(&BLACK);
+        area.draw_text(&format!("{title}: not run"), &style, (40, 200))
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let top = data.iter().map(|d| d.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let n = data.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(70)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .disable_x_axis()
+        .y_desc(unit)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(data.iter().enumerate().map(|(i, (_, v))| {
+            Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+                color.mix(0.7).filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?
+        .label(unit)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    // Values on the bars, names under them.
+    chart
+        .draw_series(data.iter().enumerate().map(|(i, (_, v))| {
+            Text::new(
+                format!("{v:.2}"),
+                (i as f64 + 0.3, *v + top * 0.02),
+                ("sans-serif", 13),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(data.iter().enumerate().map(|(i, (name, _))| {
+            Text::new(
+                name.clone(),
+                (i as f64 + 0.1, -top * 0.04),
+                ("sans-serif", 11),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `1234567.0` ns -> `1.23 ms`.
+pub fn human_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.3} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real `new/estimates.json` of `discard_64MiB/raw_punch_hole`.
+    const ESTIMATES: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":11329470.5,"upper_bound":11893023.2},"point_estimate":11600511.3,"standard_error":143270.9},"median":{"confidence_interval":{"confidence_level":0.95,"lower_bound":11280000.0,"upper_bound":11700000.0},"point_estimate":11512345.0,"standard_error":100000.0},"median_abs_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":1.0,"upper_bound":2.0},"point_estimate":1.5,"standard_error":0.1},"slope":null,"std_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":1.0,"upper_bound":2.0},"point_estimate":1.5,"standard_error":0.1}}"#;
+
+    #[test]
+    fn criterion_estimates_are_read() {
+        let e = parse_estimates(ESTIMATES).unwrap();
+        assert_eq!(e.mean_ns, 11600511.3);
+        assert_eq!((e.mean_lo_ns, e.mean_hi_ns), (11329470.5, 11893023.2));
+        assert_eq!(e.median_ns, 11512345.0);
+        assert!(parse_estimates("{}").is_err());
+        assert!(parse_estimates("not json").is_err());
+        assert!((gib_s(64.0 * MIB, e.mean_ns) - 5.39).abs() < 0.01);
+    }
+
+    #[test]
+    fn the_alloc_bench_summary_is_read() {
+        let out = "worker's own time: 1 ns of 2 ns per run (0.01 %)\n\
+interleaved x41: memserver reporting off  best  65.70 M ops/s, median  63.10 M ops/s\n\
+interleaved x41: memserver reporting on   best  66.00 M ops/s, median  62.90 M ops/s\n\
+interleaved x41: buddy_system_allocator   best  28.50 M ops/s, median  27.00 M ops/s\n\
+interleaved x41: on, worker never runs    best  65.80 M ops/s, median  63.00 M ops/s\n\
+reporting cost: -0.46 % (best), +0.32 % (median); vs buddy_system_allocator: 2.31x (best), 2.34x (median)\n\
+Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
+        let s = parse_alloc_output(out);
+        assert_eq!(s.rounds, 41);
+        assert_eq!(s.variants.len(), 4);
+        assert_eq!(
+            s.variants[0],
+            Throughput {
+                variant: "memserver reporting off".into(),
+                best_mops: 65.70,
+                median_mops: 63.10
+            }
+        );
+        assert_eq!(s.variants[3].variant, "on, worker never runs");
+        assert_eq!(
+            (s.cost_best_pct, s.cost_median_pct),
+            (Some(-0.46), Some(0.32))
+        );
+        assert_eq!((s.ratio_best, s.ratio_median), (Some(2.31), Some(2.34)));
+        assert_eq!(parse_alloc_output("nothing"), AllocSummary::default());
+    }
+
+    fn point(capacity: u16, p90: &[f64]) -> ReclaimPoint {
+        ReclaimPoint {
+            tunables: Tunables {
+                order: 9,
+                delay_ms: 300,
+                capacity,
+                in_flight: 1,
+            },
+            runs: p90
+                .iter()
+                .map(|&s| ReclaimRun {
+                    fraction: 0.99,
+                    p50: Some(Duration::from_secs_f64(s / 2.0)),
+                    p90: Some(Duration::from_secs_f64(s)),
+                    batches: Some(8),
+                    freed: 64 << 20,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sweep_points_summarise_to_medians() {
+        let p = point(8, &[0.5, 0.31, 0.4]);
+        assert_eq!(p.p90_s(), Some(0.4));
+        assert!((p.work_s().unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(p.batches(), Some(8.0));
+        assert_eq!(p.min_fraction(), 0.99);
+        assert_eq!(
+            p.tunables.env_text(),
+            "order=9,delay_ms=300,capacity=8,in_flight=1"
+        );
+    }
+
+    #[test]
+    fn results_render_as_tables_json_and_a_plot() {
+        let r = Results {
+            alloc: Some(parse_alloc_output(
+                "interleaved x3: memserver reporting off  best  10.00 M ops/s, median 9.00 M ops/s\n",
+            )),
+            estimates: vec![(
+                "discard_64MiB/raw_punch_hole".into(),
+                parse_estimates(ESTIMATES).unwrap(),
+            )],
+            metadata_per_page: Some(9.0),
+            reclaim: vec![point(8, &[0.4]), point(32, &[0.35])],
+            reclaim_workload: "pattern=bulk,mib=32".into(),
+            errors: vec!["report: cargo bench failed".into()],
+        };
+        let md = r.markdown();
+        assert!(
+            md.contains("| memserver reporting off | 10.00 | 9.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| discard_64MiB/raw_punch_hole | 11.60 ms |"),
+            "{md}"
+        );
+        assert!(md.contains("5.39 GiB/s"), "{md}");
+        assert!(md.contains("| order=9,delay_ms=300,capacity=32,in_flight=1 | 1 | 99.0 % |"));
+        assert!(md.contains("FAILED: report: cargo bench failed"));
+        let j = r.json();
+        assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
+        assert_eq!(j["metadata_bytes_per_page"], 9.0);
+        let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let svg = dir.join("bench.svg");
+        r.plot_svg(&svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("allocator: best of interleaved rounds"));
+        assert!(text.contains("cap 32 x 1 in flight"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

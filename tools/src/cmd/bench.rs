@@ -1,0 +1,285 @@
+//! `tools bench`: run the project's benchmarks and show the figures (see
+//! `tools::bench`): tables on stdout and in `summary.md`, `summary.json`,
+//! and a plot, `bench.svg`, in `--out`.
+//!
+//! Exit status: 0 when every part ran (and each reclaim run got at least
+//! 90 % back), 1 when a part failed, 2 on bad arguments.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use tools::bench::{self, ReclaimPoint, ReclaimRun, Results, Tunables};
+use tools::demo::{self, DemoConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The memserver's allocator (memserver/benches/alloc.rs).
+    Alloc,
+    /// The balloon driver's reporting path (balloon/benches/report.rs).
+    Report,
+    /// The whole system on the host platform, over reporting tunables.
+    Reclaim,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A short run: criterion's --quick, one run per reclaim point with
+    /// small guests and a 300 ms reporting delay.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these parts (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Runs per reclaim point (default 3, 1 with --quick).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// Where summary.md, summary.json and bench.svg go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The PDs' host binaries for the reclaim part (default: build them
+    /// next to this binary, as `tools demo` does).
+    #[arg(long)]
+    pub pd_dir: Option<PathBuf>,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo puts criterion's output: `CARGO_TARGET_DIR` or the
+/// workspace's `target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+pub fn main(args: Args) -> ExitCode {
+    let parts = if args.only.is_empty() {
+        vec![Part::Alloc, Part::Report, Part::Reclaim]
+    } else {
+        args.only.clone()
+    };
+    let started = Instant::now();
+    let mut r = Results::default();
+    for part in &parts {
+        let res = match part {
+            Part::Alloc => alloc(&args, &mut r),
+            Part::Report => report(&args, &mut r),
+            Part::Reclaim => reclaim(&args, &mut r),
+        };
+        if let Err(e) = res {
+            eprintln!("bench: {part:?}: {e}");
+            r.errors.push(format!("{part:?}: {e}"));
+        }
+    }
+    match write(&args, &r, started.elapsed()) {
+        Ok(()) if r.errors.is_empty() => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `cargo bench -p <pkg> --bench <bench>`, its output shown as it comes
+/// (criterion says what it measures, so that is the progress) and kept.
+fn cargo_bench(pkg: &str, bench: &str, quick: bool) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["bench", "-p", pkg, "--bench", bench, "--"])
+        .stdout(Stdio::piped());
+    if quick {
+        cmd.arg("--quick");
+    }
+    eprintln!("bench: cargo bench -p {pkg} --bench {bench}");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running cargo bench: {e}"))?;
+    let mut out = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| format!("reading cargo bench: {e}"))?;
+            eprintln!("  {bench}| {line}");
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for cargo bench: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo bench -p {pkg} --bench {bench}: {status}"));
+    }
+    Ok(out)
+}
+
+fn estimates(r: &mut Results, ids: &[&str]) -> Result<(), String> {
+    for id in ids {
+        let e = bench::read_estimate(&target_dir(), id)?;
+        r.estimates.push((id.to_string(), e));
+    }
+    Ok(())
+}
+
+fn alloc(args: &Args, r: &mut Results) -> Result<(), String> {
+    // Computed, not remembered: the metadata the core asks for a 1 GiB zone.
+    let zone = [memserver::ZoneSpec {
+        base_pfn: 0x40000,
+        pages: 262_144,
+        owner: 0,
+    }];
+    r.metadata_per_page = Some(memserver::metadata_bytes(&zone) as f64 / 262_144.0);
+    let out = cargo_bench("memserver", "alloc", args.quick)?;
+    let s = bench::parse_alloc_output(&out);
+    if s.variants.is_empty() {
+        return Err("the alloc bench printed no interleaved figures".into());
+    }
+    r.alloc = Some(s);
+    estimates(
+        r,
+        &[
+            "alloc_free_1GiB/memserver_reporting_off",
+            "alloc_free_1GiB/memserver_reporting_on",
+            "alloc_free_1GiB/buddy_system_allocator",
+        ],
+    )
+}
+
+fn report(args: &Args, r: &mut Results) -> Result<(), String> {
+    cargo_bench("balloon", "report", args.quick)?;
+    estimates(
+        r,
+        &[
+            "discard_64MiB/raw_punch_hole",
+            "discard_64MiB/driver_report_batch",
+            "report_roundtrip_4KiB",
+            "report_roundtrip_4KiB_futex_doorbell",
+        ],
+    )
+}
+
+/// The PDs' binaries: `--pd-dir`, or built next to this binary.
+fn pd_dir(args: &Args) -> Result<PathBuf, String> {
+    if let Some(d) = &args.pd_dir {
+        return Ok(d.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let bin_dir = exe
+        .parent()
+        .ok_or("this executable has no directory")?
+        .to_path_buf();
+    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(p) => p,
+        None => "release",
+    };
+    let target = bin_dir.parent().ok_or("no target directory")?;
+    eprintln!("bench: building the PDs ({profile})");
+    demo::build_pds(&workspace(), target, profile)?;
+    Ok(bin_dir)
+}
+
+fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
+    let bin_dir = pd_dir(args)?;
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    // Linux's defaults are order 9, delay 2 s, capacity 32, one batch in
+    // flight; the sweep varies what sets the reporting work's pace.
+    let delay_ms = if args.quick { 300 } else { 2000 };
+    let guest_mib = if args.quick { 32 } else { 256 };
+    // The guests hold what they touched long enough for the boot-time
+    // report to end (at capacity 8 a 512 MiB zone takes 8 passes, one
+    // delay apart), so their frees meet an idle worker and the time from
+    // the free measures one delay plus the reporting of what they freed.
+    let hold_ms = delay_ms * 10;
+    let workload = format!("pattern=bulk,mib={guest_mib},hold_ms={hold_ms},rounds=1,live_mib=8");
+    r.reclaim_workload = format!("2 guests: {workload}");
+    let points: Vec<Tunables> = [8u16, 32]
+        .iter()
+        .flat_map(|&capacity| {
+            [1u8, 4].map(|in_flight| Tunables {
+                order: 9,
+                delay_ms,
+                capacity,
+                in_flight,
+            })
+        })
+        .collect();
+    let total = points.len() * runs as usize;
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for t in points {
+        let mut point = ReclaimPoint {
+            tunables: t,
+            runs: Vec::new(),
+        };
+        for _ in 0..runs {
+            n += 1;
+            eprintln!("bench: reclaim {n}/{total}: {}", t.env_text());
+            let cfg = DemoConfig {
+                system: workspace().join("system.xml"),
+                bin_dir: bin_dir.clone(),
+                guest_params: workload.clone(),
+                tunables: t.env_text(),
+                timeout: Duration::from_secs(120),
+                period: Duration::from_millis(20),
+                // Up to 8 passes for what the guests freed, as above.
+                settle: Duration::from_millis(delay_ms * 12) + Duration::from_secs(5),
+            };
+            let report = demo::run(&cfg, &mut |_| {})?;
+            let run = ReclaimRun::from_report(&report);
+            if !report.memory_came_back(0.9) {
+                failures.push(format!(
+                    "{}: {:.1} % back{}",
+                    t.env_text(),
+                    run.fraction * 100.0,
+                    if report.problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", report.problems.join("; "))
+                    }
+                ));
+            }
+            point.runs.push(run);
+        }
+        r.reclaim.push(point);
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("less than 90 % came back: {}", failures.join(", ")))
+    }
+}
+
+fn write(args: &Args, r: &Results, took: Duration) -> Result<(), String> {
+    let out: &Path = &args.out;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let header = format!(
+        "# tools bench{}\n\n{cores} cores; took {:.0} s. Commands: `cargo bench -p memserver --bench alloc`, \
+         `cargo bench -p balloon --bench report`, and `tools::demo` runs (as `tools demo`).\n\n",
+        if args.quick { " --quick" } else { "" },
+        took.as_secs_f64()
+    );
+    let md = format!("{header}{}", r.markdown());
+    println!("{md}");
+    let write = |name: &str, text: &str| {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("summary.md", &md)?;
+    let json = serde_json::to_string_pretty(&r.json()).map_err(|e| e.to_string())?;
+    write("summary.json", &json)?;
+    let svg = out.join("bench.svg");
+    r.plot_svg(&svg)?;
+    println!(
+        "summary: {}  data: {}  plot: {}",
+        out.join("summary.md").display(),
+        out.join("summary.json").display(),
+        svg.display()
+    );
+    Ok(())
+}
