@@ -357,10 +357,16 @@ impl Hostile {
     }
 
     /// A block of our zone we never got (order 10, from the top down).
+    /// Buddies are aligned absolutely, not to the zone's base: Microkit
+    /// puts guest RAM at 2 MiB boundaries (0x60600000), so the zone's own
+    /// offsets would make misaligned blocks (found booting on seL4).
     fn never_got(&self, k: u64) -> Block {
-        let mut k = k % (self.pages / 1024).max(1);
+        let first = self.base.next_multiple_of(1024);
+        let top = (self.base + self.pages) & !1023;
+        let blocks = top.saturating_sub(first) / 1024;
+        let mut k = k % blocks.max(1);
         loop {
-            let pfn = self.base + self.pages - 1024 * (k + 1);
+            let pfn = top - 1024 * (k + 1);
             if !self.holds(pfn, 10) || k == 0 {
                 return Block { pfn, order: 10 };
             }
