@@ -388,12 +388,15 @@ pub fn hostile_verdict(console: &str, guests: &[String]) -> Result<HostileFigure
             return Err(format!("{g}'s data did not survive: {v}"));
         }
     }
-    // The server's own counters, after the hostile PD's last request.
+    // The server's own counters, after the hostile PD's last request: the
+    // last whole line (on seL4 another PD's output can cut one short, as
+    // `BALLOON|INFO: ...` did after `malformed=1`; `reclaims` is its last
+    // field).
     let peers = lines[done_at..]
         .iter()
         .rev()
-        .find(|l| l.starts_with("MEMSERVER|INFO: peers:"))
-        .ok_or("no memserver peers line after the hostile PD finished")?;
+        .find(|l| l.starts_with("MEMSERVER|INFO: peers:") && field(l, "reclaims").is_some())
+        .ok_or("no whole memserver peers line after the hostile PD finished")?;
     if get(peers, "malformed")? != undecodable
         || get(peers, "client_misbehaviour")? < 1
         || get(peers, "balloon_misbehaviour")? != 0
@@ -464,6 +467,12 @@ mod tests {
         assert_eq!(f.sent.len(), 11);
         assert_eq!(f.sent[0], ("legit".into(), 9));
         assert!(f.peers.contains("malformed=9"));
+        // A later peers line cut short by another PD's output (seen on
+        // seL4) is passed over for the last whole one.
+        let cut = console()
+            + "MEMSERVER|INFO: peers: requests=80 errors=40 malformed=1BALLOON|INFO: balloon at 65536 pages\n";
+        let f = hostile_verdict(&cut, &["GUEST0".into()]).unwrap();
+        assert!(f.peers.contains("malformed=9"), "{}", f.peers);
     }
 
     #[test]

@@ -142,11 +142,13 @@ impl fmt::Display for ImageError {
 impl std::error::Error for ImageError {}
 
 /// `program_image` file -> (package, binary).
-const PROGRAMS: [(&str, &str, &str); 7] = [
+const PROGRAMS: [(&str, &str, &str); 8] = [
     ("memserver.elf", "memserver", "memserver"),
     ("balloon.elf", "balloon", "balloon"),
     ("timer.elf", "timer", "timer"),
     ("guest.elf", "vmm", "guest"),
+    // Test-only (issue 8): the hostile variant's guest1.
+    ("hostile.elf", "vmm", "hostile"),
     ("ping.elf", "pd", "ping"),
     ("pong.elf", "pd", "pong"),
     ("crasher.elf", "pd", "crasher"),

@@ -709,6 +709,38 @@ impl RunReport {
             && self.boot.is_some_and(|b| b.fraction() >= fraction)
     }
 
+    /// From the boot to the end of the run: how far QEMU's RSS fell, and
+    /// what the memserver's first `reported:` line said was free (bytes).
+    pub fn whole_run(&self) -> Option<(u64, u64)> {
+        let (_, reported) = self.observed.boot_report?;
+        let booted = self
+            .timeline
+            .marks()
+            .iter()
+            .find(|m| m.label == "booted")
+            .and_then(|m| self.timeline.at(m.t))?
+            .host;
+        let end = self.timeline.samples().last()?.host;
+        Some((booted.saturating_sub(end), reported))
+    }
+
+    /// As [`Self::memory_came_back`], for runs whose boot-time report and
+    /// guest frees are not apart: a hostile PD's frees keep the reporting
+    /// worker busy, so the memserver's first `reported:` line (the boot
+    /// mark) may come after the guests freed. The guests' frees came back,
+    /// and over the whole run RSS fell by `fraction` of what was free.
+    pub fn memory_came_back_overall(&self, fraction: f64) -> bool {
+        let guests = self.observed.done.len();
+        self.failure.is_none()
+            && guests > 0
+            && self.observed.verified.len() == guests
+            && self.observed.freed > 0
+            && self.reclaim.fraction() >= fraction
+            && self
+                .whole_run()
+                .is_some_and(|(back, free)| back as f64 >= fraction * free as f64)
+    }
+
     /// The phase table, the reclaim lines, the balloon check and problems.
     pub fn summary(&self) -> String {
         use std::fmt::Write as _;
