@@ -107,6 +107,28 @@ impl DemoReport {
     }
 }
 
+/// The directory of this executable, with the PDs' host binaries built
+/// there (same target dir, same profile) unless `build` is false: how
+/// `tools demo` and `tools bench` find them.
+pub fn pds_next_to_this_binary(workspace: &Path, build: bool) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let bin_dir = exe
+        .parent()
+        .ok_or("this executable has no directory")?
+        .to_path_buf();
+    if build {
+        let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(p) => p,
+            None => "release",
+        };
+        let target_dir = bin_dir.parent().ok_or("no target directory")?;
+        eprintln!("building the PDs ({profile})");
+        build_pds(workspace, target_dir, profile)?;
+    }
+    Ok(bin_dir)
+}
+
 /// Build the PDs' host binaries into `target_dir` with `profile`, with
 /// cargo's own progress on the terminal.
 pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(), String> {

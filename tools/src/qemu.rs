@@ -700,13 +700,19 @@ impl RunReport {
     /// boot-time report and of what the guests freed, and the guests
     /// verified their data.
     pub fn memory_came_back(&self, fraction: f64) -> bool {
+        self.guests_freed_and_got_back(fraction)
+            && self.boot.is_some_and(|b| b.fraction() >= fraction)
+    }
+
+    /// The run went through, every guest that finished verified its data,
+    /// and `fraction` of what they freed came back.
+    fn guests_freed_and_got_back(&self, fraction: f64) -> bool {
         let guests = self.observed.done.len();
         self.failure.is_none()
             && guests > 0
             && self.observed.verified.len() == guests
             && self.observed.freed > 0
             && self.reclaim.fraction() >= fraction
-            && self.boot.is_some_and(|b| b.fraction() >= fraction)
     }
 
     /// From the boot to the end of the run: how far QEMU's RSS fell, and
@@ -730,12 +736,7 @@ impl RunReport {
     /// mark) may come after the guests freed. The guests' frees came back,
     /// and over the whole run RSS fell by `fraction` of what was free.
     pub fn memory_came_back_overall(&self, fraction: f64) -> bool {
-        let guests = self.observed.done.len();
-        self.failure.is_none()
-            && guests > 0
-            && self.observed.verified.len() == guests
-            && self.observed.freed > 0
-            && self.reclaim.fraction() >= fraction
+        self.guests_freed_and_got_back(fraction)
             && self
                 .whole_run()
                 .is_some_and(|(back, free)| back as f64 >= fraction * free as f64)

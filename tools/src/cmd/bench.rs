@@ -167,20 +167,7 @@ fn pd_dir(args: &Args) -> Result<PathBuf, String> {
     if let Some(d) = &args.pd_dir {
         return Ok(d.clone());
     }
-    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
-    let bin_dir = exe
-        .parent()
-        .ok_or("this executable has no directory")?
-        .to_path_buf();
-    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(p) => p,
-        None => "release",
-    };
-    let target = bin_dir.parent().ok_or("no target directory")?;
-    eprintln!("bench: building the PDs ({profile})");
-    demo::build_pds(&workspace(), target, profile)?;
-    Ok(bin_dir)
+    demo::pds_next_to_this_binary(&workspace(), true)
 }
 
 fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {

@@ -86,22 +86,7 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
-    let bin_dir = exe
-        .parent()
-        .ok_or("this executable has no directory")?
-        .to_path_buf();
-    if !args.no_build {
-        // The PDs are built next to this binary, with its profile.
-        let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(p) => p,
-            None => "release",
-        };
-        let target_dir = bin_dir.parent().ok_or("no target directory")?;
-        eprintln!("demo: building the PDs ({profile})");
-        demo::build_pds(&workspace(), target_dir, profile)?;
-    }
+    let bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
     let pattern = match args.pattern {
         Pattern::Bulk => "bulk",
         Pattern::Fragmented => "fragmented",
