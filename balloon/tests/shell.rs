@@ -872,7 +872,8 @@ fn a_device_that_holds_batches_is_reset_by_the_watchdog() {
     stalled_device_is_reset_by_the_watchdog(None);
 }
 
-/// A device that completes something each period is slow, not stalled.
+/// A device that completed something since the watchdog was armed is
+/// slow, not stalled; and an idle device arms nothing.
 #[test]
 fn completions_hold_the_watchdog_off() {
     let mut s = sys();
@@ -881,33 +882,21 @@ fn completions_hold_the_watchdog_off() {
     s.until("batches on the device", |s| {
         s.pd.driver().reports_in_flight() == 4
     });
-    assert!(s.watchdog);
-    // One completion, then the device holds the rest again.
-    let reports0 = s.d.dev.counters().reports;
-    s.d.dev.device().set_hold_reports(false);
-    s.d.dev.kick();
-    s.until("a completion", |s| s.d.dev.counters().reports > reports0);
-    s.d.dev.device().set_hold_reports(true);
-    s.until("the balloon to see it", |s| {
-        s.pd.counters().reports_ok > 0 && s.pd.driver().reports_in_flight() > 0
-    });
-    assert!(s.fire_watchdog());
-    assert_eq!(s.pd.counters().watchdog_resets, 0);
-    // Armed again: the device still holds batches.
-    assert!(s.watchdog);
-    // A whole period without one now: reset.
-    assert!(s.fire_watchdog());
-    assert_eq!(s.pd.counters().watchdog_resets, 1);
+    assert!(s.watchdog, "requests on the device arm the watchdog");
+    // The device answers late, but answers: everything gets reported
+    // before the timer fires.
     s.d.dev.device().set_hold_reports(false);
     s.d.dev.kick();
     s.until("reporting to settle", Sys::settled);
-    s.check_books();
-    // An idle device: the last arming expires with nothing outstanding,
-    // and nothing arms it again.
-    s.fire_watchdog();
+    assert!(s.pd.counters().reports_ok >= 8);
+    assert!(s.fire_watchdog());
+    assert_eq!(s.pd.counters().watchdog_resets, 0);
+    assert_eq!(s.pd.counters().device_restarts, 0);
+    // Idle: not armed again, by the expiry or by later events.
+    assert!(!s.watchdog);
     for _ in 0..5 {
         s.step();
     }
     assert!(!s.watchdog);
-    assert_eq!(s.pd.counters().watchdog_resets, 1);
+    s.check_books();
 }
