@@ -132,15 +132,24 @@ impl Timeline {
         )
     }
 
-    /// How the host memory fell after the mark at `from`: the delays until
-    /// 50/90/99 % of `expected` bytes came back, within the samples up to
-    /// `until` (or the end).
+    /// How the host memory fell after the mark at `from`, measured from the
+    /// last sample before it: the delays until 50/90/99 % of `expected`
+    /// bytes came back, within the samples up to `until` (or the end).
     pub fn reclaim(&self, from: Duration, expected: u64, until: Option<Duration>) -> Reclaim {
         let window = self
             .samples
             .iter()
             .filter(|s| s.t >= from && until.is_none_or(|u| s.t <= u));
-        let start = self.at(from).map_or(0, |s| s.host);
+        // The memory before the event: the last sample taken before the
+        // mark (the one taken with it may already show the memory back,
+        // when the event's console line is read after the sample that
+        // follows it, as a hostile PD's busy worker makes happen).
+        let i = self.samples.partition_point(|s| s.t < from);
+        let start = i
+            .checked_sub(1)
+            .map(|i| &self.samples[i])
+            .or_else(|| self.at(from))
+            .map_or(0, |s| s.host);
         let mut r = Reclaim {
             start,
             end: start,
@@ -356,6 +365,20 @@ mod tests {
         assert_eq!(r.p90, Some(Duration::from_millis(3000)));
         assert_eq!(r.p99, None);
         assert!((r.fraction() - 0.95).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reclaim_starts_before_a_mark_whose_sample_already_fell() {
+        // The event's line was read with a sample that already shows the
+        // memory back: the start is the sample before.
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 300), (250, 300), (500, 50), (750, 50)] {
+            tl.push(s(t, h));
+        }
+        let r = tl.reclaim(Duration::from_millis(500), 250 * M, None);
+        assert_eq!((r.start, r.end), (300 * M, 50 * M));
+        assert_eq!(r.p99, Some(Duration::ZERO));
+        assert!((r.fraction() - 1.0).abs() < 1e-9);
     }
 
     #[test]
