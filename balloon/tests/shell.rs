@@ -810,13 +810,9 @@ fn inflated_frames_already_held_are_ignored() {
     assert_eq!(r.d.dev.counters().pages_inflated, 1024);
 }
 
-/// A device that takes report batches and never completes them: without a
-/// watchdog they would stay isolated until some other event; with it, one
-/// period with requests outstanding and no completion resets the device,
-/// the batches come back unreported, and the restarted device reports them.
-/// A device that reset without a word is seen at the watchdog's event (its
-/// status says so) and restarted the same way.
-fn stalled_device_is_reset_by_the_watchdog(fault: Option<Fault>) {
+/// A system whose balloon has a 1 s watchdog and whose device holds the
+/// first 4 report batches; the watchdog is armed by them.
+fn held_with_watchdog() -> Sys {
     let mut s = sys();
     s.pd.set_watchdog(Some(1_000_000_000));
     s.d.dev.device().set_hold_reports(true);
@@ -824,6 +820,17 @@ fn stalled_device_is_reset_by_the_watchdog(fault: Option<Fault>) {
         s.pd.driver().reports_in_flight() == 4
     });
     assert!(s.watchdog, "requests on the device arm the watchdog");
+    s
+}
+
+/// A device that takes report batches and never completes them: without a
+/// watchdog they would stay isolated until some other event; with it, one
+/// period with requests outstanding and no completion resets the device,
+/// the batches come back unreported, and the restarted device reports them.
+/// A device that reset without a word is seen at the watchdog's event (its
+/// status says so) and restarted the same way.
+fn stalled_device_is_reset_by_the_watchdog(fault: Option<Fault>) {
+    let mut s = held_with_watchdog();
     // Wedged: the device takes a batch and answers nothing (or resets
     // without a word), so no event ever comes; without a fault it just
     // keeps holding them.
@@ -876,13 +883,7 @@ fn a_device_that_holds_batches_is_reset_by_the_watchdog() {
 /// slow, not stalled; and an idle device arms nothing.
 #[test]
 fn completions_hold_the_watchdog_off() {
-    let mut s = sys();
-    s.pd.set_watchdog(Some(1_000_000_000));
-    s.d.dev.device().set_hold_reports(true);
-    s.until("batches on the device", |s| {
-        s.pd.driver().reports_in_flight() == 4
-    });
-    assert!(s.watchdog, "requests on the device arm the watchdog");
+    let mut s = held_with_watchdog();
     // The device answers late, but answers: everything gets reported
     // before the timer fires.
     s.d.dev.device().set_hold_reports(false);
