@@ -5,6 +5,7 @@
 //! Exit status: 0 when every part ran (and each reclaim run got at least
 //! 90 % back), 1 when a part failed, 2 on bad arguments.
 
+use super::image::{target_dir, workspace};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -41,18 +42,6 @@ pub struct Args {
     /// next to this binary, as `tools demo` does).
     #[arg(long)]
     pub pd_dir: Option<PathBuf>,
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Where cargo puts criterion's output: `CARGO_TARGET_DIR` or the
-/// workspace's `target`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
 }
 
 pub fn main(args: Args) -> ExitCode {

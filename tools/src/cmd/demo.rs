@@ -5,6 +5,7 @@
 //! the guests verified their live data, 1 when not, 2 when the demo could not
 //! run.
 
+use super::image::workspace;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,10 +69,6 @@ pub struct Args {
     /// Do not build the PDs first (use the binaries next to this one).
     #[arg(long)]
     pub no_build: bool,
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 pub fn main(args: Args) -> ExitCode {

@@ -6,7 +6,8 @@
 //! missing and we may install packages (root); otherwise the command says
 //! what to install and stops.
 
-use std::path::{Path, PathBuf};
+use super::image::workspace;
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -18,10 +19,6 @@ pub struct Args {
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name.
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn have(cmd: &str) -> bool {
