@@ -53,12 +53,13 @@
 //! are complete examples.
 #![no_std]
 
-#[cfg(feature = "host")]
+#[cfg(any(feature = "host", test))]
 extern crate std;
 
 mod channel;
 mod debug;
 
+pub mod log_page;
 mod region;
 
 pub use channel::{

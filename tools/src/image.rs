@@ -25,7 +25,7 @@
 //! another program image, e.g. the hostile guest of issue 8).
 
 use sdf::System;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -192,35 +192,53 @@ pub struct Image {
     pub report: PathBuf,
     /// The board's description (our dialect) the PDs were built from.
     pub board_sdf: PathBuf,
+    /// Each PD's log page, in the description's order.
+    pub log_pages: Vec<LogPage>,
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |e| ImageError::Io(p.to_path_buf(), e)
 }
 
-/// Build the PDs, the board's descriptions and the image.
-pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
-    let tool = spec.sdk.join("bin/microkit");
+/// The Microkit version this project is written against (DESIGN §4).
+pub const SDK_VERSION: &str = "2.3.0";
+
+/// Check that `sdk` is a Microkit [`SDK_VERSION`] SDK with `board` and
+/// `config`, before anything is built: one line naming what is missing.
+pub fn check_sdk(sdk: &Path, board: Board, config: KernelConfig) -> Result<(), ImageError> {
+    let tool = sdk.join("bin/microkit");
     if !tool.is_file() {
         return Err(ImageError::BadSdk(format!(
-            "{} is not a file",
-            tool.display()
+            "{} has no bin/microkit: not a Microkit SDK",
+            sdk.display()
         )));
     }
-    let board_dir = spec
-        .sdk
-        .join("board")
-        .join(spec.board.name())
-        .join(spec.config.name());
+    let version_file = sdk.join("VERSION");
+    let version = std::fs::read_to_string(&version_file).unwrap_or_default();
+    if version.trim() != SDK_VERSION {
+        return Err(ImageError::BadSdk(format!(
+            "{} is version '{}', this project needs {SDK_VERSION} ({})",
+            sdk.display(),
+            version.trim(),
+            version_file.display()
+        )));
+    }
+    let board_dir = sdk.join("board").join(board.name()).join(config.name());
     if !board_dir.is_dir() {
         return Err(ImageError::BadSdk(format!(
-            "no {} (board {} config {})",
-            board_dir.display(),
-            spec.board,
-            spec.config
+            "{} lacks board {board} in config {config} (no {})",
+            sdk.display(),
+            board_dir.display()
         )));
     }
-    let (board_path, mk_path) = write_sdfs(&spec.system, spec.board, &spec.out_dir)?;
+    Ok(())
+}
+
+/// Build the PDs, the board's descriptions and the image.
+pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
+    check_sdk(&spec.sdk, spec.board, spec.config)?;
+    let tool = spec.sdk.join("bin/microkit");
+    let (board_path, mk_path, log_pages) = write_sdfs(&spec.system, spec.board, &spec.out_dir)?;
     let out_dir = spec.out_dir.canonicalize().map_err(io(&spec.out_dir))?;
     let board_text = std::fs::read_to_string(&board_path).map_err(io(&board_path))?;
 
@@ -286,6 +304,7 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
         }
     };
     Ok(Image {
+        log_pages,
         board: spec.board,
         config: spec.config,
         loader,
@@ -297,12 +316,13 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
 
 /// Write the board's description (`<out_dir>/<board>.xml`, our dialect)
 /// and its Microkit-dialect copy (`<out_dir>/microkit.xml`) derived from
-/// `system`; their paths. Needs no SDK.
+/// `system` with a log page for every PD; their paths and the pages.
+/// Needs no SDK.
 pub fn write_sdfs(
     system: &Path,
     board: Board,
     out_dir: &Path,
-) -> Result<(PathBuf, PathBuf), ImageError> {
+) -> Result<(PathBuf, PathBuf, Vec<LogPage>), ImageError> {
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let out_dir = out_dir.canonicalize().map_err(io(out_dir))?;
     let text = std::fs::read_to_string(system).map_err(io(system))?;
@@ -310,8 +330,9 @@ pub fn write_sdfs(
     let board_path = out_dir.join(format!("{board}.xml"));
     std::fs::write(&board_path, &board_text).map_err(io(&board_path))?;
     let mk_path = out_dir.join("microkit.xml");
-    std::fs::write(&mk_path, microkit_sdf(&board_text)?).map_err(io(&mk_path))?;
-    Ok((board_path, mk_path))
+    let (with_logs, pages) = with_log_pages(&board_text, board)?;
+    std::fs::write(&mk_path, microkit_sdf(&with_logs)?).map_err(io(&mk_path))?;
+    Ok((board_path, mk_path, pages))
 }
 
 fn cargo_build(
@@ -630,6 +651,81 @@ pub fn variant(text: &str, pd: &str, image: &str) -> Result<String, ImageError> 
     Ok(edits.apply(text))
 }
 
+/// One PD's log page (`pd::log_page`): where the host reads its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// The PD's name in the description.
+    pub pd: String,
+    pub paddr: u64,
+    pub size: u64,
+}
+
+/// Bytes of each PD's log page: the host reads every page each sample
+/// (250 ms), and no PD logs this much in that time.
+pub const LOG_PAGE_SIZE: u64 = 0x1_0000;
+
+/// Where the log pages start: fixed physical addresses in RAM that nothing
+/// else of the image uses (aarch64 virt: RAM is 0x4000_0000..0xc000_0000,
+/// the kernel and loader sit at 0x6000_0000 and 0x7000_0000; x86_64 pc:
+/// below the BIOS's tables at the top of a 2 GiB PC's RAM).
+fn log_page_base(board: Board) -> u64 {
+    match board {
+        Board::QemuVirtAarch64 => 0xbf00_0000,
+        Board::X86_64Generic => 0x7f00_0000,
+    }
+}
+
+/// `text` with a log page for every PD: a region at a fixed physical
+/// address, mapped read-write into that PD alone, its address and size in
+/// the runtime's `pd_log_vaddr` / `pd_log_size`. The host reads the pages
+/// through QMP, so a release kernel (no console) is judged as a debug one.
+pub fn with_log_pages(text: &str, board: Board) -> Result<(String, Vec<LogPage>), ImageError> {
+    let doc = parse(text)?;
+    let sys = System::parse(text).map_err(|e| ImageError::Sdf(format!("line {e}")))?;
+    let mut edits = Edits(Vec::new());
+    let mut pages = Vec::new();
+    let mut regions = String::new();
+    let first_pd = elements(&doc, "protection_domain")
+        .next()
+        .ok_or_else(|| ImageError::Sdf("no protection_domain".into()))?
+        .range()
+        .start;
+    for (i, node) in elements(&doc, "protection_domain").enumerate() {
+        let name = node.attribute("name").unwrap_or_default().to_string();
+        let mr = format!("log_{name}");
+        if sys.region(&mr).is_some() {
+            return Err(ImageError::Sdf(format!(
+                "region '{mr}' is taken: the log pages need that name"
+            )));
+        }
+        let paddr = log_page_base(board) + i as u64 * LOG_PAGE_SIZE;
+        let _ = writeln!(
+            regions,
+            "<memory_region name=\"{mr}\" size=\"{LOG_PAGE_SIZE:#x}\" phys_addr=\"{paddr:#x}\" />\n    "
+        );
+        // After the start tag: `>` ends it (no attribute value holds one).
+        let start = node.range().start;
+        let Some(gt) = text[start..].find('>') else {
+            return Err(ImageError::Sdf(format!("'{name}': unterminated tag")));
+        };
+        let at = start + gt + 1;
+        let vaddr = free_vaddr(&sys, &name);
+        edits.0.push((
+            at..at,
+            format!(
+                "\n        <map mr=\"{mr}\" vaddr=\"{vaddr:#x}\" perms=\"rw\" setvar_vaddr=\"pd_log_vaddr\" setvar_size=\"pd_log_size\" />"
+            ),
+        ));
+        pages.push(LogPage {
+            pd: name,
+            paddr,
+            size: LOG_PAGE_SIZE,
+        });
+    }
+    edits.0.push((first_pd..first_pd, regions));
+    Ok((edits.apply(text), pages))
+}
+
 /// `text` in the dialect of the Microkit 2.3.0 tool: without `pp` on
 /// `<protection_domain>`.
 pub fn microkit_sdf(text: &str) -> Result<String, ImageError> {
@@ -771,6 +867,79 @@ mod tests {
         let x = "<system><protection_domain name=\"a\" priority=\"1\"><program_image path=\"a.elf\"/><irq irq=\"33\" id=\"0\"/></protection_domain></system>";
         let e = board_sdf(x, Board::X86_64Generic).unwrap_err();
         assert!(e.to_string().contains("irq 33"), "{e}");
+    }
+
+    #[test]
+    fn every_pd_gets_its_own_log_page_above_its_maps() {
+        for board in Board::ALL {
+            let text = board_sdf(&workspace_xml(), board).unwrap();
+            let (out, pages) = with_log_pages(&text, board).unwrap();
+            let before = System::parse(&text).unwrap();
+            let after = System::parse(&out).unwrap();
+            assert_eq!(pages.len(), before.pds.len());
+            for (i, (page, pd)) in pages.iter().zip(&before.pds).enumerate() {
+                assert_eq!(page.pd, pd.name);
+                assert_eq!(page.paddr, log_page_base(board) + i as u64 * LOG_PAGE_SIZE);
+                let region = after.region(&format!("log_{}", pd.name)).unwrap();
+                assert_eq!(
+                    (region.size, region.phys_addr),
+                    (LOG_PAGE_SIZE, Some(page.paddr))
+                );
+                // Mapped into that PD alone, above everything it had.
+                let holders: Vec<&str> = after
+                    .pds
+                    .iter()
+                    .filter(|p| p.maps.iter().any(|m| m.mr == region.name))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                assert_eq!(holders, [pd.name.as_str()]);
+                let map = after
+                    .pd(&pd.name)
+                    .unwrap()
+                    .maps
+                    .iter()
+                    .find(|m| m.mr == region.name)
+                    .unwrap();
+                assert_eq!(map.vaddr, free_vaddr(&before, &pd.name));
+            }
+            assert!(out.contains("setvar_vaddr=\"pd_log_vaddr\" setvar_size=\"pd_log_size\""));
+            assert!(!sdf::check::has_errors(&sdf::check::check(&after)), "{out}");
+            // A description that already uses the name is refused.
+            let taken = text.replacen(
+                "<protection_domain",
+                "<memory_region name=\"log_memserver\" size=\"0x1000\" />\n<protection_domain",
+                1,
+            );
+            assert!(
+                with_log_pages(&taken, board)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("log_memserver")
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_sdk_is_named_in_one_line() {
+        let dir = std::env::temp_dir().join(format!("fake-sdk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let one_line = |e: ImageError| {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "{s}");
+            s
+        };
+        let check = || check_sdk(&dir, Board::X86_64Generic, KernelConfig::Release);
+        assert!(one_line(check().unwrap_err()).contains("not a Microkit SDK"));
+        std::fs::write(dir.join("bin/microkit"), "").unwrap();
+        std::fs::write(dir.join("VERSION"), "2.2.0\n").unwrap();
+        assert!(one_line(check().unwrap_err()).contains("version '2.2.0'"));
+        std::fs::write(dir.join("VERSION"), "2.3.0\n").unwrap();
+        std::fs::create_dir_all(dir.join("board/x86_64_generic/debug")).unwrap();
+        let e = one_line(check().unwrap_err());
+        assert!(e.contains("x86_64_generic") && e.contains("release"), "{e}");
+        std::fs::create_dir_all(dir.join("board/x86_64_generic/release")).unwrap();
+        check().unwrap();
     }
 
     #[test]

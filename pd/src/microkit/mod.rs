@@ -106,6 +106,52 @@ static microkit_pps: Patched<u64> = Patched(UnsafeCell::new(0));
 #[used]
 static microkit_ioports: Patched<u64> = Patched(UnsafeCell::new(0));
 
+// The PD's log page (`tools image` maps one into every PD at a fixed
+// physical address and sets these with `setvar_vaddr` / `setvar_size`; 0
+// when it does not). The host reads it through QMP `pmemsave`, so a release
+// kernel, which has no console, is judged by the same lines as a debug one.
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static pd_log_vaddr: Patched<u64> = Patched(UnsafeCell::new(0));
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+#[used]
+static pd_log_size: Patched<u64> = Patched(UnsafeCell::new(0));
+
+/// Append `bytes` to the log page, if the PD has one (`crate::log_page`
+/// says the layout).
+fn log_page_write(bytes: &[u8]) {
+    let (base, size) = (pd_log_vaddr.get() as usize, pd_log_size.get() as usize);
+    let Some(cap) = size.checked_sub(crate::log_page::HEADER) else {
+        return;
+    };
+    if base == 0 || cap == 0 {
+        return;
+    }
+    let header = base as *mut u64;
+    // SAFETY: the Microkit tool maps `size` bytes read-write at `base` in
+    // this PD alone (the host reads them only); the header's words are
+    // aligned, and every data byte written is at `HEADER + i % cap` < size.
+    unsafe {
+        if header.read_volatile() != crate::log_page::MAGIC {
+            header.write_volatile(crate::log_page::MAGIC);
+            header.add(1).write_volatile(0);
+        }
+        let mut written = header.add(1).read_volatile();
+        let data = (base + crate::log_page::HEADER) as *mut u8;
+        for &b in bytes {
+            data.add(written as usize % cap).write_volatile(b);
+            written += 1;
+        }
+        // The bytes before the count that makes them visible.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        header.add(1).write_volatile(written);
+    }
+}
+
 fn ipc_mr(i: usize) -> *mut u64 {
     // seL4_IPCBuffer: tag word, then msg[seL4_MsgMaxLength].
     (IPC_BUFFER + 8 * (1 + i)) as *mut u64
@@ -205,6 +251,7 @@ pub(crate) mod sys {
     }
 
     pub(crate) fn put_bytes(bytes: &[u8]) {
+        log_page_write(bytes);
         // A release kernel has no DebugPutChar: calling it would fault the PD.
         if cfg!(feature = "release-kernel") {
             return;

@@ -85,7 +85,7 @@ pub fn main(args: Args) -> ExitCode {
     if args.sdf_only {
         let dir = out_dir(args.board, args.config, args.out);
         return match image::write_sdfs(&args.system, args.board, &dir) {
-            Ok((board, mk)) => {
+            Ok((board, mk, _)) => {
                 println!("system description: {}", board.display());
                 println!("for the microkit tool: {}", mk.display());
                 ExitCode::SUCCESS
