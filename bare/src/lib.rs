@@ -10,7 +10,7 @@
 //! own statics, its own `config` module and its own `init`; `pd::main!`
 //! under pd's `bare` feature defines `__pd_bare_init` there instead of an
 //! entry point. A PD binary shared by several PDs (`guest.elf`) is included
-//! once per PD; so is the test-only `hostile.elf` (vmm/src/bin/hostile.rs)
+//! once per PD; so is the test-only `hostile.elf` (guest/src/bin/hostile.rs)
 //! of the hostile variant of system.xml, which takes guest1's place and
 //! finds its layout in the same `guests.rs` table. `build.rs` also writes
 //! the files the PD crates' build scripts would (`pd_<name>.rs`,

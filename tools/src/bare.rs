@@ -83,7 +83,7 @@ impl Variant {
 }
 
 /// The PD the hostile variant replaces, and what it runs instead
-/// (vmm/src/bin/hostile.rs).
+/// (guest/src/bin/hostile.rs).
 pub const HOSTILE_PD: &str = "guest1";
 pub const HOSTILE_IMAGE: &str = "hostile.elf";
 /// The hostile PD's summary line, its last: the runner waits for it too.
@@ -284,7 +284,7 @@ pub fn verdict(r: &RunReport, fraction: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// The attacks of the hostile PD (vmm/src/bin/hostile.rs `Kind`, without
+/// The attacks of the hostile PD (guest/src/bin/hostile.rs `Kind`, without
 /// `legit`), each with its `HOSTILE|INFO: attack=` line.
 pub const ATTACKS: [&str; 10] = [
     "never_got",

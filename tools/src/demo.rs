@@ -33,7 +33,7 @@ pub struct DemoConfig {
     pub system: PathBuf,
     /// Where the PDs' host binaries are.
     pub bin_dir: PathBuf,
-    /// Guest workload, `GUEST_PARAMS` text (see `vmm::params`).
+    /// Guest workload, `GUEST_PARAMS` text (see `guest::params`).
     pub guest_params: String,
     /// Memserver tunables, `MEMSERVER_TUNABLES` text (see
     /// `memserver::params`).
@@ -144,7 +144,7 @@ pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(
             "-p",
             "timer",
             "-p",
-            "vmm",
+            "guest",
         ])
         .arg("--target-dir")
         .arg(target_dir)

@@ -146,9 +146,9 @@ const PROGRAMS: [(&str, &str, &str); 8] = [
     ("memserver.elf", "memserver", "memserver"),
     ("balloon.elf", "balloon", "balloon"),
     ("timer.elf", "timer", "timer"),
-    ("guest.elf", "vmm", "guest"),
+    ("guest.elf", "guest", "guest"),
     // Test-only (issue 8): the hostile variant's guest1.
-    ("hostile.elf", "vmm", "hostile"),
+    ("hostile.elf", "guest", "hostile"),
     ("ping.elf", "pd", "ping"),
     ("pong.elf", "pd", "pong"),
     ("crasher.elf", "pd", "crasher"),

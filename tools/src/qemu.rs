@@ -6,7 +6,7 @@
 //! `/proc/<pid>/status`, phase marks parsed from the PDs' console lines.
 //!
 //! The console contract (the PDs' log lines): `GUEST0|INFO: phase=touched
-//! mib=N ...` and the other `phase=` lines of `vmm::workload`, and
+//! mib=N ...` and the other `phase=` lines of `guest::workload`, and
 //! `MEMSERVER|INFO: reported: reported_mib=N ...` when a reporting pass has
 //! settled.
 

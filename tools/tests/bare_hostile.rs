@@ -1,5 +1,5 @@
 //! A hostile guest on the bare platform (issue 8): the image of the hostile
-//! variant of system.xml (guest1 runs `hostile.elf`, vmm/src/bin/hostile.rs,
+//! variant of system.xml (guest1 runs `hostile.elf`, guest/src/bin/hostile.rs,
 //! with its default parameters: there is no environment) booted in QEMU
 //! with QEMU's own virtio-balloon, on aarch64 `virt` and x86_64 `pc`.
 //!

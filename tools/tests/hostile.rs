@@ -1,5 +1,5 @@
 //! A hostile guest on the host platform (issue 8): guest1 runs `hostile.elf`
-//! (vmm/src/bin/hostile.rs) while guest0 runs its workload. Every hostile
+//! (guest/src/bin/hostile.rs) while guest0 runs its workload. Every hostile
 //! request must get an error answer, the memserver must keep serving both,
 //! guest0 must finish with no failure and its data intact, no page may be
 //! lost, and guest0's freed memory must still go back to the host.

@@ -19,7 +19,7 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The PDs' host binaries (hostile.elf included: it is a bin of vmm), built
+/// The PDs' host binaries (hostile.elf included: it is a bin of guest), built
 /// once per test binary in a target dir of their own.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

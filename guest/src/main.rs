@@ -1,6 +1,6 @@
 //! The guest workload PD (`guest.elf`, runs as guest0 and guest1). It finds
 //! its layout by its PD name, reads its parameters (host platform:
-//! `GUEST0_PARAMS` or `GUEST_PARAMS`, see `vmm::params`; Microkit: the
+//! `GUEST0_PARAMS` or `GUEST_PARAMS`, see `guest::params`; Microkit: the
 //! defaults), and runs the workload, advancing it on every notification.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -13,11 +13,11 @@ use core::convert::Infallible;
 use core::fmt;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
+use guest::params::Params;
+use guest::ram::RamWindow;
+use guest::workload::{Client, Host, Level, Next, Workload};
 use guests::{LAYOUTS, Layout, RAM_PAGES};
 use pd::{Channel, ChannelSet, Handler};
-use vmm::params::Params;
-use vmm::ram::RamWindow;
-use vmm::workload::{Client, Host, Level, Next, Workload};
 
 /// A static handed out once, so the PD's state lives in `.bss`/`.data`
 /// rather than on the PD's small stack (Microkit's default is 8 KiB).

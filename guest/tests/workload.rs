@@ -3,18 +3,18 @@
 //! zeroes freed pages like a host discarding reported memory, and can be
 //! told to misbehave.
 
+use guest::PAGE_SIZE;
+use guest::client::Notify;
+use guest::owned::Set;
+use guest::params::Params;
+use guest::ram::RamWindow;
+use guest::workload::{Client, Host, Level, Next, Workload};
 use memserver_api::{
     Block, ClientError, ClientRequest, ClientResponse, Response, SLOT_SIZE, decode_request, encode,
 };
 use pd_ring::{Consumer, Producer, RingMemory, ring_words};
 use std::cell::Cell;
 use std::fmt;
-use vmm::PAGE_SIZE;
-use vmm::client::Notify;
-use vmm::owned::Set;
-use vmm::params::Params;
-use vmm::ram::RamWindow;
-use vmm::workload::{Client, Host, Level, Next, Workload};
 
 const W: usize = ring_words(64, SLOT_SIZE);
 const RAM_PADDR: u64 = 0x4000_0000;
@@ -269,7 +269,7 @@ struct Outcome {
     server_notifies: u32,
     client_notifies: u32,
     discarded: u64,
-    counters: vmm::workload::Counters,
+    counters: guest::workload::Counters,
     live_ok: Option<bool>,
     failed: bool,
     owned_live: u64,
@@ -480,7 +480,7 @@ fn no_memory_backs_off_and_retries() {
     // The two 4 MiB refusals only switch to 2 MiB blocks; the third
     // refusal backs off on the timer before retrying.
     assert!(
-        o.host.now >= 1_000 + vmm::workload::BACKOFF_MIN_NS,
+        o.host.now >= 1_000 + guest::workload::BACKOFF_MIN_NS,
         "now {}",
         o.host.now
     );

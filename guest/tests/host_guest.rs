@@ -348,7 +348,10 @@ fn guest1_runs_its_workload_to_the_end() {
             .cast::<u64>()
             .read_volatile()
     };
-    assert_eq!(word, vmm::ram::pattern(RAM_PADDR / 4096 + first as u64, 0));
+    assert_eq!(
+        word,
+        guest::ram::pattern(RAM_PADDR / 4096 + first as u64, 0)
+    );
 }
 
 #[test]
