@@ -10,6 +10,8 @@
 //! `MEMSERVER|INFO: reported: reported_mib=N ...` when a reporting pass has
 //! settled.
 
+use crate::image::LogPage;
+use crate::log_pages::LogPoller;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use std::ffi::OsString;
 use std::fmt;
@@ -443,6 +445,19 @@ impl Qmp {
             .ok_or_else(|| QemuError::Qmp(format!("query-balloon answered {r}")))
     }
 
+    /// `pmemsave`: write `size` bytes of guest-physical memory from `paddr`
+    /// to the file `to` (QEMU writes it before it answers).
+    pub fn pmemsave(&mut self, paddr: u64, size: u64, to: &Path) -> Result<(), QemuError> {
+        let filename = to
+            .to_str()
+            .ok_or_else(|| QemuError::Qmp(format!("{}: not UTF-8", to.display())))?;
+        self.execute(
+            "pmemsave",
+            Some(serde_json::json!({ "val": paddr, "size": size, "filename": filename })),
+        )
+        .map(|_| ())
+    }
+
     /// `balloon`: ask the driver to bring the guest to `bytes`.
     pub fn balloon(&mut self, bytes: u64) -> Result<(), QemuError> {
         self.execute("balloon", Some(serde_json::json!({ "value": bytes })))
@@ -666,6 +681,10 @@ pub struct RunConfig {
     pub settle: Duration,
     /// Ask the balloon for this guest size (QMP `balloon`) once settled.
     pub balloon_target: Option<u64>,
+    /// The PDs' log pages (`tools image`): when there are any, the PDs'
+    /// lines are read from them through QMP instead of from the console,
+    /// so a release kernel (no console) is followed like a debug one.
+    pub log_pages: Vec<LogPage>,
 }
 
 /// The QMP balloon check.
@@ -691,6 +710,9 @@ pub struct RunReport {
     pub balloon: Option<BalloonCheck>,
     /// The whole console.
     pub console: String,
+    /// The PDs' log lines the run was judged by: from their log pages when
+    /// the image has them, else the console.
+    pub log: String,
     /// Why the run ended early, if it did.
     pub failure: Option<String>,
 }
@@ -796,32 +818,103 @@ fn boot_reclaim(tl: &Timeline, obs: &Observed, end: Option<Duration>) -> Option<
     Some(tl.reclaim(peak_t, expected, end))
 }
 
+/// Where a run's PD lines come from: the console, or the log pages.
+struct Follow {
+    /// Console lines read so far.
+    seen: usize,
+    pages: Option<(LogPoller, Qmp)>,
+    /// The PD lines, in the order they were read.
+    log: Vec<String>,
+}
+
+impl Follow {
+    fn new(qemu: &Qemu, cfg: &RunConfig) -> Result<Follow, QemuError> {
+        let pages = if cfg.log_pages.is_empty() {
+            None
+        } else {
+            let dir = cfg.qemu.qmp.parent().unwrap_or(Path::new("."));
+            Some((
+                LogPoller::new(&cfg.log_pages, dir),
+                qemu.qmp(Duration::from_secs(10))?,
+            ))
+        };
+        Ok(Follow {
+            seen: 0,
+            pages,
+            log: Vec::new(),
+        })
+    }
+
+    /// New console lines, and new PD lines (the log pages' when there are
+    /// any, else the same console lines).
+    fn next(&mut self, qemu: &Qemu) -> Result<(Vec<String>, Vec<String>), QemuError> {
+        let console = qemu.console().lines_from(self.seen);
+        self.seen += console.len();
+        let pd = match &mut self.pages {
+            Some((poller, qmp)) => poller.poll(qmp)?,
+            None => console.clone(),
+        };
+        self.log.extend(pd.iter().cloned());
+        Ok((console, pd))
+    }
+
+    /// Problems with the log pages (overruns, rewrites).
+    fn problems(&self) -> &[String] {
+        self.pages.as_ref().map_or(&[], |(p, _)| p.problems())
+    }
+
+    /// A QMP connection: the pages' one when there is one (QEMU serves one
+    /// client per socket), else a new one.
+    fn qmp<'a>(
+        &'a mut self,
+        qemu: &Qemu,
+        own: &'a mut Option<Qmp>,
+    ) -> Result<&'a mut Qmp, QemuError> {
+        if let Some((_, qmp)) = &mut self.pages {
+            return Ok(qmp);
+        }
+        if own.is_none() {
+            *own = Some(qemu.qmp(Duration::from_secs(5))?);
+        }
+        Ok(own.as_mut().expect("just connected"))
+    }
+}
+
 /// Boot `cfg.qemu` and follow the run until the guests are done and RSS has
 /// settled; `progress` gets a line per sample.
 pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport, QemuError> {
     let mut qemu = Qemu::spawn(&cfg.qemu)?;
     let start = qemu.started();
+    let mut follow = Follow::new(&qemu, cfg)?;
     let mut tl = Timeline::new();
     let mut obs = Observed::default();
-    let mut seen = 0;
     let mut failure = None;
     let mut done_at: Option<Instant> = None;
     let mut steady_since = Instant::now();
     let mut last_host = 0;
     let mut lines_seen = vec![false; cfg.done_lines.len()];
+    let mut booted = false;
     loop {
         let t = start.elapsed();
-        let lines = qemu.console().lines_from(seen);
-        seen += lines.len();
-        for l in &lines {
+        let (console, pd) = follow.next(&qemu)?;
+        for l in &pd {
+            // The first PD line marks the boot when the monitor says
+            // nothing (a release kernel).
+            if !booted && follow.pages.is_some() && log_prefix(l).is_some() {
+                tl.mark(t, "booted");
+                booted = true;
+            }
             for label in obs.line(l, t) {
                 tl.mark(t, label);
             }
             for (want, seen) in cfg.done_lines.iter().zip(&mut lines_seen) {
                 *seen |= segments(l).iter().any(|seg| seg.starts_with(want.as_str()));
             }
-            if l == "MON|INFO: Microkit Monitor started!" {
+        }
+        for l in &console {
+            if l == "MON|INFO: Microkit Monitor started!" && !booted {
                 tl.mark(t, "booted");
+                booted = true;
             }
             // The Microkit monitor names a PD that faulted; nothing restarts
             // it, so the run cannot succeed: stop now instead of timing out.
@@ -833,10 +926,13 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         }
         if failure.is_some() {
             // The monitor's register dump and diagnosis follow: keep them.
-            qemu.console().wait_for(seen, Duration::from_secs(1), |l| {
-                l.contains("potential stack overflow") || l.contains("UserException")
-            });
-            for l in qemu.console().lines_from(seen) {
+            qemu.console()
+                .wait_for(follow.seen, Duration::from_secs(1), |l| {
+                    l.contains("potential stack overflow") || l.contains("UserException")
+                });
+            let (console, pd) = follow.next(&qemu)?;
+            let lines = if follow.pages.is_some() { pd } else { console };
+            for l in lines {
                 obs.line(&l, start.elapsed());
             }
             break;
@@ -892,11 +988,12 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     if failure.is_none()
         && let Some(target) = cfg.balloon_target
     {
-        match balloon_check(&mut qemu, target, &mut tl, &mut obs, &mut seen) {
+        match balloon_check(&mut qemu, &mut follow, target, &mut tl, &mut obs) {
             Ok(b) => balloon = Some(b),
             Err(e) => failure = Some(e.to_string()),
         }
     }
+    obs.problems.extend(follow.problems().iter().cloned());
     let from = obs.last_free.unwrap_or_default();
     let reclaim = tl.reclaim(from, obs.freed, Some(settled));
     let first_touch = tl
@@ -913,31 +1010,32 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         reclaim,
         balloon,
         console: qemu.console().text(),
+        log: follow.log.join("\n"),
         failure,
     })
 }
 
 fn balloon_check(
     qemu: &mut Qemu,
+    follow: &mut Follow,
     target: u64,
     tl: &mut Timeline,
     obs: &mut Observed,
-    seen: &mut usize,
 ) -> Result<BalloonCheck, QemuError> {
-    let mut qmp = qemu.qmp(Duration::from_secs(5))?;
-    let before = qmp.query_balloon()?;
+    let mut own = None;
+    let before = follow.qmp(qemu, &mut own)?.query_balloon()?;
     let start = qemu.started();
     let asked = Instant::now();
     tl.mark(start.elapsed(), format!("QMP balloon {} MiB", target / MIB));
-    qmp.balloon(target)?;
+    follow.qmp(qemu, &mut own)?.balloon(target)?;
     let mut after = before;
     let mut reached = None;
     // The driver inflates in steps; give it a bounded time.
     while asked.elapsed() < Duration::from_secs(30) {
-        after = qmp.query_balloon()?;
+        after = follow.qmp(qemu, &mut own)?.query_balloon()?;
         let t = start.elapsed();
-        for l in qemu.console().lines_from(*seen) {
-            *seen += 1;
+        let (_, pd) = follow.next(qemu)?;
+        for l in pd {
             for label in obs.line(&l, t) {
                 tl.mark(t, label);
             }
@@ -953,7 +1051,7 @@ fn balloon_check(
             break;
         }
         qemu.console()
-            .wait_for(*seen, Duration::from_millis(250), |_| true);
+            .wait_for(follow.seen, Duration::from_millis(250), |_| true);
     }
     Ok(BalloonCheck {
         before,
