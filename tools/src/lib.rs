@@ -8,5 +8,7 @@ pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod image;
+pub mod log_pages;
 pub mod qemu;
+pub mod sel4;
 pub mod timeline;
