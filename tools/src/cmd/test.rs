@@ -10,6 +10,7 @@ use super::image::workspace;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
+use tools::image::{self, Board, KernelConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -83,12 +84,21 @@ fn run(args: &Args) -> Result<(), String> {
         )?;
     }
     // cargo captures a passing test's output, so say it here: the seL4
-    // boot tests (tools/tests/sel4_qemu.rs) only run with an SDK.
-    match std::env::var_os("MICROKIT_SDK") {
-        Some(sdk) => println!(
-            "==> seL4: MICROKIT_SDK={}: the Microkit image tests run",
-            Path::new(&sdk).display()
-        ),
+    // boot tests (tools/tests/sel4_qemu.rs) only run with an SDK, and a
+    // wrong one is named before anything is built.
+    match std::env::var_os("MICROKIT_SDK").filter(|s| !s.is_empty()) {
+        Some(sdk) => {
+            let sdk = Path::new(&sdk);
+            for board in Board::ALL {
+                for config in [KernelConfig::Debug, KernelConfig::Release] {
+                    image::check_sdk(sdk, board, config).map_err(|e| e.to_string())?;
+                }
+            }
+            println!(
+                "==> seL4: MICROKIT_SDK={}: the Microkit image tests run (both boards, debug and release)",
+                sdk.display()
+            );
+        }
         None => println!(
             "==> seL4: MICROKIT_SDK is not set: the Microkit image tests are skipped \
              (they pass without booting); set it to a Microkit 2.3.0 SDK to run them"
