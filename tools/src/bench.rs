@@ -248,6 +248,37 @@ impl ReclaimPoint {
     }
 }
 
+/// One run of the whole system in QEMU, against QEMU's own virtio-balloon:
+/// the bare platform or the Microkit image on seL4 (issue 12).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformRun {
+    /// `bare aarch64`, `seL4 qemu_virt_aarch64 release`, ...
+    pub platform: String,
+    /// Of everything the guests freed, what came back by the end.
+    pub fraction: f64,
+    /// After the guests' last free, when 50 / 90 / 99 % were back.
+    pub p50: Option<Duration>,
+    pub p90: Option<Duration>,
+    pub p99: Option<Duration>,
+    pub freed: u64,
+}
+
+impl PlatformRun {
+    /// The figures of run `r` (see [`crate::bare::freed_reclaim`]: from
+    /// the guests' first free, times after their last).
+    pub fn from_report(platform: &str, r: &crate::qemu::RunReport) -> Self {
+        let rc = crate::bare::freed_reclaim(r);
+        Self {
+            platform: platform.to_string(),
+            fraction: rc.as_ref().map_or(0.0, |rc| rc.fraction()),
+            p50: rc.as_ref().and_then(|rc| rc.p50),
+            p90: rc.as_ref().and_then(|rc| rc.p90),
+            p99: rc.as_ref().and_then(|rc| rc.p99),
+            freed: r.observed.freed,
+        }
+    }
+}
+
 /// Everything one `tools bench` measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -259,6 +290,8 @@ pub struct Results {
     pub reclaim: Vec<ReclaimPoint>,
     /// The guests' workload of the reclaim sweep (`GUEST_PARAMS`).
     pub reclaim_workload: String,
+    /// The system in QEMU: bare platform and seL4, per arch and config.
+    pub platforms: Vec<PlatformRun>,
     /// Errors of parts that did not run through.
     pub errors: Vec<String>,
 }
@@ -353,6 +386,32 @@ impl Results {
                 );
             }
         }
+        if !self.platforms.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## In QEMU, against QEMU's virtio-balloon (system.xml: 2 guests free 256 MiB each)\n"
+            );
+            let _ = writeln!(
+                s,
+                "| platform | freed | back at the end | 50 % after the last free | 90 % | 99 % |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            let secs = |d: Option<Duration>| {
+                d.map_or_else(|| "never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            };
+            for p in &self.platforms {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} MiB | {:.1} % | {} | {} | {} |",
+                    p.platform,
+                    p.freed >> 20,
+                    p.fraction * 100.0,
+                    secs(p.p50),
+                    secs(p.p90),
+                    secs(p.p99)
+                );
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(s, "\nFAILED: {e}");
         }
@@ -394,6 +453,12 @@ impl Results {
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             },
+            "platforms": self.platforms.iter().map(|p| json!({
+                "platform": p.platform, "fraction": p.fraction, "freed_bytes": p.freed,
+                "p50_s": p.p50.map(|d| d.as_secs_f64()),
+                "p90_s": p.p90.map(|d| d.as_secs_f64()),
+                "p99_s": p.p99.map(|d| d.as_secs_f64()),
+            })).collect::<Vec<_>>(),
             "errors": self.errors,
         })
     }
@@ -604,6 +669,14 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             metadata_per_page: Some(9.0),
             reclaim: vec![point(8, &[0.4]), point(32, &[0.35])],
             reclaim_workload: "pattern=bulk,mib=32".into(),
+            platforms: vec![PlatformRun {
+                platform: "seL4 x86_64_generic release".into(),
+                fraction: 0.995,
+                p50: Some(Duration::from_millis(850)),
+                p90: Some(Duration::from_millis(1250)),
+                p99: None,
+                freed: 512 << 20,
+            }],
             errors: vec!["report: cargo bench failed".into()],
         };
         let md = r.markdown();
@@ -618,7 +691,14 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         assert!(md.contains("5.39 GiB/s"), "{md}");
         assert!(md.contains("| order=9,delay_ms=300,capacity=32,in_flight=1 | 1 | 99.0 % |"));
         assert!(md.contains("FAILED: report: cargo bench failed"));
+        assert!(
+            md.contains(
+                "| seL4 x86_64_generic release | 512 MiB | 99.5 % | 0.85 s | 1.25 s | never |"
+            ),
+            "{md}"
+        );
         let j = r.json();
+        assert_eq!(j["platforms"][0]["p90_s"], 1.25);
         assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
         assert_eq!(j["metadata_bytes_per_page"], 9.0);
         let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));

@@ -10,8 +10,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use tools::bench::{self, ReclaimPoint, ReclaimRun, Results, Tunables};
+use tools::bare;
+use tools::bench::{self, PlatformRun, ReclaimPoint, ReclaimRun, Results, Tunables};
 use tools::demo::{self, DemoConfig};
+use tools::image::{self, Board, ImageSpec, KernelConfig};
+use tools::qemu::{self, Arch, BalloonDevice};
+use tools::sel4::{self, Sel4Run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
@@ -21,6 +25,10 @@ pub enum Part {
     Report,
     /// The whole system on the host platform, over reporting tunables.
     Reclaim,
+    /// The whole system in QEMU: the bare platform on both arches, and the
+    /// Microkit image on seL4 (both boards, debug and release) when
+    /// `MICROKIT_SDK` is set.
+    Qemu,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +54,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> ExitCode {
     let parts = if args.only.is_empty() {
-        vec![Part::Alloc, Part::Report, Part::Reclaim]
+        vec![Part::Alloc, Part::Report, Part::Reclaim, Part::Qemu]
     } else {
         args.only.clone()
     };
@@ -57,6 +65,7 @@ pub fn main(args: Args) -> ExitCode {
             Part::Alloc => alloc(&args, &mut r),
             Part::Report => report(&args, &mut r),
             Part::Reclaim => reclaim(&args, &mut r),
+            Part::Qemu => in_qemu(&mut r),
         };
         if let Err(e) = res {
             eprintln!("bench: {part:?}: {e}");
@@ -227,6 +236,82 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("less than 90 % came back: {}", failures.join(", ")))
+    }
+}
+
+/// The system in QEMU with QEMU's virtio-balloon: the bare platform on
+/// both arches, then seL4 on both boards in both kernel configs (skipped,
+/// and said, without an SDK). One run each; the runs are the tests' runs
+/// (`tools::bare`, `tools::sel4`), measured the same way.
+fn in_qemu(r: &mut Results) -> Result<(), String> {
+    let out = target_dir().join("bench").join("qemu");
+    let mut failures = Vec::new();
+    for arch in [Arch::Aarch64, Arch::X86_64] {
+        let name = format!("bare {}", bare::target(arch));
+        eprintln!("bench: {name}: building and booting");
+        let xml =
+            bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
+        let dir = out.join(bare::target(arch));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let kernel = bare::build(&workspace(), &dir.join("build"), arch, "system", &xml)
+            .map_err(|e| e.to_string())?;
+        let cfg = bare::run_config(
+            arch,
+            kernel,
+            BalloonDevice {
+                reporting: true,
+                modern_mmio: false,
+            },
+            dir.join("qmp.sock"),
+            bare::guests(&xml)?,
+            None,
+        );
+        let report =
+            qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
+        if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
+            failures.push(format!("{name}: {e}"));
+        }
+        r.platforms.push(PlatformRun::from_report(&name, &report));
+    }
+    let sdk = match image::sdk_from_env() {
+        Ok(sdk) => sdk,
+        Err(e) => {
+            eprintln!("bench: seL4 rows skipped: {e}");
+            return finish(failures);
+        }
+    };
+    for board in Board::ALL {
+        for config in [KernelConfig::Debug, KernelConfig::Release] {
+            let name = format!("seL4 {board} {config}");
+            eprintln!("bench: {name}: building and booting");
+            let dir = out.join(format!("sel4-{board}-{config}"));
+            let img = image::build(&ImageSpec {
+                board,
+                config,
+                system: workspace().join("system.xml"),
+                sdk: sdk.clone(),
+                workspace: workspace(),
+                target_dir: out.join("pd-build"),
+                out_dir: dir.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+            let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;
+            let report =
+                qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
+            if let Err(e) = sel4::verdict(&img, Sel4Run::Reporting, &report) {
+                failures.push(format!("{name}: {e}"));
+            }
+            r.platforms.push(PlatformRun::from_report(&name, &report));
+        }
+    }
+    finish(failures)
+}
+
+fn finish(failures: Vec<String>) -> Result<(), String> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
     }
 }
 
