@@ -125,10 +125,15 @@ pub fn run_config(
     })
 }
 
-/// Every PD of the image logged under its own prefix.
-fn every_pd_logged(img: &Image, r: &RunReport) -> Result<(), String> {
+/// Every PD of the image logged under its own prefix (its name; the
+/// hostile PD's program logs as `HOSTILE`).
+fn every_pd_logged(img: &Image, run: Sel4Run, r: &RunReport) -> Result<(), String> {
     for page in &img.log_pages {
-        let prefix = page.pd.to_uppercase();
+        let prefix = if run == Sel4Run::Hostile && page.pd == bare::HOSTILE_PD {
+            "HOSTILE".to_string()
+        } else {
+            page.pd.to_uppercase()
+        };
         if !r.observed.started.contains(&prefix) {
             return Err(format!("PD {} never logged ({prefix}|...)", page.pd));
         }
@@ -150,7 +155,7 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
     if !r.observed.problems.is_empty() {
         return Err(format!("problems: {:?}", r.observed.problems));
     }
-    every_pd_logged(img, r)?;
+    every_pd_logged(img, run, r)?;
     let guests = guests(img)?;
     let mut said = Vec::new();
     let balloon_reached = || match &r.balloon {

@@ -80,6 +80,7 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
         to
     }
     img.loader = copy(&img.loader, &run_dir);
+    img.board_sdf = copy(&img.board_sdf, &run_dir);
     img.kernel = img.kernel.as_deref().map(|k| copy(k, &run_dir));
     (img, run_dir)
 }
