@@ -16,8 +16,9 @@ pub struct Args {
     pub config: KernelConfig,
     /// The system description (written for qemu_virt_aarch64; the x86_64
     /// variant is derived from it).
-    #[arg(long, default_value_os_t = workspace().join("system.xml"))]
-    pub system: PathBuf,
+    /// [default: the workspace's system.xml]
+    #[arg(long)]
+    pub system: Option<PathBuf>,
     /// Output directory (default: <target dir>/microkit/<board>-<config>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -42,6 +43,11 @@ pub fn parse_board(s: &str) -> Result<Board, String> {
 
 pub fn parse_config(s: &str) -> Result<KernelConfig, String> {
     KernelConfig::parse(s).ok_or_else(|| format!("unknown config '{s}' (debug, release)"))
+}
+
+/// `--system`, or the workspace's `system.xml`.
+pub fn system_or_default(system: Option<PathBuf>) -> PathBuf {
+    system.unwrap_or_else(|| workspace().join("system.xml"))
 }
 
 /// The workspace this binary was built from.
@@ -84,7 +90,7 @@ pub fn build(
 pub fn main(args: Args) -> ExitCode {
     if args.sdf_only {
         let dir = out_dir(args.board, args.config, args.out);
-        return match image::write_sdfs(&args.system, args.board, &dir) {
+        return match image::write_sdfs(&system_or_default(args.system), args.board, &dir) {
             Ok((board, mk, _)) => {
                 println!("system description: {}", board.display());
                 println!("for the microkit tool: {}", mk.display());
@@ -96,7 +102,12 @@ pub fn main(args: Args) -> ExitCode {
             }
         };
     }
-    match build(args.board, args.config, args.system, args.out) {
+    match build(
+        args.board,
+        args.config,
+        system_or_default(args.system),
+        args.out,
+    ) {
         Ok(img) => {
             println!("image: {}", img.loader.display());
             if let Some(k) = &img.kernel {

@@ -3,7 +3,7 @@
 //! PDs' console, print the timeline and the phase table, write the plot, and
 //! fail when the host did not get the memory back.
 
-use super::image::{parse_board, parse_config, target_dir, workspace};
+use super::image::{parse_board, parse_config, target_dir};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,8 +28,9 @@ pub struct Args {
     #[arg(long, value_parser = parse_config, default_value = "debug")]
     pub config: KernelConfig,
     /// The system description (for qemu_virt_aarch64; see `tools image`).
-    #[arg(long, default_value_os_t = workspace().join("system.xml"))]
-    pub system: PathBuf,
+    /// [default: the workspace's system.xml]
+    #[arg(long)]
+    pub system: Option<PathBuf>,
     /// Output directory for the image, plot and CSV.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -94,7 +95,12 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
             .join("microkit")
             .join(format!("{}-{}{variant}", board, args.config))
     });
-    let system = sel4::description(&args.system, run, &out).map_err(|e| e.to_string())?;
+    let system = sel4::description(
+        &super::image::system_or_default(args.system.clone()),
+        run,
+        &out,
+    )
+    .map_err(|e| e.to_string())?;
     let img = super::image::build(board, args.config, system, Some(out.clone()))
         .map_err(|e| e.to_string())?;
     let mut cfg = sel4::run_config(&img, run, &out, Duration::from_secs(args.timeout_s))?;
