@@ -146,8 +146,8 @@ fn every_pd_logged(img: &Image, run: Sel4Run, r: &RunReport) -> Result<(), Strin
 /// the boot-time report and of the guests' frees came back, the guests
 /// verified their data, QMP's balloon target was reached. For the control
 /// run: the guests ran and verified, and almost nothing came back. For the
-/// hostile run: [`bare::hostile_verdict`] on the PDs' log, and the guests'
-/// frees came back over the whole run.
+/// hostile run: [`bare::hostile_verdict`] on the PDs' log, and over the
+/// whole run RSS fell by what the memserver reported free at the end.
 pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, String> {
     if let Some(f) = &r.failure {
         return Err(format!("the run failed: {f}"));
@@ -221,13 +221,37 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
             if r.observed.verified != ["GUEST0"] {
                 return Err(format!("verified: {:?}", r.observed.verified));
             }
-            if !r.memory_came_back_overall(FRACTION) {
+            // The hostile PD's frees keep the reporting worker busy, so the
+            // boot-time report and guest0's free overlap and neither has a
+            // window of its own. Judged over the whole run instead: at the
+            // end the memserver had reported what was free (guest0's free
+            // among it), and QEMU's RSS fell from the boot by that much.
+            let last = r
+                .log
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("MEMSERVER|INFO: reported: "))
+                .ok_or("the memserver never said what it reported")?;
+            let field = |k| crate::qemu::field(last, k).ok_or(format!("no {k}= in: {last}"));
+            let (reported, free) = (field("reported_mib")?, field("free_mib")?);
+            if r.observed.freed == 0 || (reported as f64) < FRACTION * free as f64 {
                 return Err(format!(
-                    "over the run {:?} (back, free) bytes; guests' free: {:.0} % back",
-                    r.whole_run(),
-                    100.0 * r.reclaim.fraction()
+                    "guests freed {} MiB; at the end {reported} of {free} MiB free were reported: {last}",
+                    r.observed.freed / MIB
                 ));
             }
+            let (back, _) = r.whole_run().ok_or("no boot or end sample")?;
+            if (back as f64) < FRACTION * (reported * MIB) as f64 {
+                return Err(format!(
+                    "QEMU's RSS fell by {} MiB over the run, less than {:.0} % of the {reported} MiB reported",
+                    back / MIB,
+                    100.0 * FRACTION
+                ));
+            }
+            said.push(format!(
+                "ok: over the run QEMU's RSS fell by {} MiB; {reported} of {free} MiB free were reported",
+                back / MIB
+            ));
             balloon_reached()?;
             said.push(format!(
                 "ok: the memserver held against the hostile PD ({} rounds); {}",
