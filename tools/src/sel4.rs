@@ -192,6 +192,7 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
                 ));
             }
             balloon_reached()?;
+            said.push(guest_stats_match(r)?);
             said.push("ok: the host got the memory back".to_string());
         }
         Sel4Run::Control => {
@@ -260,6 +261,40 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
         }
     }
     Ok(said)
+}
+
+/// QMP's `guest-stats` carry the memserver's figures: the total it manages
+/// (its last `conservation:` line, in pages) and a free amount within it.
+fn guest_stats_match(r: &RunReport) -> Result<String, String> {
+    let g = r.guest_stats.as_ref().ok_or("no QMP guest-stats")?;
+    if g.last_update == 0 {
+        return Err(
+            "QMP guest-stats were never updated: the driver answered no stats request".into(),
+        );
+    }
+    let line = r
+        .log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: conservation: "))
+        .ok_or("the memserver logged no conservation line")?;
+    let pages = crate::qemu::field(line, "total").ok_or(format!("no total= in: {line}"))?;
+    let total = g
+        .get("stat-total-memory")
+        .ok_or("guest-stats without stat-total-memory")?;
+    let free = g
+        .get("stat-free-memory")
+        .ok_or("guest-stats without stat-free-memory")?;
+    if total != pages * 4096 || free > total {
+        return Err(format!(
+            "QMP guest-stats total {total} free {free} bytes, the memserver manages {pages} pages ({line})"
+        ));
+    }
+    Ok(format!(
+        "ok: QMP guest-stats carry the memserver's figures: total {} MiB (= {pages} pages), free {} MiB",
+        total / MIB,
+        free / MIB
+    ))
 }
 
 /// A one-line name for a run.
