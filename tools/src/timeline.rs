@@ -50,12 +50,20 @@ pub struct Reclaim {
 }
 
 impl Reclaim {
-    /// Fraction of `expected` that came back by the end of the window.
+    /// Bytes of `expected` that came back by the end of the window: the
+    /// fall of the host's memory, but never more than was expected (what
+    /// else the host dropped meanwhile is not what was freed).
+    pub fn back(&self) -> u64 {
+        self.start.saturating_sub(self.end).min(self.expected)
+    }
+
+    /// Fraction of `expected` that came back by the end of the window, at
+    /// most 1.
     pub fn fraction(&self) -> f64 {
         if self.expected == 0 {
             return 0.0;
         }
-        self.start.saturating_sub(self.end) as f64 / self.expected as f64
+        self.back() as f64 / self.expected as f64
     }
 }
 
@@ -122,7 +130,18 @@ impl Timeline {
         let Some(s) = self.samples.last() else {
             return String::from("waiting for the first sample");
         };
-        let phase = self.marks.last().map_or("boot", |m| m.label.as_str());
+        // The last event and how long ago: a label alone would read as
+        // what is happening now, long after it happened.
+        let phase = self.marks.last().map_or_else(
+            || "starting".to_string(),
+            |m| {
+                format!(
+                    "last: {} {:.1} s ago",
+                    m.label,
+                    s.t.saturating_sub(m.t).as_secs_f64()
+                )
+            },
+        );
         format!(
             "{:6.1} s  host {:7.1} MiB  guests {:>7} MiB  reported {:>7} MiB  [{phase}]",
             s.t.as_secs_f64(),
@@ -226,7 +245,7 @@ impl Timeline {
     pub fn reclaim_line(label: &str, r: &Reclaim) -> String {
         format!(
             "{label}: {:.1} of {:.1} MiB back ({:.1} %), 50 % after {}, 90 % after {}, 99 % after {}",
-            mib(r.start.saturating_sub(r.end)),
+            mib(r.back()),
             mib(r.expected),
             r.fraction() * 100.0,
             secs(r.p50),
@@ -379,6 +398,38 @@ mod tests {
         assert_eq!((r.start, r.end), (300 * M, 50 * M));
         assert_eq!(r.p99, Some(Duration::ZERO));
         assert!((r.fraction() - 1.0).abs() < 1e-9);
+    }
+
+    /// "512.0 of 510.0 MiB back (100.4 %)": what else the host dropped is
+    /// not what was freed; back and fraction stop at what was expected.
+    #[test]
+    fn back_is_measured_against_what_was_freed_and_never_passes_it() {
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 600), (1000, 88)] {
+            tl.push(s(t, h));
+        }
+        let r = tl.reclaim(Duration::from_millis(500), 510 * M, None);
+        assert_eq!(r.back(), 510 * M);
+        assert_eq!(r.fraction(), 1.0);
+        let line = Timeline::reclaim_line("x", &r);
+        assert!(line.contains("510.0 of 510.0 MiB back (100.0 %)"), "{line}");
+    }
+
+    /// The live line says what happened last and when, not a label that
+    /// reads as what is happening now.
+    #[test]
+    fn the_progress_line_ages_the_last_event() {
+        let mut tl = Timeline::new();
+        assert!(tl.progress_line().contains("first sample"));
+        tl.push(s(0, 10));
+        assert!(tl.progress_line().contains("[starting]"));
+        tl.mark(Duration::from_millis(500), "guest0 freed 256 MiB");
+        tl.push(s(3000, 10));
+        let line = tl.progress_line();
+        assert!(
+            line.contains("[last: guest0 freed 256 MiB 2.5 s ago]"),
+            "{line}"
+        );
     }
 
     #[test]
