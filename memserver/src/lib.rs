@@ -57,6 +57,7 @@
 mod core;
 mod error;
 mod meta;
+pub mod nested;
 pub mod params;
 mod reporting;
 pub mod server;
