@@ -6,6 +6,7 @@
 pub mod bare;
 pub mod bench;
 pub mod demo;
+pub mod dtb;
 pub mod host;
 pub mod image;
 pub mod log_pages;
