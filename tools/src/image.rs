@@ -444,6 +444,14 @@ pub fn board_sdf(text: &str, board: Board) -> Result<String, ImageError> {
 fn x86_sdf(text: &str) -> Result<String, ImageError> {
     let doc = parse(text)?;
     let sys = System::parse(text).map_err(|e| ImageError::Sdf(format!("line {e}")))?;
+    // A VM needs hypervisor support, which the x86_64 board lacks here.
+    let diags = sdf::check::check_for_board(&sys, Board::X86_64Generic.name());
+    if let Some(d) = diags
+        .iter()
+        .find(|d| d.severity == sdf::Severity::Error && d.message.contains("virtual_machine"))
+    {
+        return Err(ImageError::Sdf(d.to_string()));
+    }
     let mut edits = Edits(Vec::new());
     let regions: Vec<_> = elements(&doc, "memory_region").collect();
     let first_pd = elements(&doc, "protection_domain")

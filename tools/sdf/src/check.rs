@@ -77,9 +77,144 @@ pub fn check(sys: &System) -> Vec<Diagnostic> {
     maps(sys, &mut out);
     channels(sys, &mut out);
     business(sys, &mut out);
+    virtual_machines(sys, &mut out);
     let mut v = out.0;
     v.sort_by_key(|d| (d.line, d.severity));
     v
+}
+
+/// Guest-physical windows a VMM emulates by trapping the guest's accesses:
+/// a VM `<map>` over one would hide the device from the VMM (the guest
+/// would read and write memory instead). The GICv2 distributor of QEMU
+/// virt's layout, and the window of the VMM's virtio-mmio devices.
+pub const VMM_EMULATED: [(&str, u64, u64); 2] = [
+    ("the GICv2 distributor", 0x0800_0000, 0x1_0000),
+    ("the VMM's virtio-mmio devices", 0x0a00_0000, 0x4000),
+];
+
+/// Microkit's child ids (and so vCPU ids) are below 64.
+pub const MAX_CHILD_ID: u64 = 63;
+
+/// Boards whose SDK kernel is built with hypervisor support (DESIGN §8):
+/// only they can run a `<virtual_machine>`.
+pub const HYPERVISOR_BOARDS: [&str; 1] = ["qemu_virt_aarch64"];
+
+/// [`check`], plus what depends on the board: a `<virtual_machine>` needs
+/// a board with hypervisor support.
+pub fn check_for_board(sys: &System, board: &str) -> Vec<Diagnostic> {
+    let mut out = Out(check(sys));
+    if !HYPERVISOR_BOARDS.contains(&board) {
+        for pd in &sys.pds {
+            if let Some(vm) = &pd.virtual_machine {
+                out.error(
+                    vm.line,
+                    format!(
+                        "virtual_machine '{}' needs a board with hypervisor support ({}); {board} has none \
+                         (on x86_64 Microkit's VMs need VT-x, which QEMU's emulation lacks)",
+                        vm.name,
+                        HYPERVISOR_BOARDS.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let mut v = out.0;
+    v.sort_by_key(|d| (d.line, d.severity));
+    v
+}
+
+fn virtual_machines(sys: &System, out: &mut Out) {
+    for pd in &sys.pds {
+        let Some(vm) = &pd.virtual_machine else {
+            continue;
+        };
+        if let Some(other) = sys.pds.iter().find(|p| p.name == vm.name) {
+            out.error(
+                vm.line,
+                format!(
+                    "virtual_machine name '{}' is taken by a protection_domain (line {})",
+                    vm.name, other.line
+                ),
+            );
+        }
+        if vm.vcpus.is_empty() {
+            out.error(
+                vm.line,
+                format!("virtual_machine '{}' has no <vcpu>", vm.name),
+            );
+        }
+        let mut ids: BTreeMap<u64, u32> = BTreeMap::new();
+        for v in &vm.vcpus {
+            if v.id > MAX_CHILD_ID {
+                out.error(v.line, format!("vcpu id {} is above {MAX_CHILD_ID}", v.id));
+            }
+            if let Some(first) = ids.insert(v.id, v.line) {
+                out.error(
+                    v.line,
+                    format!(
+                        "vcpu id {} is already used at line {first} (vCPU ids share the VMM's child-id space)",
+                        v.id
+                    ),
+                );
+            }
+        }
+        let mut spans: Vec<(u64, u64, &str, u32)> = Vec::new();
+        for m in &vm.maps {
+            let Some(mr) = sys.region(&m.mr) else {
+                out.error(
+                    m.line,
+                    format!(
+                        "virtual_machine '{}' maps unknown memory_region '{}'",
+                        vm.name, m.mr
+                    ),
+                );
+                continue;
+            };
+            if m.vaddr % mr.page_size != 0 {
+                out.error(
+                    m.line,
+                    format!(
+                        "VM map of '{}' at guest-physical {:#x} is not aligned to the region's page size {:#x}",
+                        m.mr, m.vaddr, mr.page_size
+                    ),
+                );
+            }
+            let Some(end) = m.vaddr.checked_add(mr.size) else {
+                out.error(
+                    m.line,
+                    format!("VM map of '{}' at {:#x} wraps", m.mr, m.vaddr),
+                );
+                continue;
+            };
+            for (what, base, size) in VMM_EMULATED {
+                if m.vaddr < base + size && base < end {
+                    out.error(
+                        m.line,
+                        format!(
+                            "VM map of '{}' at {:#x}..{end:#x} overlaps {what} at {base:#x}..{:#x}, which the VMM emulates",
+                            m.mr,
+                            m.vaddr,
+                            base + size
+                        ),
+                    );
+                }
+            }
+            spans.push((m.vaddr, end, &m.mr, m.line));
+        }
+        spans.sort();
+        for w in spans.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            if b.0 < a.1 {
+                out.error(
+                    b.3,
+                    format!(
+                        "VM map of '{}' at {:#x} overlaps map of '{}' at {:#x}..{:#x} (line {})",
+                        b.2, b.0, a.2, a.0, a.1, a.3
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// True when `diags` holds an error.
@@ -212,10 +347,12 @@ fn regions(sys: &System, out: &mut Out) {
                 ),
             );
         }
-        let mapped = sys
-            .pds
-            .iter()
-            .any(|pd| pd.maps.iter().any(|m| m.mr == mr.name));
+        let mapped = sys.pds.iter().any(|pd| {
+            pd.maps
+                .iter()
+                .chain(pd.virtual_machine.iter().flat_map(|vm| &vm.maps))
+                .any(|m| m.mr == mr.name)
+        });
         let told = sys
             .pds
             .iter()
@@ -223,7 +360,7 @@ fn regions(sys: &System, out: &mut Out) {
         if !mapped && !told {
             out.warn(
                 mr.line,
-                format!("memory_region '{}' is not used by any PD", mr.name),
+                format!("memory_region '{}' is not used by any PD or VM", mr.name),
             );
         }
     }

@@ -168,6 +168,31 @@ pub struct ProtectionDomain {
     pub irqs: Vec<Irq>,
     pub ioports: Vec<IoPort>,
     pub setvars: Vec<SetVar>,
+    /// The VM this PD runs as its VMM, if any.
+    pub virtual_machine: Option<VirtualMachine>,
+    pub line: u32,
+}
+
+/// `<virtual_machine name priority? budget? period?>` inside the PD that is
+/// its VMM (Microkit 2.3.0): its vCPUs and what is mapped at which
+/// guest-physical address. The Microkit tool creates the VM's VSpace and
+/// gives the VMM each vCPU's TCB and VCPU capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualMachine {
+    pub name: String,
+    pub priority: u8,
+    pub budget: Option<u64>,
+    pub period: Option<u64>,
+    pub vcpus: Vec<Vcpu>,
+    /// `vaddr` is guest-physical here.
+    pub maps: Vec<Map>,
+    pub line: u32,
+}
+
+/// `<vcpu id/>`: ids share the namespace of child-PD ids of the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vcpu {
+    pub id: u64,
     pub line: u32,
 }
 
@@ -378,10 +403,20 @@ impl<'i> Parser<'_, 'i> {
             irqs: Vec::new(),
             ioports: Vec::new(),
             setvars: Vec::new(),
+            virtual_machine: None,
             line: self.line(node),
         };
         for child in node.children().filter(|n| n.is_element()) {
             match child.tag_name().name() {
+                "virtual_machine" => {
+                    if pd.virtual_machine.is_some() {
+                        return Err(self.err(
+                            child,
+                            format!("PD '{}' has a second <virtual_machine>", pd.name),
+                        ));
+                    }
+                    pd.virtual_machine = Some(self.virtual_machine(child)?);
+                }
                 "program_image" => {
                     self.attrs(child, &["path"])?;
                     if pd.program_image.is_some() {
@@ -423,6 +458,62 @@ impl<'i> Parser<'_, 'i> {
             return Err(self.err(node, format!("PD '{}' has no <program_image>", pd.name)));
         }
         Ok(pd)
+    }
+
+    fn virtual_machine(&self, node: roxmltree::Node<'_, 'i>) -> Result<VirtualMachine, ParseError> {
+        self.attrs(node, &["name", "priority", "budget", "period"])?;
+        let mut vm = VirtualMachine {
+            name: self.req(node, "name")?.to_string(),
+            priority: self
+                .opt_num(node, "priority")?
+                .map(|p| {
+                    u8::try_from(p)
+                        .map_err(|_| self.err(node, format!("priority {p} is above 254")))
+                })
+                .transpose()?
+                .unwrap_or(DEFAULT_PRIORITY),
+            budget: self.opt_num(node, "budget")?,
+            period: self.opt_num(node, "period")?,
+            vcpus: Vec::new(),
+            maps: Vec::new(),
+            line: self.line(node),
+        };
+        for child in node.children().filter(|n| n.is_element()) {
+            match child.tag_name().name() {
+                "vcpu" => {
+                    // Microkit 2.3.0 ignores setvar_id without a word: say
+                    // so here instead.
+                    if child.attribute("setvar_id").is_some() {
+                        return Err(self.err(
+                            child,
+                            "setvar_id on <vcpu> is ignored by Microkit 2.3.0: the VMM takes vCPU ids from the description".to_string(),
+                        ));
+                    }
+                    self.attrs(child, &["id"])?;
+                    vm.vcpus.push(Vcpu {
+                        id: self.req_num(child, "id")?,
+                        line: self.line(child),
+                    });
+                }
+                "map" => {
+                    let m = self.map(child)?;
+                    if m.setvar_vaddr.is_some() || m.setvar_size.is_some() {
+                        return Err(self.err(
+                            child,
+                            "a VM's <map> takes no setvar_vaddr/setvar_size (nothing in the VM reads them)".to_string(),
+                        ));
+                    }
+                    vm.maps.push(m);
+                }
+                other => {
+                    return Err(self.err(
+                        child,
+                        format!("unsupported element <{other}> in <virtual_machine>"),
+                    ));
+                }
+            }
+        }
+        Ok(vm)
     }
 
     fn map(&self, node: roxmltree::Node<'_, 'i>) -> Result<Map, ParseError> {

@@ -260,7 +260,7 @@ fn unused_region_and_pp_flag_are_warnings() {
         warnings(&body),
         [
             "7: warning: PD 'server' is PPC'd by 'client' but does not say pp=\"true\"",
-            "8: warning: memory_region 'spare' is not used by any PD",
+            "8: warning: memory_region 'spare' is not used by any PD or VM",
         ]
     );
 }
@@ -396,5 +396,90 @@ fn codegen_rejects_name_clashes() {
             module: "region",
             name: "A_B".into()
         })
+    );
+}
+
+const VMM: &str = r#"<memory_region name="guest_ram" size="0x10000000" page_size="0x200000"/>
+<memory_region name="gicv" size="0x2000" phys_addr="0x8040000"/>
+<protection_domain name="vmm" priority="100"><program_image path="vmm.elf"/>
+  <map mr="guest_ram" vaddr="0x20000000" perms="rw"/>
+  <virtual_machine name="linux" priority="90">
+    <vcpu id="0"/>
+    <map mr="guest_ram" vaddr="0x40000000" perms="rwx"/>
+    <map mr="gicv" vaddr="0x8010000" perms="rw" cached="false"/>
+  </virtual_machine>
+</protection_domain>"#;
+
+#[test]
+fn a_virtual_machine_is_parsed_and_clean() {
+    let s = sys(VMM);
+    let vm = s.pds[0].virtual_machine.as_ref().unwrap();
+    assert_eq!((vm.name.as_str(), vm.priority), ("linux", 90));
+    assert_eq!(vm.vcpus.len(), 1);
+    assert_eq!(vm.maps[0].vaddr, 0x4000_0000);
+    assert!(vm.maps[0].perms.execute);
+    assert!(!vm.maps[1].cached);
+    assert_eq!(check(&s), vec![]);
+    assert!(sdf::check::check_for_board(&s, "qemu_virt_aarch64").is_empty());
+}
+
+#[test]
+fn a_vm_map_over_an_emulated_device_window_is_an_error() {
+    let e = errors(&VMM.replace(
+        r#"<map mr="gicv" vaddr="0x8010000""#,
+        r#"<map mr="gicv" vaddr="0x8000000""#,
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("overlaps the GICv2 distributor") && e.starts_with("9:")),
+        "{e:?}"
+    );
+    let e = errors(&VMM.replace(
+        r#"<map mr="gicv" vaddr="0x8010000""#,
+        r#"<map mr="gicv" vaddr="0xa001000""#,
+    ));
+    assert!(e.iter().any(|e| e.contains("virtio-mmio")), "{e:?}");
+    // Two VM maps over each other.
+    let e = errors(&VMM.replace(
+        r#"<map mr="gicv" vaddr="0x8010000""#,
+        r#"<map mr="gicv" vaddr="0x40001000""#,
+    ));
+    assert!(
+        e.iter().any(|e| e.contains("overlaps map of 'guest_ram'")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn vcpu_ids_clash_and_range() {
+    let e = errors(&VMM.replace(r#"<vcpu id="0"/>"#, r#"<vcpu id="0"/><vcpu id="0"/>"#));
+    assert!(
+        e.iter().any(|e| e.contains("vcpu id 0 is already used")),
+        "{e:?}"
+    );
+    let e = errors(&VMM.replace(r#"<vcpu id="0"/>"#, r#"<vcpu id="64"/>"#));
+    assert!(e.iter().any(|e| e.contains("above 63")), "{e:?}");
+    let e = errors(&VMM.replace(r#"<vcpu id="0"/>"#, ""));
+    assert!(e.iter().any(|e| e.contains("has no <vcpu>")), "{e:?}");
+    // Microkit 2.3.0 ignores setvar_id silently; the parser says so.
+    let p = parse_err(&VMM.replace(r#"<vcpu id="0"/>"#, r#"<vcpu id="0" setvar_id="v"/>"#));
+    assert!(p.contains("setvar_id"), "{p}");
+    let p = parse_err(&VMM.replace(r#"perms="rwx"/>"#, r#"perms="rwx" setvar_vaddr="x"/>"#));
+    assert!(p.contains("setvar_vaddr"), "{p}");
+}
+
+#[test]
+fn a_vm_needs_a_board_with_hypervisor_support() {
+    let d = sdf::check::check_for_board(&sys(VMM), "x86_64_generic");
+    assert!(
+        d.iter().any(|d| d.severity == Severity::Error
+            && d.message.contains("needs a board with hypervisor support")),
+        "{d:?}"
+    );
+    // The name of a VM is not a PD's.
+    let e = errors(&VMM.replace(r#"name="linux""#, r#"name="vmm""#));
+    assert!(
+        e.iter().any(|e| e.contains("taken by a protection_domain")),
+        "{e:?}"
     );
 }

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 pub struct Args {
     /// The system description.
     pub system: PathBuf,
+    /// The board it is for: qemu_virt_aarch64 (the default) or
+    /// x86_64_generic, which cannot run a <virtual_machine>.
+    #[arg(long, default_value = "qemu_virt_aarch64", value_parser = ["qemu_virt_aarch64", "x86_64_generic"])]
+    pub board: String,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -26,7 +30,7 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let diags = sdf::check(&sys);
+    let diags = sdf::check::check_for_board(&sys, &args.board);
     for d in &diags {
         eprintln!("{path}:{d}");
     }
