@@ -1,5 +1,6 @@
 //! The event handler a PD implements.
 
+use crate::vm::{Child, Fault, FaultReply};
 use crate::{Channel, ChannelSet, MessageInfo};
 use core::fmt;
 
@@ -40,6 +41,17 @@ pub trait Handler {
             info
         );
         Ok(MessageInfo::new(PPC_UNSUPPORTED_LABEL, 0))
+    }
+
+    /// A fault of `child`, a vCPU of this PD's VM (a VMM's handler). By
+    /// default the vCPU stays stopped and a line says so.
+    fn fault(&mut self, child: Child, fault: Fault) -> Result<FaultReply, Self::Error> {
+        crate::debug_println!(
+            "{}|WARN: vCPU {} stopped: {fault}",
+            crate::pd_name(),
+            child.id()
+        );
+        Ok(FaultReply::Stop)
     }
 }
 

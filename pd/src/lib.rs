@@ -61,6 +61,7 @@ mod debug;
 
 pub mod log_page;
 mod region;
+pub mod vm;
 
 pub use channel::{
     Channel, ChannelSet, DeferredActionSlotFull, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH,

@@ -347,7 +347,16 @@ fn cargo_build(
         .arg("--target-dir")
         .arg(&spec.target_dir)
         // The PD crates' build scripts generate their config from this.
-        .env("SYSTEM_XML", board_sdf);
+        .env("SYSTEM_XML", board_sdf)
+        // pd/build.rs takes the kernel's invocation labels from the SDK.
+        .env(
+            "PD_SEL4_INVOCATIONS",
+            spec.sdk
+                .join("board")
+                .join(spec.board.name())
+                .join(spec.config.name())
+                .join("invocations_all.json"),
+        );
     let mut packages: Vec<&str> = programs.iter().map(|p| p.1).collect();
     packages.sort_unstable();
     packages.dedup();

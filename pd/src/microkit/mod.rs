@@ -13,6 +13,8 @@ use core::fmt;
 mod aarch64;
 #[cfg(target_arch = "aarch64")]
 use aarch64 as arch;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod vcpu;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
@@ -37,19 +39,19 @@ const BASE_IRQ_CAP: u64 = 138;
 #[cfg(target_arch = "x86_64")]
 const BASE_IOPORT_CAP: u64 = 394;
 
-/// `IRQAckIRQ` invocation label: it differs between kernel configurations.
-#[cfg(not(feature = "release-kernel"))]
-const IRQ_ACK_LABEL: u64 = 31;
-#[cfg(feature = "release-kernel")]
-const IRQ_ACK_LABEL: u64 = 27;
+/// seL4 invocation labels: they differ between kernel configurations, so
+/// pd/build.rs generates them from the SDK's `invocations_all.json` for the
+/// board and config being built.
+pub(crate) mod label {
+    include!(concat!(env!("OUT_DIR"), "/sel4_labels.rs"));
+}
 
-/// `X86IOPortIn8` invocation label; In16, In32, Out8, Out16, Out32 follow
-/// (the SDK's `invocations_all.json` for x86_64_generic: 58 debug, 54
-/// release, shifted like the IRQ ack label).
-#[cfg(all(target_arch = "x86_64", not(feature = "release-kernel")))]
-const IOPORT_IN8_LABEL: u64 = 58;
-#[cfg(all(target_arch = "x86_64", feature = "release-kernel"))]
-const IOPORT_IN8_LABEL: u64 = 54;
+/// `IRQAckIRQ`.
+const IRQ_ACK_LABEL: u64 = label::IRQACKIRQ;
+
+/// `X86IOPortIn8`; In16, In32, Out8, Out16, Out32 follow.
+#[cfg(target_arch = "x86_64")]
+const IOPORT_IN8_LABEL: u64 = label::X86IOPORTIN8;
 
 /// The IPC buffer: at `seL4_UserVSpaceTop & ~0xfff`.
 #[cfg(target_arch = "aarch64")]
@@ -380,12 +382,19 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
                 Err(e) => fatal(&e),
             }
         } else if (badge >> 62) & 1 != 0 {
-            // A child's fault: this runtime starts no children.
-            crate::debug_println!(
-                "{}|WARN: fault from child {}, ignored",
-                pd_name(),
-                badge & 0xff
-            );
+            // A child's fault (a vCPU of this PD's VM): read its message
+            // registers before any other invocation reuses the IPC buffer.
+            let mut mrs = [0u64; crate::vm::FAULT_MRS];
+            for (i, mr) in mrs.iter_mut().enumerate() {
+                *mr = sys::get_mr(i);
+            }
+            let child = crate::vm::Child::new((badge & 0xff) as u8);
+            let fault = crate::vm::Fault::decode(info.label(), &mrs);
+            match handler.fault(child, fault) {
+                Ok(crate::vm::FaultReply::Resume) => reply = Some(MessageInfo::new(0, 0)),
+                Ok(crate::vm::FaultReply::Stop) => {}
+                Err(e) => fatal(&e),
+            }
         } else if let Err(e) = handler.notified(ChannelSet::from_bits(badge)) {
             fatal(&e);
         }
