@@ -142,11 +142,12 @@ impl fmt::Display for ImageError {
 impl std::error::Error for ImageError {}
 
 /// `program_image` file -> (package, binary).
-const PROGRAMS: [(&str, &str, &str); 8] = [
+const PROGRAMS: [(&str, &str, &str); 9] = [
     ("memserver.elf", "memserver", "memserver"),
     ("balloon.elf", "balloon", "balloon"),
     ("timer.elf", "timer", "timer"),
     ("guest.elf", "guest", "guest"),
+    ("vmm.elf", "vmm", "vmm"),
     // Test-only (issue 8): the hostile variant's guest1.
     ("hostile.elf", "guest", "hostile"),
     ("ping.elf", "pd", "ping"),

@@ -1,0 +1,376 @@
+//! The VMM PD: runs the VM of its `<virtual_machine>` (seL4 aarch64,
+//! Microkit 2.3.0). Init loads the guest into the VM's RAM and starts the
+//! vCPU; `fault` hands every trap to one dispatcher (libvmm's shape); the
+//! decisions are the host-tested core's (`vmm::trap`, `vmm::psci`,
+//! `vmm::gic`, `vmm::mmio`).
+//!
+//! Emulated: the GICv2 distributor (trapped), PSCI over SMC, the virtual
+//! timer's PPI (VPPIEvent -> inject -> ack on EOI). Passed through: RAM,
+//! the PL011 console (its IRQ 33 re-injected), the GIC's virtual CPU
+//! interface. Anything else the guest touches stops that VM with one line;
+//! the other PDs keep running.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+mod config {
+    pd::config!("vmm");
+}
+#[allow(dead_code)]
+mod vm_layout {
+    include!(concat!(env!("OUT_DIR"), "/vm_layout.rs"));
+}
+#[allow(dead_code)]
+mod guest {
+    include!(concat!(env!("OUT_DIR"), "/guest_image.rs"));
+}
+
+const LOG: pd::Log = pd::Log::new("VMM");
+
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod run {
+    use super::{LOG, config, guest, vm_layout};
+    use pd::vm::{Child, Fault, FaultReply, UserContext};
+    use pd::{ChannelSet, Handler};
+    use vmm::gic::{self, Distributor, Inject};
+    use vmm::mmio::{Table, Unemulated};
+    use vmm::psci;
+    use vmm::trap::{self, Access};
+
+    /// What the table's windows are.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Dev {
+        Gic,
+    }
+
+    /// The GICv2 distributor's guest-physical address (QEMU virt; the
+    /// device tree says the same, `tools::dtb`).
+    const GICD: u64 = 0x0800_0000;
+    /// The console's IRQ, passed through.
+    const UART_IRQ: u16 = 33;
+    /// The virtual timer's PPI.
+    const VTIMER_IRQ: u16 = 27;
+
+    pub struct Vmm {
+        gic: Distributor,
+        table: Table<Dev, 4>,
+        stopped: bool,
+        traps: u64,
+    }
+
+    #[derive(Debug)]
+    pub enum Error {
+        Load(&'static str),
+        Kernel(vmm_boot::BootError),
+        Sel4(&'static str, pd::vm::Sel4Error),
+    }
+
+    impl core::fmt::Display for Error {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Error::Load(m) => write!(f, "loading the guest: {m}"),
+                Error::Kernel(e) => write!(f, "the kernel: {e}"),
+                Error::Sel4(what, e) => write!(f, "{what}: {e}"),
+            }
+        }
+    }
+
+    fn vcpu() -> Child {
+        vm_layout::VCPU
+    }
+
+    /// Copy `bytes` to guest-physical `gpa`, inside the VM's RAM.
+    fn copy_in(gpa: u64, bytes: &[u8]) -> Result<(), Error> {
+        let ram = vm_layout::ram().get();
+        let off = gpa
+            .checked_sub(vm_layout::RAM_GPA)
+            .filter(|o| {
+                o.checked_add(bytes.len() as u64)
+                    .is_some_and(|e| e <= ram.size)
+            })
+            .ok_or(Error::Load("a piece lies outside the VM's RAM"))?;
+        // SAFETY: the VMM maps the VM's RAM read-write at `ram.vaddr` for
+        // its whole life (`<map setvar_vaddr="guest_ram">`); the range was
+        // checked to lie inside it, and the vCPU is not running yet.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                ram.as_ptr().add(off as usize),
+                bytes.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Load the guest and start the vCPU: Linux as booting.rst says, or the
+    /// smoke guest at the start of RAM.
+    fn boot() -> Result<(), Error> {
+        let (pc, x0, end) = if guest::SMOKE {
+            copy_in(vm_layout::RAM_GPA, guest::KERNEL)?;
+            LOG.info(format_args!(
+                "VM '{}': smoke guest of {} bytes at {:#x}",
+                vm_layout::VM_NAME,
+                guest::KERNEL.len(),
+                vm_layout::RAM_GPA
+            ));
+            (
+                vm_layout::RAM_GPA,
+                0,
+                vm_layout::RAM_GPA + guest::KERNEL.len() as u64,
+            )
+        } else {
+            let h = vmm_boot::ImageHeader::parse(guest::KERNEL).map_err(Error::Kernel)?;
+            let l = vmm_boot::Layout::new(
+                &h,
+                guest::DTB.len() as u64,
+                guest::INITRD.len() as u64,
+                vm_layout::RAM_GPA,
+                vm_layout::RAM_SIZE,
+            )
+            .map_err(Error::Kernel)?;
+            copy_in(l.kernel, guest::KERNEL)?;
+            copy_in(l.dtb, guest::DTB)?;
+            copy_in(l.initrd, guest::INITRD)?;
+            LOG.info(format_args!(
+                "VM '{}': Linux Image of {} bytes at {:#x}, device tree at {:#x}, initramfs of {} bytes at {:#x}, RAM {} MiB",
+                vm_layout::VM_NAME,
+                guest::KERNEL.len(),
+                l.kernel,
+                l.dtb,
+                guest::INITRD.len(),
+                l.initrd,
+                vm_layout::RAM_SIZE >> 20
+            ));
+            (l.kernel, l.dtb, l.initrd_end)
+        };
+        // The guest starts with its MMU and caches off: what was copied
+        // must be in memory, and instruction fetches must see it.
+        let ram = vm_layout::ram().get();
+        let (start, stop) = (ram.vaddr, ram.vaddr + (end - vm_layout::RAM_GPA));
+        pd::vm::clean_invalidate_data(start, stop)
+            .map_err(|e| Error::Sel4("cleaning the cache", e))?;
+        pd::vm::unify_instruction(start, stop)
+            .map_err(|e| Error::Sel4("unifying the I-cache", e))?;
+        let mut ctx = UserContext::default();
+        ctx.regs[UserContext::PC] = pc;
+        ctx.regs[UserContext::SPSR] = vmm_boot::ENTRY_SPSR;
+        ctx.regs[UserContext::x_index(0).expect("x0")] = x0;
+        pd::vm::write_registers(vcpu(), &ctx, true)
+            .map_err(|e| Error::Sel4("starting the vCPU", e))?;
+        LOG.info(format_args!(
+            "VM '{}': vCPU started at {pc:#x}",
+            vm_layout::VM_NAME
+        ));
+        Ok(())
+    }
+
+    pub fn init() -> Vmm {
+        let mut table = Table::new();
+        // Cannot fail: one window in an empty table.
+        let _ = table.add(GICD, gic::SIZE, Dev::Gic);
+        let mut vmm = Vmm {
+            gic: Distributor::new(),
+            table,
+            stopped: false,
+            traps: 0,
+        };
+        if let Err(e) = boot() {
+            LOG.error(format_args!("VM '{}' not started: {e}", vm_layout::VM_NAME));
+            vmm.stopped = true;
+        }
+        vmm
+    }
+
+    impl Vmm {
+        fn inject(&mut self, inj: Inject) {
+            let prio = self.gic.priority(inj.irq) >> 3;
+            if let Err(e) =
+                pd::vm::inject_irq(vcpu(), inj.irq, prio, self.gic.group(inj.irq), inj.lr)
+            {
+                LOG.error(format_args!(
+                    "injecting IRQ {} into LR {}: {e}",
+                    inj.irq, inj.lr
+                ));
+            }
+        }
+
+        fn stop(&mut self, why: core::fmt::Arguments<'_>) -> FaultReply {
+            LOG.error(why);
+            self.stopped = true;
+            FaultReply::Stop
+        }
+
+        /// Emulate a load or store at `addr`; `None` when nothing is there.
+        fn mmio(&mut self, addr: u64, esr: u64, ip: u64) -> Result<FaultReply, Error> {
+            let access = match Access::decode(esr) {
+                Ok(a) => a,
+                Err(e) => {
+                    return Ok(self.stop(format_args!(
+                        "VM '{}' stopped: access at {addr:#x}, pc {ip:#x}, ESR {esr:#x}: {e}",
+                        vm_layout::VM_NAME
+                    )));
+                }
+            };
+            let Some((Dev::Gic, off)) = self.table.lookup(addr) else {
+                let line = Unemulated {
+                    vm: vm_layout::VM_NAME,
+                    addr,
+                    pc: ip,
+                    esr,
+                    write: Some(access.write),
+                };
+                return Ok(self.stop(format_args!("{line}")));
+            };
+            let mut ctx =
+                pd::vm::read_registers(vcpu()).map_err(|e| Error::Sel4("reading registers", e))?;
+            let reg = access.reg.and_then(UserContext::x_index);
+            if access.write {
+                let v = reg.map_or(0, |r| ctx.regs[r]);
+                let injections = self
+                    .gic
+                    .write(off, access.size, access.store_value(v) as u32);
+                for inj in injections {
+                    self.inject(inj);
+                }
+            } else {
+                let raw = self.gic.read(off, access.size);
+                if let Some(r) = reg {
+                    ctx.regs[r] = access.load_value(u64::from(raw));
+                }
+            }
+            ctx.regs[UserContext::PC] += 4;
+            pd::vm::write_registers(vcpu(), &ctx, false)
+                .map_err(|e| Error::Sel4("writing registers", e))?;
+            Ok(FaultReply::Resume)
+        }
+
+        fn smc(&mut self) -> Result<FaultReply, Error> {
+            let mut ctx =
+                pd::vm::read_registers(vcpu()).map_err(|e| Error::Sel4("reading registers", e))?;
+            let x0 = UserContext::x_index(0).expect("x0");
+            let function = ctx.regs[x0];
+            match psci::call(function) {
+                psci::Answer::Return(v) => {
+                    LOG.info(format_args!("PSCI {function:#x} -> {v:#x}"));
+                    ctx.regs[x0] = v;
+                    ctx.regs[UserContext::PC] += 4;
+                    pd::vm::write_registers(vcpu(), &ctx, false)
+                        .map_err(|e| Error::Sel4("writing registers", e))?;
+                    Ok(FaultReply::Resume)
+                }
+                psci::Answer::Off => {
+                    LOG.info(format_args!(
+                        "VM '{}' switched itself off (PSCI)",
+                        vm_layout::VM_NAME
+                    ));
+                    self.stopped = true;
+                    Ok(FaultReply::Stop)
+                }
+                psci::Answer::Reset => Ok(self.stop(format_args!(
+                    "VM '{}' asked for a reset (PSCI), which this VMM does not do: stopped",
+                    vm_layout::VM_NAME
+                ))),
+            }
+        }
+
+        fn dispatch(&mut self, fault: Fault) -> Result<FaultReply, Error> {
+            self.traps += 1;
+            match fault {
+                Fault::VmFault {
+                    ip,
+                    addr,
+                    prefetch: false,
+                    fsr,
+                } => self.mmio(addr, fsr, ip),
+                Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::SMC64 => self.smc(),
+                Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::WFX => {
+                    // WFI/WFE: continue after it. (The vCPU runs its idle
+                    // loop through traps until a timer-backed wait lands.)
+                    let mut ctx = pd::vm::read_registers(vcpu())
+                        .map_err(|e| Error::Sel4("reading registers", e))?;
+                    ctx.regs[UserContext::PC] += 4;
+                    pd::vm::write_registers(vcpu(), &ctx, false)
+                        .map_err(|e| Error::Sel4("writing registers", e))?;
+                    Ok(FaultReply::Resume)
+                }
+                Fault::VppiEvent { irq } => {
+                    if let Some(inj) = self.gic.raise(irq as u16) {
+                        self.inject(inj);
+                    }
+                    Ok(FaultReply::Resume)
+                }
+                Fault::VgicMaintenance { index } => {
+                    let (gone, next) = self.gic.maintenance(index.unwrap_or(u64::MAX));
+                    match gone {
+                        Some(VTIMER_IRQ) => {
+                            if let Err(e) = pd::vm::ack_vppi(vcpu(), u64::from(VTIMER_IRQ)) {
+                                LOG.error(format_args!("acking the virtual timer: {e}"));
+                            }
+                        }
+                        Some(UART_IRQ) => config::irq::IRQ.irq_ack(),
+                        _ => {}
+                    }
+                    if let Some(inj) = next {
+                        self.inject(inj);
+                    }
+                    Ok(FaultReply::Resume)
+                }
+                other => {
+                    Ok(self.stop(format_args!("VM '{}' stopped: {other}", vm_layout::VM_NAME)))
+                }
+            }
+        }
+    }
+
+    impl Handler for Vmm {
+        type Error = Error;
+
+        fn notified(&mut self, channels: ChannelSet) -> Result<(), Error> {
+            if channels.contains(config::irq::IRQ) && !self.stopped {
+                // The console's IRQ: into the VM; acked when the guest EOIs.
+                if let Some(inj) = self.gic.raise(UART_IRQ) {
+                    self.inject(inj);
+                }
+            }
+            Ok(())
+        }
+
+        fn fault(&mut self, child: Child, fault: Fault) -> Result<FaultReply, Error> {
+            if child != vcpu() || self.stopped {
+                LOG.warn(format_args!(
+                    "fault of child {} ignored: {fault}",
+                    child.id()
+                ));
+                return Ok(FaultReply::Stop);
+            }
+            match self.dispatch(fault) {
+                Ok(r) => Ok(r),
+                // A kernel refusing an invocation is the VMM's own bug or a
+                // broken configuration: stop this VM, keep the PD alive.
+                Err(e) => Ok(self.stop(format_args!("VM '{}' stopped: {e}", vm_layout::VM_NAME))),
+            }
+        }
+    }
+}
+
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+pd::main!(run::init);
+
+/// Elsewhere there is no hypervisor to run a VM on: the PD says so and
+/// stays idle (x86_64 Microkit VMs need VT-x; the host platform has none).
+#[cfg(not(all(target_os = "none", target_arch = "aarch64")))]
+mod run {
+    pub struct NoVm;
+    impl pd::Handler for NoVm {
+        type Error = core::convert::Infallible;
+    }
+    pub fn init() -> NoVm {
+        super::LOG.error(format_args!(
+            "VM '{}' needs seL4 on aarch64 with hypervisor support; this platform has none",
+            super::vm_layout::VM_NAME
+        ));
+        let _ = (super::guest::KERNEL, super::config::PD_NAME);
+        NoVm
+    }
+}
+
+#[cfg(not(all(target_os = "none", target_arch = "aarch64")))]
+pd::main!(run::init);
