@@ -8,6 +8,7 @@ pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod image;
+pub mod linux_guest;
 pub mod log_pages;
 pub mod qemu;
 pub mod sel4;
