@@ -9,6 +9,7 @@
 //! binary (`main.rs`) only supplies mmap, the clock and stdout.
 
 pub mod line;
+pub mod meminfo;
 pub mod params;
 pub mod run;
 

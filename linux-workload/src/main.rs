@@ -1,7 +1,7 @@
 //! `linux-workload [mib=N] [hold_ms=N] [rounds=N]`: see the crate docs.
 //! Parameters come from `/proc/cmdline` (`workload.mib=N`, ...) and argv.
 //! After the last round it stays alive (the VM keeps running for the host
-//! to measure); a bad parameter is a `phase=failed` line and exit status 2.
+//! to measure), with a `phase=alive` line every 5 s; a bad parameter is a `phase=failed` line and exit status 2.
 
 use linux_workload::line::{Level, line};
 use linux_workload::{Os, Params, run};
@@ -58,6 +58,11 @@ impl Os for Linux {
         std::thread::sleep(Duration::from_millis(ms));
     }
 
+    fn mem_free_mib(&mut self) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        linux_workload::meminfo::mem_free_kib(&text).map(|k| k >> 10)
+    }
+
     fn emit(&mut self, l: &str) {
         // The console is the point: a failed write has nowhere to go.
         let mut out = std::io::stdout().lock();
@@ -85,7 +90,6 @@ fn main() -> std::process::ExitCode {
     // A failure already printed its `phase=failed` line; stay alive either
     // way, so the VM and its console remain for the host to read.
     let _ = run(&params, &mut os);
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    linux_workload::run::stay_alive(&mut os, 5000, None);
+    std::process::ExitCode::SUCCESS
 }

@@ -9,7 +9,7 @@
 //! `phase=held ms=N`, `phase=verified ok|failed bad_pages=N`,
 //! `phase=freed mib=N round=R`, `phase=done rounds=N freed_mib=N
 //! bad_pages=N`, and `phase=failed reason="..."` (ERROR) when the OS said
-//! no. The stamp check catches a host that discarded a page the guest
+//! no; each with `memfree_mib=N` (the kernel's MemFree) when known. The stamp check catches a host that discarded a page the guest
 //! still held (a broken reporting path), not just a crash.
 
 use crate::Params;
@@ -33,6 +33,11 @@ pub trait Os {
     fn sleep_ms(&mut self, ms: u64);
     /// One console line (without newline).
     fn emit(&mut self, line: &str);
+    /// The kernel's free memory (`MemFree` of /proc/meminfo) in MiB, if
+    /// known: the guest's side of what the host sees in QEMU's RSS.
+    fn mem_free_mib(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// How a run went (the `phase=done` line's numbers).
@@ -66,7 +71,10 @@ fn bad_pages(mem: &[u8], round: u32) -> u64 {
 
 fn say<O: Os>(os: &mut O, level: Level, text: core::fmt::Arguments<'_>) {
     let t = os.now_ms();
-    let l = line(level, text, t);
+    let l = match os.mem_free_mib() {
+        Some(m) => line(level, format_args!("{text} memfree_mib={m}"), t),
+        None => line(level, text, t),
+    };
     os.emit(&l);
 }
 
@@ -139,6 +147,18 @@ pub fn run<O: Os>(params: &Params, os: &mut O) -> Result<Summary, String> {
     Ok(s)
 }
 
+/// After the run: one `phase=alive` line (with the kernel's free memory)
+/// every `period_ms`, forever, so the host sees the guest stay alive and
+/// whether its free memory settles.
+pub fn stay_alive<O: Os>(os: &mut O, period_ms: u64, beats: Option<u64>) {
+    let mut n = 0u64;
+    while beats.is_none_or(|b| n < b) {
+        os.sleep_ms(period_ms);
+        n += 1;
+        say(os, Level::Info, format_args!("phase=alive n={n}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +175,7 @@ mod tests {
         unmapped: usize,
         fail_map: bool,
         discard_page: Option<usize>,
+        mem_free: Option<u64>,
     }
 
     impl Os for Fake {
@@ -188,6 +209,9 @@ mod tests {
         }
         fn emit(&mut self, line: &str) {
             self.lines.push(line.to_string());
+        }
+        fn mem_free_mib(&mut self) -> Option<u64> {
+            self.mem_free
         }
     }
 
@@ -251,6 +275,37 @@ mod tests {
         assert_eq!(
             os.lines.last().unwrap(),
             "WORKLOAD|INFO: phase=done rounds=1 freed_mib=1 bad_pages=1 t_ms=10"
+        );
+    }
+
+    #[test]
+    fn lines_carry_the_kernels_free_memory_when_known() {
+        let mut os = Fake {
+            mem_free: Some(900),
+            ..Fake::default()
+        };
+        let p = Params {
+            mib: 1,
+            hold_ms: 0,
+            rounds: 1,
+        };
+        run(&p, &mut os).unwrap();
+        assert_eq!(
+            os.lines[1],
+            "WORKLOAD|INFO: phase=touched mib=1 round=1 memfree_mib=900 t_ms=0"
+        );
+    }
+
+    #[test]
+    fn it_stays_alive_with_a_heartbeat() {
+        let mut os = Fake::default();
+        stay_alive(&mut os, 5000, Some(2));
+        assert_eq!(
+            os.lines,
+            [
+                "WORKLOAD|INFO: phase=alive n=1 t_ms=5000",
+                "WORKLOAD|INFO: phase=alive n=2 t_ms=10000"
+            ]
         );
     }
 
