@@ -98,10 +98,11 @@ fn linux_gives_freed_memory_back_through_free_page_reporting() {
         "{}",
         ctx(&r)
     );
-    // Linux reports 2 s after a free (its delay), in 2 MiB and larger
+    // Linux reports within its 2 s delay of a free, in 2 MiB and larger
     // blocks: most of what the workload freed comes back, half of it soon.
-    // (A floor of about 20 MiB that stays resident is measured, not
-    // assumed away: see the summary.)
+    // Not all: Linux keeps some freed pages on its per-CPU lists (about
+    // 20 MiB here), outside MemFree and the free lists reporting walks. Of
+    // what MemFree regained, nearly all comes back.
     assert!(
         r.reclaim.fraction() >= 0.6,
         "only {:.0} % of the freed memory came back\n{}",
@@ -110,6 +111,16 @@ fn linux_gives_freed_memory_back_through_free_page_reporting() {
     );
     let p50 = r.reclaim.p50.expect("50 % back");
     assert!(p50 <= Duration::from_secs(10), "{p50:?}\n{}", ctx(&r));
+    let g = r
+        .reclaim_guest_free
+        .expect("memfree_mib on the phase lines");
+    assert!(
+        g.expected >= 64 * MIB && g.fraction() >= 0.9,
+        "{:.0} % of the {} MiB the guest regained came back\n{}",
+        g.fraction() * 100.0,
+        g.expected / MIB,
+        ctx(&r)
+    );
 }
 
 #[test]
