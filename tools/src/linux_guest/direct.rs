@@ -382,3 +382,75 @@ pub fn run(
         failure: failure.map(|e| e.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_time_stamps_are_stripped_and_nothing_else() {
+        assert_eq!(
+            kernel_text("[    0.000000] Booting Linux on physical CPU 0x0"),
+            "Booting Linux on physical CPU 0x0"
+        );
+        assert_eq!(
+            kernel_text("[   12.345678] Run /init as init process"),
+            "Run /init as init process"
+        );
+        assert_eq!(kernel_text("INIT|INFO: x"), "INIT|INFO: x");
+        assert_eq!(kernel_text("[not a time] x"), "[not a time] x");
+    }
+
+    #[test]
+    fn the_command_line_carries_the_workload_parameters() {
+        let mut c = DirectConfig::new(true, "/tmp/q".into());
+        c.mib = 32;
+        c.extra_append = "page_reporting.page_reporting_order=5".into();
+        assert_eq!(
+            c.append(),
+            "console=ttyAMA0 rdinit=/init panic=-1 workload.mib=32 workload.hold_ms=2000 \
+             workload.rounds=1 page_reporting.page_reporting_order=5"
+        );
+    }
+
+    #[test]
+    fn qemu_runs_a_plain_virt_machine_with_the_balloon() {
+        let g = Guest {
+            image: "/g/Image".into(),
+            initramfs: "/g/initramfs.cpio.gz".into(),
+            manifest_path: "/g/manifest.txt".into(),
+            manifest: super::super::Manifest {
+                packages: vec![],
+                kernel_release: String::new(),
+                modules: vec![],
+                image_bytes: 0,
+                initramfs_bytes: 0,
+            },
+            header: super::super::ImageHeader {
+                text_offset: 0,
+                image_size: 1,
+            },
+            downloaded: 0,
+        };
+        let cmd = crate::qemu::command(&DirectConfig::new(false, "/tmp/q".into()).qemu(&g));
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = args.join(" ");
+        assert_eq!(cmd.get_program(), "qemu-system-aarch64");
+        assert!(
+            line.starts_with("-machine virt -cpu cortex-a53 -m 1024M"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-kernel /g/Image -initrd /g/initramfs.cpio.gz -append console=ttyAMA0"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-device virtio-balloon-device,free-page-reporting=off"),
+            "{line}"
+        );
+        assert!(line.ends_with("-no-reboot"), "{line}");
+    }
+}
