@@ -26,6 +26,9 @@ pub struct Args {
     /// With --boot: rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// With --boot: boot this many times and print a table with medians.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
     /// With --boot: more kernel command line words.
     #[arg(long, default_value = "")]
     pub append: String,
@@ -66,13 +69,17 @@ pub fn main(args: Args) -> ExitCode {
     );
     let t = Instant::now();
     let mut say = |l: &str| println!("[{:6.1} s] {l}", t.elapsed().as_secs_f64());
-    match direct::run(&guest, &cfg, &mut say) {
-        Ok(r) => {
+    match direct::measure(&guest, &cfg, args.runs.max(1), &mut say) {
+        Ok(reports) => {
             let console = spec.out_dir.join("console.txt");
-            let _ = std::fs::write(&console, &r.console);
-            let _ = std::fs::write(spec.out_dir.join("timeline.csv"), r.timeline.csv());
-            println!("{}console: {}", r.summary(), console.display());
-            if r.failure.is_some() {
+            let last = reports.last().expect("at least one run");
+            let _ = std::fs::write(&console, &last.console);
+            let _ = std::fs::write(spec.out_dir.join("timeline.csv"), last.timeline.csv());
+            println!("{}console: {}", last.summary(), console.display());
+            if reports.len() > 1 {
+                println!("\n{}", direct::table(&reports));
+            }
+            if last.failure.is_some() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

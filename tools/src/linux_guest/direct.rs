@@ -383,9 +383,86 @@ pub fn run(
     })
 }
 
+/// `runs` direct runs of the same configuration, one after another (the
+/// baseline for the nested benchmark); a failed run stops the series.
+pub fn measure(
+    guest: &Guest,
+    cfg: &DirectConfig,
+    runs: u32,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<DirectReport>, DirectError> {
+    let mut out = Vec::new();
+    for n in 1..=runs {
+        progress(&format!("run {n} of {runs}"));
+        let r = run(guest, cfg, progress)?;
+        let failed = r.failure.is_some();
+        out.push(r);
+        if failed {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// One row per run and a median row: time to userspace, and the RSS fall
+/// after the free (against what was freed, and against what the guest's
+/// MemFree regained): fraction back, and delays to 50/90/99 % (`-`: never).
+pub fn table(reports: &[DirectReport]) -> String {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let cols = |r: &DirectReport| -> [Option<f64>; 9] {
+        let g = r.reclaim_guest_free;
+        [
+            secs(r.stage("userspace")),
+            Some(r.reclaim.fraction() * 100.0),
+            secs(r.reclaim.p50),
+            secs(r.reclaim.p90),
+            secs(r.reclaim.p99),
+            g.map(|g| g.fraction() * 100.0),
+            g.and_then(|g| secs(g.p50)),
+            g.and_then(|g| secs(g.p90)),
+            g.and_then(|g| secs(g.p99)),
+        ]
+    };
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let mut s = String::from(
+        "run  userspace_s  freed_back_%  p50_s  p90_s  p99_s  memfree_back_%  p50_s  p90_s  p99_s\n",
+    );
+    let rows: Vec<[Option<f64>; 9]> = reports.iter().map(cols).collect();
+    let widths = [11, 12, 5, 5, 5, 14, 5, 5, 5];
+    let mut line = |name: String, row: &[Option<f64>; 9]| {
+        s += &format!("{name:<4}");
+        for (v, w) in row.iter().zip(widths) {
+            s += &format!(" {:>w$}", cell(*v));
+        }
+        s += "\n";
+    };
+    for (i, row) in rows.iter().enumerate() {
+        line(format!("{}", i + 1), row);
+    }
+    // The median of each column over the runs that have a value (a
+    // "never" leaves the run out of that column's median).
+    let mut med = [None; 9];
+    for (c, m) in med.iter_mut().enumerate() {
+        *m = median(rows.iter().filter_map(|r| r[c]).collect());
+    }
+    line("med".into(), &med);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_leave_out_what_never_happened() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![]), None);
+    }
 
     #[test]
     fn kernel_time_stamps_are_stripped_and_nothing_else() {
