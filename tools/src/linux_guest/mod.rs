@@ -75,6 +75,11 @@ fn packages(
     spec: &Spec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<apt::PackageInfo>, GuestError> {
+    progress(&format!(
+        "asking apt for {}:arm64's kernel and {}:arm64 (apt-cache show)",
+        apt::KERNEL_META,
+        apt::BUSYBOX
+    ));
     match apt::resolve() {
         Ok(p) => return Ok(p),
         Err(GuestError::NoPackage { .. }) => {}
