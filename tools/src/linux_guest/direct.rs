@@ -101,7 +101,7 @@ impl DirectConfig {
             mib: 64,
             hold_ms: 2000,
             rounds: 1,
-            steady: Duration::from_secs(6),
+            steady: Duration::from_secs(8),
             settle: Duration::from_secs(40),
             period: Duration::from_millis(50),
             qmp,
