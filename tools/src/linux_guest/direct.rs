@@ -349,7 +349,12 @@ pub fn run(
                 });
             }
         } else {
-            let d = *done_at.get_or_insert_with(Instant::now);
+            let d = *done_at.get_or_insert_with(|| {
+                // Steady counts from the workload's end, not from its
+                // touch (RSS holds still while it holds the memory).
+                steady_since = Instant::now();
+                Instant::now()
+            });
             if host.abs_diff(last_host) >= MIB {
                 steady_since = Instant::now();
                 last_host = host;
