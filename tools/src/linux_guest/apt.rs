@@ -88,50 +88,66 @@ fn run(what: &str, cmd: &mut Command) -> Result<String, GuestError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `apt-cache show --no-all-versions <pkg>:arm64`: the candidate's record.
-pub fn show(package: &str) -> Result<String, GuestError> {
-    let spec = format!("{package}:{ARCH}");
+/// `apt-cache show --no-all-versions <pkg>:arm64 ...`: each candidate's
+/// record, in the order asked (one call: apt-cache takes seconds to load
+/// its index with two architectures).
+pub fn show(packages: &[&str]) -> Result<Vec<String>, GuestError> {
+    let specs: Vec<String> = packages.iter().map(|p| format!("{p}:{ARCH}")).collect();
     let out = Command::new("apt-cache")
-        .args(["show", "--no-all-versions", &spec])
+        .args(["show", "--no-all-versions"])
+        .args(&specs)
         .output()
         .map_err(|e| GuestError::Command {
             what: "apt-cache show".into(),
             detail: e.to_string(),
         })?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() || field(&text, "Package").is_none() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(GuestError::NoPackage {
-            package: spec,
-            detail: err.lines().next().unwrap_or("no record").trim().to_string(),
-        });
-    }
-    Ok(text)
+    let records: Vec<&str> = text
+        .split("\n\n")
+        .filter(|r| !r.trim().is_empty())
+        .collect();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let detail = err.lines().next().unwrap_or("no record").trim().to_string();
+    packages
+        .iter()
+        .zip(&specs)
+        .map(|(p, spec)| {
+            records
+                .iter()
+                .find(|r| field(r, "Package") == Some(p))
+                .map(|r| r.to_string())
+                .ok_or_else(|| GuestError::NoPackage {
+                    package: spec.clone(),
+                    detail: detail.clone(),
+                })
+        })
+        .collect()
 }
 
-/// The two packages the guest is made of, as apt's index has them now.
+fn info(name: &str, record: &str) -> Result<PackageInfo, GuestError> {
+    parse_record(record).ok_or_else(|| GuestError::NoPackage {
+        package: format!("{name}:{ARCH}"),
+        detail: "its record lacks Version, Filename, Size or SHA256".into(),
+    })
+}
+
+/// The two packages the guest is made of, as apt's index has them now:
+/// the kernel the metapackage depends on, and busybox-static.
 pub fn resolve() -> Result<Vec<PackageInfo>, GuestError> {
-    let meta = show(KERNEL_META)?;
-    let kernel = kernel_dependency(&meta).ok_or_else(|| GuestError::NoPackage {
+    let first = show(&[KERNEL_META, BUSYBOX])?;
+    let kernel = kernel_dependency(&first[0]).ok_or_else(|| GuestError::NoPackage {
         package: format!("{KERNEL_META}:{ARCH}"),
         detail: "its Depends names no linux-image-*-cloud-arm64".into(),
     })?;
-    let mut out = Vec::new();
-    for name in [kernel, BUSYBOX] {
-        let record = show(name)?;
-        let info = parse_record(&record).ok_or_else(|| GuestError::NoPackage {
-            package: format!("{name}:{ARCH}"),
-            detail: "its record lacks Version, Filename, Size or SHA256".into(),
-        })?;
-        out.push(info);
-    }
-    if !out[0].version.starts_with(KERNEL_SERIES) {
+    let busybox = info(BUSYBOX, &first[1])?;
+    let kernel = info(kernel, &show(&[kernel])?[0])?;
+    if !kernel.version.starts_with(KERNEL_SERIES) {
         return Err(GuestError::WrongKernel {
-            package: out[0].name.clone(),
-            version: out[0].version.clone(),
+            package: kernel.name,
+            version: kernel.version,
         });
     }
-    Ok(out)
+    Ok(vec![kernel, busybox])
 }
 
 /// Whether dpkg already knows the arm64 architecture.
