@@ -30,6 +30,9 @@ enum Command {
     /// Run the system on the host platform and show the host getting the
     /// guests' freed memory back.
     Demo(cmd::demo::Args),
+    /// Build the Linux guest VM's kernel Image and initramfs from Debian's
+    /// arm64 packages (target/linux-guest); --boot runs it under QEMU.
+    Guest(cmd::guest::Args),
     /// Run every check and test of the project (the command CI runs).
     Test(cmd::test::Args),
     /// Run the benchmarks (allocator, balloon driver, reclaim on the host
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Demo(a) => cmd::demo::main(a),
+        Command::Guest(a) => cmd::guest::main(a),
         Command::Test(a) => cmd::test::main(a),
         Command::Image(a) => cmd::image::main(a),
         Command::Qemu(a) => cmd::qemu::main(a),

@@ -4,6 +4,7 @@ pub mod bare;
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod guest;
 pub mod image;
 pub mod qemu;
 pub mod run;

@@ -23,6 +23,14 @@ pub enum Boot {
     },
     /// An ELF QEMU boots directly with `-kernel` (the bare platform).
     Kernel(PathBuf),
+    /// Linux booted directly (`-kernel Image -initrd .. -append ..`) on a
+    /// plain `virt` machine without EL2: the baseline the guest VM under
+    /// seL4 is compared with (`linux_guest::direct`).
+    Linux {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
 }
 
 /// QEMU's virtio-balloon.
@@ -57,7 +65,12 @@ pub fn command(cfg: &QemuConfig) -> Command {
     match cfg.arch {
         Arch::Aarch64 => {
             c = Command::new("qemu-system-aarch64");
-            c.args(["-machine", "virt,virtualization=on", "-cpu", "cortex-a53"]);
+            // seL4 is a hypervisor (DESIGN §8); Linux directly needs no EL2.
+            let machine = match cfg.boot {
+                Boot::Linux { .. } => "virt",
+                _ => "virt,virtualization=on",
+            };
+            c.args(["-machine", machine, "-cpu", "cortex-a53"]);
         }
         Arch::X86_64 => {
             c = Command::new("qemu-system-x86_64");
@@ -82,6 +95,18 @@ pub fn command(cfg: &QemuConfig) -> Command {
         }
         (Boot::Kernel(k), _) => {
             c.arg("-kernel").arg(k);
+        }
+        (
+            Boot::Linux {
+                kernel,
+                initrd,
+                append,
+            },
+            _,
+        ) => {
+            c.arg("-kernel").arg(kernel);
+            c.arg("-initrd").arg(initrd);
+            c.args(["-append", append]);
         }
     }
     if let Some(b) = cfg.balloon {
