@@ -14,6 +14,9 @@
 //!   memory region; a region mapped twice gets `<MR>_<N>` for the N-th extra map.
 //! - `paddr::<SYMBOL>: pd::PhysAddr` for each `<setvar symbol region_paddr>`.
 //! - `ioport::IOPORT_<ID>: pd::IoPort` for each `<ioport>`.
+//! - `vm::NAME`, `vm::VCPU_<ID>: pd::vm::Child` and `vm::<MR>: (u64, u64)`
+//!   (guest-physical address and size of each of its maps) when `P` runs a
+//!   `<virtual_machine>`.
 //!
 //! A name is upper-cased, and every character that is not `[A-Za-z0-9]`
 //! becomes `_` (`guest0-ram` -> `GUEST0_RAM`; a leading digit gets a `_`).
@@ -251,9 +254,46 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
         )?;
     }
 
+    // The VM this PD runs, if any: its vCPUs and guest-physical maps.
+    let mut vm = Module::new("vm");
+    if let Some(v) = &pd.virtual_machine {
+        vm.item(
+            "NAME".to_string(),
+            &format!("The VM's name (line {}).", v.line),
+            &format!("pub const {{NAME}}: &str = {:?};", v.name),
+        )?;
+        for c in &v.vcpus {
+            vm.item(
+                format!("VCPU_{}", c.id),
+                &format!("vCPU {} (line {}).", c.id, c.line),
+                &format!(
+                    "pub const {{NAME}}: ::pd::vm::Child = ::pd::vm::Child::new({});",
+                    c.id
+                ),
+            )?;
+        }
+        for m in &v.maps {
+            let mr = sys
+                .region(&m.mr)
+                .ok_or_else(|| CodegenError::UnknownRegion(m.mr.clone()))?;
+            vm.item(
+                const_name(&m.mr),
+                &format!(
+                    "memory_region '{}' at guest-physical {:#x} perms=\"{}\" (line {}): (address, size).",
+                    m.mr, m.vaddr, m.perms, m.line
+                ),
+                &format!("pub const {{NAME}}: (u64, u64) = ({:#x}, {:#x});", m.vaddr, mr.size),
+            )?;
+        }
+    }
+
     channel.render(
         &mut out,
         "Channels of this PD, named after the PD at the other end.",
+    );
+    vm.render(
+        &mut out,
+        "The virtual machine this PD runs as its VMM (`<virtual_machine>`).",
     );
     irq.render(
         &mut out,
