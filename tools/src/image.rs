@@ -178,6 +178,9 @@ pub struct ImageSpec {
     pub target_dir: PathBuf,
     /// Where the ELFs, the descriptions and the image go.
     pub out_dir: PathBuf,
+    /// The Linux guest the VMM embeds (`tools::vm_guest::prepare`); `None`:
+    /// a description with a VM gets the VMM's smoke guest.
+    pub vm_guest: Option<PathBuf>,
 }
 
 /// A built image.
@@ -372,6 +375,10 @@ fn cargo_build(
         // DebugPutChar (pd/Cargo.toml).
         cmd.args(["--features", "pd/release-kernel"]);
     }
+    match &spec.vm_guest {
+        Some(dir) => cmd.env("VMM_GUEST_DIR", dir),
+        None => cmd.env_remove("VMM_GUEST_DIR"),
+    };
     let out = cmd
         .output()
         .map_err(|e| ImageError::Cargo(format!("running cargo: {e}")))?;

@@ -16,3 +16,4 @@ pub mod log_pages;
 pub mod qemu;
 pub mod sel4;
 pub mod timeline;
+pub mod vm_guest;

@@ -71,6 +71,7 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
         // kernel config selects features, which cargo keeps apart.
         target_dir: tmp.join(format!("pd-build-{variant}")),
         out_dir: img_dir,
+        vm_guest: None,
     })
     .unwrap_or_else(|e| panic!("tools image for {board} {config}: {e}"));
     // The next build rewrites the image: boot a copy of this one.

@@ -143,12 +143,17 @@ mod run {
         };
         // The guest starts with its MMU and caches off: what was copied
         // must be in memory, and instruction fetches must see it.
+        // seL4 flushes within one page at a time.
         let ram = vm_layout::ram().get();
-        let (start, stop) = (ram.vaddr, ram.vaddr + (end - vm_layout::RAM_GPA));
-        pd::vm::clean_invalidate_data(start, stop)
-            .map_err(|e| Error::Sel4("cleaning the cache", e))?;
-        pd::vm::unify_instruction(start, stop)
-            .map_err(|e| Error::Sel4("unifying the I-cache", e))?;
+        let (mut start, stop) = (ram.vaddr, ram.vaddr + (end - vm_layout::RAM_GPA));
+        while start < stop {
+            let to = ((start / vm_layout::RAM_PAGE + 1) * vm_layout::RAM_PAGE).min(stop);
+            pd::vm::clean_invalidate_data(start, to)
+                .map_err(|e| Error::Sel4("cleaning the cache", e))?;
+            pd::vm::unify_instruction(start, to)
+                .map_err(|e| Error::Sel4("unifying the I-cache", e))?;
+            start = to;
+        }
         let mut ctx = UserContext::default();
         ctx.regs[UserContext::PC] = pc;
         ctx.regs[UserContext::SPSR] = vmm_boot::ENTRY_SPSR;

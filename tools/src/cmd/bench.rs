@@ -293,6 +293,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 workspace: workspace(),
                 target_dir: out.join("pd-build"),
                 out_dir: dir.clone(),
+                vm_guest: None,
             })
             .map_err(|e| e.to_string())?;
             let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;

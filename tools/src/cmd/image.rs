@@ -26,6 +26,36 @@ pub struct Args {
     /// Microkit-dialect copy (microkit.xml); needs no SDK.
     #[arg(long)]
     pub sdf_only: bool,
+    /// With a <virtual_machine> in the description: give the VMM its smoke
+    /// guest (four instructions) instead of Debian's Linux.
+    #[arg(long)]
+    pub smoke_vm: bool,
+}
+
+/// The Linux VM's kernel parameters for its workload (linux-workload):
+/// touch 128 MiB, hold them 3 s, free them, once.
+pub const VM_WORKLOAD: &str = "workload.mib=128 workload.hold_ms=3000 workload.rounds=1";
+
+/// The Linux guest of `system`'s VM, prepared in `<out>/vm-guest` (Debian's
+/// packages, fetched and checked, and the VM's device tree); `None` when
+/// the description has no VM or `smoke` asks for the smoke guest.
+pub fn vm_guest(
+    system: &std::path::Path,
+    out: &std::path::Path,
+    smoke: bool,
+) -> Result<Option<PathBuf>, String> {
+    if smoke {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(system).map_err(|e| format!("{}: {e}", system.display()))?;
+    let sys = sdf::System::parse(&text).map_err(|e| format!("{}:{e}", system.display()))?;
+    tools::vm_guest::prepare(
+        &sys,
+        &workspace(),
+        &out.join("vm-guest"),
+        VM_WORKLOAD,
+        &mut |l| eprintln!("guest: {l}"),
+    )
 }
 
 fn out_dir(board: Board, config: KernelConfig, out: Option<PathBuf>) -> PathBuf {
@@ -68,6 +98,7 @@ pub fn build(
     config: KernelConfig,
     system: PathBuf,
     out: Option<PathBuf>,
+    vm_guest: Option<PathBuf>,
 ) -> Result<Image, image::ImageError> {
     let sdk = image::sdk_from_env()?;
     let target_dir = target_dir();
@@ -84,6 +115,7 @@ pub fn build(
         workspace: workspace(),
         target_dir,
         out_dir,
+        vm_guest,
     })
 }
 
@@ -102,12 +134,16 @@ pub fn main(args: Args) -> ExitCode {
             }
         };
     }
-    match build(
-        args.board,
-        args.config,
-        system_or_default(args.system),
-        args.out,
-    ) {
+    let system = system_or_default(args.system);
+    let out = out_dir(args.board, args.config, args.out.clone());
+    let guest = match vm_guest(&system, &out, args.smoke_vm) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tools image: the VM's guest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match build(args.board, args.config, system, Some(out), guest) {
         Ok(img) => {
             println!("image: {}", img.loader.display());
             if let Some(k) = &img.kernel {

@@ -51,6 +51,10 @@ pub struct Args {
     /// a reporting or balloon pass settles).
     #[arg(long)]
     pub hostile: bool,
+    /// With a <virtual_machine> in the description: the VMM's smoke guest
+    /// instead of Debian's Linux.
+    #[arg(long)]
+    pub smoke_vm: bool,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout_s: u64,
@@ -81,6 +85,15 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
+/// The Linux VM's workload finished (linux-workload's `phase=done`).
+const LINUX_DONE: &str = "WORKLOAD|INFO: phase=done";
+
+fn img_has_vm(img: &tools::image::Image) -> Result<bool, String> {
+    let text = std::fs::read_to_string(&img.board_sdf).map_err(|e| e.to_string())?;
+    let sys = sdf::System::parse(&text).map_err(|e| e.to_string())?;
+    Ok(tools::vm_guest::plan(&sys)?.is_some())
+}
+
 fn run(args: Args, board: Board) -> Result<ExitCode, String> {
     let run = if args.hostile {
         Sel4Run::Hostile
@@ -101,13 +114,18 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
         &out,
     )
     .map_err(|e| e.to_string())?;
-    let img = super::image::build(board, args.config, system, Some(out.clone()))
+    let guest = super::image::vm_guest(&system, &out, args.smoke_vm)?;
+    let img = super::image::build(board, args.config, system, Some(out.clone()), guest)
         .map_err(|e| e.to_string())?;
     let mut cfg = sel4::run_config(&img, run, &out, Duration::from_secs(args.timeout_s))?;
     cfg.qemu.balloon = cfg.qemu.balloon.map(|b| BalloonDevice {
         modern_mmio: args.modern_mmio,
         ..b
     });
+    if img_has_vm(&img)? && !args.smoke_vm {
+        // Linux in the VM: wait for its workload as for the native guests.
+        cfg.done_lines.push(LINUX_DONE.to_string());
+    }
     if let Some(mib) = args.balloon_mib {
         cfg.balloon_target = Some(mib << 20);
     }

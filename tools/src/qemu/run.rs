@@ -289,6 +289,13 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             }
         }
         for l in &console {
+            // A VM's own console (Linux on the passed-through UART) is on
+            // the serial line only: its lines count for `done_lines` too.
+            if follow.pages.is_some() {
+                for (want, seen) in cfg.done_lines.iter().zip(&mut lines_seen) {
+                    *seen |= l.contains(want.as_str());
+                }
+            }
             if l == "MON|INFO: Microkit Monitor started!" && !booted {
                 tl.mark(t, "booted");
                 booted = true;

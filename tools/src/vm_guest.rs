@@ -1,0 +1,199 @@
+//! What the VMM embeds for the Linux VM of a system description: Debian's
+//! kernel and an initramfs ([`crate::linux_guest`]), and a device tree made
+//! for that VM ([`crate::dtb`]) with the initramfs where the VMM will put
+//! it ([`vmm_boot::Layout`], the same computation the VMM makes). They go
+//! into one directory that `tools image` hands the VMM's build
+//! (`VMM_GUEST_DIR`); a kernel that is not an arm64 Image, or pieces that
+//! do not fit the VM's RAM, are refused here, before anything is built.
+
+use crate::dtb::{self, VmTree};
+use crate::linux_guest::{self, Spec};
+use std::path::{Path, PathBuf};
+
+/// QEMU virt's PL011, which the description may pass through to the VM.
+const PL011: u64 = 0x0900_0000;
+/// Its SPI (IRQ 33).
+const PL011_SPI: u32 = 1;
+
+/// The VM of a description, as far as its device tree goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPlan {
+    pub name: String,
+    pub ram_base: u64,
+    pub ram_size: u64,
+    /// The console passed through, if the VM maps QEMU's PL011.
+    pub uart: Option<u64>,
+}
+
+/// The VM of `sys`: its RAM is the VM map of the region its VMM maps as
+/// `guest_ram` (as vmm/build.rs finds it); `None` without a VM.
+pub fn plan(sys: &sdf::System) -> Result<Option<VmPlan>, String> {
+    let Some(pd) = sys.pds.iter().find(|p| p.virtual_machine.is_some()) else {
+        return Ok(None);
+    };
+    let vm = pd.virtual_machine.as_ref().expect("found above");
+    let ram_mr = &pd
+        .maps
+        .iter()
+        .find(|m| m.setvar_vaddr.as_deref() == Some("guest_ram"))
+        .ok_or_else(|| format!("PD '{}' maps no region as guest_ram", pd.name))?
+        .mr;
+    let ram = vm
+        .maps
+        .iter()
+        .find(|m| &m.mr == ram_mr)
+        .ok_or_else(|| format!("VM '{}' does not map '{ram_mr}'", vm.name))?;
+    let size = sys
+        .region(ram_mr)
+        .ok_or_else(|| format!("no memory_region '{ram_mr}'"))?
+        .size;
+    let uart = vm
+        .maps
+        .iter()
+        .find(|m| sys.region(&m.mr).and_then(|r| r.phys_addr) == Some(PL011))
+        .map(|m| m.vaddr);
+    Ok(Some(VmPlan {
+        name: vm.name.clone(),
+        ram_base: ram.vaddr,
+        ram_size: size,
+        uart,
+    }))
+}
+
+/// The kernel command line: the console on the PL011 (early too), the
+/// initramfs's /init, and the workload's parameters.
+pub fn bootargs(plan: &VmPlan, workload: &str) -> String {
+    let console = match plan.uart {
+        Some(u) => format!("console=ttyAMA0 earlycon=pl011,{u:#x} "),
+        None => String::new(),
+    };
+    format!("{console}rdinit=/init panic=-1 {workload}")
+}
+
+/// The device tree of `plan` with an initramfs of `initrd_len` bytes, laid
+/// out after a kernel with `header`; the blob and where the initramfs goes.
+pub fn tree(
+    plan: &VmPlan,
+    header: &vmm_boot::ImageHeader,
+    initrd_len: u64,
+    bootargs: &str,
+) -> Result<Vec<u8>, String> {
+    let mut t = VmTree {
+        ram_base: plan.ram_base,
+        ram_size: plan.ram_size,
+        bootargs: bootargs.to_string(),
+        initrd: Some((0, 0)),
+        uart: plan.uart.map(|u| (u, PL011_SPI)),
+        virtio_mmio: Vec::new(),
+    };
+    // The tree's size does not depend on the initramfs's address: lay out
+    // with it, then write the addresses in.
+    let len = dtb::write(&t).map_err(|e| e.to_string())?.len() as u64;
+    let l = vmm_boot::Layout::new(header, len, initrd_len, plan.ram_base, plan.ram_size)
+        .map_err(|e| format!("VM '{}': {e}", plan.name))?;
+    t.initrd = Some((l.initrd, l.initrd_end));
+    let blob = dtb::write(&t).map_err(|e| e.to_string())?;
+    debug_assert_eq!(blob.len() as u64, len);
+    Ok(blob)
+}
+
+/// Prepare the Linux guest for the VM of `sys` into `out_dir` (Image,
+/// initramfs.cpio.gz, linux.dtb); `workload` are its kernel parameters.
+pub fn prepare(
+    sys: &sdf::System,
+    workspace: &Path,
+    out_dir: &Path,
+    workload: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<PathBuf>, String> {
+    let Some(plan) = plan(sys)? else {
+        return Ok(None);
+    };
+    let guest = linux_guest::prepare(&Spec::new(workspace), progress).map_err(|e| e.to_string())?;
+    let initrd_len = std::fs::metadata(&guest.initramfs)
+        .map_err(|e| format!("{}: {e}", guest.initramfs.display()))?
+        .len();
+    let kernel =
+        std::fs::read(&guest.image).map_err(|e| format!("{}: {e}", guest.image.display()))?;
+    let header = vmm_boot::ImageHeader::parse(&kernel)
+        .map_err(|e| format!("{}: {e}", guest.image.display()))?;
+    let args = bootargs(&plan, workload);
+    let blob = tree(&plan, &header, initrd_len, &args)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let copy = |from: &Path, name: &str| -> Result<(), String> {
+        let to = out_dir.join(name);
+        // Unchanged files keep their mtime, so the VMM is not rebuilt.
+        if std::fs::read(&to).ok().as_deref() == std::fs::read(from).ok().as_deref() {
+            return Ok(());
+        }
+        std::fs::copy(from, &to)
+            .map(|_| ())
+            .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
+    };
+    copy(&guest.image, "Image")?;
+    copy(&guest.initramfs, "initramfs.cpio.gz")?;
+    let dtb = out_dir.join("linux.dtb");
+    if std::fs::read(&dtb).ok().as_deref() != Some(&blob[..]) {
+        std::fs::write(&dtb, &blob).map_err(|e| format!("{}: {e}", dtb.display()))?;
+    }
+    progress(&format!(
+        "VM '{}': {} MiB RAM at {:#x}, kernel {} ({} bytes), device tree {} bytes, bootargs \"{args}\"",
+        plan.name,
+        plan.ram_size >> 20,
+        plan.ram_base,
+        guest.manifest.kernel_release,
+        kernel.len(),
+        blob.len()
+    ));
+    Ok(Some(out_dir.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux_vm() -> sdf::System {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../systems/linux-vm.xml"
+        ))
+        .unwrap();
+        sdf::System::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn the_vm_of_the_linux_description_is_found() {
+        let p = plan(&linux_vm()).unwrap().unwrap();
+        assert_eq!(
+            p,
+            VmPlan {
+                name: "linux".into(),
+                ram_base: 0x4000_0000,
+                ram_size: 256 << 20,
+                uart: Some(PL011)
+            }
+        );
+        assert_eq!(
+            bootargs(&p, "workload.mib=64"),
+            "console=ttyAMA0 earlycon=pl011,0x9000000 rdinit=/init panic=-1 workload.mib=64"
+        );
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../system.xml")).unwrap();
+        assert_eq!(plan(&sdf::System::parse(&text).unwrap()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_guest_that_does_not_fit_the_vm_is_refused_before_anything_is_built() {
+        let p = plan(&linux_vm()).unwrap().unwrap();
+        // Debian 6.1's header: text_offset 0, image_size 0x1ab0000.
+        let h = vmm_boot::ImageHeader {
+            text_offset: 0,
+            image_size: 0x1ab_0000,
+            flags: 0xa,
+        };
+        let blob = tree(&p, &h, 1 << 20, "x").unwrap();
+        assert!(blob.len() < 4096);
+        let e = tree(&p, &h, 300 << 20, "x").unwrap_err();
+        assert!(e.contains("need") && e.contains("linux"), "{e}");
+    }
+}
