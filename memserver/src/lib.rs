@@ -68,15 +68,20 @@ pub use crate::meta::{BYTES_PER_PAGE, metadata_bytes};
 pub use crate::reporting::{Actions, BatchId, ReportingState, ReportingStats};
 pub use crate::tunables::Tunables;
 
-/// Largest block order, as Linux: order 10 is 4 MiB with 4 KiB pages.
-pub const MAX_ORDER: u8 = 10;
+/// Largest block order, as Linux: order 10 is 4 MiB with 4 KiB pages. One
+/// constant for the core and its messages (memserver-api's).
+pub use memserver_api::MAX_ORDER;
 /// Number of orders (`0..=MAX_ORDER`).
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 /// Most zones one core manages (one per client RAM region plus pools).
 pub const MAX_ZONES: usize = 16;
-/// Upper bound of [`Tunables::capacity`]: entries per report batch. Linux
-/// uses 32 (`PAGE_REPORTING_CAPACITY`), which is also QEMU's queue size.
-pub const MAX_CAPACITY: usize = 128;
+/// Upper bound of [`Tunables::capacity`]: entries per report batch. One
+/// source of truth with the wire: a batch is one `ToBalloon::Report`
+/// message, which carries at most [`memserver_api::BATCH`] blocks (32:
+/// Linux's `PAGE_REPORTING_CAPACITY` and QEMU's reporting queue size). A
+/// larger capacity could not be sent whole. The device's queue size may
+/// lower it further (`MemCore::set_tunables`).
+pub const MAX_CAPACITY: usize = memserver_api::BATCH;
 /// Upper bound of [`Tunables::max_in_flight`].
 pub const MAX_IN_FLIGHT: usize = 8;
 
@@ -84,21 +89,8 @@ pub const MAX_IN_FLIGHT: usize = 8;
 pub type Pfn = u64;
 
 /// A buddy block: `1 << order` pages starting at `pfn`, which is aligned to
-/// `1 << order`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Block {
-    /// First frame of the block.
-    pub pfn: Pfn,
-    /// log2 of the number of pages.
-    pub order: u8,
-}
-
-impl Block {
-    /// Number of 4 KiB pages in the block.
-    pub const fn pages(&self) -> u64 {
-        1u64 << self.order
-    }
-}
+/// `1 << order`. The same type as in the messages (memserver-api).
+pub use memserver_api::Block;
 
 /// Index of a zone, in the order the [`ZoneSpec`]s were given to
 /// [`MemCore::new`].

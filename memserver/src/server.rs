@@ -122,20 +122,6 @@ fn client_error(e: Error) -> ClientError {
     }
 }
 
-fn api_block(b: Block) -> api::Block {
-    api::Block {
-        pfn: b.pfn,
-        order: b.order,
-    }
-}
-
-fn core_block(b: api::Block) -> Block {
-    Block {
-        pfn: b.pfn,
-        order: b.order,
-    }
-}
-
 impl<'a, 'm> Server<'a, 'm> {
     /// A server over `core` (its zones in the order of `clients`' zone ids)
     /// and the rings. `boot` are the actions [`MemCore::new`] returned (the
@@ -236,14 +222,12 @@ impl<'a, 'm> Server<'a, 'm> {
                 self.pending.pop_front();
                 continue;
             };
-            let mut v: Vec<api::Block, BATCH> = Vec::new();
-            for b in blocks {
-                // Capacity is at most BATCH in the tunables the PD uses;
-                // a larger batch would be a configuration error.
-                if v.push(api_block(*b)).is_err() {
-                    break;
-                }
-            }
+            // Capacity is at most MAX_CAPACITY = BATCH (Tunables::validate):
+            // a batch always fits one message, so the device sees every
+            // block the completion will mark Reported.
+            let Ok(v) = Vec::<Block, BATCH>::from_slice(blocks) else {
+                unreachable!("a batch larger than BATCH: capacity is validated");
+            };
             match self.send_balloon(&ToBalloon::Report {
                 batch: id.0,
                 blocks: v,
@@ -423,7 +407,7 @@ impl<'a, 'm> Server<'a, 'm> {
             return self.refuse(Some(req), RefuseReason::NoMemory);
         }
         self.counters.inflated_pages += taken;
-        let blocks: Vec<api::Block, BATCH> = out[..n].iter().map(|&b| api_block(b)).collect();
+        let blocks: Vec<Block, BATCH> = Vec::from_slice(&out[..n]).unwrap_or_default();
         // `last` when satisfied, or when fewer than a full message could be
         // taken (nothing more is free above the watermark).
         let last = taken >= pages || n < BATCH;
@@ -452,7 +436,7 @@ impl<'a, 'm> Server<'a, 'm> {
             let Some(z) = self.core.zone_of(b.pfn) else {
                 continue;
             };
-            match self.core.return_from_balloon(z, core_block(*b)) {
+            match self.core.return_from_balloon(z, *b) {
                 Ok(a) => {
                     pages += b.pages();
                     acts.merge(&a);

@@ -65,8 +65,17 @@ fn sys() -> Sys {
 /// A system whose client rings get `before` applied to the client ends
 /// before the server starts.
 fn sys_with(before: impl FnOnce(&mut Vec<Peer>)) -> Sys {
+    sys_full(tunables(), before)
+}
+
+/// A system with these tunables.
+fn sys_tun(tun: Tunables) -> Sys {
+    sys_full(tun, |_| {})
+}
+
+fn sys_full(tun: Tunables, before: impl FnOnce(&mut Vec<Peer>)) -> Sys {
     let meta = Box::leak(vec![0u8; metadata_bytes(&ZONES)].into_boxed_slice());
-    let (core, boot) = MemCore::new(&ZONES, meta, Some(tunables())).unwrap();
+    let (core, boot) = MemCore::new(&ZONES, meta, Some(tun)).unwrap();
     let mut ports = Vec::new();
     let mut clients = Vec::new();
     let mut client_mem = Vec::new();
@@ -236,6 +245,52 @@ fn boot_reports_everything_free_after_the_delay() {
         s.server.counters().completions_ok,
         s.server.counters().batches_sent
     );
+    s.check();
+}
+
+/// Issue 16: the largest capacity the tunables accept must fit one wire
+/// batch, or the rest of the batch is dropped from the message while the
+/// completion marks it Reported. Every page marked Reported is a page the
+/// balloon was sent.
+#[test]
+fn the_largest_capacity_fits_a_wire_batch_and_only_what_was_sent_is_reported() {
+    let mut s = sys_tun(Tunables {
+        low_watermark_pages: 0,
+        capacity: memserver::MAX_CAPACITY as u16,
+        reporting_order: 0,
+        ..Tunables::default()
+    });
+    // Fragment zone 0 so a batch can hold more than BATCH blocks: free
+    // every other order-0 page of 256.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(s.alloc(0, 0));
+    }
+    for b in held.iter().step_by(2) {
+        s.call(0, ClientRequest::Free(*b));
+    }
+    s.read_balloon_ring();
+    let mut sent = 0u64;
+    s.server.timer_expired();
+    for _ in 0..1000 {
+        let batches = reports(&s.read_balloon_ring());
+        if batches.is_empty() {
+            if s.server.take_wake().arm_timer_ns.is_none() {
+                break;
+            }
+            s.server.timer_expired();
+            continue;
+        }
+        for (id, blocks) in batches {
+            assert!(blocks.len() <= api::BATCH);
+            sent += blocks.iter().map(Block::pages).sum::<u64>();
+            s.balloon_says(FromBalloon::ReportDone {
+                batch: id,
+                ok: true,
+            });
+        }
+    }
+    assert_eq!(s.server.core().stats().reported_pages, sent);
     s.check();
 }
 

@@ -105,8 +105,9 @@ const _: () = assert!(MAX_ENCODED_LEN <= SLOT_SIZE);
 /// space (the architectural maximum on both aarch64 and x86_64).
 pub const MAX_PFN: u64 = (1 << 40) - 1;
 
-/// A buddy block: `1 << order` pages starting at frame `pfn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A buddy block: `1 << order` pages starting at frame `pfn`. The
+/// memserver's core uses this type too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Block {
     /// Guest-physical frame number (`paddr >> 12`).
     pub pfn: u64,
