@@ -24,32 +24,34 @@ pub enum Pattern {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// MiB each guest allocates and frees.
-    #[arg(long, default_value_t = 256)]
+    /// MiB each guest allocates and frees (with `--live-mib`, at most the
+    /// guest's RAM in the system description).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub guest_mib: u64,
     /// The guests' allocation pattern.
     #[arg(long, value_enum, default_value_t = Pattern::Bulk)]
     pub pattern: Pattern,
     /// How long the guests hold memory between phases (ms).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub hold_ms: u64,
     /// Rounds of the churn pattern.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rounds: u32,
     /// MiB each guest keeps for the whole run and verifies at the end.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub live_mib: u64,
     /// Reporting order (Linux: 9, 2 MiB blocks).
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u8).range(0..=i64::from(memserver::MAX_ORDER)))]
     pub order: u8,
     /// Reporting delay in ms (Linux: 2000).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub delay_ms: u64,
-    /// Blocks per report (Linux: 32).
-    #[arg(long, default_value_t = 32)]
+    /// Blocks per report (Linux: 32, one wire batch; the device's queue
+    /// size may lower it).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=memserver::MAX_CAPACITY as i64))]
     pub capacity: u16,
     /// Report batches in flight (Linux: 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=memserver::MAX_IN_FLIGHT as i64))]
     pub in_flight: u8,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
