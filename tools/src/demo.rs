@@ -156,11 +156,40 @@ pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(
     Ok(())
 }
 
-/// Run the demo; `progress` gets a line per sample (for a live display).
-pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
+fn system(cfg: &DemoConfig) -> Result<sdf::System, String> {
     let xml = std::fs::read_to_string(&cfg.system)
         .map_err(|e| format!("{}: {e}", cfg.system.display()))?;
-    let sys = sdf::System::parse(&xml).map_err(|e| format!("{}:{e}", cfg.system.display()))?;
+    sdf::System::parse(&xml).map_err(|e| format!("{}:{e}", cfg.system.display()))
+}
+
+/// Refuse a configuration the PDs would refuse, before anything starts: the
+/// memserver's tunables and the guests' workload (parsed by the PDs' own
+/// parsers), and whether each guest's workload fits its RAM region. A PD
+/// that refused its parameters after the launch would leave the demo
+/// waiting for its timeout.
+pub fn check(cfg: &DemoConfig) -> Result<(), String> {
+    memserver::params::parse_tunables(&cfg.tunables)
+        .map_err(|e| format!("memserver tunables '{}': {e}", cfg.tunables))?;
+    let params = guest::params::Params::parse(&cfg.guest_params)
+        .map_err(|e| format!("guest parameters '{}': {e}", cfg.guest_params))?;
+    let sys = system(cfg)?;
+    for (guest, ram) in GUESTS {
+        let size = sys
+            .region(ram)
+            .map(|r| r.size)
+            .ok_or_else(|| format!("system.xml has no region '{ram}'"))?;
+        params
+            .check_fits(size)
+            .map_err(|e| format!("{guest}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Run the demo; `progress` gets a line per sample (for a live display).
+/// A configuration [`check`] refuses is refused before anything starts.
+pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
+    check(cfg)?;
+    let sys = system(cfg)?;
     let mut launcher =
         Launcher::new(sys, &cfg.bin_dir, false).map_err(|e| format!("launcher: {e}"))?;
     // How the host platform passes the PDs their workload and tunables.

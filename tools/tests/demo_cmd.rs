@@ -44,3 +44,12 @@ fn tunables_out_of_range_are_refused_with_the_range() {
         &format!("1..={}", memserver::MAX_IN_FLIGHT),
     );
 }
+
+#[test]
+fn guest_memory_that_does_not_fit_is_refused_naming_the_limit() {
+    refused(&["--guest-mib", "0"], "1..=");
+    // system.xml gives each guest 512 MiB; 8 MiB stay live by default.
+    refused(&["--guest-mib", "600"], "512 MiB");
+    refused(&["--guest-mib", "505"], "512 MiB");
+    refused(&["--guest-mib", "500", "--live-mib", "20"], "512 MiB");
+}

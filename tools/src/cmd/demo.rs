@@ -85,7 +85,6 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
     let pattern = match args.pattern {
         Pattern::Bulk => "bulk",
         Pattern::Fragmented => "fragmented",
@@ -99,12 +98,12 @@ fn run(args: &Args) -> Result<bool, String> {
             args.order, args.delay_ms, args.capacity, args.in_flight
         )
     };
-    let cfg = DemoConfig {
+    let mut cfg = DemoConfig {
         system: args
             .system
             .clone()
             .unwrap_or_else(|| workspace().join("system.xml")),
-        bin_dir,
+        bin_dir: PathBuf::new(),
         guest_params: format!(
             "pattern={pattern},mib={},hold_ms={},rounds={},live_mib={}",
             args.guest_mib, args.hold_ms, args.rounds, args.live_mib
@@ -114,6 +113,10 @@ fn run(args: &Args) -> Result<bool, String> {
         period: Duration::from_millis(100),
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
     };
+    // Refuse what cannot run (a workload larger than a guest's RAM) before
+    // building or starting anything.
+    demo::check(&cfg)?;
+    cfg.bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
     println!(
         "demo: 2 guests x {} MiB ({pattern}), reporting {}",
         args.guest_mib, cfg.tunables
