@@ -726,3 +726,26 @@ fn no_reclaim_is_asked_when_nothing_is_ballooned() {
     assert!(s.read_balloon_ring().is_empty());
     assert_eq!(s.server.counters().reclaims, 0);
 }
+
+/// Issue 16: the stats the balloon publishes mean what MemStats documents:
+/// free = the free lists (isolated excluded), available = free + isolated,
+/// reported is a part of free.
+#[test]
+fn mem_stats_fields_mean_what_they_say() {
+    let mut s = sys();
+    let b = s.alloc(0, 9);
+    s.server.timer_expired();
+    assert!(!reports(&s.read_balloon_ring()).is_empty());
+    let core = s.server.core().stats();
+    let m = s.server.mem_stats();
+    assert!(m.isolated_pages > 0, "a batch is in flight");
+    assert_eq!(m.total_pages, core.total_pages);
+    assert_eq!(
+        m.free_pages + m.isolated_pages + 512,
+        m.total_pages,
+        "free excludes isolated and allocated"
+    );
+    assert_eq!(m.available_pages, m.free_pages + m.isolated_pages);
+    assert!(m.reported_pages <= m.free_pages);
+    let _ = b;
+}

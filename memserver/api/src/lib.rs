@@ -410,13 +410,17 @@ impl From<DecodeError> for RefuseReason {
 pub struct MemStats {
     /// Pages managed by the server (all zones).
     pub total_pages: u64,
-    /// Free pages, wherever they are (free lists, isolated).
+    /// Pages on the free lists, allocatable now (Reported ones included;
+    /// isolated and ballooned ones excluded, as Linux's NR_FREE_PAGES).
     pub free_pages: u64,
-    /// Pages allocatable right now (free, not isolated, not ballooned).
+    /// Pages the guests can get without the host giving memory back:
+    /// `free_pages + isolated_pages` (isolated blocks return to the free
+    /// lists when their report completes). Ballooned pages excluded.
     pub available_pages: u64,
-    /// Free pages the host has discarded.
+    /// Of `free_pages`, those marked Reported (the host has discarded
+    /// them).
     pub reported_pages: u64,
-    /// Pages in a report in flight.
+    /// Pages in report batches in flight (off the free lists).
     pub isolated_pages: u64,
     /// Pages given to the balloon.
     pub ballooned_pages: u64,
