@@ -69,6 +69,8 @@ pub struct Counters {
     /// `Reclaim` requests sent: allocations failed while pages were
     /// ballooned.
     pub reclaims: u64,
+    /// `DeviceReset`s taken (each failed the batches the balloon held).
+    pub device_resets: u64,
 }
 
 /// A client: the zone it owns and its two rings.
@@ -365,11 +367,29 @@ impl<'a, 'm> Server<'a, 'm> {
             Ok(FromBalloon::DeviceReset) => {
                 // The device forgot every request: the batches it held come
                 // back unreported (retried later, as a failed report).
+                //
+                // Trust: the memserver cannot see the device, so it takes
+                // the balloon's word that the device was reset *before* the
+                // message (VIRTIO 1.2 §2.1: a reset device no longer
+                // touches the rings), so the host can no longer discard
+                // these blocks once they are allocated again. A balloon
+                // that lied could make the host discard memory a guest
+                // owns; that is the trust the system gives the only PD
+                // that drives the device (it also carries every report).
+                // What can be checked is: only batches handed to the
+                // balloon are failed (those still waiting in `pending`
+                // never reached it and go out later), each once, and a
+                // reset with no such batch is refused and changes nothing.
                 let mut ids: Vec<BatchId, MAX_IN_FLIGHT> = Vec::new();
                 for id in self.core.in_flight() {
-                    let _ = ids.push(id);
+                    if !self.pending.iter().any(|&p| p == id) {
+                        let _ = ids.push(id);
+                    }
                 }
-                self.pending.clear();
+                if ids.is_empty() {
+                    return self.refuse(None, RefuseReason::UnknownId);
+                }
+                self.counters.device_resets += 1;
                 for id in ids {
                     if let Ok(acts) = self.core.report_completed(id, false) {
                         self.counters.completions_failed += 1;

@@ -749,3 +749,51 @@ fn mem_stats_fields_mean_what_they_say() {
     assert!(m.reported_pages <= m.free_pages);
     let _ = b;
 }
+
+/// Issue 16: DeviceReset is taken on the balloon's word (it alone sees the
+/// device), but what can be checked is: a reset with no batch handed to
+/// the balloon is refused and changes nothing, and a second reset does not
+/// fail anything twice.
+#[test]
+fn device_reset_fails_only_batches_the_balloon_held_and_only_once() {
+    let mut s = sys_tun(Tunables {
+        low_watermark_pages: 0,
+        capacity: 4,
+        max_in_flight: 2,
+        ..Tunables::default()
+    });
+    // Nothing was sent: refused, nothing changes.
+    let before = s.server.core().stats();
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(
+        s.read_balloon_ring(),
+        vec![ToBalloon::Refused {
+            req: None,
+            reason: RefuseReason::UnknownId
+        }]
+    );
+    assert_eq!(s.server.core().stats(), before);
+    assert_eq!(s.server.counters().completions_failed, 0);
+
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert_eq!(sent.len(), 2);
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(s.server.counters().completions_failed, 2);
+    assert_eq!(s.server.counters().device_resets, 1);
+    assert_eq!(s.server.core().stats().isolated_pages, 0);
+    // A second reset: the balloon holds nothing any more.
+    s.read_balloon_ring();
+    let refused = s.server.counters().balloon_refused;
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(s.server.counters().balloon_refused, refused + 1);
+    assert_eq!(s.server.counters().completions_failed, 2);
+    // Nor can the old ids be completed again.
+    s.balloon_says(FromBalloon::ReportDone {
+        batch: sent[0].0,
+        ok: true,
+    });
+    assert_eq!(s.server.counters().balloon_refused, refused + 2);
+    assert_eq!(s.server.core().stats().reported_pages, 0);
+    s.check();
+}
