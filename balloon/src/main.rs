@@ -352,6 +352,17 @@ fn start() -> Result<Core, StartError> {
         drv.queue_indices()
     ));
     let mut core = BalloonPd::new(drv, to, from, log);
+    // Only the guests' RAM may be reported or ballooned (system.xml).
+    core.set_zones(&[
+        (
+            paddr::GUEST0_RAM_PADDR.get() >> 12,
+            paddr::GUEST0_RAM_PADDR.size >> 12,
+        ),
+        (
+            paddr::GUEST1_RAM_PADDR.get() >> 12,
+            paddr::GUEST1_RAM_PADDR.size >> 12,
+        ),
+    ]);
     core.set_watchdog(watchdog_ns());
     Ok(core)
 }

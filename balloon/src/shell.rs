@@ -76,6 +76,9 @@ pub const MAX_BALLOONED: usize = 512;
 /// Splits one deflate may need (one per order) plus one.
 const SPLIT_HEADROOM: usize = MAX_ORDER as usize + 1;
 
+/// Most zones the balloon is told (as the memserver's MAX_ZONES).
+pub const MAX_ZONES: usize = 16;
+
 /// Log level of a line.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub enum Level {
@@ -141,6 +144,10 @@ pub struct Counters {
     /// Device resets by the watchdog (requests outstanding, no completion
     /// for a whole period).
     pub watchdog_resets: u64,
+    /// Blocks refused because they lie outside the zones the balloon was
+    /// given ([`BalloonPd::set_zones`]): reported or inflated frames that
+    /// are not guest RAM never reach the device.
+    pub foreign_blocks: u64,
 }
 
 /// What the PD shell must do after [`BalloonPd::run`].
@@ -235,6 +242,10 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     restart_failing: bool,
     /// `ballooned_full` was logged.
     full_logged: bool,
+    /// The frames that may go to the device, `[first, end)` PFN ranges
+    /// (the guests' RAM from the system description); `None` until
+    /// [`BalloonPd::set_zones`] is called (ring-protocol tests only).
+    zones: Option<Vec<(u64, u64), MAX_ZONES>>,
     /// The watchdog period, if any.
     watchdog_ns: Option<u64>,
     /// The watchdog's timer is armed; `device_completions` then.
@@ -293,6 +304,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             next_req: 1,
             restart_failing: false,
             full_logged: false,
+            zones: None,
             watchdog_ns: None,
             watchdog_armed: None,
             device_completions: 0,
@@ -301,6 +313,34 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         // Ask the memserver to signal when it produces.
         s.to.request_signal();
         s
+    }
+
+    /// The zones whose frames may go to the device: `(first PFN, pages)`
+    /// each, from the system description (the PD's setvars), not from the
+    /// memserver, whose messages are checked against them. A reported or
+    /// inflated block outside every zone is refused and counted
+    /// ([`Counters::foreign_blocks`]): the device would discard whatever
+    /// memory the frame number names. Zones past [`MAX_ZONES`] are
+    /// ignored (fewer frames allowed, never more).
+    pub fn set_zones(&mut self, zones: &[(u64, u64)]) {
+        self.zones = Some(
+            zones
+                .iter()
+                .take(MAX_ZONES)
+                .map(|&(pfn, pages)| (pfn, pfn.saturating_add(pages)))
+                .collect(),
+        );
+    }
+
+    /// Whether `b` lies inside one zone (true when no zones were given).
+    fn in_zones(&self, b: &Block) -> bool {
+        let Some(zones) = &self.zones else {
+            return true;
+        };
+        let end = b.pfn.saturating_add(b.pages());
+        zones
+            .iter()
+            .any(|&(first, last)| b.pfn >= first && end <= last)
     }
 
     /// Turn the watchdog on with this period (`None` or 0: off, the
@@ -647,6 +687,15 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // Answering would complete the first batch of that id early.
             return self.unexpected(format_args!("duplicate batch {batch}"));
         }
+        let foreign = blocks.iter().filter(|b| !self.in_zones(b)).count();
+        if foreign > 0 {
+            // Not guest RAM: the host would discard whatever it names.
+            self.counters.foreign_blocks += foreign as u64;
+            self.warn(format_args!(
+                "batch {batch} refused: {foreign} blocks outside the balloon's zones"
+            ));
+            return self.answer(batch, false);
+        }
         let cap = self.drv.report_capacity();
         if blocks.is_empty() || blocks.len() > cap || !blocks.iter().all(BlockExt::is_valid) {
             // It can never be posted: fail it now, as a device would.
@@ -704,6 +753,16 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // memserver bug or a hostile one: taking it would count its
             // pages twice in `actual`, and giving it back would free the
             // copy we still hold. Ignore it (issue 8, found by fuzzing).
+            if !self.in_zones(b) {
+                // Not guest RAM: never posted, never tracked, never given
+                // back (the memserver cannot own it).
+                self.counters.foreign_blocks += 1;
+                self.warn(format_args!(
+                    "Inflated block {:#x} order {} is outside the balloon's zones",
+                    b.pfn, b.order
+                ));
+                continue;
+            }
             if self.holds(b) || blocks[..i].iter().any(|o| overlaps(o, b)) {
                 self.unexpected(format_args!(
                     "Inflated block {:#x} order {} overlaps one the balloon holds",

@@ -901,3 +901,54 @@ fn completions_hold_the_watchdog_off() {
     assert!(!s.watchdog);
     s.check_books();
 }
+
+/// Issue 16: only frames of the zones the balloon was given go to the
+/// device. A report or an inflated block outside them is refused and
+/// counted; the device sees nothing of it.
+#[test]
+fn frames_outside_the_given_zones_never_reach_the_device() {
+    let mut r = raw();
+    // One zone: 0x40000..0x48000 (128 MiB).
+    r.pd.set_zones(&[(0x40000, 0x8000)]);
+    // Inside, then straddling the end, then far outside (below 2^40, so
+    // it decodes).
+    r.send(&ToBalloon::Report {
+        batch: 1,
+        blocks: batch(0x40000, 2),
+    });
+    r.send(&ToBalloon::Report {
+        batch: 2,
+        blocks: batch(0x47e00, 2),
+    });
+    r.send(&ToBalloon::Report {
+        batch: 3,
+        blocks: batch(0xff_0000_0000, 1),
+    });
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 3 {
+        got.extend(r.run_for(1));
+        assert!(Instant::now() < deadline, "answers: {got:?}");
+    }
+    got.sort_by_key(|m| match m {
+        FromBalloon::ReportDone { batch, .. } => *batch,
+        _ => u32::MAX,
+    });
+    assert_eq!(
+        got,
+        vec![
+            FromBalloon::ReportDone { batch: 1, ok: true },
+            FromBalloon::ReportDone {
+                batch: 2,
+                ok: false
+            },
+            FromBalloon::ReportDone {
+                batch: 3,
+                ok: false
+            },
+        ]
+    );
+    assert_eq!(r.d.dev.counters().reports, 1);
+    assert_eq!(r.d.dev.counters().ranges_discarded, 2);
+    assert_eq!(r.pd.counters().foreign_blocks, 2);
+}
