@@ -221,6 +221,8 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     ask_queued: bool,
     /// A `StatsRequest` is waiting for ring room.
     stats_queued: bool,
+    /// `DeviceLimits` is waiting for ring room (after every (re)start).
+    limits_queued: bool,
     /// The memserver said it has no more: no new `Inflate` until the
     /// host changes the target.
     inflate_stalled: bool,
@@ -291,6 +293,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             done_out: Deque::new(),
             ask_queued: false,
             stats_queued: false,
+            // The memserver learns the device's limits first thing.
+            limits_queued: true,
             ask: None,
             inflate_stalled: false,
             oom_pages: 0,
@@ -561,6 +565,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             Ok(()) => {
                 self.counters.device_restarts += 1;
                 self.restart_failing = false;
+                // The device may offer something else now.
+                self.limits_queued = true;
                 self.info(format_args!(
                     "device failed; restarted the driver (batches failed so far: {})",
                     self.counters.reports_failed
@@ -966,6 +972,10 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         loop {
             let msg = if let Some(&(batch, ok)) = self.done_out.front() {
                 FromBalloon::ReportDone { batch, ok }
+            } else if self.limits_queued {
+                FromBalloon::DeviceLimits {
+                    report_capacity: u16::try_from(self.drv.report_capacity()).unwrap_or(u16::MAX),
+                }
             } else if let (true, Some((req, pages))) = (self.ask_queued, self.ask) {
                 FromBalloon::Inflate { req, pages }
             } else if let Some(d) = self.deflation.as_ref().filter(|d| d.queued) {
@@ -1011,7 +1021,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         if self.done_out.pop_front().is_some() {
             return;
         }
-        if self.ask_queued && self.ask.is_some() {
+        if self.limits_queued {
+            self.limits_queued = false;
+        } else if self.ask_queued && self.ask.is_some() {
             self.ask_queued = false;
         } else if let Some(d) = self.deflation.as_mut().filter(|d| d.queued) {
             d.queued = false;

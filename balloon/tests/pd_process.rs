@@ -173,6 +173,13 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
 
     assert_eq!(
         receive(),
+        FromBalloon::DeviceLimits {
+            report_capacity: 32
+        },
+        "the device's limits, first"
+    );
+    assert_eq!(
+        receive(),
         FromBalloon::ReportDone {
             batch: 41,
             ok: true

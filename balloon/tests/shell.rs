@@ -441,12 +441,22 @@ fn raw() -> Raw {
         from.producer(SLOT_SIZE).unwrap(),
         log,
     );
-    Raw {
+    let mut r = Raw {
         pd,
         to: to.producer(SLOT_SIZE).unwrap(),
         from: from.consumer(SLOT_SIZE).unwrap(),
         d,
-    }
+    };
+    // The first thing the balloon says: the device's limits (QEMU's
+    // reporting queue holds 32).
+    r.pd.run(false);
+    assert_eq!(
+        r.received(),
+        vec![FromBalloon::DeviceLimits {
+            report_capacity: 32
+        }]
+    );
+    r
 }
 
 impl Raw {
@@ -951,4 +961,33 @@ fn frames_outside_the_given_zones_never_reach_the_device() {
     assert_eq!(r.d.dev.counters().reports, 1);
     assert_eq!(r.d.dev.counters().ranges_discarded, 2);
     assert_eq!(r.pd.counters().foreign_blocks, 2);
+}
+
+/// Issue 16: the device's limits reach the policy. A device that does not
+/// offer REPORTING stops reporting (it used to fail every batch and retry
+/// every delay, forever); the timer is no longer armed once the balloon
+/// has told the memserver.
+#[test]
+fn without_reporting_the_memserver_stops_instead_of_retrying_forever() {
+    let mut s = sys_with(DeviceConfig {
+        offered: balloon::BalloonFeatures::STATS_VQ | balloon::BalloonFeatures::VERSION_1,
+        ..DeviceConfig::default()
+    });
+    // The balloon tells the memserver the device's limits; reporting
+    // stops (bounded wait for the condition).
+    s.until("reporting to stop", |s| {
+        s.server.core().tunables().is_none() && !s.server.core().pass_running()
+    });
+    // From then on no pass runs however long the loops go: the failed
+    // count stays, and the timer is not armed again.
+    let failed = s.server.counters().completions_failed;
+    for _ in 0..50 {
+        s.step();
+    }
+    assert!(!s.timer, "the memserver's timer is armed again");
+    assert_eq!(s.server.counters().completions_failed, failed);
+    assert!(s.server.core().tunables().is_none(), "reporting stopped");
+    assert!(s.server.reporting_stopped_by_device());
+    assert_eq!(s.mem().isolated_pages, 0);
+    s.check_books();
 }

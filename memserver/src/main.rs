@@ -72,6 +72,11 @@ struct MemServer {
     server: Server<'static, 'static>,
     /// Reported pages at the last summary line.
     logged_reported: u64,
+    /// Reporting was stopped for the device at the last look (said once
+    /// per change).
+    logged_stopped: bool,
+    /// The device's capacity at the last look (said once per change).
+    logged_cap: Option<u16>,
 }
 
 impl MemServer {
@@ -88,6 +93,35 @@ impl MemServer {
             }
         }
         Ok(())
+    }
+
+    /// Say once what the device's limits did to reporting.
+    fn log_device(&mut self) {
+        let cap = self.server.device_report_capacity();
+        if cap != self.logged_cap {
+            self.logged_cap = cap;
+            if let (Some(c), Some(t)) = (cap, self.server.core().tunables())
+                && c > 0
+            {
+                LOG.info(format_args!(
+                    "device: {c} blocks per report; batch capacity {}",
+                    t.capacity
+                ));
+            }
+        }
+        let stopped = self.server.reporting_stopped_by_device();
+        if stopped != self.logged_stopped {
+            self.logged_stopped = stopped;
+            if stopped {
+                LOG.warn(format_args!(
+                    "reporting stopped: the device does not offer REPORTING (resumes when a restarted device does)"
+                ));
+            } else {
+                LOG.info(format_args!(
+                    "reporting resumed: the device offers REPORTING"
+                ));
+            }
+        }
     }
 
     /// One line when a reporting pass has settled, for people and for
@@ -153,6 +187,7 @@ impl Handler for MemServer {
         }
         let wake = self.server.take_wake();
         self.apply(wake)?;
+        self.log_device();
         self.log_progress();
         Ok(())
     }
@@ -251,6 +286,8 @@ fn init() -> MemServer {
     let mut pd = MemServer {
         server,
         logged_reported: 0,
+        logged_stopped: false,
+        logged_cap: None,
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();

@@ -18,7 +18,7 @@
 //!   take yet waits in `pending` (at most `MAX_IN_FLIGHT`, the core's own
 //!   limit) and goes out when the balloon frees a slot.
 
-use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, ZoneId};
+use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, Tunables, ZoneId};
 use heapless::{Deque, Vec};
 use memserver_api::{
     self as api, BATCH, ClientError, ClientRequest, ClientResponse, ClientStats, FromBalloon,
@@ -106,6 +106,14 @@ pub struct Server<'a, 'm> {
     /// A `Reclaim` is out and unanswered: don't ask again until the balloon
     /// deflates or changes course.
     reclaim_asked: bool,
+    /// The tunables the PD was configured with (`None`: reporting off);
+    /// the device's limits are applied over these.
+    configured: Option<Tunables>,
+    /// The latest `DeviceLimits` (blocks per report, 0: no REPORTING).
+    device_cap: Option<u16>,
+    /// `device_cap` is in force in the core (set_tunables is refused while
+    /// a pass runs, so it may wait for the pass to end).
+    limits_applied: bool,
 }
 
 fn client_error(e: Error) -> ClientError {
@@ -134,6 +142,7 @@ impl<'a, 'm> Server<'a, 'm> {
         balloon: BalloonPort<'a>,
         boot: Actions,
     ) -> Result<Self, Error> {
+        let core_tunables = core.tunables();
         let mut s = Server {
             core,
             clients: Vec::new(),
@@ -142,6 +151,9 @@ impl<'a, 'm> Server<'a, 'm> {
             counters: Counters::default(),
             wake: Wake::default(),
             reclaim_asked: false,
+            configured: core_tunables,
+            device_cap: None,
+            limits_applied: true,
         };
         for c in clients {
             s.core.zone_spec(c.zone)?;
@@ -195,12 +207,54 @@ impl<'a, 'm> Server<'a, 'm> {
         self.flush_pending();
         self.serve_balloon();
         self.flush_pending();
+        self.apply_limits();
     }
 
     /// The reporting delay expired.
     pub fn timer_expired(&mut self) {
         let acts = self.core.timer_expired();
         self.apply(&acts);
+        self.apply_limits();
+    }
+
+    /// The device does not offer REPORTING (the balloon's latest
+    /// `DeviceLimits` said 0), so reporting is stopped until a device
+    /// restart brings limits that allow it.
+    pub fn reporting_stopped_by_device(&self) -> bool {
+        self.limits_applied && self.device_cap == Some(0) && self.configured.is_some()
+    }
+
+    /// The device's blocks per report, once the balloon said.
+    pub fn device_report_capacity(&self) -> Option<u16> {
+        self.device_cap
+    }
+
+    /// Put the device's limits into the policy (DESIGN §2: the device's
+    /// queue size may lower the capacity; Linux's driver registers
+    /// reporting only when the device offers it): the configured tunables
+    /// with the capacity lowered to the device's, or reporting off for a
+    /// device without REPORTING, which would fail every batch and be
+    /// retried after every delay, forever. Waits for a running pass to end
+    /// (the core refuses new tunables meanwhile).
+    fn apply_limits(&mut self) {
+        let (Some(cap), Some(conf)) = (self.device_cap, self.configured) else {
+            return;
+        };
+        if self.limits_applied || self.core.pass_running() {
+            return;
+        }
+        let want = (cap > 0).then(|| Tunables {
+            capacity: conf.capacity.min(cap),
+            ..conf
+        });
+        if self.core.tunables() != want {
+            match self.core.set_tunables(want) {
+                Ok(acts) => self.apply(&acts),
+                // Busy: tried again after the next event.
+                Err(_) => return,
+            }
+        }
+        self.limits_applied = true;
     }
 
     fn apply(&mut self, acts: &Actions) {
@@ -363,6 +417,11 @@ impl<'a, 'm> Server<'a, 'm> {
             Ok(FromBalloon::StatsRequest) => {
                 let s = self.mem_stats();
                 let _ = self.send_balloon(&ToBalloon::Stats(s));
+            }
+            Ok(FromBalloon::DeviceLimits { report_capacity }) => {
+                self.device_cap = Some(report_capacity);
+                self.limits_applied = false;
+                self.apply_limits();
             }
             Ok(FromBalloon::DeviceReset) => {
                 // The device forgot every request: the batches it held come

@@ -797,3 +797,46 @@ fn device_reset_fails_only_batches_the_balloon_held_and_only_once() {
     assert_eq!(s.server.core().stats().reported_pages, 0);
     s.check();
 }
+
+/// Issue 16: the device's limits reach the policy. No REPORTING stops
+/// reporting (once a running pass has ended); limits from a restarted
+/// device resume it; a smaller reporting queue lowers the capacity.
+#[test]
+fn device_limits_stop_resume_and_lower_reporting() {
+    let mut s = sys();
+    s.server.take_wake();
+    // A pass is running when the limits arrive: applied after it ends.
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty());
+    s.balloon_says(FromBalloon::DeviceLimits { report_capacity: 0 });
+    assert!(s.server.core().tunables().is_some(), "not during a pass");
+    for (id, _) in sent {
+        s.balloon_says(FromBalloon::ReportDone {
+            batch: id,
+            ok: false,
+        });
+    }
+    assert!(s.server.reporting_stopped_by_device());
+    assert_eq!(s.server.core().tunables(), None);
+    // Frees no longer arm the timer.
+    s.server.take_wake();
+    let b = s.alloc(0, 10);
+    s.call(0, ClientRequest::Free(b));
+    assert_eq!(s.server.take_wake().arm_timer_ns, None);
+    // A restarted device with REPORTING: resumed, at the configured
+    // capacity (4) under the device's 32, and a pass is requested.
+    s.balloon_says(FromBalloon::DeviceLimits {
+        report_capacity: 32,
+    });
+    assert!(!s.server.reporting_stopped_by_device());
+    assert_eq!(s.server.core().tunables(), Some(tunables()));
+    assert!(s.server.take_wake().arm_timer_ns.is_some());
+    // A device with a 2-entry reporting queue lowers the capacity.
+    s.balloon_says(FromBalloon::DeviceLimits { report_capacity: 2 });
+    assert_eq!(s.server.core().tunables().map(|t| t.capacity), Some(2));
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 2));
+    s.check();
+}

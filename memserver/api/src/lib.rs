@@ -362,6 +362,14 @@ pub enum FromBalloon {
     StatsRequest,
     /// The device was reset: every report in flight has failed.
     DeviceReset,
+    /// The device's limits, sent when the driver has (re)started it: the
+    /// most blocks one report can carry (its reporting queue size), 0 when
+    /// the device does not offer REPORTING. The memserver lowers its batch
+    /// capacity to it, or stops reporting until the next limits.
+    DeviceLimits {
+        /// Blocks per report, 0: no reporting.
+        report_capacity: u16,
+    },
 }
 
 /// Why the server refused a balloon request.
@@ -555,7 +563,8 @@ impl Message for FromBalloon {
             Self::ReportDone { .. }
             | Self::Inflate { .. }
             | Self::StatsRequest
-            | Self::DeviceReset => Ok(()),
+            | Self::DeviceReset
+            | Self::DeviceLimits { .. } => Ok(()),
         }
     }
 }

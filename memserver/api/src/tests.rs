@@ -126,6 +126,7 @@ fn from_balloon() -> impl Strategy<Value = FromBalloon> {
         (any::<u32>(), blocks()).prop_map(|(req, blocks)| FromBalloon::Deflate { req, blocks }),
         Just(FromBalloon::StatsRequest),
         Just(FromBalloon::DeviceReset),
+        any::<u16>().prop_map(|report_capacity| FromBalloon::DeviceLimits { report_capacity }),
     ]
 }
 
@@ -316,6 +317,9 @@ fn largest_messages_fit_a_slot() {
         },
         FromBalloon::StatsRequest,
         FromBalloon::DeviceReset,
+        FromBalloon::DeviceLimits {
+            report_capacity: u16::MAX,
+        },
     ];
     for m in from {
         check("from balloon", encode(&m, &mut buf).unwrap().len());
