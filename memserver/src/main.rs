@@ -72,6 +72,8 @@ struct MemServer {
     server: Server<'static, 'static>,
     /// Reported pages at the last summary line.
     logged_reported: u64,
+    /// Arming the timer failed and it was said (once per failure streak).
+    timer_failing: bool,
     /// Reporting was stopped for the device at the last look (said once
     /// per change).
     logged_stopped: bool,
@@ -80,9 +82,25 @@ struct MemServer {
 }
 
 impl MemServer {
-    fn apply(&mut self, wake: Wake) -> Result<(), Error> {
+    fn apply(&mut self, wake: Wake) {
         if let Some(ns) = wake.arm_timer_ns {
-            timer::client::set_timeout(channel::TIMER, ns).map_err(Error::Timer)?;
+            // A timer that fails is not fatal: the server runs the worker
+            // at the next event instead of after the delay. Said once.
+            match timer::client::set_timeout(channel::TIMER, ns).map_err(Error::Timer) {
+                Ok(()) => {
+                    if core::mem::take(&mut self.timer_failing) {
+                        LOG.info(format_args!("timer: working again"));
+                    }
+                }
+                Err(e) => {
+                    self.server.timer_unavailable();
+                    if !core::mem::replace(&mut self.timer_failing, true) {
+                        LOG.warn(format_args!(
+                            "{e}; reporting runs at the next event instead of after the delay"
+                        ));
+                    }
+                }
+            }
         }
         if wake.balloon {
             channel::BALLOON.notify();
@@ -92,7 +110,6 @@ impl MemServer {
                 g.0.notify();
             }
         }
-        Ok(())
     }
 
     /// Say once what the device's limits did to reporting.
@@ -186,7 +203,7 @@ impl Handler for MemServer {
             }
         }
         let wake = self.server.take_wake();
-        self.apply(wake)?;
+        self.apply(wake);
         self.log_device();
         self.log_progress();
         Ok(())
@@ -286,14 +303,13 @@ fn init() -> MemServer {
     let mut pd = MemServer {
         server,
         logged_reported: 0,
+        timer_failing: false,
         logged_stopped: false,
         logged_cap: None,
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();
-    if let Err(e) = pd.apply(wake) {
-        panic!("{e}");
-    }
+    pd.apply(wake);
     LOG.info(format_args!("ready, {} clients", pd.server.nr_clients()));
     pd
 }

@@ -114,6 +114,9 @@ pub struct Server<'a, 'm> {
     /// `device_cap` is in force in the core (set_tunables is refused while
     /// a pass runs, so it may wait for the pass to end).
     limits_applied: bool,
+    /// The PD could not arm the timer: the delay's expiry is run at the
+    /// next event instead ([`Server::timer_unavailable`]).
+    timer_overdue: bool,
 }
 
 fn client_error(e: Error) -> ClientError {
@@ -154,6 +157,7 @@ impl<'a, 'm> Server<'a, 'm> {
             configured: core_tunables,
             device_cap: None,
             limits_applied: true,
+            timer_overdue: false,
         };
         for c in clients {
             s.core.zone_spec(c.zone)?;
@@ -188,8 +192,26 @@ impl<'a, 'm> Server<'a, 'm> {
         core::mem::take(&mut self.wake)
     }
 
+    /// The PD could not arm the timer for the last [`Wake::arm_timer_ns`]
+    /// (the timer PD refused or is gone). Not fatal: reporting degrades to
+    /// running the worker at the next event of any kind (a free, a
+    /// completion, a balloon message) instead of after the delay, one pass
+    /// per event, so allocation is never stalled by a broken timer and
+    /// freed memory still goes back.
+    pub fn timer_unavailable(&mut self) {
+        self.timer_overdue = true;
+    }
+
+    /// Run a delay expiry the timer could not deliver.
+    fn run_overdue(&mut self) {
+        if core::mem::take(&mut self.timer_overdue) {
+            self.timer_expired();
+        }
+    }
+
     /// Client `i` notified: serve its ring.
     pub fn client_notified(&mut self, i: usize) {
+        self.run_overdue();
         if i < self.clients.len() {
             self.serve_client(i);
         }
@@ -197,6 +219,7 @@ impl<'a, 'm> Server<'a, 'm> {
 
     /// Serve every client (e.g. after a notification whose sender is unknown).
     pub fn serve_all(&mut self) {
+        self.run_overdue();
         for i in 0..self.clients.len() {
             self.serve_client(i);
         }
@@ -204,6 +227,7 @@ impl<'a, 'm> Server<'a, 'm> {
 
     /// The balloon notified: completions, requests, and room for batches.
     pub fn balloon_notified(&mut self) {
+        self.run_overdue();
         self.flush_pending();
         self.serve_balloon();
         self.flush_pending();
@@ -212,6 +236,7 @@ impl<'a, 'm> Server<'a, 'm> {
 
     /// The reporting delay expired.
     pub fn timer_expired(&mut self) {
+        self.timer_overdue = false;
         let acts = self.core.timer_expired();
         self.apply(&acts);
         self.apply_limits();

@@ -840,3 +840,24 @@ fn device_limits_stop_resume_and_lower_reporting() {
     assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 2));
     s.check();
 }
+
+/// Issue 16: a timer that cannot be armed is not fatal. The PD tells the
+/// server, which runs the delay's expiry at the next event of any kind
+/// instead (one pass per event): freed memory still goes back.
+#[test]
+fn without_a_timer_reporting_runs_at_the_next_event() {
+    let mut s = sys();
+    // The boot request asked for the timer; the PD could not arm it.
+    assert!(s.server.take_wake().arm_timer_ns.is_some());
+    s.server.timer_unavailable();
+    assert!(s.read_balloon_ring().is_empty());
+    // Any event: here a client's stats request.
+    s.call(0, ClientRequest::Stats);
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty(), "the overdue pass ran");
+    assert_eq!(s.server.core().reporting_stats().passes, 1);
+    // It runs once: the next event does not start another pass.
+    s.call(1, ClientRequest::Stats);
+    assert_eq!(s.server.core().reporting_stats().passes, 1);
+    s.check();
+}
