@@ -190,6 +190,9 @@ pub struct DeviceConfig {
     pub layout: QueueLayout,
     /// Queues must use the legacy contiguous layout.
     pub legacy: bool,
+    /// The reporting queue's max size; `None`: the layout's usual one
+    /// (QEMU's 32, or a dense device's 128 like its other queues).
+    pub reporting_queue_size: Option<u32>,
 }
 
 impl Default for DeviceConfig {
@@ -202,6 +205,7 @@ impl Default for DeviceConfig {
                 | BalloonFeatures::VERSION_1,
             layout: QueueLayout::Offered,
             legacy: false,
+            reporting_queue_size: None,
         }
     }
 }
@@ -312,6 +316,11 @@ impl BalloonDevice {
         r.device_features.store(cfg.offered.bits(), Release);
         r.legacy.store(u32::from(cfg.legacy), Release);
         let all = queue_indices(cfg.offered, cfg.offered, QueueLayout::Offered);
+        // Where the reporting queue is once a driver negotiates all but
+        // hinting (which drivers leave, DESIGN §3): a dense device numbers
+        // over what is used.
+        let used = cfg.offered - BalloonFeatures::FREE_PAGE_HINT;
+        let reporting = queue_indices(cfg.offered, used, cfg.layout).reporting;
         for (i, q) in r.queues.iter().enumerate() {
             let size = match cfg.layout {
                 QueueLayout::Offered => {
@@ -327,6 +336,10 @@ impl BalloonDevice {
                         .count();
                     if i < n { 128 } else { 0 }
                 }
+            };
+            let size = match cfg.reporting_queue_size {
+                Some(s) if reporting == Some(i as u16) => s,
+                _ => size,
             };
             q.max_size.store(size, Release);
         }
