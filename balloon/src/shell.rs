@@ -235,6 +235,8 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     deflation: Option<Deflation>,
     /// Pages the memserver asked back because it ran out (deflate on OOM).
     oom_pages: u32,
+    /// The short zone's frames (`first..end` PFN): only blocks there help.
+    oom_range: (u64, u64),
     /// Blocks in the balloon (acknowledged by the device).
     ballooned: Vec<Packed, MAX_BALLOONED>,
     stats_wanted: bool,
@@ -298,6 +300,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             ask: None,
             inflate_stalled: false,
             oom_pages: 0,
+            oom_range: (0, 0),
             to_inflate: Deque::new(),
             inflating: None,
             giveback: Vec::new(),
@@ -659,14 +662,21 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                     self.unexpected(format_args!("Refused({reason}) for request {req:?}"));
                 }
             }
-            ToBalloon::Reclaim { pages } => {
+            ToBalloon::Reclaim {
+                pages,
+                first_pfn,
+                end_pfn,
+            } => {
                 self.counters.reclaim_requests += 1;
                 if self
                     .drv
                     .features()
                     .contains(BalloonFeatures::DEFLATE_ON_OOM)
                 {
-                    self.oom_pages = self.oom_pages.max(pages);
+                    // One request at a time (the memserver asks again
+                    // after a deflate): the latest zone wins.
+                    self.oom_pages = pages;
+                    self.oom_range = (first_pfn, end_pfn);
                 } else {
                     // Without DEFLATE_ON_OOM the host must be asked first
                     // (MUST_TELL_HOST) and may refuse: the pages stay.
@@ -882,11 +892,14 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // Deflate on OOM (VIRTIO 1.2 5.5.6.1): the guest's need wins
             // over the target. Don't re-inflate until the host sets a new
             // target, or the two would fight (Linux's fill also waits for a
-            // config change).
+            // config change). Only the short zone's blocks help it.
             let pages = core::mem::take(&mut self.oom_pages);
             self.inflate_stalled = true;
-            self.info(format_args!("deflating {pages} pages on OOM"));
-            self.start_deflate(u64::from(pages), DeflateReason::Oom);
+            let (first, end) = self.oom_range;
+            self.info(format_args!(
+                "deflating {pages} pages on OOM from frames {first:#x}..{end:#x}"
+            ));
+            self.start_deflate(u64::from(pages), DeflateReason::Oom, Some((first, end)));
             return;
         }
         match self.drv.balloon_action() {
@@ -907,7 +920,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 self.counters.inflate_requests += 1;
             }
             Ok(BalloonAction::Deflate(pages)) => {
-                self.start_deflate(u64::from(pages), DeflateReason::Target)
+                self.start_deflate(u64::from(pages), DeflateReason::Target, None)
             }
             _ => {}
         }
@@ -916,12 +929,19 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// Picks ballooned blocks worth `pages` (at most BATCH blocks),
     /// splitting a block into buddy halves when all are larger than what is
     /// left.
-    fn start_deflate(&mut self, pages: u64, reason: DeflateReason) {
+    /// With `within` (`first..end` PFN), only blocks inside it.
+    fn start_deflate(&mut self, pages: u64, reason: DeflateReason, within: Option<(u64, u64)>) {
+        let inside = |p: &Packed| {
+            within.is_none_or(|(first, end)| {
+                let b = p.get();
+                b.pfn >= first && b.pfn.saturating_add(b.pages()) <= end
+            })
+        };
         let mut chosen: Vec<Block, BATCH> = Vec::new();
         let mut left = pages;
         while left > 0 && !chosen.is_full() {
             let fits = (0..self.ballooned.len())
-                .filter(|&i| self.ballooned[i].pages() <= left)
+                .filter(|&i| inside(&self.ballooned[i]) && self.ballooned[i].pages() <= left)
                 .max_by_key(|&i| self.ballooned[i].pages());
             if let Some(i) = fits {
                 let b = self.ballooned.swap_remove(i).get();
@@ -929,7 +949,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 let _ = chosen.push(b);
                 continue;
             }
-            let Some(i) = (0..self.ballooned.len()).min_by_key(|&i| self.ballooned[i].pages())
+            let Some(i) = (0..self.ballooned.len())
+                .filter(|&i| inside(&self.ballooned[i]))
+                .min_by_key(|&i| self.ballooned[i].pages())
             else {
                 break;
             };

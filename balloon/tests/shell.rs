@@ -105,6 +105,8 @@ struct Sys {
     watchdog: bool,
     /// A guest of zone 0: its request producer and response consumer.
     guest: (Producer<'static>, Consumer<'static>),
+    /// The same for a guest of zone 1.
+    guest1: (Producer<'static>, Consumer<'static>),
 }
 
 fn sys() -> Sys {
@@ -129,7 +131,17 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         req.producer(SLOT_SIZE).unwrap(),
         resp.consumer(SLOT_SIZE).unwrap(),
     );
-    let server = Server::new(core, [client], port, boot).expect("server");
+    let (req1, resp1) = (ring(), ring());
+    let client1 = ClientPort {
+        zone: ZoneId(1),
+        req: req1.consumer(SLOT_SIZE).unwrap(),
+        resp: resp1.producer(SLOT_SIZE).unwrap(),
+    };
+    let guest1 = (
+        req1.producer(SLOT_SIZE).unwrap(),
+        resp1.consumer(SLOT_SIZE).unwrap(),
+    );
+    let server = Server::new(core, [client, client1], port, boot).expect("server");
     let (d, drv) = device(cfg);
     let pd = BalloonPd::new(
         drv,
@@ -144,6 +156,7 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         timer: false,
         watchdog: false,
         guest,
+        guest1,
     }
 }
 
@@ -183,15 +196,30 @@ impl Sys {
 
     /// The guest asks for one page; the memserver's answer.
     fn guest_alloc(&mut self) -> api::ClientResponse {
+        self.guest_alloc_in(0)
+    }
+
+    /// The guest of zone `z` asks for one page; the memserver's answer.
+    fn guest_alloc_in(&mut self, z: usize) -> api::ClientResponse {
         let mut buf = [0u8; SLOT_SIZE];
         let req = api::Request {
             tag: 1,
             body: api::ClientRequest::Alloc { order: 0 },
         };
         let bytes = api::encode(&req, &mut buf).unwrap();
-        self.guest.0.push(bytes).unwrap();
-        self.server.client_notified(0);
-        let n = self.guest.1.pop(&mut buf).unwrap().expect("a response");
+        let g = if z == 0 {
+            &mut self.guest
+        } else {
+            &mut self.guest1
+        };
+        g.0.push(bytes).unwrap();
+        self.server.client_notified(z);
+        let g = if z == 0 {
+            &mut self.guest
+        } else {
+            &mut self.guest1
+        };
+        let n = g.1.pop(&mut buf).unwrap().expect("a response");
         api::decode::<api::Response>(&buf[..n]).unwrap().body
     }
 
@@ -989,5 +1017,66 @@ fn without_reporting_the_memserver_stops_instead_of_retrying_forever() {
     assert!(s.server.core().tunables().is_none(), "reporting stopped");
     assert!(s.server.reporting_stopped_by_device());
     assert_eq!(s.mem().isolated_pages, 0);
+    s.check_books();
+}
+
+/// Issue 16: deflate on OOM gives back pages of the zone that is short,
+/// not whichever blocks the balloon holds: the other guest's zone keeps
+/// its ballooned pages, and the short guest gets memory.
+#[test]
+fn deflate_on_oom_gives_back_the_short_zones_pages() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    // Half first, then the rest, so the balloon holds one zone's blocks
+    // after the other's.
+    s.d.dev.set_target(ZONE_PAGES);
+    s.until("the balloon to take half", |s| {
+        s.mem().ballooned_pages == u64::from(ZONE_PAGES) && s.pd.is_idle()
+    });
+    s.d.dev.set_target(TOTAL_PAGES as u32);
+    s.until("the balloon to take everything", |s| {
+        s.mem().ballooned_pages == TOTAL_PAGES && s.pd.is_idle()
+    });
+    // Both guests run out; each zone gets its own pages back.
+    for z in [0, 1] {
+        let short = s
+            .server
+            .core()
+            .zone_stats(ZoneId(z as u16))
+            .unwrap()
+            .ballooned_pages;
+        assert_eq!(
+            s.guest_alloc_in(z),
+            api::ClientResponse::Error(api::ClientError::NoMemory)
+        );
+        let other = s
+            .server
+            .core()
+            .zone_stats(ZoneId(1 - z as u16))
+            .unwrap()
+            .ballooned_pages;
+        s.until("the balloon to deflate on OOM", |s| {
+            s.server
+                .core()
+                .zone_stats(ZoneId(z as u16))
+                .unwrap()
+                .ballooned_pages
+                < short
+                && s.pd.is_idle()
+        });
+        assert_eq!(
+            s.server
+                .core()
+                .zone_stats(ZoneId(1 - z as u16))
+                .unwrap()
+                .ballooned_pages,
+            other,
+            "zone {z} was short; the other zone keeps its ballooned pages"
+        );
+        assert!(matches!(
+            s.guest_alloc_in(z),
+            api::ClientResponse::Allocated(_)
+        ));
+    }
     s.check_books();
 }

@@ -563,12 +563,25 @@ impl<'a, 'm> Server<'a, 'm> {
     /// negotiated DEFLATE_ON_OOM). The client got NoMemory and retries; at
     /// least 2 MiB is asked so a retry has a chance. At most one request is
     /// out at a time.
-    fn ask_reclaim(&mut self, order: u8) {
-        if self.reclaim_asked || self.core.stats().ballooned_pages == 0 {
+    ///
+    /// Only the short zone's ballooned pages help its client (a zone is one
+    /// client's RAM), so the request names the zone's frames, and nothing
+    /// is asked when none of them is ballooned.
+    fn ask_reclaim(&mut self, zone: ZoneId, order: u8) {
+        let Ok(spec) = self.core.zone_spec(zone) else {
+            return;
+        };
+        let ballooned = self.core.zone_stats(zone).map_or(0, |s| s.ballooned_pages);
+        if self.reclaim_asked || ballooned == 0 {
             return;
         }
         let pages = (1u32 << order).max(512);
-        if self.send_balloon(&ToBalloon::Reclaim { pages }).is_ok() {
+        let msg = ToBalloon::Reclaim {
+            pages,
+            first_pfn: spec.base_pfn,
+            end_pfn: spec.base_pfn + u64::from(spec.pages),
+        };
+        if self.send_balloon(&msg).is_ok() {
             self.reclaim_asked = true;
             self.counters.reclaims += 1;
         }
@@ -700,7 +713,7 @@ impl<'a, 'm> Server<'a, 'm> {
             ClientRequest::Alloc { order } => match self.core.alloc(zone, order) {
                 Ok(pfn) => ClientResponse::Allocated(api::Block { pfn, order }),
                 Err(Error::NoMemory) => {
-                    self.ask_reclaim(order);
+                    self.ask_reclaim(zone, order);
                     ClientResponse::Error(ClientError::NoMemory)
                 }
                 Err(e) => ClientResponse::Error(client_error(e)),

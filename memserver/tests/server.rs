@@ -699,7 +699,11 @@ fn an_allocation_failing_while_pages_are_ballooned_asks_for_them_back() {
     }
     assert_eq!(
         s.read_balloon_ring(),
-        vec![ToBalloon::Reclaim { pages: 512 }]
+        vec![ToBalloon::Reclaim {
+            pages: 512,
+            first_pfn: ZONES[0].base_pfn,
+            end_pfn: ZONES[0].base_pfn + u64::from(ZONES[0].pages),
+        }]
     );
     assert_eq!(s.server.counters().reclaims, 1);
     // The balloon deflates a block of zone 0; the client's retry succeeds.

@@ -325,6 +325,11 @@ pub enum ToBalloon {
     Reclaim {
         /// Pages wanted.
         pages: u32,
+        /// The short zone's frames, `first_pfn..end_pfn`: only ballooned
+        /// blocks inside it help (a zone is one client's RAM).
+        first_pfn: u64,
+        /// See `first_pfn` (exclusive).
+        end_pfn: u64,
     },
 }
 

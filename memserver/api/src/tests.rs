@@ -115,7 +115,13 @@ fn to_balloon() -> impl Strategy<Value = ToBalloon> {
         mem_stats().prop_map(ToBalloon::Stats),
         (any::<Option<u32>>(), refuse_reason())
             .prop_map(|(req, reason)| ToBalloon::Refused { req, reason }),
-        any::<u32>().prop_map(|pages| ToBalloon::Reclaim { pages }),
+        (any::<u32>(), 0..=MAX_PFN, 0..=MAX_PFN).prop_map(|(pages, first_pfn, end_pfn)| {
+            ToBalloon::Reclaim {
+                pages,
+                first_pfn,
+                end_pfn,
+            }
+        }),
     ]
 }
 
