@@ -1080,3 +1080,46 @@ fn deflate_on_oom_gives_back_the_short_zones_pages() {
     }
     s.check_books();
 }
+
+/// Issue 16: hypervisor-agnostic. Against every device profile of the
+/// model (QEMU's and the shapes of other VMMs' devices), the driver and
+/// the memserver report everything, learn the device's batch limit, and
+/// follow the balloon target up and down, with the books balanced.
+#[test]
+fn every_device_profile_passes_the_end_to_end_checks() {
+    for (name, cfg) in DeviceConfig::profiles() {
+        println!("profile {name}");
+        let mut s = sys_with(cfg);
+        s.until("reporting to settle", Sys::settled);
+        let queue = s.pd.driver().report_capacity() as u16;
+        if let Some(size) = cfg.reporting_queue_size {
+            assert_eq!(u32::from(queue), size, "{name}");
+        }
+        assert_eq!(s.server.device_report_capacity(), Some(queue), "{name}");
+        assert_eq!(
+            s.server.core().tunables().map(|t| t.capacity),
+            Some(tunables().capacity.min(queue)),
+            "{name}: the queue size lowers the capacity"
+        );
+        assert_eq!(
+            s.pd.driver().queue_indices().stats.is_some(),
+            cfg.offered.contains(balloon::BalloonFeatures::STATS_VQ),
+            "{name}"
+        );
+        let target = 5000;
+        s.d.dev.set_target(target);
+        s.until("the balloon to reach the target", |s| {
+            s.pd.driver().actual() == target && s.pd.is_idle()
+        });
+        assert_eq!(s.mem().ballooned_pages, u64::from(target), "{name}");
+        s.d.dev.set_target(0);
+        s.until("the balloon to empty", |s| {
+            s.pd.driver().actual() == 0 && s.pd.is_idle() && s.mem().ballooned_pages == 0
+        });
+        s.check_books();
+        s.until("reporting to settle again", Sys::settled);
+        let c = s.server.counters();
+        assert_eq!(c.completions_failed, 0, "{name}");
+        assert_eq!(s.d.dev.counters().ranges_skipped, 0, "{name}");
+    }
+}

@@ -195,6 +195,66 @@ pub struct DeviceConfig {
     pub reporting_queue_size: Option<u32>,
 }
 
+impl DeviceConfig {
+    /// The balloon devices the host platform's model can play, by name:
+    /// QEMU's (the default) and the shapes other VMMs' devices take
+    /// (DESIGN §3: queue numbering differs between implementations). The
+    /// driver and the memserver pass the same end-to-end tests against
+    /// each. Names say the shape; the VMM named is the one it is like.
+    ///
+    /// | name | numbering | STATS_VQ | reporting queue |
+    /// |------|-----------|----------|-----------------|
+    /// | `qemu` | over offered features | yes | 32 |
+    /// | `dense` (Firecracker-like) | dense, over what is used | yes | 128, like the others |
+    /// | `dense-no-stats` (Cloud Hypervisor-like) | dense | no: reporting is queue 2 | 128 |
+    /// | `no-stats` | over offered | no: reporting is queue 2 | 32 |
+    /// | `small-reporting-queue` | over offered | yes | 4 (lowers the batch capacity) |
+    pub fn profiles() -> [(&'static str, DeviceConfig); 5] {
+        let qemu = DeviceConfig::default();
+        let no_stats = qemu.offered - BalloonFeatures::STATS_VQ;
+        [
+            ("qemu", qemu),
+            (
+                "dense",
+                DeviceConfig {
+                    layout: QueueLayout::Dense,
+                    ..qemu
+                },
+            ),
+            (
+                "dense-no-stats",
+                DeviceConfig {
+                    offered: no_stats,
+                    layout: QueueLayout::Dense,
+                    ..qemu
+                },
+            ),
+            (
+                "no-stats",
+                DeviceConfig {
+                    offered: no_stats,
+                    ..qemu
+                },
+            ),
+            (
+                "small-reporting-queue",
+                DeviceConfig {
+                    reporting_queue_size: Some(4),
+                    ..qemu
+                },
+            ),
+        ]
+    }
+
+    /// The profile called `name` (see [`DeviceConfig::profiles`]).
+    pub fn profile(name: &str) -> Option<DeviceConfig> {
+        Self::profiles()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c)
+    }
+}
+
 impl Default for DeviceConfig {
     /// Like QEMU 10 with `free-page-reporting=on`.
     fn default() -> Self {
