@@ -46,6 +46,9 @@ pub struct DemoConfig {
     /// After the guests are done, wait at most this long for the host
     /// memory to settle.
     pub settle: Duration,
+    /// The balloon device the model plays (QEMU's by default; see
+    /// `DeviceConfig::profiles` for other VMMs' shapes).
+    pub device: DeviceConfig,
 }
 
 /// What happened.
@@ -269,7 +272,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         Box::new(move || {
             let _ = irq.raise();
         }),
-        DeviceConfig::default(),
+        cfg.device,
     )
     .map_err(|e| format!("starting the device model: {e}"))?;
     drop(ram);

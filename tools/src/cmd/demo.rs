@@ -6,6 +6,7 @@
 //! run.
 
 use super::image::workspace;
+use balloon::model::DeviceConfig;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,25 @@ pub struct Args {
     /// Do not build the PDs first (use the binaries next to this one).
     #[arg(long)]
     pub no_build: bool,
+    /// The balloon device the host's model plays: QEMU's, or the shape of
+    /// another VMM's (qemu, dense, dense-no-stats, no-stats,
+    /// small-reporting-queue).
+    #[arg(long, default_value = "qemu", value_parser = device_profile)]
+    pub device: String,
+}
+
+fn device_profile(name: &str) -> Result<String, String> {
+    match DeviceConfig::profile(name) {
+        Some(_) => Ok(name.to_string()),
+        None => Err(format!(
+            "unknown device profile (known: {})",
+            DeviceConfig::profiles()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -112,6 +132,7 @@ fn run(args: &Args) -> Result<bool, String> {
         timeout: Duration::from_secs_f64(args.timeout),
         period: Duration::from_millis(100),
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
+        device: DeviceConfig::profile(&args.device).unwrap_or_default(),
     };
     // Refuse what cannot run (a workload larger than a guest's RAM) before
     // building or starting anything.
