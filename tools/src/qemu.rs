@@ -107,13 +107,13 @@ pub fn command(cfg: &QemuConfig) -> Command {
                 }
                 c.args([
                     "-device",
-                    &format!("virtio-balloon-device,free-page-reporting={onoff}"),
+                    &format!("virtio-balloon-device,free-page-reporting={onoff},id={BALLOON_ID}"),
                 ]);
             }
             Arch::X86_64 => {
                 c.args([
                     "-device",
-                    &format!("virtio-balloon-pci,free-page-reporting={onoff}"),
+                    &format!("virtio-balloon-pci,free-page-reporting={onoff},id={BALLOON_ID}"),
                 ]);
             }
         }
@@ -353,6 +353,26 @@ impl Drop for Qemu {
     }
 }
 
+/// The balloon device's `id` on QEMU's command line, so QMP can name it.
+pub const BALLOON_ID: &str = "balloon0";
+
+/// The balloon device's QOM path (for `qom-get` / `qom-set`).
+pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
+
+/// QEMU's `guest-stats` property of the balloon device: what the driver
+/// last published on the stats queue, in bytes (`None`: not published).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    /// When QEMU last got the stats buffer back (seconds; 0: never).
+    pub last_update: u64,
+    /// `stat-free-memory`.
+    pub free: Option<u64>,
+    /// `stat-total-memory`.
+    pub total: Option<u64>,
+    /// `stat-available-memory`.
+    pub available: Option<u64>,
+}
+
 /// A QMP connection (one command at a time; events are skipped).
 #[derive(Debug)]
 pub struct Qmp {
@@ -441,6 +461,46 @@ impl Qmp {
         r.get("actual")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| QemuError::Qmp(format!("query-balloon answered {r}")))
+    }
+
+    /// Ask QEMU to poll the driver's statistics every `secs` seconds
+    /// (`guest-stats-polling-interval` of the balloon device; 0: off).
+    pub fn set_stats_polling(&mut self, secs: u64) -> Result<(), QemuError> {
+        self.execute(
+            "qom-set",
+            Some(serde_json::json!({
+                "path": BALLOON_QOM_PATH,
+                "property": "guest-stats-polling-interval",
+                "value": secs,
+            })),
+        )
+        .map(|_| ())
+    }
+
+    /// The balloon device's `guest-stats`. QEMU says -1 (here `None`) for
+    /// a statistic the driver did not publish.
+    pub fn guest_stats(&mut self) -> Result<GuestStats, QemuError> {
+        let r = self.execute(
+            "qom-get",
+            Some(serde_json::json!({
+                "path": BALLOON_QOM_PATH,
+                "property": "guest-stats",
+            })),
+        )?;
+        let stat = |k: &str| {
+            r.get("stats")
+                .and_then(|s| s.get(k))
+                .and_then(|v| v.as_u64())
+        };
+        Ok(GuestStats {
+            last_update: r
+                .get("last-update")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| QemuError::Qmp(format!("guest-stats answered {r}")))?,
+            free: stat("stat-free-memory"),
+            total: stat("stat-total-memory"),
+            available: stat("stat-available-memory"),
+        })
     }
 
     /// `balloon`: ask the driver to bring the guest to `bytes`.
