@@ -39,6 +39,15 @@ pub struct Config {
     pub reporting_queue_size: Option<u32>,
 }
 
+impl Config {
+    /// What the PD uses on PCI (x86_64): QEMU's numbering, confirmed by
+    /// QEMU's reporting queue size (32, DESIGN §3).
+    pub const PCI: Config = Config {
+        layout: QueueLayout::Offered,
+        reporting_queue_size: Some(32),
+    };
+}
+
 /// A balloon size decision, in 4 KiB pages.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub enum BalloonAction {
@@ -221,6 +230,11 @@ impl<H: Hal, T: Transport> VirtIOBalloon<H, T> {
             && transport.max_queue_size(r2) == expect
         {
             return Ok(other);
+        }
+        if other.reporting == Some(r) {
+            // Both numberings agree: the size has nothing to choose
+            // between (another VMM's queue size), so the index stands.
+            return Ok(primary);
         }
         Err(Error::QueueLayoutMismatch {
             index: r,

@@ -226,7 +226,10 @@ mod platform {
             .ok_or(StartError::Platform(Error::NoPciDevice))?;
         let transport = PciTransport::new::<RegionHal, _>(&mut root, df)
             .map_err(|e| StartError::Platform(Error::Pci(e)))?;
-        VirtIOBalloon::new(transport).map_err(StartError::Driver)
+        // On PCI the reporting queue's size confirms its index (DESIGN §3;
+        // virtio-mmio says 1024 for every queue, so only here).
+        VirtIOBalloon::with_config(transport, balloon::driver::Config::PCI)
+            .map_err(StartError::Driver)
     }
 
     /// PCI configuration mechanism #1 through the granted ports.
@@ -352,6 +355,17 @@ fn start() -> Result<Core, StartError> {
         drv.queue_indices()
     ));
     let mut core = BalloonPd::new(drv, to, from, log);
+    // Only the guests' RAM may be reported or ballooned (system.xml).
+    core.set_zones(&[
+        (
+            paddr::GUEST0_RAM_PADDR.get() >> 12,
+            paddr::GUEST0_RAM_PADDR.size >> 12,
+        ),
+        (
+            paddr::GUEST1_RAM_PADDR.get() >> 12,
+            paddr::GUEST1_RAM_PADDR.size >> 12,
+        ),
+    ]);
     core.set_watchdog(watchdog_ns());
     Ok(core)
 }

@@ -76,6 +76,9 @@ pub const MAX_BALLOONED: usize = 512;
 /// Splits one deflate may need (one per order) plus one.
 const SPLIT_HEADROOM: usize = MAX_ORDER as usize + 1;
 
+/// Most zones the balloon is told (as the memserver's MAX_ZONES).
+pub const MAX_ZONES: usize = 16;
+
 /// Log level of a line.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub enum Level {
@@ -141,6 +144,10 @@ pub struct Counters {
     /// Device resets by the watchdog (requests outstanding, no completion
     /// for a whole period).
     pub watchdog_resets: u64,
+    /// Blocks refused because they lie outside the zones the balloon was
+    /// given ([`BalloonPd::set_zones`]): reported or inflated frames that
+    /// are not guest RAM never reach the device.
+    pub foreign_blocks: u64,
 }
 
 /// What the PD shell must do after [`BalloonPd::run`].
@@ -214,6 +221,8 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     ask_queued: bool,
     /// A `StatsRequest` is waiting for ring room.
     stats_queued: bool,
+    /// `DeviceLimits` is waiting for ring room (after every (re)start).
+    limits_queued: bool,
     /// The memserver said it has no more: no new `Inflate` until the
     /// host changes the target.
     inflate_stalled: bool,
@@ -226,6 +235,8 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     deflation: Option<Deflation>,
     /// Pages the memserver asked back because it ran out (deflate on OOM).
     oom_pages: u32,
+    /// The short zone's frames (`first..end` PFN): only blocks there help.
+    oom_range: (u64, u64),
     /// Blocks in the balloon (acknowledged by the device).
     ballooned: Vec<Packed, MAX_BALLOONED>,
     stats_wanted: bool,
@@ -235,6 +246,10 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     restart_failing: bool,
     /// `ballooned_full` was logged.
     full_logged: bool,
+    /// The frames that may go to the device, `[first, end)` PFN ranges
+    /// (the guests' RAM from the system description); `None` until
+    /// [`BalloonPd::set_zones`] is called (ring-protocol tests only).
+    zones: Option<Vec<(u64, u64), MAX_ZONES>>,
     /// The watchdog period, if any.
     watchdog_ns: Option<u64>,
     /// The watchdog's timer is armed; `device_completions` then.
@@ -280,9 +295,12 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             done_out: Deque::new(),
             ask_queued: false,
             stats_queued: false,
+            // The memserver learns the device's limits first thing.
+            limits_queued: true,
             ask: None,
             inflate_stalled: false,
             oom_pages: 0,
+            oom_range: (0, 0),
             to_inflate: Deque::new(),
             inflating: None,
             giveback: Vec::new(),
@@ -293,6 +311,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             next_req: 1,
             restart_failing: false,
             full_logged: false,
+            zones: None,
             watchdog_ns: None,
             watchdog_armed: None,
             device_completions: 0,
@@ -301,6 +320,34 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         // Ask the memserver to signal when it produces.
         s.to.request_signal();
         s
+    }
+
+    /// The zones whose frames may go to the device: `(first PFN, pages)`
+    /// each, from the system description (the PD's setvars), not from the
+    /// memserver, whose messages are checked against them. A reported or
+    /// inflated block outside every zone is refused and counted
+    /// ([`Counters::foreign_blocks`]): the device would discard whatever
+    /// memory the frame number names. Zones past [`MAX_ZONES`] are
+    /// ignored (fewer frames allowed, never more).
+    pub fn set_zones(&mut self, zones: &[(u64, u64)]) {
+        self.zones = Some(
+            zones
+                .iter()
+                .take(MAX_ZONES)
+                .map(|&(pfn, pages)| (pfn, pfn.saturating_add(pages)))
+                .collect(),
+        );
+    }
+
+    /// Whether `b` lies inside one zone (true when no zones were given).
+    fn in_zones(&self, b: &Block) -> bool {
+        let Some(zones) = &self.zones else {
+            return true;
+        };
+        let end = b.pfn.saturating_add(b.pages());
+        zones
+            .iter()
+            .any(|&(first, last)| b.pfn >= first && end <= last)
     }
 
     /// Turn the watchdog on with this period (`None` or 0: off, the
@@ -521,6 +568,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             Ok(()) => {
                 self.counters.device_restarts += 1;
                 self.restart_failing = false;
+                // The device may offer something else now.
+                self.limits_queued = true;
                 self.info(format_args!(
                     "device failed; restarted the driver (batches failed so far: {})",
                     self.counters.reports_failed
@@ -613,14 +662,21 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                     self.unexpected(format_args!("Refused({reason}) for request {req:?}"));
                 }
             }
-            ToBalloon::Reclaim { pages } => {
+            ToBalloon::Reclaim {
+                pages,
+                first_pfn,
+                end_pfn,
+            } => {
                 self.counters.reclaim_requests += 1;
                 if self
                     .drv
                     .features()
                     .contains(BalloonFeatures::DEFLATE_ON_OOM)
                 {
-                    self.oom_pages = self.oom_pages.max(pages);
+                    // One request at a time (the memserver asks again
+                    // after a deflate): the latest zone wins.
+                    self.oom_pages = pages;
+                    self.oom_range = (first_pfn, end_pfn);
                 } else {
                     // Without DEFLATE_ON_OOM the host must be asked first
                     // (MUST_TELL_HOST) and may refuse: the pages stay.
@@ -646,6 +702,15 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         if self.reports.iter().any(|(b, _)| *b == batch) {
             // Answering would complete the first batch of that id early.
             return self.unexpected(format_args!("duplicate batch {batch}"));
+        }
+        let foreign = blocks.iter().filter(|b| !self.in_zones(b)).count();
+        if foreign > 0 {
+            // Not guest RAM: the host would discard whatever it names.
+            self.counters.foreign_blocks += foreign as u64;
+            self.warn(format_args!(
+                "batch {batch} refused: {foreign} blocks outside the balloon's zones"
+            ));
+            return self.answer(batch, false);
         }
         let cap = self.drv.report_capacity();
         if blocks.is_empty() || blocks.len() > cap || !blocks.iter().all(BlockExt::is_valid) {
@@ -704,6 +769,16 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // memserver bug or a hostile one: taking it would count its
             // pages twice in `actual`, and giving it back would free the
             // copy we still hold. Ignore it (issue 8, found by fuzzing).
+            if !self.in_zones(b) {
+                // Not guest RAM: never posted, never tracked, never given
+                // back (the memserver cannot own it).
+                self.counters.foreign_blocks += 1;
+                self.warn(format_args!(
+                    "Inflated block {:#x} order {} is outside the balloon's zones",
+                    b.pfn, b.order
+                ));
+                continue;
+            }
             if self.holds(b) || blocks[..i].iter().any(|o| overlaps(o, b)) {
                 self.unexpected(format_args!(
                     "Inflated block {:#x} order {} overlaps one the balloon holds",
@@ -817,11 +892,14 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             // Deflate on OOM (VIRTIO 1.2 5.5.6.1): the guest's need wins
             // over the target. Don't re-inflate until the host sets a new
             // target, or the two would fight (Linux's fill also waits for a
-            // config change).
+            // config change). Only the short zone's blocks help it.
             let pages = core::mem::take(&mut self.oom_pages);
             self.inflate_stalled = true;
-            self.info(format_args!("deflating {pages} pages on OOM"));
-            self.start_deflate(u64::from(pages), DeflateReason::Oom);
+            let (first, end) = self.oom_range;
+            self.info(format_args!(
+                "deflating {pages} pages on OOM from frames {first:#x}..{end:#x}"
+            ));
+            self.start_deflate(u64::from(pages), DeflateReason::Oom, Some((first, end)));
             return;
         }
         match self.drv.balloon_action() {
@@ -842,7 +920,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 self.counters.inflate_requests += 1;
             }
             Ok(BalloonAction::Deflate(pages)) => {
-                self.start_deflate(u64::from(pages), DeflateReason::Target)
+                self.start_deflate(u64::from(pages), DeflateReason::Target, None)
             }
             _ => {}
         }
@@ -851,12 +929,19 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// Picks ballooned blocks worth `pages` (at most BATCH blocks),
     /// splitting a block into buddy halves when all are larger than what is
     /// left.
-    fn start_deflate(&mut self, pages: u64, reason: DeflateReason) {
+    /// With `within` (`first..end` PFN), only blocks inside it.
+    fn start_deflate(&mut self, pages: u64, reason: DeflateReason, within: Option<(u64, u64)>) {
+        let inside = |p: &Packed| {
+            within.is_none_or(|(first, end)| {
+                let b = p.get();
+                b.pfn >= first && b.pfn.saturating_add(b.pages()) <= end
+            })
+        };
         let mut chosen: Vec<Block, BATCH> = Vec::new();
         let mut left = pages;
         while left > 0 && !chosen.is_full() {
             let fits = (0..self.ballooned.len())
-                .filter(|&i| self.ballooned[i].pages() <= left)
+                .filter(|&i| inside(&self.ballooned[i]) && self.ballooned[i].pages() <= left)
                 .max_by_key(|&i| self.ballooned[i].pages());
             if let Some(i) = fits {
                 let b = self.ballooned.swap_remove(i).get();
@@ -864,7 +949,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 let _ = chosen.push(b);
                 continue;
             }
-            let Some(i) = (0..self.ballooned.len()).min_by_key(|&i| self.ballooned[i].pages())
+            let Some(i) = (0..self.ballooned.len())
+                .filter(|&i| inside(&self.ballooned[i]))
+                .min_by_key(|&i| self.ballooned[i].pages())
             else {
                 break;
             };
@@ -907,6 +994,10 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         loop {
             let msg = if let Some(&(batch, ok)) = self.done_out.front() {
                 FromBalloon::ReportDone { batch, ok }
+            } else if self.limits_queued {
+                FromBalloon::DeviceLimits {
+                    report_capacity: u16::try_from(self.drv.report_capacity()).unwrap_or(u16::MAX),
+                }
             } else if let (true, Some((req, pages))) = (self.ask_queued, self.ask) {
                 FromBalloon::Inflate { req, pages }
             } else if let Some(d) = self.deflation.as_ref().filter(|d| d.queued) {
@@ -952,7 +1043,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         if self.done_out.pop_front().is_some() {
             return;
         }
-        if self.ask_queued && self.ask.is_some() {
+        if self.limits_queued {
+            self.limits_queued = false;
+        } else if self.ask_queued && self.ask.is_some() {
             self.ask_queued = false;
         } else if let Some(d) = self.deflation.as_mut().filter(|d| d.queued) {
             d.queued = false;

@@ -225,7 +225,7 @@ fn dense_layout_device_and_driver() {
     let cfg = DeviceConfig {
         offered: hint_offered(),
         layout: QueueLayout::Dense,
-        legacy: false,
+        ..DeviceConfig::default()
     };
     let drv_cfg = Config {
         layout: QueueLayout::Dense,
@@ -262,8 +262,10 @@ fn reporting_queue_size_picks_the_layout() {
     assert_eq!(r.drv.queue_indices().reporting, Some(4));
     report_one(&mut r);
 
-    // A device whose sizes match neither layout is refused.
+    // A device whose sizes match neither layout, where the layouts
+    // disagree, is refused.
     let cfg = DeviceConfig {
+        offered: hint_offered(),
         layout: QueueLayout::Dense,
         ..DeviceConfig::default()
     };
@@ -274,7 +276,7 @@ fn reporting_queue_size_picks_the_layout() {
     assert_eq!(
         try_rig(cfg, drv_cfg, 64 * MIB).err(),
         Some(Error::QueueLayoutMismatch {
-            index: 3,
+            index: 4,
             max_size: 128
         })
     );
@@ -758,4 +760,39 @@ fn reports_completed_out_of_order_are_matched_by_id() {
         r.reports(1).into_iter().collect::<Vec<_>>(),
         vec![(9, Ok(()))]
     );
+}
+
+/// Issue 16: the PD on PCI (x86_64) confirms the reporting queue's index by
+/// its size (QEMU's 32): a device that numbers densely with a 32-entry
+/// reporting queue and hinting offered has it at 3, where QEMU's numbering
+/// would say 4. `Config::PCI` is what the x86_64 PD uses.
+#[test]
+fn the_pci_config_confirms_the_reporting_index_by_its_size() {
+    let cfg = DeviceConfig {
+        offered: hint_offered(),
+        layout: QueueLayout::Dense,
+        reporting_queue_size: Some(32),
+        ..DeviceConfig::default()
+    };
+    let mut r = try_rig(cfg, Config::PCI, 64 * MIB).unwrap();
+    assert_eq!(r.drv.queue_indices().reporting, Some(3));
+    report_one(&mut r);
+    // On QEMU's numbering it confirms queue 4.
+    let cfg = DeviceConfig {
+        offered: hint_offered(),
+        ..DeviceConfig::default()
+    };
+    let mut r = try_rig(cfg, Config::PCI, 64 * MIB).unwrap();
+    assert_eq!(r.drv.queue_indices().reporting, Some(4));
+    report_one(&mut r);
+    // A device whose queue sizes say nothing (all 128) but whose two
+    // numberings agree is taken as it is: no choice to confirm (Cloud
+    // Hypervisor-like on PCI).
+    let cfg = DeviceConfig {
+        layout: QueueLayout::Dense,
+        ..DeviceConfig::default()
+    };
+    let mut r = try_rig(cfg, Config::PCI, 64 * MIB).unwrap();
+    assert_eq!(r.drv.queue_indices().reporting, Some(3));
+    report_one(&mut r);
 }

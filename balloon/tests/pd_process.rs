@@ -103,6 +103,11 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
             raise: raw(6),
             ack: raw(7),
         }],
+        // The guests' RAM (the balloon's zones, system.xml's setvars).
+        paddrs: vec![
+            ("guest0_ram".into(), RAM_BASE),
+            ("guest1_ram".into(), RAM_BASE + (1 << 30)),
+        ],
         ..HostConfig::default()
     };
     // A report the memserver pushed before the PD started, without a
@@ -166,6 +171,13 @@ fn the_pd_process_reports_and_inflates_through_the_host_device() {
         }
     };
 
+    assert_eq!(
+        receive(),
+        FromBalloon::DeviceLimits {
+            report_capacity: 32
+        },
+        "the device's limits, first"
+    );
     assert_eq!(
         receive(),
         FromBalloon::ReportDone {

@@ -105,6 +105,8 @@ struct Sys {
     watchdog: bool,
     /// A guest of zone 0: its request producer and response consumer.
     guest: (Producer<'static>, Consumer<'static>),
+    /// The same for a guest of zone 1.
+    guest1: (Producer<'static>, Consumer<'static>),
 }
 
 fn sys() -> Sys {
@@ -129,7 +131,17 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         req.producer(SLOT_SIZE).unwrap(),
         resp.consumer(SLOT_SIZE).unwrap(),
     );
-    let server = Server::new(core, [client], port, boot).expect("server");
+    let (req1, resp1) = (ring(), ring());
+    let client1 = ClientPort {
+        zone: ZoneId(1),
+        req: req1.consumer(SLOT_SIZE).unwrap(),
+        resp: resp1.producer(SLOT_SIZE).unwrap(),
+    };
+    let guest1 = (
+        req1.producer(SLOT_SIZE).unwrap(),
+        resp1.consumer(SLOT_SIZE).unwrap(),
+    );
+    let server = Server::new(core, [client, client1], port, boot).expect("server");
     let (d, drv) = device(cfg);
     let pd = BalloonPd::new(
         drv,
@@ -144,6 +156,7 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         timer: false,
         watchdog: false,
         guest,
+        guest1,
     }
 }
 
@@ -183,15 +196,30 @@ impl Sys {
 
     /// The guest asks for one page; the memserver's answer.
     fn guest_alloc(&mut self) -> api::ClientResponse {
+        self.guest_alloc_in(0)
+    }
+
+    /// The guest of zone `z` asks for one page; the memserver's answer.
+    fn guest_alloc_in(&mut self, z: usize) -> api::ClientResponse {
         let mut buf = [0u8; SLOT_SIZE];
         let req = api::Request {
             tag: 1,
             body: api::ClientRequest::Alloc { order: 0 },
         };
         let bytes = api::encode(&req, &mut buf).unwrap();
-        self.guest.0.push(bytes).unwrap();
-        self.server.client_notified(0);
-        let n = self.guest.1.pop(&mut buf).unwrap().expect("a response");
+        let g = if z == 0 {
+            &mut self.guest
+        } else {
+            &mut self.guest1
+        };
+        g.0.push(bytes).unwrap();
+        self.server.client_notified(z);
+        let g = if z == 0 {
+            &mut self.guest
+        } else {
+            &mut self.guest1
+        };
+        let n = g.1.pop(&mut buf).unwrap().expect("a response");
         api::decode::<api::Response>(&buf[..n]).unwrap().body
     }
 
@@ -441,12 +469,22 @@ fn raw() -> Raw {
         from.producer(SLOT_SIZE).unwrap(),
         log,
     );
-    Raw {
+    let mut r = Raw {
         pd,
         to: to.producer(SLOT_SIZE).unwrap(),
         from: from.consumer(SLOT_SIZE).unwrap(),
         d,
-    }
+    };
+    // The first thing the balloon says: the device's limits (QEMU's
+    // reporting queue holds 32).
+    r.pd.run(false);
+    assert_eq!(
+        r.received(),
+        vec![FromBalloon::DeviceLimits {
+            report_capacity: 32
+        }]
+    );
+    r
 }
 
 impl Raw {
@@ -900,4 +938,188 @@ fn completions_hold_the_watchdog_off() {
     }
     assert!(!s.watchdog);
     s.check_books();
+}
+
+/// Issue 16: only frames of the zones the balloon was given go to the
+/// device. A report or an inflated block outside them is refused and
+/// counted; the device sees nothing of it.
+#[test]
+fn frames_outside_the_given_zones_never_reach_the_device() {
+    let mut r = raw();
+    // One zone: 0x40000..0x48000 (128 MiB).
+    r.pd.set_zones(&[(0x40000, 0x8000)]);
+    // Inside, then straddling the end, then far outside (below 2^40, so
+    // it decodes).
+    r.send(&ToBalloon::Report {
+        batch: 1,
+        blocks: batch(0x40000, 2),
+    });
+    r.send(&ToBalloon::Report {
+        batch: 2,
+        blocks: batch(0x47e00, 2),
+    });
+    r.send(&ToBalloon::Report {
+        batch: 3,
+        blocks: batch(0xff_0000_0000, 1),
+    });
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 3 {
+        got.extend(r.run_for(1));
+        assert!(Instant::now() < deadline, "answers: {got:?}");
+    }
+    got.sort_by_key(|m| match m {
+        FromBalloon::ReportDone { batch, .. } => *batch,
+        _ => u32::MAX,
+    });
+    assert_eq!(
+        got,
+        vec![
+            FromBalloon::ReportDone { batch: 1, ok: true },
+            FromBalloon::ReportDone {
+                batch: 2,
+                ok: false
+            },
+            FromBalloon::ReportDone {
+                batch: 3,
+                ok: false
+            },
+        ]
+    );
+    assert_eq!(r.d.dev.counters().reports, 1);
+    assert_eq!(r.d.dev.counters().ranges_discarded, 2);
+    assert_eq!(r.pd.counters().foreign_blocks, 2);
+}
+
+/// Issue 16: the device's limits reach the policy. A device that does not
+/// offer REPORTING stops reporting (it used to fail every batch and retry
+/// every delay, forever); the timer is no longer armed once the balloon
+/// has told the memserver.
+#[test]
+fn without_reporting_the_memserver_stops_instead_of_retrying_forever() {
+    let mut s = sys_with(DeviceConfig {
+        offered: balloon::BalloonFeatures::STATS_VQ | balloon::BalloonFeatures::VERSION_1,
+        ..DeviceConfig::default()
+    });
+    // The balloon tells the memserver the device's limits; reporting
+    // stops (bounded wait for the condition).
+    s.until("reporting to stop", |s| {
+        s.server.core().tunables().is_none() && !s.server.core().pass_running()
+    });
+    // From then on no pass runs however long the loops go: the failed
+    // count stays, and the timer is not armed again.
+    let failed = s.server.counters().completions_failed;
+    for _ in 0..50 {
+        s.step();
+    }
+    assert!(!s.timer, "the memserver's timer is armed again");
+    assert_eq!(s.server.counters().completions_failed, failed);
+    assert!(s.server.core().tunables().is_none(), "reporting stopped");
+    assert!(s.server.reporting_stopped_by_device());
+    assert_eq!(s.mem().isolated_pages, 0);
+    s.check_books();
+}
+
+/// Issue 16: deflate on OOM gives back pages of the zone that is short,
+/// not whichever blocks the balloon holds: the other guest's zone keeps
+/// its ballooned pages, and the short guest gets memory.
+#[test]
+fn deflate_on_oom_gives_back_the_short_zones_pages() {
+    let mut s = sys();
+    s.until("reporting to settle", Sys::settled);
+    // Half first, then the rest, so the balloon holds one zone's blocks
+    // after the other's.
+    s.d.dev.set_target(ZONE_PAGES);
+    s.until("the balloon to take half", |s| {
+        s.mem().ballooned_pages == u64::from(ZONE_PAGES) && s.pd.is_idle()
+    });
+    s.d.dev.set_target(TOTAL_PAGES as u32);
+    s.until("the balloon to take everything", |s| {
+        s.mem().ballooned_pages == TOTAL_PAGES && s.pd.is_idle()
+    });
+    // Both guests run out; each zone gets its own pages back.
+    for z in [0, 1] {
+        let short = s
+            .server
+            .core()
+            .zone_stats(ZoneId(z as u16))
+            .unwrap()
+            .ballooned_pages;
+        assert_eq!(
+            s.guest_alloc_in(z),
+            api::ClientResponse::Error(api::ClientError::NoMemory)
+        );
+        let other = s
+            .server
+            .core()
+            .zone_stats(ZoneId(1 - z as u16))
+            .unwrap()
+            .ballooned_pages;
+        s.until("the balloon to deflate on OOM", |s| {
+            s.server
+                .core()
+                .zone_stats(ZoneId(z as u16))
+                .unwrap()
+                .ballooned_pages
+                < short
+                && s.pd.is_idle()
+        });
+        assert_eq!(
+            s.server
+                .core()
+                .zone_stats(ZoneId(1 - z as u16))
+                .unwrap()
+                .ballooned_pages,
+            other,
+            "zone {z} was short; the other zone keeps its ballooned pages"
+        );
+        assert!(matches!(
+            s.guest_alloc_in(z),
+            api::ClientResponse::Allocated(_)
+        ));
+    }
+    s.check_books();
+}
+
+/// Issue 16: hypervisor-agnostic. Against every device profile of the
+/// model (QEMU's and the shapes of other VMMs' devices), the driver and
+/// the memserver report everything, learn the device's batch limit, and
+/// follow the balloon target up and down, with the books balanced.
+#[test]
+fn every_device_profile_passes_the_end_to_end_checks() {
+    for (name, cfg) in DeviceConfig::profiles() {
+        println!("profile {name}");
+        let mut s = sys_with(cfg);
+        s.until("reporting to settle", Sys::settled);
+        let queue = s.pd.driver().report_capacity() as u16;
+        if let Some(size) = cfg.reporting_queue_size {
+            assert_eq!(u32::from(queue), size, "{name}");
+        }
+        assert_eq!(s.server.device_report_capacity(), Some(queue), "{name}");
+        assert_eq!(
+            s.server.core().tunables().map(|t| t.capacity),
+            Some(tunables().capacity.min(queue)),
+            "{name}: the queue size lowers the capacity"
+        );
+        assert_eq!(
+            s.pd.driver().queue_indices().stats.is_some(),
+            cfg.offered.contains(balloon::BalloonFeatures::STATS_VQ),
+            "{name}"
+        );
+        let target = 5000;
+        s.d.dev.set_target(target);
+        s.until("the balloon to reach the target", |s| {
+            s.pd.driver().actual() == target && s.pd.is_idle()
+        });
+        assert_eq!(s.mem().ballooned_pages, u64::from(target), "{name}");
+        s.d.dev.set_target(0);
+        s.until("the balloon to empty", |s| {
+            s.pd.driver().actual() == 0 && s.pd.is_idle() && s.mem().ballooned_pages == 0
+        });
+        s.check_books();
+        s.until("reporting to settle again", Sys::settled);
+        let c = s.server.counters();
+        assert_eq!(c.completions_failed, 0, "{name}");
+        assert_eq!(s.d.dev.counters().ranges_skipped, 0, "{name}");
+    }
 }

@@ -146,7 +146,11 @@ fuzz_target!(|data: &[u8]| {
                             _ => RefuseReason::UnknownId,
                         },
                     },
-                    _ => ToBalloon::Reclaim { pages: input.u32() },
+                    _ => ToBalloon::Reclaim {
+                        pages: input.u32(),
+                        first_pfn: u64::from(input.u32()),
+                        end_pfn: u64::from(input.u32()),
+                    },
                 };
                 if let Ok(b) = api::encode(&msg, &mut buf) {
                     let _ = to.push(b);

@@ -211,7 +211,7 @@ fuzz_target!(|data: &[u8]| {
                 // A well-formed balloon message about real or invented
                 // batches and blocks.
                 let a = input.byte();
-                let msg = match a % 6 {
+                let msg = match a % 7 {
                     0 => FromBalloon::ReportDone {
                         batch: if batches.is_empty() || a & 0x80 != 0 {
                             input.u32()
@@ -243,6 +243,9 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                     3 => FromBalloon::StatsRequest,
+                    4 => FromBalloon::DeviceLimits {
+                        report_capacity: u16::from(input.byte()),
+                    },
                     _ => FromBalloon::DeviceReset,
                 };
                 let n = encode(&msg, &mut buf);

@@ -72,12 +72,35 @@ struct MemServer {
     server: Server<'static, 'static>,
     /// Reported pages at the last summary line.
     logged_reported: u64,
+    /// Arming the timer failed and it was said (once per failure streak).
+    timer_failing: bool,
+    /// Reporting was stopped for the device at the last look (said once
+    /// per change).
+    logged_stopped: bool,
+    /// The device's capacity at the last look (said once per change).
+    logged_cap: Option<u16>,
 }
 
 impl MemServer {
-    fn apply(&mut self, wake: Wake) -> Result<(), Error> {
+    fn apply(&mut self, wake: Wake) {
         if let Some(ns) = wake.arm_timer_ns {
-            timer::client::set_timeout(channel::TIMER, ns).map_err(Error::Timer)?;
+            // A timer that fails is not fatal: the server runs the worker
+            // at the next event instead of after the delay. Said once.
+            match timer::client::set_timeout(channel::TIMER, ns).map_err(Error::Timer) {
+                Ok(()) => {
+                    if core::mem::take(&mut self.timer_failing) {
+                        LOG.info(format_args!("timer: working again"));
+                    }
+                }
+                Err(e) => {
+                    self.server.timer_unavailable();
+                    if !core::mem::replace(&mut self.timer_failing, true) {
+                        LOG.warn(format_args!(
+                            "{e}; reporting runs at the next event instead of after the delay"
+                        ));
+                    }
+                }
+            }
         }
         if wake.balloon {
             channel::BALLOON.notify();
@@ -87,7 +110,35 @@ impl MemServer {
                 g.0.notify();
             }
         }
-        Ok(())
+    }
+
+    /// Say once what the device's limits did to reporting.
+    fn log_device(&mut self) {
+        let cap = self.server.device_report_capacity();
+        if cap != self.logged_cap {
+            self.logged_cap = cap;
+            if let (Some(c), Some(t)) = (cap, self.server.core().tunables())
+                && c > 0
+            {
+                LOG.info(format_args!(
+                    "device: {c} blocks per report; batch capacity {}",
+                    t.capacity
+                ));
+            }
+        }
+        let stopped = self.server.reporting_stopped_by_device();
+        if stopped != self.logged_stopped {
+            self.logged_stopped = stopped;
+            if stopped {
+                LOG.warn(format_args!(
+                    "reporting stopped: the device does not offer REPORTING (resumes when a restarted device does)"
+                ));
+            } else {
+                LOG.info(format_args!(
+                    "reporting resumed: the device offers REPORTING"
+                ));
+            }
+        }
     }
 
     /// One line when a reporting pass has settled, for people and for
@@ -152,7 +203,8 @@ impl Handler for MemServer {
             }
         }
         let wake = self.server.take_wake();
-        self.apply(wake)?;
+        self.apply(wake);
+        self.log_device();
         self.log_progress();
         Ok(())
     }
@@ -251,12 +303,13 @@ fn init() -> MemServer {
     let mut pd = MemServer {
         server,
         logged_reported: 0,
+        timer_failing: false,
+        logged_stopped: false,
+        logged_cap: None,
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();
-    if let Err(e) = pd.apply(wake) {
-        panic!("{e}");
-    }
+    pd.apply(wake);
     LOG.info(format_args!("ready, {} clients", pd.server.nr_clients()));
     pd
 }

@@ -550,6 +550,23 @@ impl MemCore<'_> {
                 self.list_rotate_to_front(z, o, g);
                 return true;
             }
+            // The zone's threshold is checked once on entry; every
+            // isolation also keeps its free pages (isolated ones excluded)
+            // at the low watermark, as Linux's `__isolate_free_page`, or
+            // batches in flight and blocks above the reporting order could
+            // isolate the zone down to nothing. Leave the zone; when our
+            // own batches hold the memory, try the rest after the delay
+            // (as budget exhaustion does), once they are back.
+            if usize::from(self.worker.fill.len) < cap
+                && self.zones[z].stats.free_pages < tun.low_watermark_pages + (1u64 << o)
+            {
+                self.worker.stats.watermark_skips += 1;
+                if self.worker.fill.len > 0 || self.worker.in_flight() > 0 {
+                    self.worker.state = ReportingState::Requested;
+                }
+                p.order = MAX_ORDER;
+                return true;
+            }
             let fill = &mut self.worker.fill;
             if usize::from(fill.len) < cap {
                 let pfn = self.zones[z].pfn(g);

@@ -18,7 +18,7 @@
 //!   take yet waits in `pending` (at most `MAX_IN_FLIGHT`, the core's own
 //!   limit) and goes out when the balloon frees a slot.
 
-use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, ZoneId};
+use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, Tunables, ZoneId};
 use heapless::{Deque, Vec};
 use memserver_api::{
     self as api, BATCH, ClientError, ClientRequest, ClientResponse, ClientStats, FromBalloon,
@@ -69,6 +69,8 @@ pub struct Counters {
     /// `Reclaim` requests sent: allocations failed while pages were
     /// ballooned.
     pub reclaims: u64,
+    /// `DeviceReset`s taken (each failed the batches the balloon held).
+    pub device_resets: u64,
 }
 
 /// A client: the zone it owns and its two rings.
@@ -104,6 +106,17 @@ pub struct Server<'a, 'm> {
     /// A `Reclaim` is out and unanswered: don't ask again until the balloon
     /// deflates or changes course.
     reclaim_asked: bool,
+    /// The tunables the PD was configured with (`None`: reporting off);
+    /// the device's limits are applied over these.
+    configured: Option<Tunables>,
+    /// The latest `DeviceLimits` (blocks per report, 0: no REPORTING).
+    device_cap: Option<u16>,
+    /// `device_cap` is in force in the core (set_tunables is refused while
+    /// a pass runs, so it may wait for the pass to end).
+    limits_applied: bool,
+    /// The PD could not arm the timer: the delay's expiry is run at the
+    /// next event instead ([`Server::timer_unavailable`]).
+    timer_overdue: bool,
 }
 
 fn client_error(e: Error) -> ClientError {
@@ -122,20 +135,6 @@ fn client_error(e: Error) -> ClientError {
     }
 }
 
-fn api_block(b: Block) -> api::Block {
-    api::Block {
-        pfn: b.pfn,
-        order: b.order,
-    }
-}
-
-fn core_block(b: api::Block) -> Block {
-    Block {
-        pfn: b.pfn,
-        order: b.order,
-    }
-}
-
 impl<'a, 'm> Server<'a, 'm> {
     /// A server over `core` (its zones in the order of `clients`' zone ids)
     /// and the rings. `boot` are the actions [`MemCore::new`] returned (the
@@ -146,6 +145,7 @@ impl<'a, 'm> Server<'a, 'm> {
         balloon: BalloonPort<'a>,
         boot: Actions,
     ) -> Result<Self, Error> {
+        let core_tunables = core.tunables();
         let mut s = Server {
             core,
             clients: Vec::new(),
@@ -154,6 +154,10 @@ impl<'a, 'm> Server<'a, 'm> {
             counters: Counters::default(),
             wake: Wake::default(),
             reclaim_asked: false,
+            configured: core_tunables,
+            device_cap: None,
+            limits_applied: true,
+            timer_overdue: false,
         };
         for c in clients {
             s.core.zone_spec(c.zone)?;
@@ -188,8 +192,26 @@ impl<'a, 'm> Server<'a, 'm> {
         core::mem::take(&mut self.wake)
     }
 
+    /// The PD could not arm the timer for the last [`Wake::arm_timer_ns`]
+    /// (the timer PD refused or is gone). Not fatal: reporting degrades to
+    /// running the worker at the next event of any kind (a free, a
+    /// completion, a balloon message) instead of after the delay, one pass
+    /// per event, so allocation is never stalled by a broken timer and
+    /// freed memory still goes back.
+    pub fn timer_unavailable(&mut self) {
+        self.timer_overdue = true;
+    }
+
+    /// Run a delay expiry the timer could not deliver.
+    fn run_overdue(&mut self) {
+        if core::mem::take(&mut self.timer_overdue) {
+            self.timer_expired();
+        }
+    }
+
     /// Client `i` notified: serve its ring.
     pub fn client_notified(&mut self, i: usize) {
+        self.run_overdue();
         if i < self.clients.len() {
             self.serve_client(i);
         }
@@ -197,6 +219,7 @@ impl<'a, 'm> Server<'a, 'm> {
 
     /// Serve every client (e.g. after a notification whose sender is unknown).
     pub fn serve_all(&mut self) {
+        self.run_overdue();
         for i in 0..self.clients.len() {
             self.serve_client(i);
         }
@@ -204,15 +227,59 @@ impl<'a, 'm> Server<'a, 'm> {
 
     /// The balloon notified: completions, requests, and room for batches.
     pub fn balloon_notified(&mut self) {
+        self.run_overdue();
         self.flush_pending();
         self.serve_balloon();
         self.flush_pending();
+        self.apply_limits();
     }
 
     /// The reporting delay expired.
     pub fn timer_expired(&mut self) {
+        self.timer_overdue = false;
         let acts = self.core.timer_expired();
         self.apply(&acts);
+        self.apply_limits();
+    }
+
+    /// The device does not offer REPORTING (the balloon's latest
+    /// `DeviceLimits` said 0), so reporting is stopped until a device
+    /// restart brings limits that allow it.
+    pub fn reporting_stopped_by_device(&self) -> bool {
+        self.limits_applied && self.device_cap == Some(0) && self.configured.is_some()
+    }
+
+    /// The device's blocks per report, once the balloon said.
+    pub fn device_report_capacity(&self) -> Option<u16> {
+        self.device_cap
+    }
+
+    /// Put the device's limits into the policy (DESIGN §2: the device's
+    /// queue size may lower the capacity; Linux's driver registers
+    /// reporting only when the device offers it): the configured tunables
+    /// with the capacity lowered to the device's, or reporting off for a
+    /// device without REPORTING, which would fail every batch and be
+    /// retried after every delay, forever. Waits for a running pass to end
+    /// (the core refuses new tunables meanwhile).
+    fn apply_limits(&mut self) {
+        let (Some(cap), Some(conf)) = (self.device_cap, self.configured) else {
+            return;
+        };
+        if self.limits_applied || self.core.pass_running() {
+            return;
+        }
+        let want = (cap > 0).then(|| Tunables {
+            capacity: conf.capacity.min(cap),
+            ..conf
+        });
+        if self.core.tunables() != want {
+            match self.core.set_tunables(want) {
+                Ok(acts) => self.apply(&acts),
+                // Busy: tried again after the next event.
+                Err(_) => return,
+            }
+        }
+        self.limits_applied = true;
     }
 
     fn apply(&mut self, acts: &Actions) {
@@ -236,14 +303,12 @@ impl<'a, 'm> Server<'a, 'm> {
                 self.pending.pop_front();
                 continue;
             };
-            let mut v: Vec<api::Block, BATCH> = Vec::new();
-            for b in blocks {
-                // Capacity is at most BATCH in the tunables the PD uses;
-                // a larger batch would be a configuration error.
-                if v.push(api_block(*b)).is_err() {
-                    break;
-                }
-            }
+            // Capacity is at most MAX_CAPACITY = BATCH (Tunables::validate):
+            // a batch always fits one message, so the device sees every
+            // block the completion will mark Reported.
+            let Ok(v) = Vec::<Block, BATCH>::from_slice(blocks) else {
+                unreachable!("a batch larger than BATCH: capacity is validated");
+            };
             match self.send_balloon(&ToBalloon::Report {
                 batch: id.0,
                 blocks: v,
@@ -378,14 +443,37 @@ impl<'a, 'm> Server<'a, 'm> {
                 let s = self.mem_stats();
                 let _ = self.send_balloon(&ToBalloon::Stats(s));
             }
+            Ok(FromBalloon::DeviceLimits { report_capacity }) => {
+                self.device_cap = Some(report_capacity);
+                self.limits_applied = false;
+                self.apply_limits();
+            }
             Ok(FromBalloon::DeviceReset) => {
                 // The device forgot every request: the batches it held come
                 // back unreported (retried later, as a failed report).
+                //
+                // Trust: the memserver cannot see the device, so it takes
+                // the balloon's word that the device was reset *before* the
+                // message (VIRTIO 1.2 §2.1: a reset device no longer
+                // touches the rings), so the host can no longer discard
+                // these blocks once they are allocated again. A balloon
+                // that lied could make the host discard memory a guest
+                // owns; that is the trust the system gives the only PD
+                // that drives the device (it also carries every report).
+                // What can be checked is: only batches handed to the
+                // balloon are failed (those still waiting in `pending`
+                // never reached it and go out later), each once, and a
+                // reset with no such batch is refused and changes nothing.
                 let mut ids: Vec<BatchId, MAX_IN_FLIGHT> = Vec::new();
                 for id in self.core.in_flight() {
-                    let _ = ids.push(id);
+                    if !self.pending.iter().any(|&p| p == id) {
+                        let _ = ids.push(id);
+                    }
                 }
-                self.pending.clear();
+                if ids.is_empty() {
+                    return self.refuse(None, RefuseReason::UnknownId);
+                }
+                self.counters.device_resets += 1;
                 for id in ids {
                     if let Ok(acts) = self.core.report_completed(id, false) {
                         self.counters.completions_failed += 1;
@@ -423,7 +511,7 @@ impl<'a, 'm> Server<'a, 'm> {
             return self.refuse(Some(req), RefuseReason::NoMemory);
         }
         self.counters.inflated_pages += taken;
-        let blocks: Vec<api::Block, BATCH> = out[..n].iter().map(|&b| api_block(b)).collect();
+        let blocks: Vec<Block, BATCH> = Vec::from_slice(&out[..n]).unwrap_or_default();
         // `last` when satisfied, or when fewer than a full message could be
         // taken (nothing more is free above the watermark).
         let last = taken >= pages || n < BATCH;
@@ -452,7 +540,7 @@ impl<'a, 'm> Server<'a, 'm> {
             let Some(z) = self.core.zone_of(b.pfn) else {
                 continue;
             };
-            match self.core.return_from_balloon(z, core_block(*b)) {
+            match self.core.return_from_balloon(z, *b) {
                 Ok(a) => {
                     pages += b.pages();
                     acts.merge(&a);
@@ -475,12 +563,25 @@ impl<'a, 'm> Server<'a, 'm> {
     /// negotiated DEFLATE_ON_OOM). The client got NoMemory and retries; at
     /// least 2 MiB is asked so a retry has a chance. At most one request is
     /// out at a time.
-    fn ask_reclaim(&mut self, order: u8) {
-        if self.reclaim_asked || self.core.stats().ballooned_pages == 0 {
+    ///
+    /// Only the short zone's ballooned pages help its client (a zone is one
+    /// client's RAM), so the request names the zone's frames, and nothing
+    /// is asked when none of them is ballooned.
+    fn ask_reclaim(&mut self, zone: ZoneId, order: u8) {
+        let Ok(spec) = self.core.zone_spec(zone) else {
+            return;
+        };
+        let ballooned = self.core.zone_stats(zone).map_or(0, |s| s.ballooned_pages);
+        if self.reclaim_asked || ballooned == 0 {
             return;
         }
         let pages = (1u32 << order).max(512);
-        if self.send_balloon(&ToBalloon::Reclaim { pages }).is_ok() {
+        let msg = ToBalloon::Reclaim {
+            pages,
+            first_pfn: spec.base_pfn,
+            end_pfn: spec.base_pfn + u64::from(spec.pages),
+        };
+        if self.send_balloon(&msg).is_ok() {
             self.reclaim_asked = true;
             self.counters.reclaims += 1;
         }
@@ -612,7 +713,7 @@ impl<'a, 'm> Server<'a, 'm> {
             ClientRequest::Alloc { order } => match self.core.alloc(zone, order) {
                 Ok(pfn) => ClientResponse::Allocated(api::Block { pfn, order }),
                 Err(Error::NoMemory) => {
-                    self.ask_reclaim(order);
+                    self.ask_reclaim(zone, order);
                     ClientResponse::Error(ClientError::NoMemory)
                 }
                 Err(e) => ClientResponse::Error(client_error(e)),

@@ -20,8 +20,10 @@ pub struct Tunables {
     /// Linux: 16. Range `1..=65536`.
     pub budget_divisor: u32,
     /// Low watermark in pages. A zone is skipped when its free pages are
-    /// below `low_watermark_pages + (capacity << reporting_order)`, and the
-    /// balloon never takes a zone below it. Default 1280 pages (5 MiB):
+    /// below `low_watermark_pages + (capacity << reporting_order)`; no
+    /// isolation takes a zone's free pages (isolated ones excluded) below
+    /// it, however many batches are in flight; and the balloon never takes
+    /// a zone below it. Default 1280 pages (5 MiB):
     /// about Linux's low watermark of a 1 GiB zone (`min_free_kbytes` =
     /// sqrt(16 * 1 GiB in KiB) = 4 MiB, plus a quarter).
     pub low_watermark_pages: u64,

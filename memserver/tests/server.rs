@@ -65,8 +65,17 @@ fn sys() -> Sys {
 /// A system whose client rings get `before` applied to the client ends
 /// before the server starts.
 fn sys_with(before: impl FnOnce(&mut Vec<Peer>)) -> Sys {
+    sys_full(tunables(), before)
+}
+
+/// A system with these tunables.
+fn sys_tun(tun: Tunables) -> Sys {
+    sys_full(tun, |_| {})
+}
+
+fn sys_full(tun: Tunables, before: impl FnOnce(&mut Vec<Peer>)) -> Sys {
     let meta = Box::leak(vec![0u8; metadata_bytes(&ZONES)].into_boxed_slice());
-    let (core, boot) = MemCore::new(&ZONES, meta, Some(tunables())).unwrap();
+    let (core, boot) = MemCore::new(&ZONES, meta, Some(tun)).unwrap();
     let mut ports = Vec::new();
     let mut clients = Vec::new();
     let mut client_mem = Vec::new();
@@ -236,6 +245,52 @@ fn boot_reports_everything_free_after_the_delay() {
         s.server.counters().completions_ok,
         s.server.counters().batches_sent
     );
+    s.check();
+}
+
+/// Issue 16: the largest capacity the tunables accept must fit one wire
+/// batch, or the rest of the batch is dropped from the message while the
+/// completion marks it Reported. Every page marked Reported is a page the
+/// balloon was sent.
+#[test]
+fn the_largest_capacity_fits_a_wire_batch_and_only_what_was_sent_is_reported() {
+    let mut s = sys_tun(Tunables {
+        low_watermark_pages: 0,
+        capacity: memserver::MAX_CAPACITY as u16,
+        reporting_order: 0,
+        ..Tunables::default()
+    });
+    // Fragment zone 0 so a batch can hold more than BATCH blocks: free
+    // every other order-0 page of 256.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(s.alloc(0, 0));
+    }
+    for b in held.iter().step_by(2) {
+        s.call(0, ClientRequest::Free(*b));
+    }
+    s.read_balloon_ring();
+    let mut sent = 0u64;
+    s.server.timer_expired();
+    for _ in 0..1000 {
+        let batches = reports(&s.read_balloon_ring());
+        if batches.is_empty() {
+            if s.server.take_wake().arm_timer_ns.is_none() {
+                break;
+            }
+            s.server.timer_expired();
+            continue;
+        }
+        for (id, blocks) in batches {
+            assert!(blocks.len() <= api::BATCH);
+            sent += blocks.iter().map(Block::pages).sum::<u64>();
+            s.balloon_says(FromBalloon::ReportDone {
+                batch: id,
+                ok: true,
+            });
+        }
+    }
+    assert_eq!(s.server.core().stats().reported_pages, sent);
     s.check();
 }
 
@@ -644,7 +699,11 @@ fn an_allocation_failing_while_pages_are_ballooned_asks_for_them_back() {
     }
     assert_eq!(
         s.read_balloon_ring(),
-        vec![ToBalloon::Reclaim { pages: 512 }]
+        vec![ToBalloon::Reclaim {
+            pages: 512,
+            first_pfn: ZONES[0].base_pfn,
+            end_pfn: ZONES[0].base_pfn + u64::from(ZONES[0].pages),
+        }]
     );
     assert_eq!(s.server.counters().reclaims, 1);
     // The balloon deflates a block of zone 0; the client's retry succeeds.
@@ -670,4 +729,139 @@ fn no_reclaim_is_asked_when_nothing_is_ballooned() {
     while let ClientResponse::Allocated(_) = s.call(0, ClientRequest::Alloc { order: 10 }) {}
     assert!(s.read_balloon_ring().is_empty());
     assert_eq!(s.server.counters().reclaims, 0);
+}
+
+/// Issue 16: the stats the balloon publishes mean what MemStats documents:
+/// free = the free lists (isolated excluded), available = free + isolated,
+/// reported is a part of free.
+#[test]
+fn mem_stats_fields_mean_what_they_say() {
+    let mut s = sys();
+    let b = s.alloc(0, 9);
+    s.server.timer_expired();
+    assert!(!reports(&s.read_balloon_ring()).is_empty());
+    let core = s.server.core().stats();
+    let m = s.server.mem_stats();
+    assert!(m.isolated_pages > 0, "a batch is in flight");
+    assert_eq!(m.total_pages, core.total_pages);
+    assert_eq!(
+        m.free_pages + m.isolated_pages + 512,
+        m.total_pages,
+        "free excludes isolated and allocated"
+    );
+    assert_eq!(m.available_pages, m.free_pages + m.isolated_pages);
+    assert!(m.reported_pages <= m.free_pages);
+    let _ = b;
+}
+
+/// Issue 16: DeviceReset is taken on the balloon's word (it alone sees the
+/// device), but what can be checked is: a reset with no batch handed to
+/// the balloon is refused and changes nothing, and a second reset does not
+/// fail anything twice.
+#[test]
+fn device_reset_fails_only_batches_the_balloon_held_and_only_once() {
+    let mut s = sys_tun(Tunables {
+        low_watermark_pages: 0,
+        capacity: 4,
+        max_in_flight: 2,
+        ..Tunables::default()
+    });
+    // Nothing was sent: refused, nothing changes.
+    let before = s.server.core().stats();
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(
+        s.read_balloon_ring(),
+        vec![ToBalloon::Refused {
+            req: None,
+            reason: RefuseReason::UnknownId
+        }]
+    );
+    assert_eq!(s.server.core().stats(), before);
+    assert_eq!(s.server.counters().completions_failed, 0);
+
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert_eq!(sent.len(), 2);
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(s.server.counters().completions_failed, 2);
+    assert_eq!(s.server.counters().device_resets, 1);
+    assert_eq!(s.server.core().stats().isolated_pages, 0);
+    // A second reset: the balloon holds nothing any more.
+    s.read_balloon_ring();
+    let refused = s.server.counters().balloon_refused;
+    s.balloon_says(FromBalloon::DeviceReset);
+    assert_eq!(s.server.counters().balloon_refused, refused + 1);
+    assert_eq!(s.server.counters().completions_failed, 2);
+    // Nor can the old ids be completed again.
+    s.balloon_says(FromBalloon::ReportDone {
+        batch: sent[0].0,
+        ok: true,
+    });
+    assert_eq!(s.server.counters().balloon_refused, refused + 2);
+    assert_eq!(s.server.core().stats().reported_pages, 0);
+    s.check();
+}
+
+/// Issue 16: the device's limits reach the policy. No REPORTING stops
+/// reporting (once a running pass has ended); limits from a restarted
+/// device resume it; a smaller reporting queue lowers the capacity.
+#[test]
+fn device_limits_stop_resume_and_lower_reporting() {
+    let mut s = sys();
+    s.server.take_wake();
+    // A pass is running when the limits arrive: applied after it ends.
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty());
+    s.balloon_says(FromBalloon::DeviceLimits { report_capacity: 0 });
+    assert!(s.server.core().tunables().is_some(), "not during a pass");
+    for (id, _) in sent {
+        s.balloon_says(FromBalloon::ReportDone {
+            batch: id,
+            ok: false,
+        });
+    }
+    assert!(s.server.reporting_stopped_by_device());
+    assert_eq!(s.server.core().tunables(), None);
+    // Frees no longer arm the timer.
+    s.server.take_wake();
+    let b = s.alloc(0, 10);
+    s.call(0, ClientRequest::Free(b));
+    assert_eq!(s.server.take_wake().arm_timer_ns, None);
+    // A restarted device with REPORTING: resumed, at the configured
+    // capacity (4) under the device's 32, and a pass is requested.
+    s.balloon_says(FromBalloon::DeviceLimits {
+        report_capacity: 32,
+    });
+    assert!(!s.server.reporting_stopped_by_device());
+    assert_eq!(s.server.core().tunables(), Some(tunables()));
+    assert!(s.server.take_wake().arm_timer_ns.is_some());
+    // A device with a 2-entry reporting queue lowers the capacity.
+    s.balloon_says(FromBalloon::DeviceLimits { report_capacity: 2 });
+    assert_eq!(s.server.core().tunables().map(|t| t.capacity), Some(2));
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 2));
+    s.check();
+}
+
+/// Issue 16: a timer that cannot be armed is not fatal. The PD tells the
+/// server, which runs the delay's expiry at the next event of any kind
+/// instead (one pass per event): freed memory still goes back.
+#[test]
+fn without_a_timer_reporting_runs_at_the_next_event() {
+    let mut s = sys();
+    // The boot request asked for the timer; the PD could not arm it.
+    assert!(s.server.take_wake().arm_timer_ns.is_some());
+    s.server.timer_unavailable();
+    assert!(s.read_balloon_ring().is_empty());
+    // Any event: here a client's stats request.
+    s.call(0, ClientRequest::Stats);
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty(), "the overdue pass ran");
+    assert_eq!(s.server.core().reporting_stats().passes, 1);
+    // It runs once: the next event does not start another pass.
+    s.call(1, ClientRequest::Stats);
+    assert_eq!(s.server.core().reporting_stats().passes, 1);
+    s.check();
 }

@@ -16,6 +16,7 @@ use crate::qemu::Observed;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use balloon::model::DeviceConfig;
 use balloon::model::host::{HostDevice, Memfd};
+pub use guest::params::Pattern;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +46,9 @@ pub struct DemoConfig {
     /// After the guests are done, wait at most this long for the host
     /// memory to settle.
     pub settle: Duration,
+    /// The balloon device the model plays (QEMU's by default; see
+    /// `DeviceConfig::profiles` for other VMMs' shapes).
+    pub device: DeviceConfig,
 }
 
 /// What happened.
@@ -66,6 +70,13 @@ pub struct DemoReport {
     pub skipped: u64,
     /// Whether every guest verified its live data and finished.
     pub guests_ok: bool,
+    /// The guests' pattern: what they do decides what the verdict expects.
+    pub pattern: Pattern,
+    /// Bytes the guests freed in their last `freed` phase (the last round
+    /// of a churn; everything for bulk).
+    pub last_freed: u64,
+    /// Bytes the host held for guest RAM at the end.
+    pub host_end: u64,
     /// Error and warning lines of the PDs, and PD exits.
     pub problems: Vec<String>,
     /// Every console line of every PD.
@@ -76,17 +87,51 @@ impl DemoReport {
     /// The demo's verdict: the host got back at least `fraction` of what the
     /// guests freed, and nothing a guest still owned was lost.
     pub fn memory_came_back(&self, fraction: f64) -> bool {
-        self.guests_ok && self.freed > 0 && self.reclaim.fraction() >= fraction
+        self.guests_ok && self.freed > 0 && self.fraction_back() >= fraction
+    }
+
+    /// The fraction of the freed memory that came back, as fits the
+    /// pattern. Bulk and fragmented free once and keep it free: the host
+    /// memory falls by what they freed, measured from the first free.
+    /// Churn frees and allocates again each round, so memory freed in an
+    /// early round is rightly taken back by the next one and can never stay
+    /// with the host: what must come back is what the last round freed,
+    /// i.e. at the end the host holds no more than the live sets plus the
+    /// part of the last round's frees that did not come back.
+    pub fn fraction_back(&self) -> f64 {
+        match self.pattern {
+            Pattern::Bulk | Pattern::Fragmented => self.reclaim.fraction(),
+            Pattern::Churn => {
+                if self.last_freed == 0 {
+                    return 0.0;
+                }
+                let kept = self.host_end.saturating_sub(self.live);
+                1.0 - (kept as f64 / self.last_freed as f64).min(1.0)
+            }
+        }
     }
 
     /// A text summary: the phase table and the reclaim line.
     pub fn summary(&self) -> String {
         let mut s = self.timeline.phase_table();
-        let _ = writeln!(
-            s,
-            "\n{}",
-            Timeline::reclaim_line("from the first free", &self.reclaim)
-        );
+        match self.pattern {
+            Pattern::Bulk | Pattern::Fragmented => {
+                let _ = writeln!(
+                    s,
+                    "\n{}",
+                    Timeline::reclaim_line("from the first free", &self.reclaim)
+                );
+            }
+            Pattern::Churn => {
+                let _ = writeln!(
+                    s,
+                    "\nchurn: the last round freed {:.1} MiB; at the end the host holds {:.1} MiB beyond the live sets: {:.1} % came back",
+                    self.last_freed as f64 / MIB as f64,
+                    self.host_end.saturating_sub(self.live) as f64 / MIB as f64,
+                    self.fraction_back() * 100.0
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "device: {:.1} MiB discarded, {} ranges skipped; guests freed {:.1} MiB, kept {:.1} MiB live: {}",
@@ -156,11 +201,40 @@ pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(
     Ok(())
 }
 
-/// Run the demo; `progress` gets a line per sample (for a live display).
-pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
+fn system(cfg: &DemoConfig) -> Result<sdf::System, String> {
     let xml = std::fs::read_to_string(&cfg.system)
         .map_err(|e| format!("{}: {e}", cfg.system.display()))?;
-    let sys = sdf::System::parse(&xml).map_err(|e| format!("{}:{e}", cfg.system.display()))?;
+    sdf::System::parse(&xml).map_err(|e| format!("{}:{e}", cfg.system.display()))
+}
+
+/// Refuse a configuration the PDs would refuse, before anything starts: the
+/// memserver's tunables and the guests' workload (parsed by the PDs' own
+/// parsers), and whether each guest's workload fits its RAM region. A PD
+/// that refused its parameters after the launch would leave the demo
+/// waiting for its timeout.
+pub fn check(cfg: &DemoConfig) -> Result<(), String> {
+    memserver::params::parse_tunables(&cfg.tunables)
+        .map_err(|e| format!("memserver tunables '{}': {e}", cfg.tunables))?;
+    let params = guest::params::Params::parse(&cfg.guest_params)
+        .map_err(|e| format!("guest parameters '{}': {e}", cfg.guest_params))?;
+    let sys = system(cfg)?;
+    for (guest, ram) in GUESTS {
+        let size = sys
+            .region(ram)
+            .map(|r| r.size)
+            .ok_or_else(|| format!("system.xml has no region '{ram}'"))?;
+        params
+            .check_fits(size)
+            .map_err(|e| format!("{guest}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Run the demo; `progress` gets a line per sample (for a live display).
+/// A configuration [`check`] refuses is refused before anything starts.
+pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
+    check(cfg)?;
+    let sys = system(cfg)?;
     let mut launcher =
         Launcher::new(sys, &cfg.bin_dir, false).map_err(|e| format!("launcher: {e}"))?;
     // How the host platform passes the PDs their workload and tunables.
@@ -198,7 +272,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         Box::new(move || {
             let _ = irq.raise();
         }),
-        DeviceConfig::default(),
+        cfg.device,
     )
     .map_err(|e| format!("starting the device model: {e}"))?;
     drop(ram);
@@ -282,6 +356,10 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             problems.push(e.to_string());
         }
     }
+    let pattern = guest::params::Params::parse(&cfg.guest_params)
+        .map_err(|e| e.to_string())?
+        .pattern;
+    let host_end = timeline.samples().last().map_or(0, |s| s.host);
     let from = guests.first_free.unwrap_or_default();
     let reclaim = timeline.reclaim(from, guests.freed, None);
     Ok(DemoReport {
@@ -292,6 +370,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         discarded: counters.bytes_discarded,
         skipped: counters.ranges_skipped,
         guests_ok: guests.all_done(&names) && guests.all_verified(&names),
+        pattern,
+        last_freed: guests.latest_freed.iter().map(|(_, b)| b).sum(),
+        host_end,
         problems,
         console: console.lines(),
     })

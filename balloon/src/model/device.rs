@@ -190,6 +190,69 @@ pub struct DeviceConfig {
     pub layout: QueueLayout,
     /// Queues must use the legacy contiguous layout.
     pub legacy: bool,
+    /// The reporting queue's max size; `None`: the layout's usual one
+    /// (QEMU's 32, or a dense device's 128 like its other queues).
+    pub reporting_queue_size: Option<u32>,
+}
+
+impl DeviceConfig {
+    /// The balloon devices the host platform's model can play, by name:
+    /// QEMU's (the default) and the shapes other VMMs' devices take
+    /// (DESIGN §3: queue numbering differs between implementations). The
+    /// driver and the memserver pass the same end-to-end tests against
+    /// each. Names say the shape; the VMM named is the one it is like.
+    ///
+    /// | name | numbering | STATS_VQ | reporting queue |
+    /// |------|-----------|----------|-----------------|
+    /// | `qemu` | over offered features | yes | 32 |
+    /// | `dense` (Firecracker-like) | dense, over what is used | yes | 128, like the others |
+    /// | `dense-no-stats` (Cloud Hypervisor-like) | dense | no: reporting is queue 2 | 128 |
+    /// | `no-stats` | over offered | no: reporting is queue 2 | 32 |
+    /// | `small-reporting-queue` | over offered | yes | 4 (lowers the batch capacity) |
+    pub fn profiles() -> [(&'static str, DeviceConfig); 5] {
+        let qemu = DeviceConfig::default();
+        let no_stats = qemu.offered - BalloonFeatures::STATS_VQ;
+        [
+            ("qemu", qemu),
+            (
+                "dense",
+                DeviceConfig {
+                    layout: QueueLayout::Dense,
+                    ..qemu
+                },
+            ),
+            (
+                "dense-no-stats",
+                DeviceConfig {
+                    offered: no_stats,
+                    layout: QueueLayout::Dense,
+                    ..qemu
+                },
+            ),
+            (
+                "no-stats",
+                DeviceConfig {
+                    offered: no_stats,
+                    ..qemu
+                },
+            ),
+            (
+                "small-reporting-queue",
+                DeviceConfig {
+                    reporting_queue_size: Some(4),
+                    ..qemu
+                },
+            ),
+        ]
+    }
+
+    /// The profile called `name` (see [`DeviceConfig::profiles`]).
+    pub fn profile(name: &str) -> Option<DeviceConfig> {
+        Self::profiles()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c)
+    }
 }
 
 impl Default for DeviceConfig {
@@ -202,6 +265,7 @@ impl Default for DeviceConfig {
                 | BalloonFeatures::VERSION_1,
             layout: QueueLayout::Offered,
             legacy: false,
+            reporting_queue_size: None,
         }
     }
 }
@@ -312,6 +376,11 @@ impl BalloonDevice {
         r.device_features.store(cfg.offered.bits(), Release);
         r.legacy.store(u32::from(cfg.legacy), Release);
         let all = queue_indices(cfg.offered, cfg.offered, QueueLayout::Offered);
+        // Where the reporting queue is once a driver negotiates all but
+        // hinting (which drivers leave, DESIGN §3): a dense device numbers
+        // over what is used.
+        let used = cfg.offered - BalloonFeatures::FREE_PAGE_HINT;
+        let reporting = queue_indices(cfg.offered, used, cfg.layout).reporting;
         for (i, q) in r.queues.iter().enumerate() {
             let size = match cfg.layout {
                 QueueLayout::Offered => {
@@ -327,6 +396,10 @@ impl BalloonDevice {
                         .count();
                     if i < n { 128 } else { 0 }
                 }
+            };
+            let size = match cfg.reporting_queue_size {
+                Some(s) if reporting == Some(i as u16) => s,
+                _ => size,
             };
             q.max_size.store(size, Release);
         }

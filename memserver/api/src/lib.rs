@@ -105,8 +105,9 @@ const _: () = assert!(MAX_ENCODED_LEN <= SLOT_SIZE);
 /// space (the architectural maximum on both aarch64 and x86_64).
 pub const MAX_PFN: u64 = (1 << 40) - 1;
 
-/// A buddy block: `1 << order` pages starting at frame `pfn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A buddy block: `1 << order` pages starting at frame `pfn`. The
+/// memserver's core uses this type too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Block {
     /// Guest-physical frame number (`paddr >> 12`).
     pub pfn: u64,
@@ -324,6 +325,11 @@ pub enum ToBalloon {
     Reclaim {
         /// Pages wanted.
         pages: u32,
+        /// The short zone's frames, `first_pfn..end_pfn`: only ballooned
+        /// blocks inside it help (a zone is one client's RAM).
+        first_pfn: u64,
+        /// See `first_pfn` (exclusive).
+        end_pfn: u64,
     },
 }
 
@@ -361,6 +367,14 @@ pub enum FromBalloon {
     StatsRequest,
     /// The device was reset: every report in flight has failed.
     DeviceReset,
+    /// The device's limits, sent when the driver has (re)started it: the
+    /// most blocks one report can carry (its reporting queue size), 0 when
+    /// the device does not offer REPORTING. The memserver lowers its batch
+    /// capacity to it, or stops reporting until the next limits.
+    DeviceLimits {
+        /// Blocks per report, 0: no reporting.
+        report_capacity: u16,
+    },
 }
 
 /// Why the server refused a balloon request.
@@ -409,13 +423,17 @@ impl From<DecodeError> for RefuseReason {
 pub struct MemStats {
     /// Pages managed by the server (all zones).
     pub total_pages: u64,
-    /// Free pages, wherever they are (free lists, isolated).
+    /// Pages on the free lists, allocatable now (Reported ones included;
+    /// isolated and ballooned ones excluded, as Linux's NR_FREE_PAGES).
     pub free_pages: u64,
-    /// Pages allocatable right now (free, not isolated, not ballooned).
+    /// Pages the guests can get without the host giving memory back:
+    /// `free_pages + isolated_pages` (isolated blocks return to the free
+    /// lists when their report completes). Ballooned pages excluded.
     pub available_pages: u64,
-    /// Free pages the host has discarded.
+    /// Of `free_pages`, those marked Reported (the host has discarded
+    /// them).
     pub reported_pages: u64,
-    /// Pages in a report in flight.
+    /// Pages in report batches in flight (off the free lists).
     pub isolated_pages: u64,
     /// Pages given to the balloon.
     pub ballooned_pages: u64,
@@ -550,7 +568,8 @@ impl Message for FromBalloon {
             Self::ReportDone { .. }
             | Self::Inflate { .. }
             | Self::StatsRequest
-            | Self::DeviceReset => Ok(()),
+            | Self::DeviceReset
+            | Self::DeviceLimits { .. } => Ok(()),
         }
     }
 }

@@ -115,7 +115,13 @@ fn to_balloon() -> impl Strategy<Value = ToBalloon> {
         mem_stats().prop_map(ToBalloon::Stats),
         (any::<Option<u32>>(), refuse_reason())
             .prop_map(|(req, reason)| ToBalloon::Refused { req, reason }),
-        any::<u32>().prop_map(|pages| ToBalloon::Reclaim { pages }),
+        (any::<u32>(), 0..=MAX_PFN, 0..=MAX_PFN).prop_map(|(pages, first_pfn, end_pfn)| {
+            ToBalloon::Reclaim {
+                pages,
+                first_pfn,
+                end_pfn,
+            }
+        }),
     ]
 }
 
@@ -126,6 +132,7 @@ fn from_balloon() -> impl Strategy<Value = FromBalloon> {
         (any::<u32>(), blocks()).prop_map(|(req, blocks)| FromBalloon::Deflate { req, blocks }),
         Just(FromBalloon::StatsRequest),
         Just(FromBalloon::DeviceReset),
+        any::<u16>().prop_map(|report_capacity| FromBalloon::DeviceLimits { report_capacity }),
     ]
 }
 
@@ -316,6 +323,9 @@ fn largest_messages_fit_a_slot() {
         },
         FromBalloon::StatsRequest,
         FromBalloon::DeviceReset,
+        FromBalloon::DeviceLimits {
+            report_capacity: u16::MAX,
+        },
     ];
     for m in from {
         check("from balloon", encode(&m, &mut buf).unwrap().len());

@@ -14,7 +14,9 @@
 //! 3. **A physical address is only told to a PD that has business with the
 //!    region:** `<setvar region_paddr>` is allowed in a PD that maps the region
 //!    or shares a channel with a PD that maps it (the memserver learns the
-//!    guests' RAM addresses this way without mapping their RAM).
+//!    guests' RAM addresses this way without mapping their RAM), or shares
+//!    a channel with a PD that learns it so (the balloon checks the
+//!    memserver's reports against the guests' RAM).
 //! 4. Priorities: a PD that is PPC'd must have a strictly higher priority
 //!    than its caller (a Microkit error); a PD notified by a higher-priority
 //!    peer is fine. Servers below their clients are only a warning.
@@ -581,7 +583,21 @@ fn business(sys: &System, out: &mut Out) {
                     && other.maps.iter().any(|m| m.mr == sv.region_paddr)
                     && linked(sys, &pd.name, &other.name)
             });
-            if !maps_it && !peer_maps {
+            // One hop further: a peer told the address for its mapping
+            // peer (the balloon, linked to the memserver).
+            let peer_learns = sys.pds.iter().any(|other| {
+                other.name != pd.name
+                    && linked(sys, &pd.name, &other.name)
+                    && other.setvars.iter().any(|o| {
+                        o.region_paddr == sv.region_paddr
+                            && sys.pds.iter().any(|third| {
+                                third.name != other.name
+                                    && third.maps.iter().any(|m| m.mr == sv.region_paddr)
+                                    && linked(sys, &other.name, &third.name)
+                            })
+                    })
+            });
+            if !maps_it && !peer_maps && !peer_learns {
                 out.error(sv.line, format!(
                     "PD '{}' learns the physical address of '{}' but neither maps it nor shares a channel with a PD that does",
                     pd.name, sv.region_paddr

@@ -213,6 +213,7 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
                 period: Duration::from_millis(20),
                 // Up to 8 passes for what the guests freed, as above.
                 settle: Duration::from_millis(delay_ms * 12) + Duration::from_secs(5),
+                device: balloon::model::DeviceConfig::default(),
             };
             let report = demo::run(&cfg, &mut |_| {})?;
             let run = ReclaimRun::from_report(&report);

@@ -6,6 +6,7 @@
 //! run.
 
 use super::image::workspace;
+use balloon::model::DeviceConfig;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,32 +25,34 @@ pub enum Pattern {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// MiB each guest allocates and frees.
-    #[arg(long, default_value_t = 256)]
+    /// MiB each guest allocates and frees (with `--live-mib`, at most the
+    /// guest's RAM in the system description).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub guest_mib: u64,
     /// The guests' allocation pattern.
     #[arg(long, value_enum, default_value_t = Pattern::Bulk)]
     pub pattern: Pattern,
     /// How long the guests hold memory between phases (ms).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub hold_ms: u64,
     /// Rounds of the churn pattern.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rounds: u32,
     /// MiB each guest keeps for the whole run and verifies at the end.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub live_mib: u64,
     /// Reporting order (Linux: 9, 2 MiB blocks).
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u8).range(0..=i64::from(memserver::MAX_ORDER)))]
     pub order: u8,
     /// Reporting delay in ms (Linux: 2000).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub delay_ms: u64,
-    /// Blocks per report (Linux: 32).
-    #[arg(long, default_value_t = 32)]
+    /// Blocks per report (Linux: 32, one wire batch; the device's queue
+    /// size may lower it).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=memserver::MAX_CAPACITY as i64))]
     pub capacity: u16,
     /// Report batches in flight (Linux: 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=memserver::MAX_IN_FLIGHT as i64))]
     pub in_flight: u8,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
@@ -69,6 +72,25 @@ pub struct Args {
     /// Do not build the PDs first (use the binaries next to this one).
     #[arg(long)]
     pub no_build: bool,
+    /// The balloon device the host's model plays: QEMU's, or the shape of
+    /// another VMM's (qemu, dense, dense-no-stats, no-stats,
+    /// small-reporting-queue).
+    #[arg(long, default_value = "qemu", value_parser = device_profile)]
+    pub device: String,
+}
+
+fn device_profile(name: &str) -> Result<String, String> {
+    match DeviceConfig::profile(name) {
+        Some(_) => Ok(name.to_string()),
+        None => Err(format!(
+            "unknown device profile (known: {})",
+            DeviceConfig::profiles()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -83,7 +105,6 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
     let pattern = match args.pattern {
         Pattern::Bulk => "bulk",
         Pattern::Fragmented => "fragmented",
@@ -97,12 +118,12 @@ fn run(args: &Args) -> Result<bool, String> {
             args.order, args.delay_ms, args.capacity, args.in_flight
         )
     };
-    let cfg = DemoConfig {
+    let mut cfg = DemoConfig {
         system: args
             .system
             .clone()
             .unwrap_or_else(|| workspace().join("system.xml")),
-        bin_dir,
+        bin_dir: PathBuf::new(),
         guest_params: format!(
             "pattern={pattern},mib={},hold_ms={},rounds={},live_mib={}",
             args.guest_mib, args.hold_ms, args.rounds, args.live_mib
@@ -111,7 +132,12 @@ fn run(args: &Args) -> Result<bool, String> {
         timeout: Duration::from_secs_f64(args.timeout),
         period: Duration::from_millis(100),
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
+        device: DeviceConfig::profile(&args.device).unwrap_or_default(),
     };
+    // Refuse what cannot run (a workload larger than a guest's RAM) before
+    // building or starting anything.
+    demo::check(&cfg)?;
+    cfg.bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
     println!(
         "demo: 2 guests x {} MiB ({pattern}), reporting {}",
         args.guest_mib, cfg.tunables

@@ -98,6 +98,9 @@ pub struct Observed {
     /// When the guests' first and last frees (of any memory) were seen.
     pub first_free: Option<Duration>,
     pub last_free: Option<Duration>,
+    /// Bytes each guest freed in its latest `freed` line (the last round
+    /// of a churn), by prefix.
+    pub latest_freed: Vec<(String, u64)>,
     /// Bytes the guests keep live the whole run (`live_touched` lines).
     pub live: u64,
     /// The latest `reported_mib`, in bytes.
@@ -183,6 +186,12 @@ impl Observed {
                 let h = self.hold(guest);
                 *h = h.saturating_sub(bytes);
                 self.freed += bytes;
+                if phase == "freed" {
+                    match self.latest_freed.iter_mut().find(|(g, _)| g == guest) {
+                        Some((_, b)) => *b = bytes,
+                        None => self.latest_freed.push((guest.to_string(), bytes)),
+                    }
+                }
                 if bytes > 0 {
                     self.first_free.get_or_insert(t);
                     self.last_free = Some(t);
