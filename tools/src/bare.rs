@@ -196,6 +196,7 @@ pub fn run_config(
         },
         guests,
         done_lines: Vec::new(),
+        console_marks: Vec::new(),
         timeout: Duration::from_secs(180),
         period: Duration::from_millis(250),
         steady: Duration::from_secs(3),

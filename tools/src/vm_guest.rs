@@ -10,6 +10,10 @@ use crate::dtb::{self, VmTree};
 use crate::linux_guest::{self, Spec};
 use std::path::{Path, PathBuf};
 
+/// The Linux VM's kernel parameters for its workload (linux-workload):
+/// touch 128 MiB, hold them 3 s, free them, once.
+pub const WORKLOAD: &str = "workload.mib=128 workload.hold_ms=3000 workload.rounds=1";
+
 /// QEMU virt's PL011, which the description may pass through to the VM.
 const PL011: u64 = 0x0900_0000;
 /// Its SPI (IRQ 33).
@@ -159,6 +163,51 @@ mod tests {
         ))
         .unwrap();
         sdf::System::parse(&text).unwrap()
+    }
+
+    /// Every element of `text` under `<system>`, each as one normalized
+    /// string (tag, sorted attributes, children; no comments or layout).
+    fn elements(text: &str) -> Vec<String> {
+        fn norm(n: roxmltree::Node<'_, '_>) -> String {
+            let mut attrs: Vec<String> = n
+                .attributes()
+                .map(|a| format!("{}={:?}", a.name(), a.value()))
+                .collect();
+            attrs.sort();
+            let kids: Vec<String> = n.children().filter(|c| c.is_element()).map(norm).collect();
+            format!(
+                "<{} {}>{}</>",
+                n.tag_name().name(),
+                attrs.join(" "),
+                kids.join("")
+            )
+        }
+        let doc = roxmltree::Document::parse(text).unwrap();
+        doc.root_element()
+            .children()
+            .filter(|c| c.is_element())
+            .map(norm)
+            .collect()
+    }
+
+    /// systems/linux-vm.xml is system.xml plus the VM: every region, PD and
+    /// channel of system.xml is in it unchanged, so the two cannot drift.
+    #[test]
+    fn the_linux_vm_description_is_system_xml_plus_the_vm() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let base = elements(&std::fs::read_to_string(format!("{root}/system.xml")).unwrap());
+        let vm =
+            elements(&std::fs::read_to_string(format!("{root}/systems/linux-vm.xml")).unwrap());
+        for e in &base {
+            assert!(vm.contains(e), "systems/linux-vm.xml lacks or changed: {e}");
+        }
+        let added: Vec<&String> = vm.iter().filter(|e| !base.contains(e)).collect();
+        assert!(
+            added.iter().all(|e| ["vm0_ram", "uart", "gicv", "vmm"]
+                .iter()
+                .any(|n| e.contains(&format!("name=\"{n}\"")))),
+            "{added:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! (read through QMP `pmemsave`), QEMU's RSS and QMP, never from the
 //! console, since a release kernel prints nothing.
 //!
+//! On qemu_virt_aarch64 also `systems/linux-vm.xml`: the VMM with its smoke
+//! guest (PSCI answered, then a store to nothing stops that VM alone), and
+//! Debian's Linux booting to userspace in the VM and running its workload,
+//! in debug and release, while the native guests' memory comes back.
+//!
 //! Needs a Microkit 2.3.0 SDK at `MICROKIT_SDK` (`.ci/run` points it at the
 //! one beside the checkout); without it each test says why it is skipped.
 
@@ -44,10 +49,15 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     // The control run boots the reporting run's image: it differs only in
     // QEMU's device. The hostile variant has its own description.
-    let variant = if run == Sel4Run::Hostile {
-        "hostile"
+    let variant = match run {
+        Sel4Run::Hostile => "hostile",
+        Sel4Run::LinuxVm | Sel4Run::SmokeVm => run.name(),
+        _ => "system",
+    };
+    let description = if run.has_vm() {
+        workspace().join("systems/linux-vm.xml")
     } else {
-        "system"
+        workspace().join("system.xml")
     };
     // One directory per board and variant for both kernel configs: the PDs
     // build from the description in it (SYSTEM_XML), and the same path
@@ -59,7 +69,21 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
     ));
     std::fs::create_dir_all(&run_dir).unwrap();
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let system = sel4::description(&workspace().join("system.xml"), run, &img_dir).unwrap();
+    let system = sel4::description(&description, run, &img_dir).unwrap();
+    // The Linux VM's guest: Debian's packages (fetched once, checked).
+    let vm_guest = if run == Sel4Run::LinuxVm {
+        let sys = sdf::System::parse(&std::fs::read_to_string(&system).unwrap()).unwrap();
+        tools::vm_guest::prepare(
+            &sys,
+            &workspace(),
+            &img_dir.join("vm-guest"),
+            tools::vm_guest::WORKLOAD,
+            &mut |l| eprintln!("guest: {l}"),
+        )
+        .unwrap_or_else(|e| panic!("the VM's guest: {e}"))
+    } else {
+        None
+    };
     let mut img = image::build(&ImageSpec {
         board,
         config,
@@ -71,7 +95,7 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
         // kernel config selects features, which cargo keeps apart.
         target_dir: tmp.join(format!("pd-build-{variant}")),
         out_dir: img_dir,
-        vm_guest: None,
+        vm_guest,
     })
     .unwrap_or_else(|e| panic!("tools image for {board} {config}: {e}"));
     // The next build rewrites the image: boot a copy of this one.
@@ -137,4 +161,7 @@ sel4_tests! {
     x86_64_release_gives_memory_back: X86_64Generic Release Reporting;
     x86_64_release_control_keeps_memory: X86_64Generic Release Control;
     x86_64_release_hostile_guest_is_contained: X86_64Generic Release Hostile;
+    aarch64_debug_vm_traps_where_expected: QemuVirtAarch64 Debug SmokeVm;
+    aarch64_debug_linux_vm_boots_to_userspace: QemuVirtAarch64 Debug LinuxVm;
+    aarch64_release_linux_vm_boots_to_userspace: QemuVirtAarch64 Release LinuxVm;
 }

@@ -32,10 +32,6 @@ pub struct Args {
     pub smoke_vm: bool,
 }
 
-/// The Linux VM's kernel parameters for its workload (linux-workload):
-/// touch 128 MiB, hold them 3 s, free them, once.
-pub const VM_WORKLOAD: &str = "workload.mib=128 workload.hold_ms=3000 workload.rounds=1";
-
 /// The Linux guest of `system`'s VM, prepared in `<out>/vm-guest` (Debian's
 /// packages, fetched and checked, and the VM's device tree); `None` when
 /// the description has no VM or `smoke` asks for the smoke guest.
@@ -53,7 +49,7 @@ pub fn vm_guest(
         &sys,
         &workspace(),
         &out.join("vm-guest"),
-        VM_WORKLOAD,
+        tools::vm_guest::WORKLOAD,
         &mut |l| eprintln!("guest: {l}"),
     )
 }

@@ -20,6 +20,9 @@ pub struct RunConfig {
     /// Console lines the run waits for as well, by their start (e.g.
     /// `HOSTILE|INFO: done`, the hostile PD of a test variant).
     pub done_lines: Vec<String>,
+    /// Console lines that mark the timeline when first seen (a needle the
+    /// line contains, and the mark's label): a VM's boot, say.
+    pub console_marks: Vec<(String, String)>,
     /// Give up after this long.
     pub timeout: Duration,
     /// Sampling period.
@@ -270,6 +273,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     let mut steady_since = Instant::now();
     let mut last_host = 0;
     let mut lines_seen = vec![false; cfg.done_lines.len()];
+    let mut marked = vec![false; cfg.console_marks.len()];
     let mut booted = false;
     loop {
         let t = start.elapsed();
@@ -294,6 +298,12 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             if follow.pages.is_some() {
                 for (want, seen) in cfg.done_lines.iter().zip(&mut lines_seen) {
                     *seen |= l.contains(want.as_str());
+                }
+            }
+            for (k, (needle, label)) in cfg.console_marks.iter().enumerate() {
+                if !marked[k] && l.contains(needle.as_str()) {
+                    marked[k] = true;
+                    tl.mark(t, label.clone());
                 }
             }
             if l == "MON|INFO: Microkit Monitor started!" && !booted {
