@@ -8,5 +8,6 @@ pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod image;
+pub mod policy_bench;
 pub mod qemu;
 pub mod timeline;

@@ -34,6 +34,7 @@ fn run(guest_params: &str, tunables: &str) -> DemoReport {
         timeout: Duration::from_secs(60),
         period: Duration::from_millis(50),
         settle: Duration::from_secs(8),
+        watch: None,
     };
     let report = demo::run(&cfg, &mut |_| {}).expect("the demo runs");
     println!("{}", report.summary());

@@ -22,6 +22,24 @@ pub enum Pattern {
     Churn,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Policy {
+    /// Watch each zone: report a quiet zone at once, wait for a busy one,
+    /// age small blocks back (memserver/src/adaptive.rs).
+    Adaptive,
+    /// Linux's rules, the control: a full delay and 1/16 of a list per pass.
+    Linux,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Adaptive => "adaptive",
+            Policy::Linux => "linux",
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// MiB each guest allocates and frees.
@@ -51,6 +69,17 @@ pub struct Args {
     /// Report batches in flight (Linux: 1).
     #[arg(long, default_value_t = 1)]
     pub in_flight: u8,
+    /// Reporting policy.
+    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
+    pub policy: Policy,
+    /// More memserver tunables, `key=value,...` (e.g. `quiet_order=2,age_ms=3000`;
+    /// see memserver::params).
+    #[arg(long, default_value = "")]
+    pub tunables: String,
+    /// Keep watching until this many seconds after the first free, even
+    /// when the memory looks settled.
+    #[arg(long)]
+    pub watch: Option<f64>,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
     pub no_reporting: bool,
@@ -92,10 +121,19 @@ fn run(args: &Args) -> Result<bool, String> {
     let tunables = if args.no_reporting {
         "off".to_string()
     } else {
-        format!(
-            "order={},delay_ms={},capacity={},in_flight={}",
-            args.order, args.delay_ms, args.capacity, args.in_flight
-        )
+        let mut t = format!(
+            "policy={},order={},delay_ms={},capacity={},in_flight={}",
+            args.policy.name(),
+            args.order,
+            args.delay_ms,
+            args.capacity,
+            args.in_flight
+        );
+        if !args.tunables.trim().is_empty() {
+            t.push(',');
+            t.push_str(args.tunables.trim());
+        }
+        t
     };
     let cfg = DemoConfig {
         system: args
@@ -111,6 +149,7 @@ fn run(args: &Args) -> Result<bool, String> {
         timeout: Duration::from_secs_f64(args.timeout),
         period: Duration::from_millis(100),
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
+        watch: args.watch.map(Duration::from_secs_f64),
     };
     println!(
         "demo: 2 guests x {} MiB ({pattern}), reporting {}",
