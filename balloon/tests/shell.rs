@@ -52,6 +52,7 @@ fn tunables() -> Tunables {
         budget_divisor: 1,
         low_watermark_pages: 0,
         max_in_flight: 8,
+        ..Tunables::default()
     }
 }
 

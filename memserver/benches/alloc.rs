@@ -211,7 +211,8 @@ fn time_bsa(s: &mut Scratch, ops: &[Op], iters: u64) -> Duration {
     total
 }
 
-/// `MEMSERVER_BENCH_ONLY=off|on|bsa`: run that variant once and exit, for
+/// `MEMSERVER_BENCH_ONLY=off|on|adaptive|bsa`: run that variant once and
+/// exit (`on`: Linux's policy, `adaptive`: the default one), for
 /// an instruction count that load on the machine cannot disturb:
 /// `valgrind --tool=callgrind --toggle-collect='*run_core*'
 /// --toggle-collect='*run_bsa*' target/release/deps/alloc-* --bench`.
@@ -219,10 +220,14 @@ fn only(variant: &str, ops: &[Op]) -> ! {
     let mut meta = vec![0u8; metadata_bytes(&zones())];
     let mut live = Vec::with_capacity(ops.len());
     let fails = match variant {
-        "off" | "on" => {
-            let on = variant == "on";
-            let (mut core, _) =
-                MemCore::new(&zones(), &mut meta, on.then(Tunables::default)).unwrap();
+        "off" | "on" | "adaptive" => {
+            let on = variant != "off";
+            let tun = match variant {
+                "on" => Some(Tunables::default()),
+                "adaptive" => Some(Tunables::adaptive()),
+                _ => None,
+            };
+            let (mut core, _) = MemCore::new(&zones(), &mut meta, tun).unwrap();
             run_core(&mut core, ops, on, &mut live)
         }
         "bsa" => {
@@ -230,7 +235,7 @@ fn only(variant: &str, ops: &[Op]) -> ! {
             fa.add_frame(BASE as usize, BASE as usize + PAGES as usize);
             run_bsa(&mut fa, ops, &mut Vec::with_capacity(ops.len()))
         }
-        other => panic!("MEMSERVER_BENCH_ONLY={other}: want off, on or bsa"),
+        other => panic!("MEMSERVER_BENCH_ONLY={other}: want off, on, adaptive or bsa"),
     };
     println!("{variant}: {} ops, {fails} allocation failures", ops.len());
     std::process::exit(0)

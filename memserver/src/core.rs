@@ -449,6 +449,7 @@ impl<'m> MemCore<'m> {
         }
         let g = self.take_block(z, order, KIND_ALLOC)?;
         self.zones[z].stats.allocated_pages += 1u64 << order;
+        self.worker.ages.allocated(z, 1u64 << order);
         Ok(self.zones[z].pfn(g))
     }
 

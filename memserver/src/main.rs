@@ -210,7 +210,8 @@ impl Handler for MemServer {
     }
 }
 
-/// The reporting tunables: Linux's defaults on Microkit; on the host
+/// The reporting tunables: the adaptive policy with Linux's numbers on
+/// Microkit; on the host
 /// platform `MEMSERVER_TUNABLES` may override them (see `memserver::params`).
 fn tunables() -> Option<Tunables> {
     #[cfg(not(target_os = "none"))]
@@ -223,7 +224,7 @@ fn tunables() -> Option<Tunables> {
             }
         }
     }
-    Some(Tunables::default())
+    Some(Tunables::adaptive())
 }
 
 /// # Safety
@@ -271,7 +272,8 @@ fn init() -> MemServer {
         .unwrap_or_else(|e| panic!("building the allocator: {e}"));
     match tunables {
         Some(t) => LOG.info(format_args!(
-            "reporting: order {} delay {} ms capacity {} in flight {} watermark {} pages; metadata {} bytes ({} per page)",
+            "reporting: policy {} order {} delay {} ms capacity {} in flight {} watermark {} pages; metadata {} bytes ({} per page)",
+            t.policy.name(),
             t.reporting_order,
             t.delay_ns / 1_000_000,
             t.capacity,

@@ -2,11 +2,13 @@
 //! host platform's command line (`tools demo --order 9 ...` passes them to
 //! the PD in `MEMSERVER_TUNABLES`). On Microkit the defaults apply.
 //!
-//! Keys: `order`, `delay_ms`, `capacity`, `budget_divisor`,
-//! `watermark_pages`, `in_flight`; or the single word `off` to disable
-//! reporting. Unknown keys and out-of-range values are errors.
+//! Keys: `policy` (`adaptive`, the default, or `linux`), `order`,
+//! `delay_ms`, `capacity`, `budget_divisor`, `watermark_pages`, `in_flight`,
+//! and the adaptive policy's `quiet_order`, `age_ms`, `busy_pages`; or the
+//! single word `off` to disable reporting. Unknown keys and out-of-range
+//! values are errors.
 
-use crate::{Error, Tunables};
+use crate::{Error, Policy, Tunables};
 use core::fmt;
 
 /// Why a tunables string was refused.
@@ -33,7 +35,7 @@ impl fmt::Display for ParamError<'_> {
             ParamError::NotAPair(p) => write!(f, "'{p}' is not key=value"),
             ParamError::UnknownKey(k) => write!(
                 f,
-                "unknown tunable '{k}' (known: order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight)"
+                "unknown tunable '{k}' (known: policy, order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight, quiet_order, age_ms, busy_pages)"
             ),
             ParamError::BadValue { key, value } => write!(f, "bad value '{value}' for '{key}'"),
             ParamError::Invalid(e) => write!(f, "{e}"),
@@ -41,17 +43,26 @@ impl fmt::Display for ParamError<'_> {
     }
 }
 
-/// Parse `text` over Linux's defaults. `Ok(None)`: reporting off.
+/// Parse `text` over the system's defaults ([`Tunables::adaptive`]: Linux's
+/// numbers, the adaptive policy). `Ok(None)`: reporting off.
 pub fn parse_tunables(text: &str) -> Result<Option<Tunables>, ParamError<'_>> {
     let text = text.trim();
     if text == "off" {
         return Ok(None);
     }
-    let mut t = Tunables::default();
+    let mut t = Tunables::adaptive();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').ok_or(ParamError::NotAPair(pair))?;
         let (key, value) = (key.trim(), value.trim());
         let bad = ParamError::BadValue { key, value };
+        if key == "policy" {
+            t.policy = match value {
+                "linux" => Policy::Linux,
+                "adaptive" => Policy::Adaptive,
+                _ => return Err(bad),
+            };
+            continue;
+        }
         let num = value.parse::<u64>().map_err(|_| bad)?;
         match key {
             "order" => t.reporting_order = u8::try_from(num).map_err(|_| bad)?,
@@ -60,6 +71,9 @@ pub fn parse_tunables(text: &str) -> Result<Option<Tunables>, ParamError<'_>> {
             "budget_divisor" => t.budget_divisor = u32::try_from(num).map_err(|_| bad)?,
             "watermark_pages" => t.low_watermark_pages = num,
             "in_flight" => t.max_in_flight = u8::try_from(num).map_err(|_| bad)?,
+            "quiet_order" => t.quiet_order = u8::try_from(num).map_err(|_| bad)?,
+            "age_ms" => t.age_ns = num.checked_mul(1_000_000).ok_or(bad)?,
+            "busy_pages" => t.busy_pages = num,
             _ => return Err(ParamError::UnknownKey(key)),
         }
     }
@@ -72,8 +86,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_is_linux_defaults() {
-        assert_eq!(parse_tunables(""), Ok(Some(Tunables::default())));
+    fn empty_is_the_adaptive_policy_with_linux_numbers() {
+        assert_eq!(parse_tunables(""), Ok(Some(Tunables::adaptive())));
+        assert_eq!(
+            parse_tunables("policy=linux"),
+            Ok(Some(Tunables::default()))
+        );
     }
 
     #[test]
@@ -89,6 +107,13 @@ mod tests {
         assert_eq!(t.budget_divisor, 8);
         assert_eq!(t.low_watermark_pages, 0);
         assert_eq!(t.max_in_flight, 2);
+        let t = parse_tunables("policy=adaptive,quiet_order=2,age_ms=500,busy_pages=7")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.policy, Policy::Adaptive);
+        assert_eq!(t.quiet_order, 2);
+        assert_eq!(t.age_ns, 500_000_000);
+        assert_eq!(t.busy_pages, 7);
     }
 
     #[test]
@@ -119,6 +144,17 @@ mod tests {
         );
         assert!(matches!(
             parse_tunables("order=11"),
+            Err(ParamError::Invalid(_))
+        ));
+        assert_eq!(
+            parse_tunables("policy=fast"),
+            Err(ParamError::BadValue {
+                key: "policy",
+                value: "fast"
+            })
+        );
+        assert!(matches!(
+            parse_tunables("quiet_order=11"),
             Err(ParamError::Invalid(_))
         ));
         assert!(matches!(

@@ -13,10 +13,12 @@
 //! the pass or a budget ran out; the end of the pass then re-arms the timer.
 //! Only the IDLE → REQUESTED edge arms the timer from a free.
 
+use crate::adaptive::{Ages, Plan};
 use crate::core::MemCore;
 use crate::meta::{KIND_FREE, KIND_ISOLATED, NIL, REPORTED, kind_of, order_of, state};
 use crate::{
-    Block, Error, InvariantViolation, MAX_CAPACITY, MAX_IN_FLIGHT, MAX_ORDER, Tunables, ZoneId,
+    Block, Error, InvariantViolation, MAX_CAPACITY, MAX_IN_FLIGHT, MAX_ORDER, Policy, Tunables,
+    ZoneId,
 };
 
 /// Identifies one report batch until its completion.
@@ -103,6 +105,12 @@ pub struct ReportingStats {
     pub budget_exhausted: u64,
     /// Timer expiries with no timer armed (ignored).
     pub spurious_timers: u64,
+    /// Adaptive: zones a pass left alone because they were busy or not
+    /// quiet for the delay yet.
+    pub busy_defers: u64,
+    /// Adaptive: free lists whose walk stopped because the zone allocated
+    /// again during the pass.
+    pub back_offs: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +153,8 @@ pub(crate) struct Worker {
     fill: Slot,
     slots: [Slot; MAX_IN_FLIGHT],
     stats: ReportingStats,
+    /// The adaptive policy's view of each zone's activity.
+    pub(crate) ages: Ages,
 }
 
 impl Worker {
@@ -158,6 +168,7 @@ impl Worker {
             fill: EMPTY_SLOT,
             slots: [EMPTY_SLOT; MAX_IN_FLIGHT],
             stats: ReportingStats::default(),
+            ages: Ages::new(),
         }
     }
 
@@ -166,9 +177,16 @@ impl Worker {
     }
 
     fn arm(&mut self, acts: &mut Actions) {
+        if let Some(t) = self.tun {
+            self.arm_ns(t.delay_ns, acts);
+        }
+    }
+
+    fn arm_ns(&mut self, ns: u64, acts: &mut Actions) {
         if let Some(t) = &self.tun {
             self.timer_armed = true;
-            acts.arm_timer_ns = Some(t.delay_ns);
+            acts.arm_timer_ns = Some(ns);
+            self.ages.armed(t, ns);
         }
     }
 
@@ -196,7 +214,7 @@ impl Worker {
     #[inline]
     pub(crate) fn freed(&mut self, order: u8, acts: &mut Actions) {
         if let Some(t) = &self.tun
-            && order >= t.reporting_order
+            && order >= t.lowest_order()
         {
             self.request(acts);
         }
@@ -264,6 +282,9 @@ impl MemCore<'_> {
             return acts;
         }
         w.timer_armed = false;
+        if let Some(t) = &w.tun {
+            w.ages.expired(t);
+        }
         w.state = ReportingState::Active;
         w.stats.passes += 1;
         w.pass = Some(Pass {
@@ -333,7 +354,7 @@ impl MemCore<'_> {
     /// Recompute the free path's notify order from the worker's state.
     pub(crate) fn sync_notify(&mut self) {
         self.notify_order = match (self.worker.tun, self.worker.state) {
-            (Some(t), ReportingState::Idle | ReportingState::Active) => t.reporting_order,
+            (Some(t), ReportingState::Idle | ReportingState::Active) => t.lowest_order(),
             _ => u8::MAX,
         };
     }
@@ -399,8 +420,10 @@ impl MemCore<'_> {
             self.worker.timer_armed = false;
         } else if !was_on {
             self.worker.request(&mut acts);
-        } else if self.worker.timer_armed {
-            acts.arm_timer_ns = tun.map(|t| t.delay_ns);
+        } else if self.worker.timer_armed
+            && let Some(t) = tun
+        {
+            self.worker.arm_ns(t.delay_ns, &mut acts);
         }
         self.sync_notify();
         Ok(acts)
@@ -470,6 +493,17 @@ impl MemCore<'_> {
                 }
                 p.in_zone = true;
                 p.order = tun.reporting_order;
+                if tun.policy == Policy::Adaptive {
+                    match self.worker.ages.plan(p.zone, &tun) {
+                        Plan::Defer => {
+                            self.worker.stats.busy_defers += 1;
+                            p.in_zone = false;
+                            p.zone += 1;
+                            continue;
+                        }
+                        Plan::Report { first_order } => p.order = first_order,
+                    }
+                }
                 p.budget = None;
                 self.worker.fill.zone = p.zone as u16;
                 continue;
@@ -492,6 +526,22 @@ impl MemCore<'_> {
     }
 
     fn end_pass(&mut self, failed: bool, acts: &mut Actions) {
+        if let Some(t) = self.worker.tun
+            && t.policy == Policy::Adaptive
+            && !failed
+        {
+            // Keep looking while a zone holds unreported blocks (busy, not
+            // aged yet, or drained blocks that merged), paced by a tick
+            // rather than a full delay; quiet zones are reported at once.
+            self.worker.pass = None;
+            if self.worker.state == ReportingState::Requested || self.adaptive_pending(&t) {
+                self.worker.state = ReportingState::Requested;
+                self.worker.arm_ns(Ages::tick_ns(&t), acts);
+            } else {
+                self.worker.state = ReportingState::Idle;
+            }
+            return;
+        }
         let w = &mut self.worker;
         w.pass = None;
         // Linux goes IDLE unless requested meanwhile. After a failed report
@@ -521,7 +571,11 @@ impl MemCore<'_> {
                     return true;
                 }
                 let per = u64::from(tun.capacity) * u64::from(tun.budget_divisor);
-                nr.div_ceil(per) as i64
+                match tun.policy {
+                    Policy::Linux => nr.div_ceil(per) as i64,
+                    // Only quiet zones are walked: no budget (adaptive.rs).
+                    Policy::Adaptive => i64::MAX,
+                }
             }
         };
         p.budget = Some(budget);
@@ -542,11 +596,18 @@ impl MemCore<'_> {
                 continue;
             }
             debug_assert!(kind_of(st) == KIND_FREE && order_of(st) == o);
-            if p.budget.unwrap_or(0) < 0 {
+            // Adaptive: the zone allocates again, back off as from an
+            // exhausted budget.
+            let resumed = tun.policy == Policy::Adaptive && self.worker.ages.resumed(z, tun);
+            if resumed || p.budget.unwrap_or(0) < 0 {
                 // As Linux (`budget < 0`): out of budget, leave the rest for
                 // a later pass, starting at this block.
                 self.worker.state = ReportingState::Requested;
-                self.worker.stats.budget_exhausted += 1;
+                if resumed {
+                    self.worker.stats.back_offs += 1;
+                } else {
+                    self.worker.stats.budget_exhausted += 1;
+                }
                 self.list_rotate_to_front(z, o, g);
                 return true;
             }

@@ -1,8 +1,36 @@
-//! Reporting tunables, each with Linux's default (DESIGN §2).
+//! Reporting tunables, each with Linux's default (DESIGN §2), and the
+//! choice of policy with the `adaptive` policy's own numbers.
 
 use crate::{Error, MAX_CAPACITY, MAX_IN_FLIGHT, MAX_ORDER};
 
-/// Numbers of the reporting worker. `Default` gives Linux's values.
+/// Which rules the reporting worker follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Linux's `mm/page_reporting.c`, kept as the control: a full delay
+    /// before every pass and a budget of 1/`budget_divisor` of each free
+    /// list per pass; only orders >= `reporting_order`.
+    #[default]
+    Linux,
+    /// See [`crate::adaptive`]: a zone that has stayed quiet for the delay
+    /// is reported in one pass paced by the device; a busy zone waits until
+    /// it is quiet; blocks below `reporting_order` are reported once their
+    /// zone has stayed quiet for `age_ns`.
+    Adaptive,
+}
+
+impl Policy {
+    /// The name used on command lines and in logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Policy::Linux => "linux",
+            Policy::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// Numbers of the reporting worker. `Default` gives Linux's values and
+/// policy (the control); [`Tunables::adaptive`] is what the system runs by
+/// default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tunables {
     /// Smallest order reported; freeing a block of at least this order
@@ -30,6 +58,22 @@ pub struct Tunables {
     /// Report batches in flight at once. Linux: 1 (its `report()` call
     /// blocks). Range `1..=MAX_IN_FLIGHT`.
     pub max_in_flight: u8,
+    /// The rules the worker follows. Default (of this struct): Linux.
+    pub policy: Policy,
+    /// Adaptive: lowest order reported once a zone has stayed quiet for
+    /// `age_ns` (blocks freed below `reporting_order` come back by ageing).
+    /// Default 0. Range `0..=MAX_ORDER`; above `reporting_order` it has no
+    /// effect.
+    pub quiet_order: u8,
+    /// Adaptive: how long a zone must stay quiet before its blocks below
+    /// `reporting_order` are reported, in nanoseconds. Default 4 s (two
+    /// delays). Range `1..=3600 s`.
+    pub age_ns: u64,
+    /// Adaptive: pages a zone may allocate between two looks of the worker
+    /// and still count as quiet (a trickle of small allocations does not
+    /// hold reporting back; a workload cycling its memory does). Default
+    /// 2048 (8 MiB). Range `0..=u32::MAX`.
+    pub busy_pages: u64,
 }
 
 impl Default for Tunables {
@@ -41,11 +85,23 @@ impl Default for Tunables {
             budget_divisor: 16,
             low_watermark_pages: 1280,
             max_in_flight: 1,
+            policy: Policy::Linux,
+            quiet_order: 0,
+            age_ns: 4_000_000_000,
+            busy_pages: 2048,
         }
     }
 }
 
 impl Tunables {
+    /// The system's default: Linux's numbers under the adaptive policy.
+    pub fn adaptive() -> Tunables {
+        Tunables {
+            policy: Policy::Adaptive,
+            ..Tunables::default()
+        }
+    }
+
     /// Check every field's range.
     pub fn validate(&self) -> Result<(), Error> {
         if self.reporting_order > MAX_ORDER {
@@ -66,7 +122,25 @@ impl Tunables {
         if self.max_in_flight == 0 || usize::from(self.max_in_flight) > MAX_IN_FLIGHT {
             return Err(Error::BadTunable("max_in_flight"));
         }
+        if self.quiet_order > MAX_ORDER {
+            return Err(Error::BadTunable("quiet_order"));
+        }
+        if self.age_ns == 0 || self.age_ns > 3_600_000_000_000 {
+            return Err(Error::BadTunable("age_ns"));
+        }
+        if self.busy_pages > u64::from(u32::MAX) {
+            return Err(Error::BadTunable("busy_pages"));
+        }
         Ok(())
+    }
+
+    /// Lowest order the policy reports, and so the smallest free that
+    /// requests reporting.
+    pub(crate) fn lowest_order(&self) -> u8 {
+        match self.policy {
+            Policy::Linux => self.reporting_order,
+            Policy::Adaptive => self.quiet_order.min(self.reporting_order),
+        }
     }
 
     /// Pages a zone must have free for the worker to visit it.

@@ -1,4 +1,4 @@
-//! Property test: random sequences of alloc / free / bad free / timer /
+//! Property test, for each policy (`linux` and `adaptive`): random sequences of alloc / free / bad free / timer /
 //! report completion (ok or failed) / inflate / deflate against a per-page
 //! model. After every step: the core's conservation check, every frame's
 //! state equal to the model's, counters equal to the model's counts, and
@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use common::*;
 use memserver::{
-    Actions, BatchId, Block, BlockState, Error, MAX_ORDER, MemCore, ReportingState, Tunables,
-    ZoneId, ZoneSpec,
+    Actions, BatchId, Block, BlockState, Error, MAX_ORDER, MemCore, Policy, ReportingState,
+    Tunables, ZoneId, ZoneSpec,
 };
 use proptest::prelude::*;
 
@@ -48,22 +48,41 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn tunables() -> impl Strategy<Value = Option<Tunables>> {
+fn tunables(policy: Policy) -> impl Strategy<Value = Option<Tunables>> {
+    let adaptive = (0..=MAX_ORDER, 0..10u64, 0..64u64);
     prop_oneof![
         1 => Just(None),
-        6 => (0..=MAX_ORDER, 1..6u16, 1..4u32, 0..200u64, 1..4u8).prop_map(
-            |(reporting_order, capacity, budget_divisor, low_watermark_pages, max_in_flight)| {
+        6 => ((0..=MAX_ORDER, 1..6u16, 1..4u32, 0..200u64, 1..4u8), adaptive).prop_map(
+            move |(
+                (reporting_order, capacity, budget_divisor, low_watermark_pages, max_in_flight),
+                (quiet_order, age_delays, busy_pages),
+            )| {
+                let t = Tunables::default();
                 Some(Tunables {
                     reporting_order,
                     capacity,
                     budget_divisor,
                     low_watermark_pages,
                     max_in_flight,
-                    ..Tunables::default()
+                    policy,
+                    quiet_order,
+                    // From below one delay (small blocks with the first
+                    // quiet pass) to ten.
+                    age_ns: t.delay_ns / 2 * age_delays + 1,
+                    busy_pages,
+                    ..t
                 })
             }
         ),
     ]
+}
+
+/// Lowest order the tunables' policy reports.
+fn lowest_order(t: &Tunables) -> u8 {
+    match t.policy {
+        Policy::Linux => t.reporting_order,
+        Policy::Adaptive => t.quiet_order.min(t.reporting_order),
+    }
 }
 
 struct Model {
@@ -127,8 +146,8 @@ fn take_batches(
         let z = c.batch_zone(*id).unwrap().0 as usize;
         for b in entries {
             assert!(
-                b.order >= t.reporting_order,
-                "only orders >= reporting_order"
+                b.order >= lowest_order(&t),
+                "only orders the policy reports"
             );
             assert_eq!(b.pfn % b.pages(), 0);
             assert!(
@@ -403,7 +422,7 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
     // watermark ends Reported or below it.
     if let Some(t) = m.tun {
         let settle = |c: &mut MemCore<'_>| {
-            for _ in 0..400 {
+            for _ in 0..1000 {
                 if c.reporting_state() == ReportingState::Idle && !c.pass_running() {
                     break;
                 }
@@ -435,9 +454,10 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
             let s = c.zone_stats(ZoneId(z)).unwrap();
             // Every isolation keeps the watermark (issue 16), so a zone
             // whose free memory holds a full batch of the largest blocks
-            // above it gets everything reported.
+            // above it gets everything the policy reports down to its lowest
+            // order reported.
             if s.free_pages >= t.low_watermark_pages + (u64::from(t.capacity) << MAX_ORDER) {
-                let big: u64 = (usize::from(t.reporting_order)..=usize::from(MAX_ORDER))
+                let big: u64 = (usize::from(lowest_order(&t))..=usize::from(MAX_ORDER))
                     .map(|o| s.free_blocks[o] << o)
                     .sum();
                 assert_eq!(
@@ -452,7 +472,12 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn core_matches_model(tun in tunables(), ops in prop::collection::vec(op(), 1..120)) {
+    fn core_matches_model_linux(tun in tunables(Policy::Linux), ops in prop::collection::vec(op(), 1..120)) {
+        run(tun, ops);
+    }
+
+    #[test]
+    fn core_matches_model_adaptive(tun in tunables(Policy::Adaptive), ops in prop::collection::vec(op(), 1..120)) {
         run(tun, ops);
     }
 }

@@ -49,6 +49,9 @@ pub struct DemoConfig {
     /// The balloon device the model plays (QEMU's by default; see
     /// `DeviceConfig::profiles` for other VMMs' shapes).
     pub device: DeviceConfig,
+    /// Keep sampling until this long after the first free, even when the
+    /// memory looks settled (to see how much comes back in the end).
+    pub watch: Option<Duration>,
 }
 
 /// What happened.
@@ -177,8 +180,23 @@ pub fn pds_next_to_this_binary(workspace: &Path, build: bool) -> Result<PathBuf,
 /// Build the PDs' host binaries into `target_dir` with `profile`, with
 /// cargo's own progress on the terminal.
 pub fn build_pds(workspace: &Path, target_dir: &Path, profile: &str) -> Result<(), String> {
+    build_pds_from(workspace, target_dir, profile, None)
+}
+
+/// As [`build_pds`], from the description `system` (`SYSTEM_XML`) instead
+/// of the workspace's system.xml when given.
+pub fn build_pds_from(
+    workspace: &Path,
+    target_dir: &Path,
+    profile: &str,
+    system: Option<&Path>,
+) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    if let Some(s) = system {
+        cmd.env("SYSTEM_XML", s);
+    }
+    let status = cmd
         .current_dir(workspace)
         .args(["build", "--profile", profile, "--bins"])
         .args([
@@ -321,8 +339,14 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         if let Some(d) = done_at {
             steady = if host == last_host { steady + 1 } else { 0 };
             let steady_for = cfg.period * steady;
-            if (steady_for >= Duration::from_secs(1) && host <= guests.live + guests.freed / 20)
-                || d.elapsed() >= cfg.settle
+            let watched = match (cfg.watch, guests.first_free) {
+                (Some(w), Some(f)) => t >= f + w,
+                _ => true,
+            };
+            if watched
+                && ((steady_for >= Duration::from_secs(1)
+                    && host <= guests.live + guests.freed / 20)
+                    || d.elapsed() >= cfg.settle)
             {
                 break;
             }

@@ -40,6 +40,7 @@ fn run_on(guest_params: &str, tunables: &str, device: DeviceConfig) -> DemoRepor
         timeout: Duration::from_secs(60),
         period: Duration::from_millis(50),
         settle: Duration::from_secs(8),
+        watch: None,
     };
     let report = demo::run(&cfg, &mut |_| {}).expect("the demo runs");
     println!("{}", report.summary());

@@ -29,6 +29,9 @@ pub enum Part {
     /// Microkit image on seL4 (both boards, debug and release) when
     /// `MICROKIT_SDK` is set.
     Qemu,
+    /// The reporting policies side by side (tools::policy_bench), on two
+    /// 1 GiB guests (tools/systems/host-2x1g.xml).
+    Policy,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,25 +57,33 @@ pub struct Args {
 
 pub fn main(args: Args) -> ExitCode {
     let parts = if args.only.is_empty() {
-        vec![Part::Alloc, Part::Report, Part::Reclaim, Part::Qemu]
+        vec![
+            Part::Alloc,
+            Part::Report,
+            Part::Reclaim,
+            Part::Policy,
+            Part::Qemu,
+        ]
     } else {
         args.only.clone()
     };
     let started = Instant::now();
     let mut r = Results::default();
+    let mut policies = None;
     for part in &parts {
         let res = match part {
             Part::Alloc => alloc(&args, &mut r),
             Part::Report => report(&args, &mut r),
             Part::Reclaim => reclaim(&args, &mut r),
             Part::Qemu => in_qemu(&mut r),
+            Part::Policy => policy(&args).map(|c| policies = Some(c)),
         };
         if let Err(e) = res {
             eprintln!("bench: {part:?}: {e}");
             r.errors.push(format!("{part:?}: {e}"));
         }
     }
-    match write(&args, &r, started.elapsed()) {
+    match write(&args, &r, policies.as_ref(), started.elapsed()) {
         Ok(()) if r.errors.is_empty() => ExitCode::SUCCESS,
         Ok(()) => ExitCode::from(1),
         Err(e) => {
@@ -214,6 +225,7 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
                 // Up to 8 passes for what the guests freed, as above.
                 settle: Duration::from_millis(delay_ms * 12) + Duration::from_secs(5),
                 device: balloon::model::DeviceConfig::default(),
+                watch: None,
             };
             let report = demo::run(&cfg, &mut |_| {})?;
             let run = ReclaimRun::from_report(&report);
@@ -317,7 +329,31 @@ fn finish(failures: Vec<String>) -> Result<(), String> {
     }
 }
 
-fn write(args: &Args, r: &Results, took: Duration) -> Result<(), String> {
+/// Both policies on the 2 x 1 GiB description, the PDs built from it into
+/// their own target directory (the layout is generated at build time).
+fn policy(args: &Args) -> Result<tools::policy_bench::Comparison, String> {
+    let system = workspace().join("tools/systems/host-2x1g.xml");
+    let target = target_dir().join("policy-2x1g");
+    eprintln!("bench: building the PDs from {}", system.display());
+    demo::build_pds_from(&workspace(), &target, "release", Some(&system))?;
+    let c = tools::policy_bench::run(&system, &target.join("release"), &args.out, &mut |l| {
+        eprintln!("bench: {l}")
+    })?;
+    let problems: Vec<&String> = c.figures.iter().flat_map(|f| &f.problems).collect();
+    if problems.is_empty() {
+        Ok(c)
+    } else {
+        eprintln!("{}", c.markdown());
+        Err(format!("policy runs had problems: {problems:?}"))
+    }
+}
+
+fn write(
+    args: &Args,
+    r: &Results,
+    policies: Option<&tools::policy_bench::Comparison>,
+    took: Duration,
+) -> Result<(), String> {
     let out: &Path = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -327,7 +363,11 @@ fn write(args: &Args, r: &Results, took: Duration) -> Result<(), String> {
         if args.quick { " --quick" } else { "" },
         took.as_secs_f64()
     );
-    let md = format!("{header}{}", r.markdown());
+    let mut md = format!("{header}{}", r.markdown());
+    if let Some(c) = policies {
+        md.push('\n');
+        md.push_str(&c.markdown());
+    }
     println!("{md}");
     let write = |name: &str, text: &str| {
         let p = out.join(name);

@@ -23,6 +23,24 @@ pub enum Pattern {
     Churn,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Policy {
+    /// Watch each zone: report a quiet zone at once, wait for a busy one,
+    /// age small blocks back (memserver/src/adaptive.rs).
+    Adaptive,
+    /// Linux's rules, the control: a full delay and 1/16 of a list per pass.
+    Linux,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Adaptive => "adaptive",
+            Policy::Linux => "linux",
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// MiB each guest allocates and frees (with `--live-mib`, at most the
@@ -54,6 +72,17 @@ pub struct Args {
     /// Report batches in flight (Linux: 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=memserver::MAX_IN_FLIGHT as i64))]
     pub in_flight: u8,
+    /// Reporting policy.
+    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
+    pub policy: Policy,
+    /// More memserver tunables, `key=value,...` (e.g. `quiet_order=2,age_ms=3000`;
+    /// see memserver::params).
+    #[arg(long, default_value = "")]
+    pub tunables: String,
+    /// Keep watching until this many seconds after the first free, even
+    /// when the memory looks settled.
+    #[arg(long)]
+    pub watch: Option<f64>,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
     pub no_reporting: bool,
@@ -113,10 +142,19 @@ fn run(args: &Args) -> Result<bool, String> {
     let tunables = if args.no_reporting {
         "off".to_string()
     } else {
-        format!(
-            "order={},delay_ms={},capacity={},in_flight={}",
-            args.order, args.delay_ms, args.capacity, args.in_flight
-        )
+        let mut t = format!(
+            "policy={},order={},delay_ms={},capacity={},in_flight={}",
+            args.policy.name(),
+            args.order,
+            args.delay_ms,
+            args.capacity,
+            args.in_flight
+        );
+        if !args.tunables.trim().is_empty() {
+            t.push(',');
+            t.push_str(args.tunables.trim());
+        }
+        t
     };
     let mut cfg = DemoConfig {
         system: args
@@ -133,6 +171,7 @@ fn run(args: &Args) -> Result<bool, String> {
         period: Duration::from_millis(100),
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
         device: DeviceConfig::profile(&args.device).unwrap_or_default(),
+        watch: args.watch.map(Duration::from_secs_f64),
     };
     // Refuse what cannot run (a workload larger than a guest's RAM) before
     // building or starting anything.

@@ -1,0 +1,207 @@
+//! One scenario per rule of the adaptive policy (memserver/src/adaptive.rs),
+//! each beside what Linux's rules do with the same events. Counters are the
+//! oracles; time is the worker's own timer, fired by hand.
+
+mod common;
+
+use common::*;
+use memserver::{Actions, MAX_ORDER, MemCore, Policy, ReportingState, Tunables};
+
+const GIB_PAGES: u32 = 262_144;
+
+fn adaptive() -> Tunables {
+    Tunables::adaptive()
+}
+
+fn linux() -> Tunables {
+    Tunables::default()
+}
+
+/// Pages of free blocks of at least `order`, and of them the Reported ones.
+fn free_and_reported(c: &MemCore<'_>, order: u8) -> (u64, u64) {
+    let s = c.zone_stats(Z0).unwrap();
+    let free = (usize::from(order)..=usize::from(MAX_ORDER))
+        .map(|o| s.free_blocks[o] << o)
+        .sum();
+    (free, s.reported_pages)
+}
+
+/// Boot, then allocate all of zone 0 in order-10 blocks (a guest touching
+/// its RAM) and settle reporting, so the next events start from a quiet,
+/// fully allocated zone.
+fn booted_and_allocated(tun: Tunables, pages: u32) -> (MemCore<'static>, Vec<u64>) {
+    let (mut c, _) = core(&[zone(0x40000, pages)], Some(tun));
+    let mut held = Vec::new();
+    while let Ok(pfn) = c.alloc(Z0, MAX_ORDER) {
+        held.push(pfn);
+    }
+    run_until_idle(&mut c, 64);
+    (c, held)
+}
+
+/// Rule 1: 1 GiB freed at once by a zone that then stays quiet comes back
+/// in the first pass, one delay after the free; Linux's budget needs four
+/// passes, a delay apart.
+#[test]
+fn quiet_zone_is_reported_in_one_pass_after_the_delay() {
+    for (tun, want_passes) in [(adaptive(), 1), (linux(), 4)] {
+        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+        let mut first = Actions::default();
+        for pfn in held {
+            first.merge(&c.free(Z0, pfn, MAX_ORDER).unwrap());
+        }
+        assert_eq!(first.arm_timer_ns(), Some(tun.delay_ns), "{:?}", tun.policy);
+        let passes_before = c.reporting_stats().passes;
+        run_pass(&mut c, true);
+        let (free, reported) = free_and_reported(&c, 0);
+        if tun.policy == Policy::Adaptive {
+            assert_eq!(reported, free, "everything back after one pass");
+        } else {
+            assert!(reported < free / 2, "Linux: a budget's worth per pass");
+        }
+        run_until_idle(&mut c, 64);
+        let passes = c.reporting_stats().passes - passes_before;
+        assert_eq!(passes, want_passes, "{:?}", tun.policy);
+        assert_eq!(c.stats().reported_pages, c.stats().free_pages);
+    }
+}
+
+/// Rule 2: a zone that allocated more than `busy_pages` since the timer
+/// was armed is left alone, and reported once it stayed quiet for the
+/// delay, in ticks of a quarter delay.
+#[test]
+fn busy_zone_waits_until_quiet_for_the_delay() {
+    let tun = adaptive();
+    let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+    let (keep, give) = held.split_at(held.len() / 2);
+    for &pfn in give {
+        c.free(Z0, pfn, MAX_ORDER).unwrap();
+    }
+    // The guest cycles memory: 64 MiB allocated and freed within the delay.
+    let cycle: Vec<u64> = (0..16).map(|_| c.alloc(Z0, MAX_ORDER).unwrap()).collect();
+    for pfn in cycle {
+        c.free(Z0, pfn, MAX_ORDER).unwrap();
+    }
+    let defers = c.reporting_stats().busy_defers;
+    let (done, acts) = run_pass(&mut c, true);
+    assert!(done.is_empty(), "a busy zone is not reported");
+    assert_eq!(c.reporting_stats().busy_defers, defers + 1);
+    assert_eq!(acts.arm_timer_ns(), Some(tun.delay_ns / 4), "looks again");
+    // Quiet from now: three ticks are less than the delay, the fourth is not.
+    for _ in 0..3 {
+        let (done, _) = run_pass(&mut c, true);
+        assert!(done.is_empty(), "not quiet for the delay yet");
+    }
+    let (done, _) = run_pass(&mut c, true);
+    assert!(!done.is_empty());
+    let (free, reported) = free_and_reported(&c, tun.reporting_order);
+    assert_eq!(reported, free, "the quiet zone came back in one pass");
+    assert!(!keep.is_empty());
+    c.check_invariants().unwrap();
+}
+
+/// Rule 2 during a pass: the zone allocates again while a batch is with
+/// the host; its walk stops at once and the rest waits until it is quiet.
+/// A trickle below `busy_pages` does not stop it.
+#[test]
+fn allocation_during_a_pass_backs_off() {
+    let tun = Tunables {
+        capacity: 4,
+        ..adaptive()
+    };
+    for (alloc_order, backs_off) in [(0u8, false), (MAX_ORDER, true)] {
+        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+        for pfn in held {
+            c.free(Z0, pfn, MAX_ORDER).unwrap();
+        }
+        let acts = c.timer_expired();
+        assert_eq!(acts.batches().len(), 1, "one batch in flight");
+        // 1 page, or 1 GiB / 256 * 3 = 12 MiB > busy_pages (8 MiB).
+        for _ in 0..3 {
+            c.alloc(Z0, alloc_order).unwrap();
+        }
+        let id = acts.batches()[0];
+        let more = c.report_completed(id, true).unwrap();
+        let stats = c.reporting_stats();
+        if backs_off {
+            assert!(more.batches().is_empty(), "walk stopped");
+            assert_eq!(stats.back_offs, 1);
+            assert_eq!(c.reporting_state(), ReportingState::Requested);
+            assert!(!c.pass_running());
+            assert!(c.stats().reported_pages < c.stats().free_pages / 2);
+        } else {
+            assert_eq!(more.batches().len(), 1, "a trickle does not stop it");
+            assert_eq!(stats.back_offs, 0);
+        }
+        c.check_invariants().unwrap();
+    }
+}
+
+/// Rule 3: blocks freed below the reporting order (every other page of
+/// 32 MiB) come back once the zone stayed quiet for `age_ns`, never before,
+/// and never under Linux's rules.
+#[test]
+fn small_blocks_come_back_after_ageing() {
+    // Small batches keep the zone's watermark threshold below 16 MiB.
+    for tun in [adaptive(), linux()].map(|t| Tunables { capacity: 4, ..t }) {
+        let (mut c, held) = booted_and_allocated(tun, 16384);
+        // Split 32 MiB into pages, settle, and free every other one.
+        for &pfn in &held[..8] {
+            c.free(Z0, pfn, MAX_ORDER).unwrap();
+        }
+        let mut pages = Vec::new();
+        while let Ok(pfn) = c.alloc(Z0, 0) {
+            pages.push(pfn);
+        }
+        run_until_idle(&mut c, 64);
+        let freed: Vec<u64> = pages.iter().copied().filter(|p| p % 2 == 0).collect();
+        let mut acts = Actions::default();
+        for &pfn in &freed {
+            acts.merge(&c.free(Z0, pfn, 0).unwrap());
+        }
+        let small = freed.len() as u64;
+        if tun.policy == Policy::Linux {
+            assert_eq!(acts.arm_timer_ns(), None, "small frees do not request");
+            assert_eq!(c.reporting_state(), ReportingState::Idle);
+            continue;
+        }
+        assert_eq!(
+            acts.arm_timer_ns(),
+            Some(tun.delay_ns),
+            "small frees request"
+        );
+        // Quiet for the delay, not yet aged: nothing small is reported.
+        let (done, _) = run_pass(&mut c, true);
+        assert!(done.iter().all(|b| b.order >= tun.reporting_order));
+        let mut elapsed = tun.delay_ns;
+        while c.zone_stats(Z0).unwrap().reported_pages < small {
+            assert!(c.timer_armed(), "the worker keeps looking");
+            let (done, _) = run_pass(&mut c, true);
+            elapsed += tun.delay_ns / 4;
+            if !done.is_empty() {
+                assert!(elapsed >= tun.age_ns, "aged before reported");
+                assert!(done.iter().all(|b| b.order == 0));
+            }
+        }
+        assert_eq!(elapsed, tun.age_ns);
+        run_until_idle(&mut c, 8);
+        c.check_invariants().unwrap();
+    }
+}
+
+/// The system's default is the adaptive policy with Linux's numbers.
+#[test]
+fn adaptive_defaults() {
+    let t = Tunables::adaptive();
+    assert_eq!(t.policy, Policy::Adaptive);
+    assert_eq!(
+        Tunables {
+            policy: Policy::Linux,
+            ..t
+        },
+        Tunables::default()
+    );
+    assert_eq!(t.quiet_order, 0);
+    assert_eq!(t.age_ns, 2 * t.delay_ns);
+    assert!(t.validate().is_ok());
+}

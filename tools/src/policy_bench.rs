@@ -1,0 +1,250 @@
+//! `tools bench --only policy`: the reporting policies side by side on the
+//! host platform (issue 15). Each scenario runs the whole system once per
+//! policy, in one `tools bench` run, on the description with two 1 GiB
+//! guests (`tools/systems/host-2x1g.xml`, the PDs built from it):
+//!
+//! - latency: each guest touches 1 GiB, holds 2 s, frees it all; seconds
+//!   from the first free until 50 / 90 % is back (default 2 s delay);
+//! - everything: the same run watched for 60 s after the first free: the
+//!   fraction back by then;
+//! - fragmented: each guest allocates 512 MiB in orders 0-3 and frees every
+//!   other block, then holds 12 s: the fraction of that first free back
+//!   within 10 s (the rest is freed after the window);
+//! - churn: a 250 ms delay, 16 rounds of allocate / touch / free of 512 MiB
+//!   per guest: the workload's time from launch to its last free (median of
+//!   [`CHURN_RUNS`] runs), with reporting off as the baseline.
+//!
+//! Figures on a loaded machine are noisy: the other scenarios are one run.
+
+use crate::demo::{self, DemoConfig, DemoReport};
+use crate::timeline::Timeline;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs of each churn variant (one run's time moves with the load).
+pub const CHURN_RUNS: usize = 3;
+
+/// The policies compared, control first.
+pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
+
+/// One policy's figures over the scenarios.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyFigures {
+    pub policy: String,
+    /// Latency: seconds from the first free to 50 / 90 % back.
+    pub p50_s: Option<f64>,
+    pub p90_s: Option<f64>,
+    /// Everything: fraction of the freed memory back 60 s after the first
+    /// free.
+    pub back_60s: Option<f64>,
+    /// Fragmented: fraction of the first (fragmented) free back within 10 s.
+    pub frag_10s: Option<f64>,
+    /// Churn: seconds from launch to the guests' last free, and that time
+    /// relative to reporting off (1.0 = as fast).
+    pub churn_s: Option<f64>,
+    pub churn_vs_off: Option<f64>,
+    /// Problems of the runs (PD errors, guests that did not verify).
+    pub problems: Vec<String>,
+}
+
+/// Both policies' figures, and the baseline of the churn scenario.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Comparison {
+    pub figures: Vec<PolicyFigures>,
+    pub churn_off_s: Option<f64>,
+}
+
+/// Time of the first and last mark whose label holds `what`.
+fn marks_with(t: &Timeline, what: &str) -> (Option<Duration>, Option<Duration>) {
+    let mut it = t.marks().iter().filter(|m| m.label.contains(what));
+    let first = it.next().map(|m| m.t);
+    let last = t
+        .marks()
+        .iter()
+        .rev()
+        .find(|m| m.label.contains(what))
+        .map(|m| m.t);
+    (first, last)
+}
+
+/// Host bytes given back between the last sample before `from` and the
+/// last sample at or before `from + within`, over the guest bytes freed in
+/// the second after `from` (the guests' frees of one phase are that close).
+fn fraction_back(t: &Timeline, from: Duration, within: Duration) -> Option<f64> {
+    let s = t.samples();
+    let i = s.partition_point(|x| x.t < from).checked_sub(1)?;
+    let before = s[i];
+    let freed_by = t.at(from + Duration::from_secs(1))?;
+    let freed = before.guest?.saturating_sub(freed_by.guest?);
+    let after = t.at(from + within)?;
+    if freed == 0 {
+        return None;
+    }
+    Some(before.host.saturating_sub(after.host) as f64 / freed as f64)
+}
+
+fn problems(r: &DemoReport) -> Vec<String> {
+    let mut p = r.problems.clone();
+    if !r.guests_ok {
+        p.push("guests did not verify".into());
+    }
+    p
+}
+
+/// Run every scenario for both policies. `system`: the 2 x 1 GiB
+/// description, `bin_dir`: the PDs built from it; plots and samples go to
+/// `out`. `progress` gets a line per run.
+pub fn run(
+    system: &Path,
+    bin_dir: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Comparison, String> {
+    let cfg = |guest_params: String, tunables: String, watch: Option<u64>| DemoConfig {
+        system: system.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+        guest_params,
+        // Reporting off never settles: stop waiting soon.
+        settle: Duration::from_secs(if tunables == "off" { 3 } else { 20 }),
+        tunables,
+        timeout: Duration::from_secs(150),
+        period: Duration::from_millis(50),
+        watch: watch.map(Duration::from_secs),
+        device: balloon::model::DeviceConfig::default(),
+    };
+    let save = |name: &str, r: &DemoReport| -> Result<(), String> {
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let csv = out.join(format!("{name}.csv"));
+        std::fs::write(&csv, r.timeline.csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
+        r.timeline.plot_svg(
+            &out.join(format!("{name}.svg")),
+            &format!("tools bench: host memory, {name}"),
+        )
+    };
+    // The median time of the churn runs, and the problems of all.
+    let churn = |tunables: &str,
+                 name: &str,
+                 progress: &mut dyn FnMut(&str)|
+     -> Result<(Option<f64>, Vec<String>), String> {
+        let mut times = Vec::new();
+        let mut probs = Vec::new();
+        for i in 0..CHURN_RUNS {
+            progress(&format!("churn, {name}, run {}/{CHURN_RUNS}", i + 1));
+            let r = demo::run(
+                &cfg(
+                    "pattern=churn,mib=512,rounds=16,hold_ms=500,live_mib=8".into(),
+                    tunables.into(),
+                    None,
+                ),
+                &mut |_| {},
+            )?;
+            save(&format!("policy-churn-{name}"), &r)?;
+            times.extend(
+                marks_with(&r.timeline, " freed ")
+                    .1
+                    .map(|d| d.as_secs_f64()),
+            );
+            probs.extend(problems(&r));
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times.get(times.len() / 2).copied(), probs))
+    };
+    let mut cmp = Comparison {
+        churn_off_s: churn("off", "off", progress)?.0,
+        ..Comparison::default()
+    };
+    for policy in POLICIES {
+        let mut f = PolicyFigures {
+            policy: policy.into(),
+            ..PolicyFigures::default()
+        };
+        progress(&format!(
+            "policy {policy}: latency and everything, 2 x 1 GiB"
+        ));
+        let r = demo::run(
+            &cfg(
+                "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0".into(),
+                format!("policy={policy}"),
+                Some(60),
+            ),
+            &mut |_| {},
+        )?;
+        save(&format!("policy-latency-{policy}"), &r)?;
+        f.p50_s = r.reclaim.p50.map(|d| d.as_secs_f64());
+        f.p90_s = r.reclaim.p90.map(|d| d.as_secs_f64());
+        f.back_60s = marks_with(&r.timeline, " freed ")
+            .0
+            .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(60)));
+        f.problems.extend(problems(&r));
+
+        progress(&format!("policy {policy}: fragmented, 2 x 512 MiB"));
+        let r = demo::run(
+            &cfg(
+                "pattern=fragmented,mib=512,hold_ms=12000,live_mib=8".into(),
+                format!("policy={policy}"),
+                None,
+            ),
+            &mut |_| {},
+        )?;
+        save(&format!("policy-fragmented-{policy}"), &r)?;
+        f.frag_10s = marks_with(&r.timeline, " freed ")
+            .0
+            .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(10)));
+        f.problems.extend(problems(&r));
+
+        let (s, p) = churn(&format!("policy={policy},delay_ms=250"), policy, progress)?;
+        f.churn_s = s;
+        f.churn_vs_off = f.churn_s.zip(cmp.churn_off_s).map(|(a, b)| a / b);
+        f.problems.extend(p);
+        cmp.figures.push(f);
+    }
+    Ok(cmp)
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "never".into(), f)
+}
+
+impl Comparison {
+    /// The side-by-side table, in Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## Reporting policies side by side (host platform, 2 x 1 GiB guests, one run each)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| policy | 1 GiB/zone: 50 % back | 90 % back | back within 60 s | fragmented: back within 10 s | churn (250 ms delay): workload s, median of {CHURN_RUNS} | vs reporting off |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let pct = |x: f64| format!("{:.1} %", x * 100.0);
+        let sec = |x: f64| format!("{x:.2} s");
+        for f in &self.figures {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                f.policy,
+                opt(f.p50_s, sec),
+                opt(f.p90_s, sec),
+                opt(f.back_60s, pct),
+                opt(f.frag_10s, pct),
+                opt(f.churn_s, sec),
+                opt(f.churn_vs_off, |x| format!("{:+.1} %", (x - 1.0) * 100.0)),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nchurn with reporting off: {}. Targets (issue 15): 90 % within 2.5 s, >= 99.5 % within 60 s, \
+             fragmented >= 90 % within 10 s, churn within 10 % of off.",
+            opt(self.churn_off_s, sec)
+        );
+        for f in &self.figures {
+            for p in &f.problems {
+                let _ = writeln!(s, "\nproblem ({}): {p}", f.policy);
+            }
+        }
+        s
+    }
+}
