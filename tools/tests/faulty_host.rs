@@ -173,9 +173,12 @@ fn a_faulty_host_loses_nothing_and_reporting_goes_on() {
         &xml,
         &[
             ("GUEST_PARAMS", &guest),
+            // Linux's policy: it reports between a churning guest's frees
+            // and allocations, which the faults need; the adaptive policy
+            // holds reports back while a zone churns (by design).
             (
                 "MEMSERVER_TUNABLES",
-                "order=9,delay_ms=1,capacity=2,in_flight=4",
+                "policy=linux,order=9,delay_ms=1,capacity=2,in_flight=4",
             ),
             // The test ends each fault itself; the watchdog (which would
             // end the holds after its period) has its own test below.
