@@ -994,7 +994,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         loop {
             let msg = if let Some(&(batch, ok)) = self.done_out.front() {
                 FromBalloon::ReportDone { batch, ok }
-            } else if self.limits_queued {
+            } else if self.limits_ready() {
                 FromBalloon::DeviceLimits {
                     report_capacity: u16::try_from(self.drv.report_capacity()).unwrap_or(u16::MAX),
                 }
@@ -1038,12 +1038,19 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         }
     }
 
+    /// `DeviceLimits` can go: queued, and the device is up (a broken one
+    /// has no queues, so its capacity would read 0 and stop reporting; the
+    /// restart queues the limits again).
+    fn limits_ready(&self) -> bool {
+        self.limits_queued && !self.drv.is_broken()
+    }
+
     /// Marks the message `flush` just pushed as sent (same order).
     fn pop_out(&mut self) {
         if self.done_out.pop_front().is_some() {
             return;
         }
-        if self.limits_queued {
+        if self.limits_ready() {
             self.limits_queued = false;
         } else if self.ask_queued && self.ask.is_some() {
             self.ask_queued = false;

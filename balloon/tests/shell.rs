@@ -253,6 +253,10 @@ impl Sys {
         );
         assert_eq!(c.completions_ok + c.completions_failed, c.batches_sent);
         assert_eq!(self.mem().reported_pages, TOTAL_PAGES);
+        // The restarts re-sent the device's limits; none read a broken
+        // device's capacity (0) and stopped reporting.
+        assert!(!self.server.reporting_stopped_by_device());
+        assert_eq!(self.server.core().tunables(), Some(tunables()));
     }
 
     /// Every batch the memserver sent was answered exactly once.
