@@ -200,6 +200,12 @@ mod run {
         fn stop(&mut self, why: core::fmt::Arguments<'_>) -> FaultReply {
             LOG.error(why);
             self.stopped = true;
+            // Suspend it: a fault left without a reply would leave the
+            // reply object pending, which seL4 warns about on our next
+            // receive ("Reply object already has unexecuted reply!").
+            if let Err(e) = pd::vm::stop(vcpu()) {
+                LOG.error(format_args!("suspending the vCPU: {e}"));
+            }
             FaultReply::Stop
         }
 
@@ -267,6 +273,9 @@ mod run {
                         vm_layout::VM_NAME
                     ));
                     self.stopped = true;
+                    if let Err(e) = pd::vm::stop(vcpu()) {
+                        LOG.error(format_args!("suspending the vCPU: {e}"));
+                    }
                     Ok(FaultReply::Stop)
                 }
                 psci::Answer::Reset => Ok(self.stop(format_args!(
