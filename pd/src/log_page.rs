@@ -118,22 +118,28 @@ impl Reader {
     }
 }
 
+/// A page of `size` bytes as a PD that logged `log` leaves it: for the
+/// host's tests of its readers (the PD itself writes in place).
+#[cfg(any(test, feature = "host"))]
+pub fn page_of(size: usize, log: &[u8]) -> std::vec::Vec<u8> {
+    let mut p = std::vec![0u8; size];
+    p[..8].copy_from_slice(&MAGIC.to_le_bytes());
+    p[8..16].copy_from_slice(&(log.len() as u64).to_le_bytes());
+    let cap = size - HEADER;
+    for (i, b) in log.iter().enumerate() {
+        p[HEADER + i % cap] = *b;
+    }
+    p
+}
+
 #[cfg(all(test, not(target_os = "none")))]
 mod tests {
     use super::*;
     use std::vec;
     use std::vec::Vec;
 
-    /// A page written as the PD writes it.
     fn page(size: usize, log: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; size];
-        p[..8].copy_from_slice(&MAGIC.to_le_bytes());
-        p[8..16].copy_from_slice(&(log.len() as u64).to_le_bytes());
-        let cap = size - HEADER;
-        for (i, b) in log.iter().enumerate() {
-            p[HEADER + i % cap] = *b;
-        }
-        p
+        page_of(size, log)
     }
 
     fn bytes(p: &[u8], u: &Update) -> Vec<u8> {

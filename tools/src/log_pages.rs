@@ -138,19 +138,7 @@ impl LogPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pd::log_page::{HEADER, MAGIC};
-
-    /// A page as the PD writes it (see `pd::log_page`).
-    fn page(size: usize, log: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; size];
-        p[..8].copy_from_slice(&MAGIC.to_le_bytes());
-        p[8..16].copy_from_slice(&(log.len() as u64).to_le_bytes());
-        let cap = size - HEADER;
-        for (i, b) in log.iter().enumerate() {
-            p[HEADER + i % cap] = *b;
-        }
-        p
-    }
+    use pd::log_page::{HEADER, page_of as page};
 
     fn poller(n: usize) -> LogPoller {
         let pages: Vec<LogPage> = (0..n)
