@@ -209,15 +209,23 @@ pub fn run_config(
     }
 }
 
-/// What came back of everything the guests freed, measured from the RSS at
-/// their *first* free (the runner's `reclaim` starts at the last one, which
+/// What came back of everything the guests freed, measured from the RSS
+/// peak before their *first* free (the runner's `reclaim` starts at the last one, which
 /// misses what was reported in between when the frees are further apart
 /// than the reporting delay, as on a loaded machine), with the 50/90/99 %
 /// times counted from the *last* free (zero if reached before it).
 pub fn freed_reclaim(r: &RunReport) -> Option<Reclaim> {
     let first = r.observed.first_free?;
     let last = r.observed.last_free.unwrap_or(first).max(first);
-    let mut rc = r.timeline.reclaim(first, r.observed.freed, None);
+    // The bare image zeroes nothing at boot, so QEMU's RSS only grows until
+    // the guests free: its peak before the first free is the memory before
+    // it. (The last sample before the free's line is not: a policy that
+    // reports a quiet zone at once can give part back before the line is
+    // read, and the window would miss it.)
+    let start = r.timeline.peak_before(first);
+    let mut rc = r
+        .timeline
+        .reclaim_from(start, first, r.observed.freed, None);
     for p in [&mut rc.p50, &mut rc.p90, &mut rc.p99] {
         *p = p.map(|d| (first + d).saturating_sub(last));
     }

@@ -155,10 +155,6 @@ impl Timeline {
     /// last sample before it: the delays until 50/90/99 % of `expected`
     /// bytes came back, within the samples up to `until` (or the end).
     pub fn reclaim(&self, from: Duration, expected: u64, until: Option<Duration>) -> Reclaim {
-        let window = self
-            .samples
-            .iter()
-            .filter(|s| s.t >= from && until.is_none_or(|u| s.t <= u));
         // The memory before the event: the last sample taken before the
         // mark (the one taken with it may already show the memory back,
         // when the event's console line is read after the sample that
@@ -169,6 +165,34 @@ impl Timeline {
             .map(|i| &self.samples[i])
             .or_else(|| self.at(from))
             .map_or(0, |s| s.host);
+        self.reclaim_from(start, from, expected, until)
+    }
+
+    /// The most memory the host held before `t`: where a system that only
+    /// grows until an event (nothing zeroed at boot) stood before it, even
+    /// when a fast reporter gave part of it back before the event's line
+    /// was read.
+    pub fn peak_before(&self, t: Duration) -> u64 {
+        self.samples
+            .iter()
+            .filter(|s| s.t < t)
+            .map(|s| s.host)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// As [`Self::reclaim`], with the memory before the event given.
+    pub fn reclaim_from(
+        &self,
+        start: u64,
+        from: Duration,
+        expected: u64,
+        until: Option<Duration>,
+    ) -> Reclaim {
+        let window = self
+            .samples
+            .iter()
+            .filter(|s| s.t >= from && until.is_none_or(|u| s.t <= u));
         let mut r = Reclaim {
             start,
             end: start,
@@ -430,6 +454,25 @@ mod tests {
             line.contains("[last: guest0 freed 256 MiB 2.5 s ago]"),
             "{line}"
         );
+    }
+
+    /// A fast reporter gave part of the memory back before the free's line
+    /// was read: the peak before the mark is where the memory stood.
+    #[test]
+    fn reclaim_from_the_peak_sees_what_came_back_before_the_line() {
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 100), (1000, 600), (1500, 330), (2000, 70)] {
+            tl.push(s(t, h));
+        }
+        // The free's line came with the 2000 ms sample; the one before it
+        // already had half back.
+        let late = tl.reclaim(Duration::from_millis(2000), 512 * M, None);
+        assert!((late.fraction() - 0.5).abs() < 0.01, "{late:?}");
+        let start = tl.peak_before(Duration::from_millis(2000));
+        assert_eq!(start, 600 * M);
+        let r = tl.reclaim_from(start, Duration::from_millis(2000), 512 * M, None);
+        assert_eq!(r.fraction(), 1.0);
+        assert_eq!(r.p90, Some(Duration::ZERO));
     }
 
     #[test]
