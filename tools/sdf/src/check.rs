@@ -21,7 +21,7 @@
 //!    than its caller (a Microkit error); a PD notified by a higher-priority
 //!    peer is fine. Servers below their clients are only a warning.
 
-use crate::model::{MAX_CHANNELS, MAX_IOPORT_ID, MAX_PD_NAME_LEN, PAGE_2M, PAGE_4K, System};
+use crate::model::{MAX_CHANNELS, MAX_IOPORT_ID, MAX_PD_NAME_LEN, Map, PAGE_2M, PAGE_4K, System};
 use core::fmt;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -160,60 +160,19 @@ fn virtual_machines(sys: &System, out: &mut Out) {
                 );
             }
         }
-        let mut spans: Vec<(u64, u64, &str, u32)> = Vec::new();
-        for m in &vm.maps {
-            let Some(mr) = sys.region(&m.mr) else {
-                out.error(
-                    m.line,
-                    format!(
-                        "virtual_machine '{}' maps unknown memory_region '{}'",
-                        vm.name, m.mr
-                    ),
-                );
-                continue;
-            };
-            if m.vaddr % mr.page_size != 0 {
-                out.error(
-                    m.line,
-                    format!(
-                        "VM map of '{}' at guest-physical {:#x} is not aligned to the region's page size {:#x}",
-                        m.mr, m.vaddr, mr.page_size
-                    ),
-                );
-            }
-            let Some(end) = m.vaddr.checked_add(mr.size) else {
-                out.error(
-                    m.line,
-                    format!("VM map of '{}' at {:#x} wraps", m.mr, m.vaddr),
-                );
-                continue;
-            };
+        let owner = format!("virtual_machine '{}'", vm.name);
+        let spans = address_space(sys, &owner, "VM map", "guest-physical", &vm.maps, out);
+        for &(start, end, mr, line) in &spans {
             for (what, base, size) in VMM_EMULATED {
-                if m.vaddr < base + size && base < end {
+                if start < base + size && base < end {
                     out.error(
-                        m.line,
+                        line,
                         format!(
-                            "VM map of '{}' at {:#x}..{end:#x} overlaps {what} at {base:#x}..{:#x}, which the VMM emulates",
-                            m.mr,
-                            m.vaddr,
+                            "VM map of '{mr}' at {start:#x}..{end:#x} overlaps {what} at {base:#x}..{:#x}, which the VMM emulates",
                             base + size
                         ),
                     );
                 }
-            }
-            spans.push((m.vaddr, end, &m.mr, m.line));
-        }
-        spans.sort();
-        for w in spans.windows(2) {
-            let (a, b) = (&w[0], &w[1]);
-            if b.0 < a.1 {
-                out.error(
-                    b.3,
-                    format!(
-                        "VM map of '{}' at {:#x} overlaps map of '{}' at {:#x}..{:#x} (line {})",
-                        b.2, b.0, a.2, a.0, a.1, a.3
-                    ),
-                );
             }
         }
     }
@@ -445,46 +404,67 @@ fn ids(sys: &System, out: &mut Out) {
 
 fn maps(sys: &System, out: &mut Out) {
     for pd in &sys.pds {
-        let mut spans: Vec<(u64, u64, &str, u32)> = Vec::new();
-        for m in &pd.maps {
-            let Some(mr) = sys.region(&m.mr) else {
-                out.error(
-                    m.line,
-                    format!("PD '{}' maps unknown memory_region '{}'", pd.name, m.mr),
-                );
-                continue;
-            };
-            if m.vaddr % mr.page_size != 0 {
-                out.error(
-                    m.line,
-                    format!(
-                        "map of '{}' at vaddr {:#x} is not aligned to the region's page size {:#x}",
-                        m.mr, m.vaddr, mr.page_size
-                    ),
-                );
-            }
-            match m.vaddr.checked_add(mr.size) {
-                Some(end) => spans.push((m.vaddr, end, &m.mr, m.line)),
-                None => out.error(
-                    m.line,
-                    format!(
-                        "map of '{}' at {:#x} wraps the address space",
-                        m.mr, m.vaddr
-                    ),
+        let owner = format!("PD '{}'", pd.name);
+        address_space(sys, &owner, "map", "vaddr", &pd.maps, out);
+    }
+}
+
+/// The maps of one address space (a PD's virtual addresses, or a VM's
+/// guest-physical ones; `owner` and `what` name them in the messages):
+/// every region exists, every map is aligned to its region's page size,
+/// none wraps and none overlaps another. Returns the maps' spans
+/// (start, end, region, line), sorted.
+fn address_space<'a>(
+    sys: &System,
+    owner: &str,
+    what: &str,
+    space: &str,
+    maps: &'a [Map],
+    out: &mut Out,
+) -> Vec<(u64, u64, &'a str, u32)> {
+    let mut spans: Vec<(u64, u64, &str, u32)> = Vec::new();
+    for m in maps {
+        let Some(mr) = sys.region(&m.mr) else {
+            out.error(
+                m.line,
+                format!("{owner} maps unknown memory_region '{}'", m.mr),
+            );
+            continue;
+        };
+        if m.vaddr % mr.page_size != 0 {
+            out.error(
+                m.line,
+                format!(
+                    "{what} of '{}' at {space} {:#x} is not aligned to the region's page size {:#x}",
+                    m.mr, m.vaddr, mr.page_size
                 ),
-            }
+            );
         }
-        spans.sort();
-        for w in spans.windows(2) {
-            let (a, b) = (&w[0], &w[1]);
-            if b.0 < a.1 {
-                out.error(b.3, format!(
-                    "PD '{}' map of '{}' at {:#x}..{:#x} overlaps map of '{}' at {:#x}..{:#x} (line {})",
-                    pd.name, b.2, b.0, b.1, a.2, a.0, a.1, a.3
-                ));
-            }
+        match m.vaddr.checked_add(mr.size) {
+            Some(end) => spans.push((m.vaddr, end, &m.mr, m.line)),
+            None => out.error(
+                m.line,
+                format!(
+                    "{what} of '{}' at {:#x} wraps the address space",
+                    m.mr, m.vaddr
+                ),
+            ),
         }
     }
+    spans.sort();
+    for w in spans.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if b.0 < a.1 {
+            out.error(
+                b.3,
+                format!(
+                    "{owner} map of '{}' at {:#x}..{:#x} overlaps map of '{}' at {:#x}..{:#x} (line {})",
+                    b.2, b.0, b.1, a.2, a.0, a.1, a.3
+                ),
+            );
+        }
+    }
+    spans
 }
 
 fn channels(sys: &System, out: &mut Out) {
