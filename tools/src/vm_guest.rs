@@ -30,27 +30,14 @@ pub struct VmPlan {
 }
 
 /// The VM of `sys`: its RAM is the VM map of the region its VMM maps as
-/// `guest_ram` (as vmm/build.rs finds it); `None` without a VM.
+/// `guest_ram` (`sdf::System::vm_ram`, as vmm/build.rs finds it); `None`
+/// without a VM.
 pub fn plan(sys: &sdf::System) -> Result<Option<VmPlan>, String> {
     let Some(pd) = sys.pds.iter().find(|p| p.virtual_machine.is_some()) else {
         return Ok(None);
     };
-    let vm = pd.virtual_machine.as_ref().expect("found above");
-    let ram_mr = &pd
-        .maps
-        .iter()
-        .find(|m| m.setvar_vaddr.as_deref() == Some("guest_ram"))
-        .ok_or_else(|| format!("PD '{}' maps no region as guest_ram", pd.name))?
-        .mr;
-    let ram = vm
-        .maps
-        .iter()
-        .find(|m| &m.mr == ram_mr)
-        .ok_or_else(|| format!("VM '{}' does not map '{ram_mr}'", vm.name))?;
-    let size = sys
-        .region(ram_mr)
-        .ok_or_else(|| format!("no memory_region '{ram_mr}'"))?
-        .size;
+    let ram = sys.vm_ram(pd)?;
+    let vm = ram.vm;
     let uart = vm
         .maps
         .iter()
@@ -58,8 +45,8 @@ pub fn plan(sys: &sdf::System) -> Result<Option<VmPlan>, String> {
         .map(|m| m.vaddr);
     Ok(Some(VmPlan {
         name: vm.name.clone(),
-        ram_base: ram.vaddr,
-        ram_size: size,
+        ram_base: ram.map.vaddr,
+        ram_size: ram.region.size,
         uart,
     }))
 }

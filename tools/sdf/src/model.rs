@@ -189,6 +189,15 @@ pub struct VirtualMachine {
     pub line: u32,
 }
 
+/// A VM's RAM, as [`System::vm_ram`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub struct VmRam<'a> {
+    pub vm: &'a VirtualMachine,
+    /// The VM's map of the region: `vaddr` is the guest-physical base.
+    pub map: &'a Map,
+    pub region: &'a MemoryRegion,
+}
+
 /// `<vcpu id/>`: ids share the namespace of child-PD ids of the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vcpu {
@@ -256,6 +265,32 @@ impl System {
     /// The memory region called `name`.
     pub fn region(&self, name: &str) -> Option<&MemoryRegion> {
         self.memory_regions.iter().find(|mr| mr.name == name)
+    }
+
+    /// The RAM of the VM `vmm` runs: the region the VMM maps with
+    /// `setvar_vaddr="guest_ram"` (to load the guest), where the VM maps it
+    /// (its guest-physical base), and the VM. One rule for the VMM's build
+    /// and for tools, which make the VM's device tree.
+    pub fn vm_ram<'a>(&'a self, vmm: &'a ProtectionDomain) -> Result<VmRam<'a>, String> {
+        let vm = vmm
+            .virtual_machine
+            .as_ref()
+            .ok_or_else(|| format!("PD '{}' has no <virtual_machine>", vmm.name))?;
+        let mr = &vmm
+            .maps
+            .iter()
+            .find(|m| m.setvar_vaddr.as_deref() == Some("guest_ram"))
+            .ok_or_else(|| format!("PD '{}' has no <map setvar_vaddr=\"guest_ram\">", vmm.name))?
+            .mr;
+        let map = vm
+            .maps
+            .iter()
+            .find(|m| &m.mr == mr)
+            .ok_or_else(|| format!("VM '{}' does not map '{mr}'", vm.name))?;
+        let region = self
+            .region(mr)
+            .ok_or_else(|| format!("no memory_region '{mr}'"))?;
+        Ok(VmRam { vm, map, region })
     }
 
     /// Every channel end that belongs to `pd`, with the other end.
