@@ -77,6 +77,19 @@ mod run {
         vm_layout::VCPU
     }
 
+    fn registers() -> Result<UserContext, Error> {
+        pd::vm::read_registers(vcpu()).map_err(|e| Error::Sel4("reading registers", e))
+    }
+
+    /// Resume the vCPU after the instruction that trapped, with `ctx`
+    /// (seL4 restarts it at the faulting PC otherwise).
+    fn step_over(mut ctx: UserContext) -> Result<FaultReply, Error> {
+        ctx.regs[UserContext::PC] += 4;
+        pd::vm::write_registers(vcpu(), &ctx, false)
+            .map_err(|e| Error::Sel4("writing registers", e))?;
+        Ok(FaultReply::Resume)
+    }
+
     /// Copy `bytes` to guest-physical `gpa`, inside the VM's RAM.
     fn copy_in(gpa: u64, bytes: &[u8]) -> Result<(), Error> {
         let ram = vm_layout::ram().get();
@@ -199,6 +212,11 @@ mod run {
 
         fn stop(&mut self, why: core::fmt::Arguments<'_>) -> FaultReply {
             LOG.error(why);
+            self.suspend()
+        }
+
+        /// The VM is done: mark it and suspend its vCPU.
+        fn suspend(&mut self) -> FaultReply {
             self.stopped = true;
             // Suspend it: a fault left without a reply would leave the
             // reply object pending, which seL4 warns about on our next
@@ -230,8 +248,7 @@ mod run {
                 };
                 return Ok(self.stop(format_args!("{line}")));
             };
-            let mut ctx =
-                pd::vm::read_registers(vcpu()).map_err(|e| Error::Sel4("reading registers", e))?;
+            let mut ctx = registers()?;
             let reg = access.reg.and_then(UserContext::x_index);
             if access.write {
                 let v = reg.map_or(0, |r| ctx.regs[r]);
@@ -247,36 +264,25 @@ mod run {
                     ctx.regs[r] = access.load_value(u64::from(raw));
                 }
             }
-            ctx.regs[UserContext::PC] += 4;
-            pd::vm::write_registers(vcpu(), &ctx, false)
-                .map_err(|e| Error::Sel4("writing registers", e))?;
-            Ok(FaultReply::Resume)
+            step_over(ctx)
         }
 
         fn smc(&mut self) -> Result<FaultReply, Error> {
-            let mut ctx =
-                pd::vm::read_registers(vcpu()).map_err(|e| Error::Sel4("reading registers", e))?;
+            let mut ctx = registers()?;
             let x0 = UserContext::x_index(0).expect("x0");
             let function = ctx.regs[x0];
             match psci::call(function) {
                 psci::Answer::Return(v) => {
                     LOG.info(format_args!("PSCI {function:#x} -> {v:#x}"));
                     ctx.regs[x0] = v;
-                    ctx.regs[UserContext::PC] += 4;
-                    pd::vm::write_registers(vcpu(), &ctx, false)
-                        .map_err(|e| Error::Sel4("writing registers", e))?;
-                    Ok(FaultReply::Resume)
+                    step_over(ctx)
                 }
                 psci::Answer::Off => {
                     LOG.info(format_args!(
                         "VM '{}' switched itself off (PSCI)",
                         vm_layout::VM_NAME
                     ));
-                    self.stopped = true;
-                    if let Err(e) = pd::vm::stop(vcpu()) {
-                        LOG.error(format_args!("suspending the vCPU: {e}"));
-                    }
-                    Ok(FaultReply::Stop)
+                    Ok(self.suspend())
                 }
                 psci::Answer::Reset => Ok(self.stop(format_args!(
                     "VM '{}' asked for a reset (PSCI), which this VMM does not do: stopped",
@@ -298,12 +304,7 @@ mod run {
                 Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::WFX => {
                     // WFI/WFE: continue after it. (The vCPU runs its idle
                     // loop through traps until a timer-backed wait lands.)
-                    let mut ctx = pd::vm::read_registers(vcpu())
-                        .map_err(|e| Error::Sel4("reading registers", e))?;
-                    ctx.regs[UserContext::PC] += 4;
-                    pd::vm::write_registers(vcpu(), &ctx, false)
-                        .map_err(|e| Error::Sel4("writing registers", e))?;
-                    Ok(FaultReply::Resume)
+                    step_over(registers()?)
                 }
                 Fault::VppiEvent { irq } => {
                     if let Some(inj) = self.gic.raise(irq as u16) {
