@@ -72,25 +72,6 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Whether the host got the memory back: at least `fraction` of the
-    /// boot-time report and of what the guests freed, and the guests
-    /// verified their data.
-    pub fn memory_came_back(&self, fraction: f64) -> bool {
-        self.guests_freed_and_got_back(fraction)
-            && self.boot.is_some_and(|b| b.fraction() >= fraction)
-    }
-
-    /// The run went through, every guest that finished verified its data,
-    /// and `fraction` of what they freed came back.
-    fn guests_freed_and_got_back(&self, fraction: f64) -> bool {
-        let guests = self.observed.done.len();
-        self.failure.is_none()
-            && guests > 0
-            && self.observed.verified.len() == guests
-            && self.observed.freed > 0
-            && self.reclaim.fraction() >= fraction
-    }
-
     /// From the boot to the end of the run: how far QEMU's RSS fell, and
     /// what the memserver's first `reported:` line said was free (bytes).
     pub fn whole_run(&self) -> Option<(u64, u64)> {
@@ -104,18 +85,6 @@ impl RunReport {
             .host;
         let end = self.timeline.samples().last()?.host;
         Some((booted.saturating_sub(end), reported))
-    }
-
-    /// As [`Self::memory_came_back`], for runs whose boot-time report and
-    /// guest frees are not apart: a hostile PD's frees keep the reporting
-    /// worker busy, so the memserver's first `reported:` line (the boot
-    /// mark) may come after the guests freed. The guests' frees came back,
-    /// and over the whole run RSS fell by `fraction` of what was free.
-    pub fn memory_came_back_overall(&self, fraction: f64) -> bool {
-        self.guests_freed_and_got_back(fraction)
-            && self
-                .whole_run()
-                .is_some_and(|(back, free)| back as f64 >= fraction * free as f64)
     }
 
     /// The phase table, the reclaim lines, the balloon check and problems.
