@@ -38,6 +38,9 @@ pub const BALLOON_MIB: u64 = bare::HOSTILE_BALLOON_MIB;
 pub const LINUX_FIRST: &str = "Booting Linux on physical CPU";
 pub const LINUX_USERSPACE: &str = "INIT|INFO: userspace started";
 pub const LINUX_DONE: &str = "WORKLOAD|INFO: phase=done";
+/// The VMM's line when the VM first idles in WFI and its vCPU is
+/// suspended rather than stepped over (its log page).
+pub const VMM_WFI_SLEEP: &str = "its vCPU sleeps in WFI until";
 const LINUX_MARKS: [(&str, &str); 3] = [
     (LINUX_FIRST, "Linux: first console line"),
     (LINUX_USERSPACE, "Linux: userspace"),
@@ -241,6 +244,11 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
                     .unwrap_or_default();
                 if crate::qemu::field(done, "bad_pages") != Some(0) {
                     return Err(format!("the VM's workload lost data: {done}"));
+                }
+                // Idle Linux waits in WFI: the VMM must sleep the vCPU,
+                // not step over every WFI.
+                if !r.log.contains(VMM_WFI_SLEEP) {
+                    return Err("the VMM never slept the vCPU in a WFI (it spins)".to_string());
                 }
                 for (_, label) in LINUX_MARKS {
                     if let Some(m) = r.timeline.marks().iter().find(|m| m.label == label) {

@@ -5,7 +5,9 @@
 //! `vmm::gic`, `vmm::mmio`).
 //!
 //! Emulated: the GICv2 distributor (trapped), PSCI over SMC, the virtual
-//! timer's PPI (VPPIEvent -> inject -> ack on EOI). Passed through: RAM,
+//! timer's PPI (VPPIEvent -> inject -> ack on EOI), WFI (the vCPU is
+//! suspended until the timer PD signals its timer's deadline or the VMM
+//! injects an interrupt: `vmm::idle`). Passed through: RAM,
 //! the PL011 console (its IRQ 33 re-injected), the GIC's virtual CPU
 //! interface. Anything else the guest touches stops that VM with one line;
 //! the other PDs keep running.
@@ -31,6 +33,7 @@ mod run {
     use pd::vm::{Child, Fault, FaultReply, UserContext};
     use pd::{ChannelSet, Handler};
     use vmm::gic::{self, Distributor, Inject};
+    use vmm::idle::{self, VirtualTimer, Wfi};
     use vmm::mmio::{Table, Unemulated};
     use vmm::psci;
     use vmm::trap::{self, Access};
@@ -54,6 +57,12 @@ mod run {
         table: Table<Dev, 4>,
         stopped: bool,
         traps: u64,
+        /// Set while the vCPU sleeps in a WFI: where it resumes.
+        asleep: Option<u64>,
+        /// WFIs that suspended the vCPU.
+        sleeps: u64,
+        /// The counter's rate (`CNTFRQ_EL0`).
+        freq: u64,
     }
 
     #[derive(Debug)]
@@ -180,6 +189,32 @@ mod run {
         Ok(())
     }
 
+    /// The generic timer's physical counter, as this PD reads it at EL0
+    /// (seL4 lets EL0 read it, as the timer PD does).
+    mod counter {
+        use core::arch::asm;
+
+        pub fn freq() -> u64 {
+            let v: u64;
+            // SAFETY: reads a read-only system register readable at EL0;
+            // no memory, no side effects.
+            unsafe {
+                asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+            };
+            v
+        }
+
+        pub fn count() -> u64 {
+            let v: u64;
+            // SAFETY: as above; the isb keeps the read from being hoisted
+            // above what came before.
+            unsafe {
+                asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+            };
+            v
+        }
+    }
+
     pub fn init() -> Vmm {
         let mut table = Table::new();
         // Cannot fail: one window in an empty table.
@@ -189,6 +224,9 @@ mod run {
             table,
             stopped: false,
             traps: 0,
+            asleep: None,
+            sleeps: 0,
+            freq: counter::freq(),
         };
         if let Err(e) = boot() {
             LOG.error(format_args!("VM '{}' not started: {e}", vm_layout::VM_NAME));
@@ -279,8 +317,10 @@ mod run {
                 }
                 psci::Answer::Off => {
                     LOG.info(format_args!(
-                        "VM '{}' switched itself off (PSCI)",
-                        vm_layout::VM_NAME
+                        "VM '{}' switched itself off (PSCI) after {} traps, {} of them WFIs it slept in",
+                        vm_layout::VM_NAME,
+                        self.traps,
+                        self.sleeps
                     ));
                     Ok(self.suspend())
                 }
@@ -288,6 +328,63 @@ mod run {
                     "VM '{}' asked for a reset (PSCI), which this VMM does not do: stopped",
                     vm_layout::VM_NAME
                 ))),
+            }
+        }
+
+        /// A WFI: continue at once when the guest's timer is due, else
+        /// suspend the vCPU and have the timer PD signal the deadline
+        /// (`vmm::idle`); an injected interrupt wakes it earlier.
+        fn wfi(&mut self) -> Result<FaultReply, Error> {
+            let ctx = registers()?;
+            let reg = |r| {
+                pd::vm::read_vcpu_reg(vcpu(), r)
+                    .map_err(|e| Error::Sel4("reading the vCPU's timer", e))
+            };
+            let timer = VirtualTimer {
+                ctl: reg(pd::vm::vcpu_reg::CNTV_CTL)?,
+                cval: reg(pd::vm::vcpu_reg::CNTV_CVAL)?,
+                cntvoff: reg(pd::vm::vcpu_reg::CNTVOFF)?,
+            };
+            match idle::wfi(timer, counter::count(), self.freq) {
+                Wfi::Continue => step_over(ctx),
+                Wfi::Sleep { ns } => {
+                    if let Err(e) = timer::client::set_timeout(config::channel::TIMER, ns) {
+                        // Without a wake-up the vCPU must not sleep: spin.
+                        LOG.warn(format_args!(
+                            "no timeout for the WFI ({e}): stepping over it"
+                        ));
+                        return step_over(ctx);
+                    }
+                    pd::vm::stop(vcpu()).map_err(|e| Error::Sel4("suspending the vCPU", e))?;
+                    self.asleep = Some(ctx.regs[UserContext::PC] + 4);
+                    self.sleeps += 1;
+                    if self.sleeps == 1 {
+                        LOG.info(format_args!(
+                            "VM '{}': its vCPU sleeps in WFI until its timer's deadline or an interrupt",
+                            vm_layout::VM_NAME
+                        ));
+                    } else if self.sleeps.is_power_of_two() && self.sleeps >= 1024 {
+                        LOG.info(format_args!(
+                            "VM '{}': {} WFI sleeps in {} traps",
+                            vm_layout::VM_NAME,
+                            self.sleeps,
+                            self.traps
+                        ));
+                    }
+                    Ok(FaultReply::Stop)
+                }
+            }
+        }
+
+        /// Resume a vCPU asleep in a WFI, after it.
+        fn wake(&mut self) {
+            if let Some(pc) = self.asleep.take()
+                && let Err(e) = pd::vm::restart(vcpu(), pc)
+            {
+                let _ = self.stop(format_args!(
+                    "VM '{}' stopped: resuming the vCPU after a WFI: {e}",
+                    vm_layout::VM_NAME
+                ));
             }
         }
 
@@ -302,9 +399,11 @@ mod run {
                 } => self.mmio(addr, fsr, ip),
                 Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::SMC64 => self.smc(),
                 Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::WFX => {
-                    // WFI/WFE: continue after it. (The vCPU runs its idle
-                    // loop through traps until a timer-backed wait lands.)
-                    step_over(registers()?)
+                    if idle::is_wfe(hsr) {
+                        step_over(registers()?)
+                    } else {
+                        self.wfi()
+                    }
                 }
                 Fault::VppiEvent { irq } => {
                     if let Some(inj) = self.gic.raise(irq as u16) {
@@ -344,6 +443,12 @@ mod run {
                 if let Some(inj) = self.gic.raise(UART_IRQ) {
                     self.inject(inj);
                 }
+                self.wake();
+            }
+            if channels.contains(config::channel::TIMER) && !self.stopped {
+                // The guest's timer deadline (or a stale timeout: a WFI
+                // may end early).
+                self.wake();
             }
             Ok(())
         }

@@ -68,12 +68,12 @@ pub fn read_registers(c: Child) -> Result<UserContext, Sel4Error> {
     Ok(ctx)
 }
 
-/// Start the vCPU at `pc` with every other register zero
-/// (`microkit_vcpu_restart`).
+/// Start the vCPU at `pc`, its other registers as they are
+/// (`microkit_vcpu_restart`: one register written, the PC, first in
+/// `seL4_UserContext`).
 pub fn restart(c: Child, pc: u64) -> Result<(), Sel4Error> {
-    let mut ctx = UserContext::default();
-    ctx.regs[UserContext::PC] = pc;
-    write_registers(c, &ctx, true)
+    // resume_target | arch_flags << 8, count, then the registers.
+    invoke(tcb(c), label::TCBWRITEREGISTERS, &[1, 1, pc])
 }
 
 /// Stop the vCPU (`microkit_vcpu_stop`).
