@@ -39,10 +39,13 @@ fn main() {
         "/// The VM's name.\npub const VM_NAME: &str = {:?};\n\
          /// Its vCPU.\npub const VCPU: ::pd::vm::Child = ::pd::vm::Child::new({vcpu});\n\
          /// Its RAM: guest-physical base and size, and the page size it is mapped with.\npub const RAM_GPA: u64 = {:#x};\npub const RAM_SIZE: u64 = {size:#x};\npub const RAM_PAGE: u64 = {page_size:#x};\n\
-         /// The VMM's mapping of it.\npub fn ram() -> &'static ::pd::RegionDecl {{ &super::config::region::{} }}",
+         /// The VMM's mapping of it.\npub fn ram() -> &'static ::pd::RegionDecl {{ &super::config::region::{} }}\n\
+         /// The emulated virtio-balloon: its window and its IRQ (an SPI).\npub const BALLOON_MMIO: u64 = {:#x};\npub const BALLOON_IRQ: u16 = {};",
         vm.name,
         ram.map.vaddr,
-        sdf::codegen::const_name(ram_mr)
+        sdf::codegen::const_name(ram_mr),
+        sdf::check::VMM_BALLOON_MMIO,
+        32 + sdf::check::VMM_BALLOON_SPI,
     );
     std::fs::write(out.join("vm_layout.rs"), code).expect("write vm_layout.rs");
 

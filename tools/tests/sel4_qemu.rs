@@ -51,7 +51,7 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
     // QEMU's device. The hostile variant has its own description.
     let variant = match run {
         Sel4Run::Hostile => "hostile",
-        Sel4Run::LinuxVm | Sel4Run::SmokeVm => run.name(),
+        Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm => run.name(),
         _ => "system",
     };
     let description = if run.has_vm() {
@@ -71,7 +71,7 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let system = sel4::description(&description, run, &img_dir).unwrap();
     // The Linux VM's guest: Debian's packages (fetched once, checked).
-    let vm_guest = if run == Sel4Run::LinuxVm {
+    let vm_guest = if run.has_linux() {
         let sys = sdf::System::parse(&std::fs::read_to_string(&system).unwrap()).unwrap();
         tools::vm_guest::prepare(
             &sys,
@@ -164,4 +164,5 @@ sel4_tests! {
     aarch64_debug_vm_traps_where_expected: QemuVirtAarch64 Debug SmokeVm;
     aarch64_debug_linux_vm_boots_to_userspace: QemuVirtAarch64 Debug LinuxVm;
     aarch64_release_linux_vm_boots_to_userspace: QemuVirtAarch64 Release LinuxVm;
+    aarch64_release_linux_vm_control_keeps_memory: QemuVirtAarch64 Release LinuxVmControl;
 }

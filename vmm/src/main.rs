@@ -7,7 +7,10 @@
 //! Emulated: the GICv2 distributor (trapped), PSCI over SMC, the virtual
 //! timer's PPI (VPPIEvent -> inject -> ack on EOI), WFI (the vCPU is
 //! suspended until the timer PD signals its timer's deadline or the VMM
-//! injects an interrupt: `vmm::idle`). Passed through: RAM,
+//! injects an interrupt: `vmm::idle`), and a virtio-balloon (virtio-mmio
+//! v2, `vmm_virtio`) whose free page reports go to the memserver and
+//! whose chains go back to Linux when the memserver answers (nested
+//! reporting, `vmm::nested`). Passed through: RAM,
 //! the PL011 console (its IRQ 33 re-injected), the GIC's virtual CPU
 //! interface. Anything else the guest touches stops that VM with one line;
 //! the other PDs keep running.
@@ -30,18 +33,25 @@ const LOG: pd::Log = pd::Log::new("VMM");
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod run {
     use super::{LOG, config, guest, vm_layout};
+    use memserver_api::{self as api, SLOT_SIZE, ToVmm};
     use pd::vm::{Child, Fault, FaultReply, UserContext};
     use pd::{ChannelSet, Handler};
+    use pd_ring::{Consumer, Producer};
     use vmm::gic::{self, Distributor, Inject};
     use vmm::idle::{self, VirtualTimer, Wfi};
     use vmm::mmio::{Table, Unemulated};
+    use vmm::nested::Outstanding;
     use vmm::psci;
     use vmm::trap::{self, Access};
+    use vmm_virtio::GuestMemory;
+    use vmm_virtio::balloon::{Balloon, Event, QUEUES};
+    use vmm_virtio::mmio::{MmioTransport, WINDOW};
 
     /// What the table's windows are.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Dev {
         Gic,
+        Balloon,
     }
 
     /// The GICv2 distributor's guest-physical address (QEMU virt; the
@@ -63,6 +73,54 @@ mod run {
         sleeps: u64,
         /// The counter's rate (`CNTFRQ_EL0`).
         freq: u64,
+        /// The VM's virtio-balloon.
+        balloon: MmioTransport<Balloon, QUEUES>,
+        /// Its report chains the memserver holds.
+        outstanding: Outstanding,
+        /// The rings to and from the memserver.
+        to_memserver: Producer<'static>,
+        from_memserver: Consumer<'static>,
+        /// Chains given back unsent (bad ranges, or the ring was full).
+        unsent: u64,
+    }
+
+    /// The VM's RAM as the balloon device reads and writes it: through the
+    /// VMM's mapping, with volatile copies (the guest may change any byte
+    /// between two reads; nothing is read twice and trusted).
+    struct GuestRam;
+
+    impl GuestRam {
+        fn offset(gpa: u64, len: u64) -> Result<usize, vmm_virtio::OutOfRange> {
+            gpa.checked_sub(vm_layout::RAM_GPA)
+                .filter(|o| o.checked_add(len).is_some_and(|e| e <= vm_layout::RAM_SIZE))
+                .map(|o| o as usize)
+                .ok_or(vmm_virtio::OutOfRange { gpa, len })
+        }
+    }
+
+    impl GuestMemory for GuestRam {
+        fn contains(&self, gpa: u64, len: u64) -> bool {
+            GuestRam::offset(gpa, len).is_ok()
+        }
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), vmm_virtio::OutOfRange> {
+            let off = GuestRam::offset(gpa, buf.len() as u64)?;
+            let base = vm_layout::ram().get().as_ptr();
+            for (i, b) in buf.iter_mut().enumerate() {
+                // SAFETY: the VM's RAM is mapped rw into this PD for its
+                // whole life; off + i lies inside it (checked above).
+                *b = unsafe { base.add(off + i).read_volatile() };
+            }
+            Ok(())
+        }
+        fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), vmm_virtio::OutOfRange> {
+            let off = GuestRam::offset(gpa, buf.len() as u64)?;
+            let base = vm_layout::ram().get().as_ptr();
+            for (i, b) in buf.iter().enumerate() {
+                // SAFETY: as in `read`.
+                unsafe { base.add(off + i).write_volatile(*b) };
+            }
+            Ok(())
+        }
     }
 
     #[derive(Debug)]
@@ -219,6 +277,27 @@ mod run {
         let mut table = Table::new();
         // Cannot fail: one window in an empty table.
         let _ = table.add(GICD, gic::SIZE, Dev::Gic);
+        // Cannot fail: the balloon's window does not overlap the GIC's.
+        let _ = table.add(vm_layout::BALLOON_MMIO, WINDOW, Dev::Balloon);
+        // SAFETY: the rings are mapped rw for the PD's lifetime (the
+        // description), and only this PD's producer/consumer ends use them.
+        let to_memserver = unsafe {
+            Producer::from_raw(
+                config::region::VMM_REQ.get().as_ptr(),
+                config::region::VMM_REQ.get().size as usize,
+                SLOT_SIZE,
+            )
+        }
+        .unwrap_or_else(|e| panic!("ring to the memserver: {e}"));
+        // SAFETY: as above.
+        let from_memserver = unsafe {
+            Consumer::from_raw(
+                config::region::VMM_RESP.get().as_ptr(),
+                config::region::VMM_RESP.get().size as usize,
+                SLOT_SIZE,
+            )
+        }
+        .unwrap_or_else(|e| panic!("ring from the memserver: {e}"));
         let mut vmm = Vmm {
             gic: Distributor::new(),
             table,
@@ -227,7 +306,13 @@ mod run {
             asleep: None,
             sleeps: 0,
             freq: counter::freq(),
+            balloon: MmioTransport::new(Balloon::new(true)),
+            outstanding: Outstanding::default(),
+            to_memserver,
+            from_memserver,
+            unsent: 0,
         };
+        vmm.from_memserver.request_signal();
         if let Err(e) = boot() {
             LOG.error(format_args!("VM '{}' not started: {e}", vm_layout::VM_NAME));
             vmm.stopped = true;
@@ -276,7 +361,7 @@ mod run {
                     )));
                 }
             };
-            let Some((Dev::Gic, off)) = self.table.lookup(addr) else {
+            let Some((dev, off)) = self.table.lookup(addr) else {
                 let line = Unemulated {
                     vm: vm_layout::VM_NAME,
                     addr,
@@ -288,6 +373,25 @@ mod run {
             };
             let mut ctx = registers()?;
             let reg = access.reg.and_then(UserContext::x_index);
+            if dev == Dev::Balloon {
+                if access.write {
+                    let v = reg.map_or(0, |r| ctx.regs[r]);
+                    self.balloon.write(
+                        off,
+                        access.size,
+                        access.store_value(v) as u32,
+                        &mut GuestRam,
+                    );
+                    self.balloon_events();
+                } else {
+                    let raw = self.balloon.read(off, access.size);
+                    if let Some(r) = reg {
+                        ctx.regs[r] = access.load_value(u64::from(raw));
+                    }
+                }
+                self.balloon_irq();
+                return step_over(ctx);
+            }
             if access.write {
                 let v = reg.map_or(0, |r| ctx.regs[r]);
                 let injections = self
@@ -388,6 +492,116 @@ mod run {
             }
         }
 
+        /// Raise the balloon's interrupt while its line is up.
+        fn balloon_irq(&mut self) {
+            if self.balloon.interrupt_pending() {
+                if let Some(inj) = self.gic.raise(vm_layout::BALLOON_IRQ) {
+                    self.inject(inj);
+                }
+                self.wake();
+            }
+        }
+
+        /// Give chain `head` of the reporting queue back to the guest.
+        fn give_back(&mut self, head: u16) {
+            let done = self.balloon.with_queues(&mut GuestRam, |dev, queues, mem| {
+                dev.complete_report(head, queues, mem)
+            });
+            if let Err(e) = done {
+                // The device needs a reset now (the guest broke its ring,
+                // or reset the device meanwhile): nothing to give back.
+                LOG.warn(format_args!("balloon: report {head} not given back: {e}"));
+            }
+        }
+
+        /// Pass on what the guest put on the balloon's queues: reports to
+        /// the memserver; the rest is counted by the device.
+        fn balloon_events(&mut self) {
+            let mut sent = false;
+            while let Some(ev) = self.balloon.device.take_event() {
+                let Event::Report { head, ranges } = ev else {
+                    continue;
+                };
+                let msg = match self.outstanding.send(
+                    head,
+                    &ranges,
+                    vm_layout::RAM_GPA,
+                    vm_layout::RAM_SIZE,
+                ) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.unsent += 1;
+                        LOG.warn(format_args!(
+                            "VM '{}': report {head} given back unsent: {e}",
+                            vm_layout::VM_NAME
+                        ));
+                        self.give_back(head);
+                        continue;
+                    }
+                };
+                let mut buf = [0u8; SLOT_SIZE];
+                let pushed = api::encode(&msg, &mut buf)
+                    .ok()
+                    .is_some_and(|b| self.to_memserver.push(b).is_ok());
+                if pushed {
+                    sent = true;
+                } else {
+                    // The memserver is not keeping up: Linux reports
+                    // these pages again later.
+                    self.outstanding.unsend(head);
+                    self.unsent += 1;
+                    self.give_back(head);
+                }
+            }
+            // Room for more events: what the guest left on the rings.
+            let _ = self
+                .balloon
+                .with_queues(&mut GuestRam, |dev, queues, mem| dev.resume(queues, mem));
+            if sent && self.to_memserver.needs_notify() {
+                config::channel::MEMSERVER.notify();
+            }
+        }
+
+        /// The memserver answered: give the chains back to the guest.
+        fn memserver_answers(&mut self) {
+            let mut buf = [0u8; SLOT_SIZE];
+            loop {
+                match self.from_memserver.pop(&mut buf) {
+                    Ok(Some(n)) => {
+                        let msg = match api::decode_to_vmm(&buf[..n]) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                LOG.warn(format_args!("memserver: a bad answer ({e})"));
+                                continue;
+                            }
+                        };
+                        if let ToVmm::Refused { id, reason } = &msg {
+                            LOG.warn(format_args!(
+                                "VM '{}': the memserver refused report {id:?}: {reason}",
+                                vm_layout::VM_NAME
+                            ));
+                        }
+                        if let Some(head) = self.outstanding.answer(&msg) {
+                            self.give_back(head);
+                        }
+                    }
+                    Ok(None) => {
+                        self.from_memserver.request_signal();
+                        if !matches!(self.from_memserver.is_empty(), Ok(false)) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        LOG.warn(format_args!("ring from the memserver: {e}"));
+                        break;
+                    }
+                }
+            }
+            // The guest may have offered more while the events were full.
+            self.balloon_events();
+            self.balloon_irq();
+        }
+
         fn dispatch(&mut self, fault: Fault) -> Result<FaultReply, Error> {
             self.traps += 1;
             match fault {
@@ -420,6 +634,8 @@ mod run {
                             }
                         }
                         Some(UART_IRQ) => config::irq::IRQ.irq_ack(),
+                        // Level-triggered: still up after the EOI, again.
+                        Some(vm_layout::BALLOON_IRQ) => self.balloon_irq(),
                         _ => {}
                     }
                     if let Some(inj) = next {
@@ -444,6 +660,9 @@ mod run {
                     self.inject(inj);
                 }
                 self.wake();
+            }
+            if channels.contains(config::channel::MEMSERVER) && !self.stopped {
+                self.memserver_answers();
             }
             if channels.contains(config::channel::TIMER) && !self.stopped {
                 // The guest's timer deadline (or a stale timeout: a WFI
