@@ -51,10 +51,21 @@ fn main() {
 
     println!("cargo:rerun-if-env-changed=VMM_GUEST_DIR");
     let guest = match std::env::var_os("VMM_GUEST_DIR") {
+        // A raw guest: code loaded at the start of RAM (the hostile guest,
+        // vmm/hostile-guest, flattened by tools).
+        Some(dir) if Path::new(&dir).join("guest.bin").is_file() => {
+            let p = Path::new(&dir).join("guest.bin");
+            println!("cargo:rerun-if-changed={}", p.display());
+            format!(
+                "/// A raw guest from `VMM_GUEST_DIR`, run from the start of RAM.\npub const RAW: bool = true;\n\
+                 pub static KERNEL: &[u8] = include_bytes!({:?});\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n",
+                p.display().to_string()
+            )
+        }
         Some(dir) => {
             let dir = PathBuf::from(dir);
             let mut code =
-                String::from("/// Linux, from `tools guest`.\npub const SMOKE: bool = false;\n");
+                String::from("/// Linux, from `tools guest`.\npub const RAW: bool = false;\n");
             for (name, file) in [
                 ("KERNEL", "Image"),
                 ("INITRD", "initramfs.cpio.gz"),
@@ -90,9 +101,8 @@ fn main() {
                 .map(|b| format!("{b:#04x}"))
                 .collect();
             format!(
-                "/// The smoke guest: PSCI VERSION, then a store to nothing.\npub const SMOKE: bool = true;\n\
-                 pub static KERNEL: &[u8] = &[{}];\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n\
-                 /// Where the smoke guest stores PSCI's answer.\npub const SMOKE_STORE: u64 = 0x1234_0000;\n",
+                "/// The smoke guest: PSCI VERSION, then a store to nothing.\npub const RAW: bool = true;\n\
+                 pub static KERNEL: &[u8] = &[{}];\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n",
                 bytes.join(", ")
             )
         }

@@ -61,6 +61,16 @@ pub const SMOKE_PSCI: &str = "VMM|INFO: PSCI 0x84000000 -> 0x10000";
 pub const SMOKE_STOP: &str =
     "VMM|ERROR: VM 'linux' stopped: write to unemulated address 0x12340000 at pc 0x4000000c";
 
+/// The hostile VM guest's last line (on the console) and what it must say:
+/// a report buffer outside or straddling the end of the VM's RAM, a
+/// descriptor past the ring and a looping chain each put the device into
+/// DEVICE_NEEDS_RESET (the device side checks every buffer against guest
+/// RAM, so the VMM's and the memserver's own range checks are the second
+/// and third line); the flood all came back, the memserver refusing what
+/// it would not hold.
+pub const HOSTILE_VM_DONE: &str = "HOSTILE-VM|INFO: done";
+const HOSTILE_VM_WANT: &str = "outside=needs_reset straddle=needs_reset flood=returned flood_back=6/6 past_ring=needs_reset loop=needs_reset";
+
 /// Which run of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sel4Run {
@@ -79,6 +89,10 @@ pub enum Sel4Run {
     /// The same, QEMU's device without reporting: the memserver refuses
     /// the VM's reports and the host keeps the memory.
     LinuxVmControl,
+    /// The same description with the hostile guest (`vmm/hostile-guest`)
+    /// in the VM: reports outside its RAM, a flood, a descriptor past the
+    /// ring, a chain that loops. Each is refused; the VM alone is affected.
+    HostileVm,
     /// The same description with the VMM's smoke guest: PSCI over SMC,
     /// then a store to nothing, which stops that VM alone.
     SmokeVm,
@@ -91,7 +105,7 @@ impl Sel4Run {
     pub fn has_vm(self) -> bool {
         matches!(
             self,
-            Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm
+            Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm
         )
     }
 
@@ -113,6 +127,7 @@ impl Sel4Run {
             Sel4Run::Hostile => "hostile",
             Sel4Run::LinuxVm => "linux-vm",
             Sel4Run::LinuxVmControl => "linux-vm-control",
+            Sel4Run::HostileVm => "hostile-vm",
             Sel4Run::SmokeVm => "smoke-vm",
         }
     }
@@ -179,6 +194,7 @@ pub fn run_config(
             Sel4Run::Hostile => vec![bare::HOSTILE_DONE.to_string()],
             Sel4Run::LinuxVm | Sel4Run::LinuxVmControl => vec![LINUX_DONE.to_string()],
             Sel4Run::SmokeVm => vec![SMOKE_STOP.to_string()],
+            Sel4Run::HostileVm => vec![HOSTILE_VM_DONE.to_string()],
             _ => Vec::new(),
         },
         console_marks: if run.has_linux() {
@@ -216,6 +232,67 @@ fn every_pd_logged(img: &Image, run: Sel4Run, r: &RunReport) -> Result<(), Strin
     Ok(())
 }
 
+/// The hostile VM's side: its last line says every attack got the answer
+/// it must; the VMM gave back the reports outside its RAM unsent and said
+/// the device needs a reset; the memserver refused the reports it would
+/// not hold and the VM then switched itself off, the VMM still running.
+fn hostile_vm_verdict(r: &RunReport) -> Result<String, String> {
+    let done = r
+        .console
+        .lines()
+        .find(|l| l.contains(HOSTILE_VM_DONE))
+        .ok_or("the hostile VM never finished")?;
+    if !done.contains(HOSTILE_VM_WANT) {
+        return Err(format!(
+            "the hostile VM got: {done}; it must get: {HOSTILE_VM_WANT}"
+        ));
+    }
+    for (want, what) in [
+        (
+            "0x80000000+0x200000 lies outside guest RAM: the device needs a reset",
+            "the report outside the VM's RAM",
+        ),
+        (
+            "descriptor index 200 >= queue size 8: the device needs a reset",
+            "the descriptor past the ring",
+        ),
+        ("loops or is longer than", "the looping chain"),
+        ("switched itself off (PSCI)", "the VM's end"),
+    ] {
+        if !r
+            .log
+            .lines()
+            .any(|l| l.starts_with("VMM|") && l.contains(want))
+        {
+            return Err(format!("the VMM never said '{want}' ({what})"));
+        }
+    }
+    let nested = r
+        .log
+        .lines()
+        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
+        .ok_or("the memserver never saw a nested report")?;
+    let refused = crate::qemu::field(nested, "refused").unwrap_or(0);
+    if refused == 0 {
+        return Err(format!("the memserver refused none of the flood: {nested}"));
+    }
+    Ok(format!("ok: {done}; {nested}"))
+}
+
+/// How the host's memory fell after the Linux VM's workload freed its
+/// memory: from that line to the QMP balloon request (or the run's end),
+/// against what the workload freed. `None` when it never freed.
+pub fn nested_reclaim(r: &RunReport) -> Option<crate::timeline::Reclaim> {
+    let marks = r.timeline.marks();
+    let freed = marks.iter().find(|m| m.label == LINUX_FREED_MARK)?.t;
+    let until = marks
+        .iter()
+        .find(|m| m.t > freed && m.label.starts_with("QMP balloon"))
+        .map(|m| m.t);
+    let expected = crate::vm_guest::WORKLOAD_MIB * MIB;
+    Some(r.timeline.reclaim(freed, expected, until))
+}
+
 /// The Linux VM's part of the nested verdict: Linux bound its balloon with
 /// REPORTING, and from its workload's free to the end of the window (the
 /// QMP balloon request, or the run's end) the host got at least
@@ -234,18 +311,7 @@ fn nested_verdict(run: Sel4Run, r: &RunReport) -> Result<String, String> {
             "Linux did not negotiate free page reporting: {bound}"
         ));
     }
-    let marks = r.timeline.marks();
-    let freed = marks
-        .iter()
-        .find(|m| m.label == LINUX_FREED_MARK)
-        .ok_or("the VM's workload never freed")?
-        .t;
-    let until = marks
-        .iter()
-        .find(|m| m.t > freed && m.label.starts_with("QMP balloon"))
-        .map(|m| m.t);
-    let expected = crate::vm_guest::WORKLOAD_MIB * MIB;
-    let back = r.timeline.reclaim(freed, expected, until);
+    let back = nested_reclaim(r).ok_or("the VM's workload never freed")?;
     let nested = r
         .log
         .lines()
@@ -297,6 +363,24 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
         None => Err("no QMP balloon check".to_string()),
     };
     match run {
+        Sel4Run::HostileVm => {
+            said.push(hostile_vm_verdict(r)?);
+            if !r.observed.all_done(&guests)
+                || !r.observed.all_verified(&guests)
+                || r.reclaim.fraction() < VM_FRACTION
+            {
+                return Err(format!(
+                    "beside the hostile VM: guests done {:?}, verified {:?}, {:.0} % of what they freed came back",
+                    r.observed.done,
+                    r.observed.verified,
+                    100.0 * r.reclaim.fraction()
+                ));
+            }
+            said.push(format!(
+                "ok: the native guests ran, verified, and got {:.0} % back beside the hostile VM",
+                100.0 * r.reclaim.fraction()
+            ));
+        }
         Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm => {
             let text = if run.has_linux() { &r.console } else { &r.log };
             let want: &[&str] = if run.has_linux() {

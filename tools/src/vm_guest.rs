@@ -146,6 +146,70 @@ pub fn prepare(
     Ok(Some(out_dir.to_path_buf()))
 }
 
+/// The hostile guest (`vmm/hostile-guest`, issue 14) built for the VM and
+/// flattened into `out_dir/guest.bin`, the raw guest the VMM then embeds
+/// (`VMM_GUEST_DIR`): its loadable segments at their offsets from the VM's
+/// RAM (where it is linked). Returns `out_dir`.
+pub fn hostile_guest(
+    workspace: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    ram_base: u64,
+) -> Result<PathBuf, String> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vm-hostile-guest",
+            "--target",
+            "aarch64-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building vm-hostile-guest: {status}"));
+    }
+    let elf_path = target_dir.join("aarch64-unknown-none/release/vm-hostile-guest");
+    let data = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*data)
+        .map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let e = elf.endian();
+    let mut flat = Vec::new();
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(e) != object::elf::PT_LOAD || ph.p_filesz(e) == 0 {
+            continue;
+        }
+        let at = ph
+            .p_paddr(e)
+            .checked_sub(ram_base)
+            .ok_or_else(|| format!("a segment below the VM's RAM at {:#x}", ph.p_paddr(e)))?
+            as usize;
+        let bytes = ph
+            .data(e, &*data)
+            .map_err(|()| "a segment past the file's end".to_string())?;
+        if flat.len() < at + bytes.len() {
+            flat.resize(at + bytes.len(), 0);
+        }
+        flat[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    if flat.is_empty() {
+        return Err(format!("{}: nothing to load", elf_path.display()));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let bin = out_dir.join("guest.bin");
+    // Unchanged, the file keeps its mtime, so the VMM is not rebuilt.
+    if std::fs::read(&bin).ok().as_deref() != Some(&flat[..]) {
+        std::fs::write(&bin, &flat).map_err(|e| format!("{}: {e}", bin.display()))?;
+    }
+    Ok(out_dir.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

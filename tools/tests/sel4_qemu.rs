@@ -51,7 +51,9 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
     // QEMU's device. The hostile variant has its own description.
     let variant = match run {
         Sel4Run::Hostile => "hostile",
-        Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm => run.name(),
+        Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm => {
+            run.name()
+        }
         _ => "system",
     };
     let description = if run.has_vm() {
@@ -81,6 +83,18 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
             &mut |l| eprintln!("guest: {l}"),
         )
         .unwrap_or_else(|e| panic!("the VM's guest: {e}"))
+    } else if run == Sel4Run::HostileVm {
+        let sys = sdf::System::parse(&std::fs::read_to_string(&system).unwrap()).unwrap();
+        let plan = tools::vm_guest::plan(&sys).unwrap().expect("a VM");
+        Some(
+            tools::vm_guest::hostile_guest(
+                &workspace(),
+                &tmp.join("vm-hostile-guest-build"),
+                &img_dir.join("vm-guest"),
+                plan.ram_base,
+            )
+            .unwrap_or_else(|e| panic!("the hostile VM guest: {e}")),
+        )
     } else {
         None
     };
@@ -165,4 +179,5 @@ sel4_tests! {
     aarch64_debug_linux_vm_boots_to_userspace: QemuVirtAarch64 Debug LinuxVm;
     aarch64_release_linux_vm_boots_to_userspace: QemuVirtAarch64 Release LinuxVm;
     aarch64_release_linux_vm_control_keeps_memory: QemuVirtAarch64 Release LinuxVmControl;
+    aarch64_release_hostile_vm_is_refused_and_contained: QemuVirtAarch64 Release HostileVm;
 }

@@ -82,6 +82,10 @@ mod run {
         from_memserver: Consumer<'static>,
         /// Chains given back unsent (bad ranges, or the ring was full).
         unsent: u64,
+        /// Device resets seen (each forgets the outstanding chains).
+        balloon_resets: u64,
+        /// Queue errors seen (each said once).
+        balloon_errors: u64,
     }
 
     /// The VM's RAM as the balloon device reads and writes it: through the
@@ -183,10 +187,10 @@ mod run {
     /// Load the guest and start the vCPU: Linux as booting.rst says, or the
     /// smoke guest at the start of RAM.
     fn boot() -> Result<(), Error> {
-        let (pc, x0, end) = if guest::SMOKE {
+        let (pc, x0, end) = if guest::RAW {
             copy_in(vm_layout::RAM_GPA, guest::KERNEL)?;
             LOG.info(format_args!(
-                "VM '{}': smoke guest of {} bytes at {:#x}",
+                "VM '{}': raw guest of {} bytes at {:#x}",
                 vm_layout::VM_NAME,
                 guest::KERNEL.len(),
                 vm_layout::RAM_GPA
@@ -311,6 +315,8 @@ mod run {
             to_memserver,
             from_memserver,
             unsent: 0,
+            balloon_resets: 0,
+            balloon_errors: 0,
         };
         vmm.from_memserver.request_signal();
         if let Err(e) = boot() {
@@ -382,6 +388,19 @@ mod run {
                         access.store_value(v) as u32,
                         &mut GuestRam,
                     );
+                    if self.balloon.counters.resets != self.balloon_resets {
+                        self.balloon_resets = self.balloon.counters.resets;
+                        self.outstanding.forget_all();
+                    }
+                    if self.balloon.counters.queue_errors != self.balloon_errors {
+                        self.balloon_errors = self.balloon.counters.queue_errors;
+                        if let Some(e) = self.balloon.last_error {
+                            LOG.warn(format_args!(
+                                "VM '{}': balloon: {e}: the device needs a reset",
+                                vm_layout::VM_NAME
+                            ));
+                        }
+                    }
                     self.balloon_events();
                 } else {
                     let raw = self.balloon.read(off, access.size);

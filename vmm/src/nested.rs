@@ -105,6 +105,14 @@ impl Outstanding {
         self.heads.retain(|h| *h != head);
     }
 
+    /// The guest reset the device: its chains are gone with it. Answers
+    /// for them that still come are strays; a report the guest makes
+    /// anew with the same head while the memserver holds the old one is
+    /// refused there (a duplicate id) and given back.
+    pub fn forget_all(&mut self) {
+        self.heads.clear();
+    }
+
     /// The memserver's answer: the chain to give back, if it is one the
     /// VMM sent (each is given back once).
     pub fn answer(&mut self, msg: &ToVmm) -> Option<u16> {
