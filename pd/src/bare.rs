@@ -23,10 +23,9 @@
 //!   notification on the owning PD's IRQ channel and stays masked until the
 //!   PD acks it (seL4 semantics).
 
-use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
-use crate::{
-    Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PhysAddr, Region, RegionDecl,
-};
+use crate::channel::{Channel, ChannelSet, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
+use crate::{Handler, PhysAddr, Region, RegionDecl};
 use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -397,7 +396,7 @@ fn enter<R>(i: usize, f: impl FnOnce(&mut dyn Pd) -> R) -> Option<R> {
     KERNEL.busy.set(KERNEL.busy.get() & !bit);
     KERNEL.current.set(prev);
     if outer != 0 {
-        let _ = crate::channel::set_deferred(outer);
+        let _ = crate::defer::set_deferred(outer);
     }
     r
 }
@@ -565,12 +564,12 @@ pub(crate) fn port_io(
     op: crate::channel::PortOp,
     port: u16,
     value: u32,
-) -> Result<u32, crate::IoPortError> {
+) -> Result<u32, crate::channel::IoPortError> {
     use crate::channel::PortOp;
     use core::arch::asm;
     let granted = current_desc().is_some_and(|d| d.ioports.iter().any(|&i| u64::from(i) == id));
     if !granted {
-        return Err(crate::IoPortError::NotGranted);
+        return Err(crate::channel::IoPortError::NotGranted);
     }
     // SAFETY (every arm): port I/O granted to this PD by system.xml; it
     // touches no memory.

@@ -14,11 +14,9 @@
 //! The PD dies with its launcher (`PR_SET_PDEATHSIG`) and closes every
 //! descriptor it was not given.
 
-use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
-use crate::{
-    Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PPC_UNSUPPORTED_LABEL, PhysAddr,
-    Region, RegionDecl,
-};
+use crate::channel::{Channel, ChannelSet, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
+use crate::{Handler, PPC_UNSUPPORTED_LABEL, PhysAddr, Region, RegionDecl};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use rustix::event::{PollFd, PollFlags, poll};

@@ -56,20 +56,23 @@
 #[cfg(any(feature = "host", test))]
 extern crate std;
 
+mod calls;
 mod channel;
 mod debug;
+mod defer;
 
 pub mod log_page;
 mod region;
 pub mod vm;
 
+pub use calls::{get_mr, set_mr};
 pub use channel::{
-    Channel, ChannelSet, DeferredActionSlotFull, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH,
-    MessageInfo, get_mr, set_mr,
+    Channel, ChannelSet, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo,
 };
 #[doc(hidden)]
 pub use debug::print_fmt as __debug_print_fmt;
 pub use debug::{Log, debug_write};
+pub use defer::DeferredActionSlotFull;
 pub mod handler;
 pub use handler::{Handler, NoHandler, PPC_UNSUPPORTED_LABEL};
 pub use region::{PaddrSource, PhysAddr, Region, RegionDecl, SetVar};

@@ -2,10 +2,11 @@
 //! x86_64. Every number here is from DESIGN §4 (verified by booting) and
 //! libmicrokit (`microkit.h`, `main.c`).
 
-use crate::channel::{
+use crate::channel::{Channel, ChannelSet, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::{
     DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred,
 };
-use crate::{Channel, ChannelSet, Handler, MessageInfo, PhysAddr, Region, RegionDecl};
+use crate::{Handler, PhysAddr, Region, RegionDecl};
 use core::cell::UnsafeCell;
 use core::fmt;
 
@@ -179,7 +180,7 @@ fn syscall(sys: i64, x0: u64, info: u64, reply: u64, dest: u64) -> (u64, u64) {
 }
 
 fn allowed(mask: u64, ch: usize) -> bool {
-    ch < crate::MAX_CHANNELS && mask & (1 << ch) != 0
+    ch < MAX_CHANNELS && mask & (1 << ch) != 0
 }
 
 fn invalid(what: &str, ch: usize) {
@@ -230,12 +231,21 @@ pub(crate) mod sys {
         MessageInfo::from_raw(out)
     }
 
+    /// Message register `i`, 0 past [`MSG_MAX_LENGTH`] (as `crate::get_mr`,
+    /// which calls this; the vCPU invocations call it directly).
     pub(crate) fn get_mr(i: usize) -> u64 {
-        // SAFETY: i < MSG_MAX_LENGTH (checked by the caller): inside the IPC buffer.
+        if i >= MSG_MAX_LENGTH {
+            return 0;
+        }
+        // SAFETY: i < MSG_MAX_LENGTH (checked above): inside the IPC buffer.
         unsafe { ipc_mr(i).read_volatile() }
     }
 
+    /// Set message register `i`; ignored past [`MSG_MAX_LENGTH`].
     pub(crate) fn set_mr(i: usize, v: u64) {
+        if i >= MSG_MAX_LENGTH {
+            return;
+        }
         // SAFETY: as in get_mr.
         unsafe { ipc_mr(i).write_volatile(v) }
     }
@@ -317,11 +327,12 @@ pub(crate) fn port_io(
     op: crate::channel::PortOp,
     port: u16,
     value: u32,
-) -> Result<u32, crate::IoPortError> {
+) -> Result<u32, crate::channel::IoPortError> {
+    use crate::channel::{IoPortError, PortOp};
     if id >= 64 || microkit_ioports.get() & (1 << id) == 0 {
-        return Err(crate::IoPortError::NotGranted);
+        return Err(IoPortError::NotGranted);
     }
-    let write = op as u64 >= crate::channel::PortOp::Out8 as u64;
+    let write = op as u64 >= PortOp::Out8 as u64;
     sys::set_mr(0, u64::from(port));
     sys::set_mr(1, u64::from(value));
     let info = MessageInfo::new(IOPORT_IN8_LABEL + op as u64, if write { 2 } else { 1 });
@@ -329,7 +340,7 @@ pub(crate) fn port_io(
     match MessageInfo::from_raw(out).label() {
         0 if write => Ok(0),
         0 => Ok(sys::get_mr(0) as u32),
-        e => Err(crate::IoPortError::Kernel(e)),
+        e => Err(IoPortError::Kernel(e)),
     }
 }
 
