@@ -1,10 +1,48 @@
-//! The deferred action: a notify or IRQ ack a PD leaves for the moment it
-//! next waits, so the platform combines it with that receive (seL4
-//! `NBSendRecv`). The platforms take it in their run loops.
+//! Deferred actions: a notify or IRQ ack a PD leaves for the moment it next
+//! waits, so the platform combines it with that receive (seL4 `NBSendRecv`,
+//! libmicrokit's `microkit_deferred_notify` / `_irq_ack`), saving a syscall.
+//!
+//! The action is state of the running PD, not of the platform: the handler
+//! keeps a [`DeferredActionSlot`] and hands its content over in
+//! [`Handler::take_deferred_action`](crate::Handler::take_deferred_action),
+//! which the run loop calls when it goes back to the kernel (as rust-sel4's
+//! `sel4-microkit` does). One action at a time, as in libmicrokit.
 
 use crate::channel::Channel;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+
+/// What a deferred action does to its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferredActionInterface {
+    /// [`Channel::notify`].
+    Notify,
+    /// [`Channel::irq_ack`].
+    IrqAck,
+}
+
+/// A notify or IRQ ack to perform when the PD next waits for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferredAction {
+    channel: Channel,
+    interface: DeferredActionInterface,
+}
+
+impl DeferredAction {
+    /// `interface` on `channel`.
+    pub const fn new(channel: Channel, interface: DeferredActionInterface) -> Self {
+        DeferredAction { channel, interface }
+    }
+
+    /// The channel acted on.
+    pub const fn channel(self) -> Channel {
+        self.channel
+    }
+
+    /// What is done to it.
+    pub const fn interface(self) -> DeferredActionInterface {
+        self.interface
+    }
+}
 
 /// The single deferred-action slot is already taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,40 +54,49 @@ impl fmt::Display for DeferredActionSlotFull {
     }
 }
 
-// The one deferred action (libmicrokit's `microkit_have_signal`): 0 = none,
-// otherwise a tag in the top bits and the channel id in the low bits. An
-// atomic only so that it can be a safe static; a PD is single-threaded.
-static DEFERRED: AtomicU64 = AtomicU64::new(0);
-pub(crate) const DEFER_NOTIFY: u64 = 1 << 63;
-pub(crate) const DEFER_IRQ_ACK: u64 = 1 << 62;
-#[cfg_attr(any(not(target_os = "none"), feature = "bare"), allow(dead_code))]
-pub(crate) const DEFER_MONITOR: u64 = 1 << 61;
-#[cfg_attr(not(any(target_os = "none", feature = "host")), allow(dead_code))]
-pub(crate) const DEFER_ID_MASK: u64 = 0xff;
-
-/// The deferred action, removed from its slot (runtime use).
-#[cfg_attr(not(any(target_os = "none", feature = "host", test)), allow(dead_code))]
-pub(crate) fn take_deferred() -> u64 {
-    DEFERRED.swap(0, Ordering::Relaxed)
+/// A handler's one deferred action (libmicrokit's `microkit_have_signal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeferredActionSlot {
+    action: Option<DeferredAction>,
 }
 
-pub(crate) fn set_deferred(v: u64) -> Result<(), DeferredActionSlotFull> {
-    DEFERRED
-        .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed)
-        .map(|_| ())
-        .map_err(|_| DeferredActionSlotFull)
-}
-
-impl Channel {
-    /// Notify when this PD next waits for events, combined with that receive
-    /// (seL4 `NBSendRecv`), saving a syscall. One action may be deferred.
-    pub fn defer_notify(self) -> Result<(), DeferredActionSlotFull> {
-        set_deferred(DEFER_NOTIFY | self.index() as u64)
+impl DeferredActionSlot {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        DeferredActionSlot { action: None }
     }
 
-    /// [`Channel::irq_ack`] deferred to the next receive.
-    pub fn defer_irq_ack(self) -> Result<(), DeferredActionSlotFull> {
-        set_deferred(DEFER_IRQ_ACK | self.index() as u64)
+    /// Defer `action`; refused while another one waits.
+    pub fn defer(&mut self, action: DeferredAction) -> Result<(), DeferredActionSlotFull> {
+        if self.action.is_some() {
+            return Err(DeferredActionSlotFull);
+        }
+        self.action = Some(action);
+        Ok(())
+    }
+
+    /// Notify `channel` when this PD next waits for events, combined with
+    /// that receive.
+    pub fn defer_notify(&mut self, channel: Channel) -> Result<(), DeferredActionSlotFull> {
+        self.defer(DeferredAction::new(
+            channel,
+            DeferredActionInterface::Notify,
+        ))
+    }
+
+    /// Acknowledge the IRQ `channel` when this PD next waits for events.
+    pub fn defer_irq_ack(&mut self, channel: Channel) -> Result<(), DeferredActionSlotFull> {
+        self.defer(DeferredAction::new(
+            channel,
+            DeferredActionInterface::IrqAck,
+        ))
+    }
+
+    /// The deferred action, removed from the slot (what
+    /// [`Handler::take_deferred_action`](crate::Handler::take_deferred_action)
+    /// returns).
+    pub fn take(&mut self) -> Option<DeferredAction> {
+        self.action.take()
     }
 }
 
@@ -59,10 +106,19 @@ mod tests {
 
     #[test]
     fn one_deferred_action_at_a_time() {
-        let _ = take_deferred();
-        assert_eq!(Channel::new(3).defer_notify(), Ok(()));
-        assert_eq!(Channel::new(4).defer_irq_ack(), Err(DeferredActionSlotFull));
-        assert_eq!(take_deferred(), DEFER_NOTIFY | 3);
-        assert_eq!(take_deferred(), 0);
+        let mut slot = DeferredActionSlot::new();
+        assert_eq!(slot.defer_notify(Channel::new(3)), Ok(()));
+        assert_eq!(
+            slot.defer_irq_ack(Channel::new(4)),
+            Err(DeferredActionSlotFull)
+        );
+        assert_eq!(
+            slot.take(),
+            Some(DeferredAction::new(
+                Channel::new(3),
+                DeferredActionInterface::Notify
+            ))
+        );
+        assert_eq!(slot.take(), None);
     }
 }

@@ -3,9 +3,7 @@
 //! libmicrokit (`microkit.h`, `main.c`).
 
 use crate::channel::{Channel, ChannelSet, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo};
-use crate::defer::{
-    DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred,
-};
+use crate::defer::{DeferredAction, DeferredActionInterface};
 use crate::{Handler, PhysAddr, Region, RegionDecl};
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -356,14 +354,16 @@ fn pd_name() -> &'static str {
 /// PPC, ReplyRecv with the reply cap; with a deferred signal, NBSendRecv.
 pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     let mut handler = init();
+    // The run loop's own deferred signal: a passive PD tells the monitor it
+    // is ready (the monitor then moves its scheduling context away),
+    // combined with the first Recv. A signal deferred by init goes out now
+    // so it is not lost.
+    let mut tell_monitor = false;
     if microkit_passive.get() != 0 {
-        // A passive PD tells the monitor it is ready (the monitor then moves
-        // its scheduling context away), combined with the first Recv. A
-        // signal deferred by init goes out now so it is not lost.
-        if let d @ 1.. = take_deferred() {
-            perform_now(d);
+        if let Some(a) = handler.take_deferred_action() {
+            perform_now(a);
         }
-        let _ = set_deferred(DEFER_MONITOR);
+        tell_monitor = true;
     }
     // seL4 issue 1536: acknowledge every IRQ once we are about to wait, as
     // libmicrokit does.
@@ -377,13 +377,17 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     loop {
         let (badge, info) = match reply.take() {
             Some(r) => syscall(SYS_REPLY_RECV, INPUT_CAP, r.into_raw(), REPLY_CAP, 0),
-            None => match take_deferred() {
-                0 => syscall(SYS_RECV, INPUT_CAP, 0, REPLY_CAP, 0),
-                d => {
-                    let (dest, msg) = deferred_target(d);
-                    syscall(SYS_NB_SEND_RECV, INPUT_CAP, msg, REPLY_CAP, dest)
+            None => {
+                let deferred = if core::mem::take(&mut tell_monitor) {
+                    Some((MONITOR_EP, 0))
+                } else {
+                    handler.take_deferred_action().map(deferred_target)
+                };
+                match deferred {
+                    None => syscall(SYS_RECV, INPUT_CAP, 0, REPLY_CAP, 0),
+                    Some((dest, msg)) => syscall(SYS_NB_SEND_RECV, INPUT_CAP, msg, REPLY_CAP, dest),
                 }
-            },
+            }
         };
         let info = MessageInfo::from_raw(info);
         if badge >> 63 != 0 {
@@ -413,26 +417,22 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
 }
 
 /// The cap and message of a deferred action for NBSendRecv.
-fn deferred_target(d: u64) -> (u64, u64) {
-    let id = d & DEFER_ID_MASK;
-    if d & DEFER_NOTIFY != 0 {
-        (BASE_OUTPUT_NOTIFICATION_CAP + id, 0)
-    } else if d & DEFER_IRQ_ACK != 0 {
-        (
+fn deferred_target(a: DeferredAction) -> (u64, u64) {
+    let id = a.channel().index() as u64 & 0xff;
+    match a.interface() {
+        DeferredActionInterface::Notify => (BASE_OUTPUT_NOTIFICATION_CAP + id, 0),
+        DeferredActionInterface::IrqAck => (
             BASE_IRQ_CAP + id,
             MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(),
-        )
-    } else {
-        (MONITOR_EP, 0)
+        ),
     }
 }
 
-fn perform_now(d: u64) {
-    let id = (d & DEFER_ID_MASK) as usize;
-    if d & DEFER_NOTIFY != 0 {
-        sys::notify(id)
-    } else if d & DEFER_IRQ_ACK != 0 {
-        sys::irq_ack(id)
+fn perform_now(a: DeferredAction) {
+    let id = a.channel().index() & 0xff;
+    match a.interface() {
+        DeferredActionInterface::Notify => sys::notify(id),
+        DeferredActionInterface::IrqAck => sys::irq_ack(id),
     }
 }
 
