@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 /// The Linux VM's kernel parameters for its workload (linux-workload):
 /// touch [`WORKLOAD_MIB`], hold them 3 s, free them, once.
-pub const WORKLOAD: &str = "workload.mib=128 workload.hold_ms=3000 workload.rounds=1";
+pub const WORKLOAD: &str = "workload.mib=160 workload.hold_ms=3000 workload.rounds=1";
 /// What the workload touches and frees, in MiB.
-pub const WORKLOAD_MIB: u64 = 128;
+pub const WORKLOAD_MIB: u64 = 160;
 
 /// QEMU virt's PL011, which the description may pass through to the VM.
 const PL011: u64 = 0x0900_0000;
