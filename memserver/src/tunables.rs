@@ -74,6 +74,11 @@ pub struct Tunables {
     /// hold reporting back; a workload cycling its memory does). Default
     /// 2048 (8 MiB). Range `0..=u32::MAX`.
     pub busy_pages: u64,
+    /// Adaptive: most steps a churning zone backs off by, each doubling
+    /// the quiet time it needs before it is reported (see
+    /// [`crate::adaptive`]). Default 3 (up to 8 delays). 0: no hysteresis.
+    /// Range `0..=8`.
+    pub backoff_max: u8,
 }
 
 impl Default for Tunables {
@@ -89,6 +94,7 @@ impl Default for Tunables {
             quiet_order: 0,
             age_ns: 4_000_000_000,
             busy_pages: 2048,
+            backoff_max: 3,
         }
     }
 }
@@ -130,6 +136,9 @@ impl Tunables {
         }
         if self.busy_pages > u64::from(u32::MAX) {
             return Err(Error::BadTunable("busy_pages"));
+        }
+        if self.backoff_max > 8 {
+            return Err(Error::BadTunable("backoff_max"));
         }
         Ok(())
     }
