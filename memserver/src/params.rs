@@ -8,7 +8,7 @@
 //! single word `off` to disable reporting. Unknown keys and out-of-range
 //! values are errors.
 
-use crate::{Error, Policy, Tunables};
+use crate::{Error, Policy, TunableKey, Tunables};
 use core::fmt;
 
 /// Why a tunables string was refused.
@@ -63,20 +63,9 @@ pub fn parse_tunables(text: &str) -> Result<Option<Tunables>, ParamError<'_>> {
             };
             continue;
         }
+        let key = TunableKey::from_name(key).ok_or(ParamError::UnknownKey(key))?;
         let num = value.parse::<u64>().map_err(|_| bad)?;
-        match key {
-            "order" => t.reporting_order = u8::try_from(num).map_err(|_| bad)?,
-            "delay_ms" => t.delay_ns = num.checked_mul(1_000_000).ok_or(bad)?,
-            "capacity" => t.capacity = u16::try_from(num).map_err(|_| bad)?,
-            "budget_divisor" => t.budget_divisor = u32::try_from(num).map_err(|_| bad)?,
-            "watermark_pages" => t.low_watermark_pages = num,
-            "in_flight" => t.max_in_flight = u8::try_from(num).map_err(|_| bad)?,
-            "quiet_order" => t.quiet_order = u8::try_from(num).map_err(|_| bad)?,
-            "age_ms" => t.age_ns = num.checked_mul(1_000_000).ok_or(bad)?,
-            "busy_pages" => t.busy_pages = num,
-            "backoff_max" => t.backoff_max = u8::try_from(num).map_err(|_| bad)?,
-            _ => return Err(ParamError::UnknownKey(key)),
-        }
+        t.set(key, num).map_err(ParamError::Invalid)?;
     }
     t.validate().map_err(ParamError::Invalid)?;
     Ok(Some(t))
@@ -140,10 +129,7 @@ mod tests {
         );
         assert_eq!(
             parse_tunables("order=300"),
-            Err(ParamError::BadValue {
-                key: "order",
-                value: "300"
-            })
+            Err(ParamError::Invalid(Error::BadTunable("order")))
         );
         assert!(matches!(
             parse_tunables("order=11"),
