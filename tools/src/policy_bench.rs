@@ -12,7 +12,8 @@
 //!   within 10 s (the rest is freed after the window);
 //! - churn: a 250 ms delay, 16 rounds of allocate / touch / free of 512 MiB
 //!   per guest: the workload's time from launch to its last free (median of
-//!   [`CHURN_RUNS`] runs), with reporting off as the baseline;
+//!   [`CHURN_RUNS`] runs, reporting off and each policy taking turns), with
+//!   reporting off as the baseline;
 //! - trace: each guest replays the memory curve of a real `cargo build`
 //!   (`guest/traces/`, peak scaled to 768 MiB, [`TRACE_SPEED`] times
 //!   faster than recorded): the host memory averaged over the replay, and
@@ -29,7 +30,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Runs of each churn variant (one run's time moves with the load).
-pub const CHURN_RUNS: usize = 3;
+pub const CHURN_RUNS: usize = 5;
 
 /// The policies compared, control first.
 pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
@@ -177,38 +178,49 @@ pub fn run(
             &format!("tools bench: host memory, {name}"),
         )
     };
-    // The median time of the churn runs, and the problems of all.
-    let churn = |tunables: &str,
-                 name: &str,
-                 progress: &mut dyn FnMut(&str)|
-     -> Result<(Option<f64>, Vec<String>), String> {
-        let mut times = Vec::new();
-        let mut probs = Vec::new();
-        for i in 0..CHURN_RUNS {
-            progress(&format!("churn, {name}, run {}/{CHURN_RUNS}", i + 1));
-            let r = demo::run(
-                &cfg(
-                    "pattern=churn,mib=512,rounds=16,hold_ms=500,live_mib=8".into(),
-                    tunables.into(),
-                    None,
-                ),
-                &mut |_| {},
-            )?;
-            save(&format!("policy-churn-{name}"), &r)?;
-            times.extend(
-                marks_with(&r.timeline, " freed ")
-                    .1
-                    .map(|d| d.as_secs_f64()),
-            );
-            probs.extend(problems(&r));
-        }
-        times.sort_by(f64::total_cmp);
-        Ok((times.get(times.len() / 2).copied(), probs))
-    };
-    let mut cmp = Comparison::default();
+    // Churn: reporting off and each policy take turns, run by run, so
+    // that a change in the machine's load hits all of them alike (a run's
+    // time moves by tens of percent with the other builds here). The
+    // median time of each, and the problems of all.
+    let variants: Vec<(&str, String)> = core::iter::once(("off", "off".to_string()))
+        .chain(
+            POLICIES
+                .iter()
+                .map(|p| (*p, format!("policy={p},delay_ms=250"))),
+        )
+        .collect();
+    let mut churn: Vec<(Vec<f64>, Vec<String>)> = vec![(Vec::new(), Vec::new()); variants.len()];
     if wanted("churn") {
-        cmp.churn_off_s = churn("off", "off", progress)?.0;
+        for i in 0..CHURN_RUNS {
+            for (v, (name, tunables)) in variants.iter().enumerate() {
+                progress(&format!("churn, {name}, run {}/{CHURN_RUNS}", i + 1));
+                let r = demo::run(
+                    &cfg(
+                        "pattern=churn,mib=512,rounds=16,hold_ms=500,live_mib=8".into(),
+                        tunables.clone(),
+                        None,
+                    ),
+                    &mut |_| {},
+                )?;
+                save(&format!("policy-churn-{name}"), &r)?;
+                churn[v].0.extend(
+                    marks_with(&r.timeline, " freed ")
+                        .1
+                        .map(|d| d.as_secs_f64()),
+                );
+                churn[v].1.extend(problems(&r));
+            }
+        }
     }
+    let median = |v: usize| {
+        let mut t = churn[v].0.clone();
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied()
+    };
+    let mut cmp = Comparison {
+        churn_off_s: median(0),
+        ..Comparison::default()
+    };
     // Each scenario's timelines of both policies, for the joint plots.
     let mut both: Vec<(&str, &str, Timeline)> = Vec::new();
     for policy in POLICIES {
@@ -257,10 +269,10 @@ pub fn run(
         }
 
         if wanted("churn") {
-            let (s, p) = churn(&format!("policy={policy},delay_ms=250"), policy, progress)?;
-            f.churn_s = s;
+            let v = 1 + POLICIES.iter().position(|p| *p == policy).unwrap_or(0);
+            f.churn_s = median(v);
             f.churn_vs_off = f.churn_s.zip(cmp.churn_off_s).map(|(a, b)| a / b);
-            f.problems.extend(p);
+            f.problems.extend(churn[v].1.iter().cloned());
         }
 
         if wanted("trace") {
@@ -428,5 +440,59 @@ impl Comparison {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Sample;
+
+    fn at(ms: u64, mib: u64) -> Sample {
+        Sample {
+            t: Duration::from_millis(ms),
+            host: mib << 20,
+            guest: None,
+            reported: None,
+        }
+    }
+
+    /// Each sample's value holds until the next one; the window's edges
+    /// cut the first and last interval.
+    #[test]
+    fn average_weights_each_sample_by_how_long_it_held() {
+        let mut t = Timeline::new();
+        for s in [at(0, 100), at(1000, 300), at(3000, 0)] {
+            t.push(s);
+        }
+        let avg = |a, b| {
+            average_host_mib(&t, Duration::from_millis(a), Duration::from_millis(b)).unwrap()
+        };
+        assert!((avg(0, 3000) - (100.0 + 2.0 * 300.0) / 3.0).abs() < 1e-9);
+        assert!((avg(500, 2000) - (0.5 * 100.0 + 300.0) / 1.5).abs() < 1e-9);
+        assert!((avg(3000, 4000) - 0.0).abs() < 1e-9);
+        assert_eq!(
+            average_host_mib(&t, Duration::from_secs(2), Duration::from_secs(2)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_trace_table_compares_with_linux() {
+        let f = |policy: &str, mib, s| PolicyFigures {
+            policy: policy.into(),
+            trace_avg_mib: Some(mib),
+            trace_s: Some(s),
+            ..PolicyFigures::default()
+        };
+        let c = Comparison {
+            figures: vec![f("linux", 1000.0, 100.0), f("adaptive", 800.0, 100.5)],
+            churn_off_s: None,
+        };
+        let md = c.markdown();
+        assert!(
+            md.contains("| adaptive | 800 MiB | -20.0 % | 100.50 s | +0.5 % |"),
+            "{md}"
+        );
     }
 }
