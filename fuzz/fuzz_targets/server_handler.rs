@@ -13,7 +13,7 @@ use memserver::server::{BalloonPort, ClientPort, Server};
 use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
 use memserver_api::{
     self as api, BATCH, Block, ClientRequest, ClientResponse, FromBalloon, Request, SLOT_SIZE,
-    ToBalloon,
+    ToBalloon, TunableKey,
 };
 use pd_ring::{Consumer, Producer, RingMemory, ring_words};
 
@@ -245,6 +245,16 @@ fuzz_target!(|data: &[u8]| {
                     3 => FromBalloon::StatsRequest,
                     4 => FromBalloon::DeviceLimits {
                         report_capacity: u16::from(input.byte()),
+                    },
+                    // Run-time tunables: small values (mostly in range, so
+                    // they change the worker mid-run) or any.
+                    5 => FromBalloon::SetTunable {
+                        key: TunableKey::ALL[usize::from(input.byte()) % TunableKey::ALL.len()],
+                        value: if a & 0x80 != 0 {
+                            u64::from(input.u32()) << 32 | u64::from(input.u32())
+                        } else {
+                            u64::from(input.byte() % 16)
+                        },
                     },
                     _ => FromBalloon::DeviceReset,
                 };

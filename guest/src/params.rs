@@ -8,11 +8,12 @@
 //!
 //! | key       | default | meaning                                                   |
 //! |-----------|---------|-----------------------------------------------------------|
-//! | `pattern` | `bulk`  | `bulk`, `fragmented` or `churn` (see [`Pattern`])         |
-//! | `mib`     | 256     | MiB the pattern allocates, 1..=65536                      |
+//! | `pattern` | `bulk`  | `bulk`, `fragmented`, `churn` or `trace` (see [`Pattern`]) |
+//! | `mib`     | 256     | MiB the pattern allocates (trace: at the curve's peak), 1..=65536 |
 //! | `hold_ms` | 3000    | how long to hold memory between phases, 0..=600000        |
 //! | `rounds`  | 4       | churn rounds, 1..=100000                                  |
 //! | `live_mib`| 8       | MiB kept allocated the whole run and verified at the end, 0..=65536 |
+//! | `speed`   | 1       | trace: replay this many times faster than recorded, 1..=1000 |
 //!
 //! Whether `mib + live_mib` fits the guest's RAM is checked when the
 //! workload starts ([`Params::check_fits`]).
@@ -31,6 +32,12 @@ pub enum Pattern {
     /// `rounds` times: allocate `mib` in mixed orders (0..=3, 9, 10), touch,
     /// verify, free.
     Churn,
+    /// Follow the memory curve recorded from a real program
+    /// (`guest/traces/`, see its README), scaled so the curve's peak is
+    /// `mib`: at each recorded sample allocate (mixed orders) or free
+    /// (lowest addresses first) up to the recorded level; then free
+    /// everything, hold, verify.
+    Trace,
 }
 
 impl Pattern {
@@ -40,6 +47,7 @@ impl Pattern {
             Pattern::Bulk => "bulk",
             Pattern::Fragmented => "fragmented",
             Pattern::Churn => "churn",
+            Pattern::Trace => "trace",
         }
     }
 }
@@ -52,6 +60,7 @@ pub struct Params {
     pub hold_ms: u64,
     pub rounds: u32,
     pub live_mib: u64,
+    pub speed: u32,
 }
 
 impl Default for Params {
@@ -62,6 +71,7 @@ impl Default for Params {
             hold_ms: 3000,
             rounds: 4,
             live_mib: 8,
+            speed: 1,
         }
     }
 }
@@ -99,12 +109,12 @@ impl fmt::Display for ParamError<'_> {
             ParamError::UnknownKey(k) => {
                 write!(
                     f,
-                    "unknown key '{k}' (known: pattern, mib, hold_ms, rounds, live_mib)"
+                    "unknown key '{k}' (known: pattern, mib, hold_ms, rounds, live_mib, speed)"
                 )
             }
             ParamError::DuplicateKey(k) => write!(f, "key '{k}' given twice"),
             ParamError::UnknownPattern(p) => {
-                write!(f, "unknown pattern '{p}' (bulk, fragmented, churn)")
+                write!(f, "unknown pattern '{p}' (bulk, fragmented, churn, trace)")
             }
             ParamError::NotANumber { key, value } => {
                 write!(f, "{key}='{value}' is not a decimal number")
@@ -167,6 +177,7 @@ impl Params {
                         "bulk" => Pattern::Bulk,
                         "fragmented" => Pattern::Fragmented,
                         "churn" => Pattern::Churn,
+                        "trace" => Pattern::Trace,
                         other => return Err(ParamError::UnknownPattern(other)),
                     };
                     1
@@ -186,6 +197,10 @@ impl Params {
                 "live_mib" => {
                     p.live_mib = number(key, value, "live_mib", 0, 65536)?;
                     16
+                }
+                "speed" => {
+                    p.speed = number(key, value, "speed", 1, 1000)? as u32;
+                    32
                 }
                 other => return Err(ParamError::UnknownKey(other)),
             };
@@ -212,12 +227,13 @@ impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pattern={},mib={},hold_ms={},rounds={},live_mib={}",
+            "pattern={},mib={},hold_ms={},rounds={},live_mib={},speed={}",
             self.pattern.name(),
             self.mib,
             self.hold_ms,
             self.rounds,
-            self.live_mib
+            self.live_mib,
+            self.speed
         )
     }
 }
@@ -231,6 +247,9 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(Params::parse(""), Ok(Params::default()));
+        let t = Params::parse("pattern=trace,speed=4").unwrap();
+        assert_eq!((t.pattern, t.speed), (Pattern::Trace, 4));
+        assert_eq!(Params::parse(&t.to_string()), Ok(t));
         let p = Params::parse("pattern=churn, mib=64,rounds=7").unwrap();
         assert_eq!(
             p,

@@ -11,6 +11,8 @@
 //!   block, hold, free the rest, hold, verify.
 //! - churn: live set, `rounds` x (allocate mixed orders, free all), hold,
 //!   verify.
+//! - trace: live set, follow a recorded memory curve ([`TRACE`]), free
+//!   all, hold, verify.
 //!
 //! Every page the guest owns holds [`crate::ram::pattern`]; blocks are
 //! verified before they are freed, and the live set at the end, so a page
@@ -41,6 +43,22 @@ pub const BACKOFF_MIN_NS: u64 = 10_000_000;
 pub const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 /// Data-mismatch errors logged one by one; later ones are only counted.
 const MAX_MISMATCH_LOGS: u64 = 8;
+
+/// The memory curve the `trace` pattern follows: `t_ms,rss_kib` rows,
+/// recorded from a real `cargo build` (how: `guest/traces/README.md`).
+pub const TRACE: &str = include_str!("../traces/cargo-build-regex.csv");
+
+/// The `i`th `(t_ms, rss_kib)` point of [`TRACE`] (header and malformed
+/// rows skipped).
+fn trace_points() -> impl Iterator<Item = (u64, u64)> {
+    TRACE.lines().filter_map(|l| {
+        let (t, kib) = l.split_once(',')?;
+        Some((t.trim().parse().ok()?, kib.trim().parse().ok()?))
+    })
+}
+
+/// A trace step smaller than this is not worth a request.
+const TRACE_SLACK_PAGES: u64 = PAGES_PER_MIB;
 
 /// Log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +147,8 @@ enum Op {
         name: &'static str,
     },
     Hold,
+    /// Follow [`TRACE`].
+    Trace,
     /// Repeat from op `back_to` until `rounds` rounds are done.
     Repeat {
         back_to: usize,
@@ -183,6 +203,17 @@ fn program(p: Pattern) -> ([Op; MAX_OPS], usize) {
             Op::VerifyLive,
             Op::Done,
         ],
+        Pattern::Trace => &[
+            Op::AllocLive,
+            Op::Trace,
+            Op::Free {
+                sets: ab,
+                name: "freed",
+            },
+            Op::Hold,
+            Op::VerifyLive,
+            Op::Done,
+        ],
     };
     let mut ops = [Op::Done; MAX_OPS];
     ops[..list.len()].copy_from_slice(list);
@@ -208,6 +239,26 @@ struct OpState {
     retry_sweep: bool,
     freed_pages: u64,
     hold_until: u64,
+    /// Free: stop once this many pages were sent (trace steps).
+    free_budget: Option<u64>,
+    free_sent: u64,
+    trace: TraceState,
+}
+
+/// Where a trace replay is.
+#[derive(Debug, Clone, Copy, Default)]
+struct TraceState {
+    /// Next point of [`TRACE`].
+    step: usize,
+    /// Timer time the replay started.
+    t0: u64,
+    /// The curve's peak, KiB (scaled to `mib`).
+    peak_kib: u64,
+    /// Allocating (`Some(true)`) or freeing (`Some(false)`) towards the
+    /// current point; `None` between points.
+    moving: Option<bool>,
+    /// Longest a point was reached after its (scaled) time, ns.
+    late_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +409,7 @@ impl<'s> Workload<'s> {
                 Op::AllocLive => self.run_alloc(client, host, None, Set::Live),
                 Op::Alloc(plan) => self.run_alloc(client, host, Some(plan), Set::A),
                 Op::Free { sets, .. } => self.run_free(client, ram, host, sets),
+                Op::Trace => self.run_trace(client, ram, host),
                 Op::Hold => {
                     let now = host.now_ns();
                     if now >= self.st.hold_until {
@@ -404,6 +456,22 @@ impl<'s> Workload<'s> {
                     .now_ns()
                     .saturating_add(self.params.hold_ms * 1_000_000)
             }
+            Op::Trace => {
+                let t0 = host.now_ns();
+                let (n, peak) = trace_points().fold((0, 0), |(n, p), (_, k)| (n + 1, p.max(k)));
+                self.st.trace = TraceState {
+                    t0,
+                    peak_kib: peak.max(1),
+                    ..TraceState::default()
+                };
+                host.log(
+                    Level::Info,
+                    format_args!(
+                        "phase=trace_start points={n} peak_mib={} speed={} t_ns={t0}",
+                        self.params.mib, self.params.speed
+                    ),
+                );
+            }
             _ => {}
         }
     }
@@ -440,6 +508,14 @@ impl<'s> Workload<'s> {
             Op::Hold => host.log(
                 Level::Info,
                 format_args!("phase=held ms={} t_ns={t}", self.params.hold_ms),
+            ),
+            Op::Trace => host.log(
+                Level::Info,
+                format_args!(
+                    "phase=traced steps={} late_ms={} t_ns={t}",
+                    st.trace.step,
+                    st.trace.late_ns / 1_000_000
+                ),
             ),
             Op::Repeat { back_to } => {
                 self.round += 1;
@@ -626,10 +702,13 @@ impl<'s> Workload<'s> {
             }
         }
         let end = self.owned.pages();
-        while timer_ns.is_none() && self.st.cursor < end && client.can_send() {
+        let spent =
+            |st: &OpState, more: u64| st.free_budget.is_some_and(|b| st.free_sent + more >= b);
+        while timer_ns.is_none() && self.st.cursor < end && !spent(&self.st, 0) && client.can_send()
+        {
             let from = self.st.cursor;
             let mut batch = FreeBatch::new();
-            while !batch.is_full() {
+            while !batch.is_full() && !spent(&self.st, batch.pages()) {
                 let Some(o) = self.owned.next_from(self.st.cursor) else {
                     self.st.cursor = end;
                     break;
@@ -657,7 +736,10 @@ impl<'s> Workload<'s> {
                 count,
             };
             match client.send(req, ctx) {
-                Ok(_) => self.st.frees_in_flight += 1,
+                Ok(_) => {
+                    self.st.frees_in_flight += 1;
+                    self.st.free_sent += u64::from(pages);
+                }
                 Err(e) => {
                     // Not sent: the blocks stay ours, unmarked; sweep again
                     // from where this batch started.
@@ -673,8 +755,9 @@ impl<'s> Workload<'s> {
                 }
             }
         }
-        if self.st.cursor >= end && self.st.frees_in_flight == 0 {
-            if !self.st.retry_sweep {
+        if (self.st.cursor >= end || spent(&self.st, 0)) && self.st.frees_in_flight == 0 {
+            // A trace step's refused frees are retried by the next step.
+            if !self.st.retry_sweep || self.st.free_budget.is_some() {
                 return Ok(());
             }
             // Some batches were refused for now: sweep again (no frees in
@@ -687,6 +770,57 @@ impl<'s> Workload<'s> {
             memserver: true,
             timer_ns,
         })
+    }
+
+    /// Follow [`TRACE`]: at each point's (scaled) time, allocate or free
+    /// towards its level, then wait for the next point.
+    fn run_trace<N: Notify>(
+        &mut self,
+        client: &mut Client<'_, N>,
+        ram: &RamWindow,
+        host: &mut impl Host,
+    ) -> Result<(), Next> {
+        let ab = (1 << Set::A as u8) | (1 << Set::B as u8);
+        loop {
+            match self.st.trace.moving {
+                Some(true) => self.run_alloc(client, host, Some(Plan::Mixed), Set::A)?,
+                Some(false) => self.run_free(client, ram, host, ab)?,
+                None => {}
+            }
+            self.st.trace.moving = None;
+            let tr = self.st.trace;
+            let Some((t_ms, kib)) = trace_points().nth(tr.step) else {
+                return Ok(());
+            };
+            let now = host.now_ns();
+            let due = tr.t0 + t_ms * 1_000_000 / u64::from(self.params.speed);
+            if now < due {
+                return Err(Next::Wait {
+                    memserver: false,
+                    timer_ns: Some(due - now),
+                });
+            }
+            self.st.trace.late_ns = tr.late_ns.max(now - due);
+            self.st.trace.step += 1;
+            let want = (u128::from(kib) * u128::from(self.params.mib * PAGES_PER_MIB)
+                / u128::from(tr.peak_kib)) as u64;
+            let have = self.owned.pages_in(Set::A) + self.owned.pages_in(Set::B);
+            // A fresh operation state for the move (the trace's own kept).
+            let trace = self.st.trace;
+            self.st = OpState {
+                started: true,
+                trace,
+                ..OpState::default()
+            };
+            if want > have + TRACE_SLACK_PAGES {
+                self.st.got_pages = have;
+                self.st.target_pages = want;
+                self.st.trace.moving = Some(true);
+            } else if have > want + TRACE_SLACK_PAGES {
+                self.st.free_budget = Some(have - want);
+                self.st.trace.moving = Some(false);
+            }
+        }
     }
 
     /// Forget (`remove`) or unmark the blocks being freed in `from..to`.

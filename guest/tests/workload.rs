@@ -462,6 +462,45 @@ fn churn_runs_its_rounds_and_leaves_only_the_live_set() {
     assert!(o.host.errors().is_empty(), "{:?}", o.host.errors());
 }
 
+/// The trace replays every recorded point, on time, reaches the curve's
+/// peak (scaled to `mib`), goes up and down with it, and gives everything
+/// back at the end.
+#[test]
+fn trace_follows_the_recorded_curve() {
+    let points = guest::workload::TRACE.lines().count() - 1;
+    let o = run(
+        "pattern=trace,mib=16,live_mib=1,hold_ms=0,speed=1000",
+        32,
+        Faults::default(),
+    );
+    assert_eq!(
+        o.host.phases(),
+        [
+            "start",
+            "live_touched",
+            "trace_start",
+            "traced",
+            "freed",
+            "held",
+            "verified",
+            "done"
+        ]
+    );
+    assert!(o.host.errors().is_empty(), "{:?}", o.host.errors());
+    let traced = o.host.line("traced");
+    assert!(
+        traced.starts_with(&format!("phase=traced steps={points} late_ms=0 ")),
+        "{traced}"
+    );
+    // Up to the peak (within a step's slack), and down again more than
+    // once: more allocated over the run than the peak.
+    assert!(o.counters.alloc_pages >= 256 + 15 * 256);
+    assert!(o.counters.alloc_pages > 256 + 2 * 16 * 256);
+    assert_eq!(o.counters.freed_pages, o.counters.alloc_pages - 256);
+    assert_eq!((o.owned_live, o.owned_work), (256, 0));
+    assert_eq!(o.live_ok, Some(true));
+}
+
 #[test]
 fn no_memory_backs_off_and_retries() {
     let o = run(

@@ -25,6 +25,17 @@
 //!    (as Linux's budget running out: the list is rotated and the state
 //!    stays REQUESTED). Memory a workload is cycling through is thus not
 //!    discarded only to be faulted back in.
+//!
+//!    **Hysteresis under churn.** A workload that cycles its memory can
+//!    still pause longer than the delay (touching, verifying) and get the
+//!    blocks it will reuse a moment later reported, so the host discards
+//!    them and the guest faults them back in. So a zone that turns busy
+//!    again after a batch of it was sent, before it stayed quiet for its
+//!    delay once more, doubles the quiet time it needs (`delay_ns <<
+//!    backoff`, `backoff` up to `backoff_max`); a report that sticks (the
+//!    zone stays quiet for that long after it) halves it again. Linux has
+//!    no such signal; the cost is bounded: a zone needs at most
+//!    `delay_ns << backoff_max` of quiet.
 //! 3. **Ageing: quiet long enough, small blocks too.** Once a zone has
 //!    stayed quiet for `age_ns`, the walk starts at `quiet_order` instead
 //!    of `reporting_order`, so memory freed in small blocks (a fragmented
@@ -50,6 +61,12 @@ struct ZoneAge {
     mark: u64,
     /// How long the zone has stayed quiet, by the worker's timer.
     quiet_ns: u64,
+    /// Hysteresis: the zone needs `delay_ns << backoff` of quiet.
+    backoff: u8,
+    /// `quiet_ns` when a batch of the zone was last sent, until the zone
+    /// turns busy (the report was churn: back off) or stays quiet for its
+    /// delay after it (the report stuck: come back).
+    reported_at: Option<u64>,
 }
 
 /// Per-zone activity as the adaptive policy sees it.
@@ -76,6 +93,8 @@ impl Ages {
                 allocated: 0,
                 mark: 0,
                 quiet_ns: 0,
+                backoff: 0,
+                reported_at: None,
             }; MAX_ZONES],
             armed_ns: 0,
         }
@@ -93,19 +112,52 @@ impl Ages {
         a.allocated.wrapping_sub(a.mark) > tun.busy_pages
     }
 
-    /// Look at every zone: a busy one restarts its quiet time, a quiet one
-    /// adds `elapsed_ns` to it.
+    /// The quiet time zone `z` needs before it is reported: the delay,
+    /// doubled per step of back-off.
+    pub(crate) fn need_ns(&self, z: usize, tun: &Tunables) -> u64 {
+        let shift = self.zones[z].backoff.min(tun.backoff_max);
+        tun.delay_ns.saturating_mul(1u64 << shift)
+    }
+
+    /// Is a report still on probation (its zone neither turned busy nor
+    /// stayed quiet for its delay since)? The worker keeps looking until
+    /// it knows: an allocation long after the report is not churn, and
+    /// the core has no clock but its timer.
+    fn watching(&self) -> bool {
+        self.zones.iter().any(|a| a.reported_at.is_some())
+    }
+
+    /// Look at every zone: a busy one restarts its quiet time (and backs
+    /// off if it was reported since it was last busy), a quiet one adds
+    /// `elapsed_ns` to it (and comes back one step once a report of it
+    /// stuck for its delay).
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         for z in 0..MAX_ZONES {
             let busy = self.busy(z, tun);
+            let need = self.need_ns(z, tun);
             let a = &mut self.zones[z];
-            a.quiet_ns = if busy {
-                0
+            if busy {
+                a.quiet_ns = 0;
+                if a.reported_at.take().is_some() {
+                    a.backoff = (a.backoff + 1).min(tun.backoff_max);
+                }
             } else {
-                a.quiet_ns.saturating_add(elapsed_ns)
-            };
+                a.quiet_ns = a.quiet_ns.saturating_add(elapsed_ns);
+                if let Some(at) = a.reported_at
+                    && a.quiet_ns >= at.saturating_add(need)
+                {
+                    a.reported_at = None;
+                    a.backoff = a.backoff.saturating_sub(1);
+                }
+            }
             a.mark = a.allocated;
         }
+    }
+
+    /// A batch of zone `z`'s blocks goes to the device.
+    pub(crate) fn sent(&mut self, z: usize) {
+        let a = &mut self.zones[z];
+        a.reported_at.get_or_insert(a.quiet_ns);
     }
 
     /// The timer is armed for `ns`. The time since the last look is not
@@ -124,7 +176,7 @@ impl Ages {
     /// Rules 1-3 for zone `z` at the start of its walk.
     pub(crate) fn plan(&self, z: usize, tun: &Tunables) -> Plan {
         let q = self.zones[z].quiet_ns;
-        if q < tun.delay_ns {
+        if q < self.need_ns(z, tun) {
             Plan::Defer
         } else if q >= tun.age_ns {
             Plan::Report {
@@ -150,19 +202,21 @@ impl Ages {
 
 impl MemCore<'_> {
     /// Does a zone above its watermark hold unreported free blocks of an
-    /// order this policy reports? Then the worker keeps looking.
+    /// order this policy reports, or is a report on probation? Then the
+    /// worker keeps looking.
     pub(crate) fn adaptive_pending(&self, tun: &Tunables) -> bool {
         let lo = usize::from(tun.lowest_order());
-        self.zones[..self.nr_zones].iter().any(|z| {
-            let s = &z.stats;
-            // Only blocks an isolation may take: every isolation keeps the
-            // zone at the low watermark (issue 16), so a block that would
-            // cross it is not pending, or the worker would tick forever.
-            s.free_pages >= tun.zone_threshold()
-                && (lo..=usize::from(MAX_ORDER)).any(|o| {
-                    s.free_blocks[o] > s.reported_blocks[o]
-                        && s.free_pages >= tun.low_watermark_pages + (1u64 << o)
-                })
-        })
+        self.worker.ages.watching()
+            || self.zones[..self.nr_zones].iter().any(|z| {
+                let s = &z.stats;
+                // Only blocks an isolation may take: every isolation keeps the
+                // zone at the low watermark (issue 16), so a block that would
+                // cross it is not pending, or the worker would tick forever.
+                s.free_pages >= tun.zone_threshold()
+                    && (lo..=usize::from(MAX_ORDER)).any(|o| {
+                        s.free_blocks[o] > s.reported_blocks[o]
+                            && s.free_pages >= tun.low_watermark_pages + (1u64 << o)
+                    })
+            })
     }
 }

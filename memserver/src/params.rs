@@ -4,11 +4,11 @@
 //!
 //! Keys: `policy` (`adaptive`, the default, or `linux`), `order`,
 //! `delay_ms`, `capacity`, `budget_divisor`, `watermark_pages`, `in_flight`,
-//! and the adaptive policy's `quiet_order`, `age_ms`, `busy_pages`; or the
+//! and the adaptive policy's `quiet_order`, `age_ms`, `busy_pages`, `backoff_max`; or the
 //! single word `off` to disable reporting. Unknown keys and out-of-range
 //! values are errors.
 
-use crate::{Error, Policy, Tunables};
+use crate::{Error, Policy, TunableKey, Tunables};
 use core::fmt;
 
 /// Why a tunables string was refused.
@@ -35,7 +35,7 @@ impl fmt::Display for ParamError<'_> {
             ParamError::NotAPair(p) => write!(f, "'{p}' is not key=value"),
             ParamError::UnknownKey(k) => write!(
                 f,
-                "unknown tunable '{k}' (known: policy, order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight, quiet_order, age_ms, busy_pages)"
+                "unknown tunable '{k}' (known: policy, order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight, quiet_order, age_ms, busy_pages, backoff_max)"
             ),
             ParamError::BadValue { key, value } => write!(f, "bad value '{value}' for '{key}'"),
             ParamError::Invalid(e) => write!(f, "{e}"),
@@ -63,19 +63,9 @@ pub fn parse_tunables(text: &str) -> Result<Option<Tunables>, ParamError<'_>> {
             };
             continue;
         }
+        let key = TunableKey::from_name(key).ok_or(ParamError::UnknownKey(key))?;
         let num = value.parse::<u64>().map_err(|_| bad)?;
-        match key {
-            "order" => t.reporting_order = u8::try_from(num).map_err(|_| bad)?,
-            "delay_ms" => t.delay_ns = num.checked_mul(1_000_000).ok_or(bad)?,
-            "capacity" => t.capacity = u16::try_from(num).map_err(|_| bad)?,
-            "budget_divisor" => t.budget_divisor = u32::try_from(num).map_err(|_| bad)?,
-            "watermark_pages" => t.low_watermark_pages = num,
-            "in_flight" => t.max_in_flight = u8::try_from(num).map_err(|_| bad)?,
-            "quiet_order" => t.quiet_order = u8::try_from(num).map_err(|_| bad)?,
-            "age_ms" => t.age_ns = num.checked_mul(1_000_000).ok_or(bad)?,
-            "busy_pages" => t.busy_pages = num,
-            _ => return Err(ParamError::UnknownKey(key)),
-        }
+        t.set(key, num).map_err(ParamError::Invalid)?;
     }
     t.validate().map_err(ParamError::Invalid)?;
     Ok(Some(t))
@@ -107,13 +97,15 @@ mod tests {
         assert_eq!(t.budget_divisor, 8);
         assert_eq!(t.low_watermark_pages, 0);
         assert_eq!(t.max_in_flight, 2);
-        let t = parse_tunables("policy=adaptive,quiet_order=2,age_ms=500,busy_pages=7")
-            .unwrap()
-            .unwrap();
+        let t =
+            parse_tunables("policy=adaptive,quiet_order=2,age_ms=500,busy_pages=7,backoff_max=5")
+                .unwrap()
+                .unwrap();
         assert_eq!(t.policy, Policy::Adaptive);
         assert_eq!(t.quiet_order, 2);
         assert_eq!(t.age_ns, 500_000_000);
         assert_eq!(t.busy_pages, 7);
+        assert_eq!(t.backoff_max, 5);
     }
 
     #[test]
@@ -137,10 +129,7 @@ mod tests {
         );
         assert_eq!(
             parse_tunables("order=300"),
-            Err(ParamError::BadValue {
-                key: "order",
-                value: "300"
-            })
+            Err(ParamError::Invalid(Error::BadTunable("order")))
         );
         assert!(matches!(
             parse_tunables("order=11"),
@@ -155,6 +144,10 @@ mod tests {
         );
         assert!(matches!(
             parse_tunables("quiet_order=11"),
+            Err(ParamError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_tunables("backoff_max=9"),
             Err(ParamError::Invalid(_))
         ));
         assert!(matches!(

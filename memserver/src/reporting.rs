@@ -197,6 +197,7 @@ impl MemCore<'_> {
         };
         let id = BatchId(w.next_id);
         w.next_id = w.next_id.wrapping_add(1).max(1);
+        w.ages.sent(usize::from(w.fill.zone));
         w.slots[si] = w.fill;
         w.slots[si].id = id;
         w.slots[si].in_flight = true;

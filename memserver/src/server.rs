@@ -22,7 +22,7 @@ use crate::{Actions, BatchId, Block, Error, MAX_IN_FLIGHT, MAX_ZONES, MemCore, T
 use heapless::{Deque, Vec};
 use memserver_api::{
     self as api, BATCH, ClientError, ClientRequest, ClientResponse, ClientStats, FromBalloon,
-    MemStats, RefuseReason, Request, Response, SLOT_SIZE, ToBalloon,
+    MemStats, RefuseReason, Request, Response, SLOT_SIZE, ToBalloon, TunableKey, TunableRefusal,
 };
 use pd_ring::{Consumer, Misbehaviour, Producer, RingError};
 
@@ -63,6 +63,9 @@ pub struct Counters {
     pub batches_sent: u64,
     /// Report completions with `ok`.
     pub completions_ok: u64,
+    /// `SetTunable` requests taken, and refused.
+    pub tunables_set: u64,
+    pub tunables_refused: u64,
     /// Report completions that failed (device error or reset).
     pub completions_failed: u64,
     /// Balloon messages refused (unknown batch, bad deflate, malformed).
@@ -270,17 +273,23 @@ impl<'a, 'm> Server<'a, 'm> {
     /// device without REPORTING, which would fail every batch and be
     /// retried after every delay, forever. Waits for a running pass to end
     /// (the core refuses new tunables meanwhile).
+    /// Also puts tunables set at run time into force, the same way
+    /// (before the device's limits are known, as configured).
     fn apply_limits(&mut self) {
-        let (Some(cap), Some(conf)) = (self.device_cap, self.configured) else {
+        let Some(conf) = self.configured else {
             return;
         };
         if self.limits_applied || self.core.pass_running() {
             return;
         }
-        let want = (cap > 0).then(|| Tunables {
-            capacity: conf.capacity.min(cap),
-            ..conf
-        });
+        let want = match self.device_cap {
+            None => Some(conf),
+            Some(0) => None,
+            Some(cap) => Some(Tunables {
+                capacity: conf.capacity.min(cap),
+                ..conf
+            }),
+        };
         if self.core.tunables() != want {
             match self.core.set_tunables(want) {
                 Ok(acts) => self.apply(&acts),
@@ -289,6 +298,40 @@ impl<'a, 'm> Server<'a, 'm> {
             }
         }
         self.limits_applied = true;
+    }
+
+    /// Set one reporting tunable while running (the control message
+    /// [`FromBalloon::SetTunable`]): range-checked against the configured
+    /// tunables; a refused value changes nothing. The device's limits
+    /// still apply over it, and it is put into force once no pass runs,
+    /// so the worker uses it from its next pass.
+    pub fn set_tunable(&mut self, key: TunableKey, value: u64) -> Result<(), TunableRefusal> {
+        let r = match self.configured {
+            None => Err(TunableRefusal::ReportingOff),
+            Some(mut t) => t
+                .set(key, value)
+                .map(|()| t)
+                .map_err(|_| TunableRefusal::OutOfRange),
+        };
+        match r {
+            Ok(t) => {
+                self.counters.tunables_set += 1;
+                self.configured = Some(t);
+                self.limits_applied = false;
+                self.apply_limits();
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.tunables_refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// The tunables the PD is configured with, run-time changes included
+    /// (before the device's limits; `None`: reporting off).
+    pub fn configured_tunables(&self) -> Option<Tunables> {
+        self.configured
     }
 
     fn apply(&mut self, acts: &Actions) {
@@ -463,6 +506,14 @@ impl<'a, 'm> Server<'a, 'm> {
                     self.nested_fail_unsent();
                 }
                 self.pump_nested();
+            }
+            Ok(FromBalloon::SetTunable { key, value }) => {
+                let refused = self.set_tunable(key, value).err();
+                let _ = self.send_balloon(&ToBalloon::TunableSet {
+                    key,
+                    value,
+                    refused,
+                });
             }
             Ok(FromBalloon::DeviceReset) => {
                 // The device forgot every request: the batches it held come

@@ -2,6 +2,7 @@
 //! choice of policy with the `adaptive` policy's own numbers.
 
 use crate::{Error, MAX_CAPACITY, MAX_IN_FLIGHT, MAX_ORDER};
+pub use memserver_api::TunableKey;
 
 /// Which rules the reporting worker follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +75,11 @@ pub struct Tunables {
     /// hold reporting back; a workload cycling its memory does). Default
     /// 2048 (8 MiB). Range `0..=u32::MAX`.
     pub busy_pages: u64,
+    /// Adaptive: most steps a churning zone backs off by, each doubling
+    /// the quiet time it needs before it is reported (see
+    /// [`crate::adaptive`]). Default 3 (up to 8 delays). 0: no hysteresis.
+    /// Range `0..=8`.
+    pub backoff_max: u8,
 }
 
 impl Default for Tunables {
@@ -89,6 +95,7 @@ impl Default for Tunables {
             quiet_order: 0,
             age_ns: 4_000_000_000,
             busy_pages: 2048,
+            backoff_max: 3,
         }
     }
 }
@@ -131,6 +138,42 @@ impl Tunables {
         if self.busy_pages > u64::from(u32::MAX) {
             return Err(Error::BadTunable("busy_pages"));
         }
+        if self.backoff_max > 8 {
+            return Err(Error::BadTunable("backoff_max"));
+        }
+        Ok(())
+    }
+
+    /// Set one tunable, `value` in the unit of the key's name (`policy`: 0
+    /// linux, 1 adaptive), checking every field's range: on an error
+    /// nothing changed. The command line and the run-time control message
+    /// ([`memserver_api::FromBalloon::SetTunable`]) both come here.
+    pub fn set(&mut self, key: TunableKey, value: u64) -> Result<(), Error> {
+        let bad = Error::BadTunable(key.name());
+        let mut t = *self;
+        let narrow = |max: u64| if value <= max { Ok(value) } else { Err(bad) };
+        match key {
+            TunableKey::Order => t.reporting_order = narrow(255)? as u8,
+            TunableKey::DelayMs => t.delay_ns = value.checked_mul(1_000_000).ok_or(bad)?,
+            TunableKey::Capacity => t.capacity = narrow(u64::from(u16::MAX))? as u16,
+            TunableKey::BudgetDivisor => t.budget_divisor = narrow(u64::from(u32::MAX))? as u32,
+            TunableKey::WatermarkPages => t.low_watermark_pages = value,
+            TunableKey::InFlight => t.max_in_flight = narrow(255)? as u8,
+            TunableKey::Policy => {
+                t.policy = match value {
+                    0 => Policy::Linux,
+                    1 => Policy::Adaptive,
+                    _ => return Err(bad),
+                }
+            }
+            TunableKey::QuietOrder => t.quiet_order = narrow(255)? as u8,
+            TunableKey::AgeMs => t.age_ns = value.checked_mul(1_000_000).ok_or(bad)?,
+            TunableKey::BusyPages => t.busy_pages = value,
+            TunableKey::BackoffMax => t.backoff_max = narrow(255)? as u8,
+        }
+        // Only this key's field changed: a range error is its.
+        t.validate().map_err(|_| bad)?;
+        *self = t;
         Ok(())
     }
 
@@ -146,5 +189,53 @@ impl Tunables {
     /// Pages a zone must have free for the worker to visit it.
     pub(crate) fn zone_threshold(&self) -> u64 {
         self.low_watermark_pages + (u64::from(self.capacity) << self.reporting_order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `set` either takes the value, leaving valid tunables with only
+        /// that key's field changed, or refuses it naming the key and
+        /// changes nothing.
+        #[test]
+        fn set_changes_one_field_or_nothing(
+            k in 0..TunableKey::ALL.len(),
+            value in prop_oneof![0..20u64, any::<u64>()],
+            linux in any::<bool>(),
+        ) {
+            let key = TunableKey::ALL[k];
+            let before = if linux { Tunables::default() } else { Tunables::adaptive() };
+            let mut t = before;
+            match t.set(key, value) {
+                Ok(()) => {
+                    prop_assert!(t.validate().is_ok());
+                    // Setting the old value back restores every field.
+                    let mut back = t;
+                    let old = match key {
+                        TunableKey::Order => u64::from(before.reporting_order),
+                        TunableKey::DelayMs => before.delay_ns / 1_000_000,
+                        TunableKey::Capacity => u64::from(before.capacity),
+                        TunableKey::BudgetDivisor => u64::from(before.budget_divisor),
+                        TunableKey::WatermarkPages => before.low_watermark_pages,
+                        TunableKey::InFlight => u64::from(before.max_in_flight),
+                        TunableKey::Policy => u64::from(before.policy == Policy::Adaptive),
+                        TunableKey::QuietOrder => u64::from(before.quiet_order),
+                        TunableKey::AgeMs => before.age_ns / 1_000_000,
+                        TunableKey::BusyPages => before.busy_pages,
+                        TunableKey::BackoffMax => u64::from(before.backoff_max),
+                    };
+                    back.set(key, old).unwrap();
+                    prop_assert_eq!(back, before);
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, Error::BadTunable(key.name()));
+                    prop_assert_eq!(t, before);
+                }
+            }
+        }
     }
 }

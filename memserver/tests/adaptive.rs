@@ -59,10 +59,77 @@ fn quiet_zone_is_reported_in_one_pass_after_the_delay() {
         } else {
             assert!(reported < free / 2, "Linux: a budget's worth per pass");
         }
-        run_until_idle(&mut c, 64);
-        let passes = c.reporting_stats().passes - passes_before;
-        assert_eq!(passes, want_passes, "{:?}", tun.policy);
+        // Passes that reported something; the adaptive worker then looks
+        // a quarter delay at a time until the report stuck for the delay.
+        let mut reporting_passes = 1;
+        let mut passes = 1;
+        while c.reporting_state() != ReportingState::Idle {
+            assert!(passes < 64, "reporting did not settle");
+            let (done, _) = run_pass(&mut c, true);
+            reporting_passes += usize::from(!done.is_empty());
+            passes += 1;
+        }
+        assert_eq!(reporting_passes, want_passes, "{:?}", tun.policy);
+        if tun.policy == Policy::Adaptive {
+            assert_eq!(passes, 1 + 4, "probation: four ticks");
+        }
+        assert_eq!(c.reporting_stats().passes - passes_before, passes as u64);
         assert_eq!(c.stats().reported_pages, c.stats().free_pages);
+    }
+}
+
+/// Rule 2's hysteresis: a zone that allocates again right after it was
+/// reported (churn) needs twice the quiet time before its next report, up
+/// to `delay << backoff_max`; once a report sticks for that long, it
+/// needs one step less. With `backoff_max = 0` it is reported after one
+/// delay whatever it did.
+#[test]
+fn churning_zone_backs_off_and_comes_back() {
+    for backoff_max in [0u8, 2] {
+        let tun = Tunables {
+            backoff_max,
+            ..adaptive()
+        };
+        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+        let (_keep, give) = held.split_at(held.len() / 2);
+        for &pfn in give {
+            c.free(Z0, pfn, MAX_ORDER).unwrap();
+        }
+        let (done, _) = run_pass(&mut c, true);
+        assert!(!done.is_empty(), "quiet for the delay: reported");
+        // Three rounds of churn: each reallocates 64 MiB of what was just
+        // reported and frees it, then stays quiet.
+        for round in 1..=3u32 {
+            let cycle: Vec<u64> = (0..16).map(|_| c.alloc(Z0, MAX_ORDER).unwrap()).collect();
+            for pfn in cycle {
+                c.free(Z0, pfn, MAX_ORDER).unwrap();
+            }
+            // The report is on probation: the worker is still looking,
+            // a quarter delay at a time.
+            assert!(c.timer_armed(), "round {round}: still looking");
+            let mut ticks = 0u64;
+            loop {
+                let (done, _) = run_pass(&mut c, true);
+                ticks += 1;
+                if !done.is_empty() {
+                    break;
+                }
+                assert!(ticks < 4 << 8, "never reported");
+            }
+            // One tick that sees the churn, then quiet for `delay << step`.
+            let step = round.min(u32::from(backoff_max));
+            assert_eq!(
+                ticks,
+                1 + (4 << step),
+                "round {round}, backoff_max {backoff_max}"
+            );
+        }
+        // Quiet from now: the reports stick and the zone comes back one
+        // step per report, to one delay; the worker then goes idle.
+        run_until_idle(&mut c, 256);
+        let (free, reported) = free_and_reported(&c, tun.reporting_order);
+        assert_eq!(reported, free);
+        c.check_invariants().unwrap();
     }
 }
 

@@ -49,13 +49,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn tunables(policy: Policy) -> impl Strategy<Value = Option<Tunables>> {
-    let adaptive = (0..=MAX_ORDER, 0..10u64, 0..64u64);
+    let adaptive = (0..=MAX_ORDER, 0..10u64, 0..64u64, 0..=8u8);
     prop_oneof![
         1 => Just(None),
         6 => ((0..=MAX_ORDER, 1..6u16, 1..4u32, 0..200u64, 1..4u8), adaptive).prop_map(
             move |(
                 (reporting_order, capacity, budget_divisor, low_watermark_pages, max_in_flight),
-                (quiet_order, age_delays, busy_pages),
+                (quiet_order, age_delays, busy_pages, backoff_max),
             )| {
                 let t = Tunables::default();
                 Some(Tunables {
@@ -70,6 +70,8 @@ fn tunables(policy: Policy) -> impl Strategy<Value = Option<Tunables>> {
                     // quiet pass) to ten.
                     age_ns: t.delay_ns / 2 * age_delays + 1,
                     busy_pages,
+                    // Hysteresis from none to its range's end.
+                    backoff_max,
                     ..t
                 })
             }

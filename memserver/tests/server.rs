@@ -5,7 +5,7 @@ use memserver::server::{BalloonPort, ClientPort, Server};
 use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
 use memserver_api::{
     self as api, Block, ClientError, ClientRequest, ClientResponse, FromBalloon, RefuseReason,
-    Request, Response, SLOT_SIZE, ToBalloon,
+    Request, Response, SLOT_SIZE, ToBalloon, TunableKey, TunableRefusal,
 };
 use pd_ring::{Consumer, Producer, RingMemory, ring_words};
 
@@ -863,5 +863,84 @@ fn without_a_timer_reporting_runs_at_the_next_event() {
     // It runs once: the next event does not start another pass.
     s.call(1, ClientRequest::Stats);
     assert_eq!(s.server.core().reporting_stats().passes, 1);
+    s.check();
+}
+
+/// Run-time tunables (the balloon's `SetTunable`): a bad value is refused
+/// with its reason and changes nothing; a good one during a pass is taken
+/// at once and put into force when the pass ends, so the next pass uses
+/// it (here: a smaller capacity, and a new delay for the next request).
+#[test]
+fn tunables_change_while_running_from_the_next_pass() {
+    let mut s = sys();
+    s.server.take_wake();
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 4));
+    // Refused: out of range, nothing changes.
+    for (key, value) in [
+        (TunableKey::Order, 11),
+        (TunableKey::Capacity, 0),
+        (TunableKey::DelayMs, 0),
+        (TunableKey::Policy, 2),
+        (TunableKey::BackoffMax, 9),
+        (TunableKey::DelayMs, u64::MAX),
+    ] {
+        s.balloon_says(FromBalloon::SetTunable { key, value });
+        assert_eq!(
+            s.read_balloon_ring(),
+            [ToBalloon::TunableSet {
+                key,
+                value,
+                refused: Some(TunableRefusal::OutOfRange)
+            }]
+        );
+        assert_eq!(s.server.configured_tunables(), Some(tunables()));
+        assert_eq!(s.server.core().tunables(), Some(tunables()));
+    }
+    assert_eq!(s.server.counters().tunables_refused, 6);
+    // Taken during the pass; in force once it ends.
+    for (key, value) in [(TunableKey::Capacity, 2), (TunableKey::DelayMs, 500)] {
+        s.balloon_says(FromBalloon::SetTunable { key, value });
+        assert_eq!(
+            s.read_balloon_ring(),
+            [ToBalloon::TunableSet {
+                key,
+                value,
+                refused: None
+            }]
+        );
+    }
+    assert_eq!(s.server.counters().tunables_set, 2);
+    let want = Tunables {
+        capacity: 2,
+        delay_ns: 500_000_000,
+        ..tunables()
+    };
+    assert_eq!(s.server.configured_tunables(), Some(want));
+    assert_eq!(s.server.core().tunables(), Some(tunables()), "not mid-pass");
+    let mut sent = sent;
+    while !sent.is_empty() {
+        for (id, _) in sent {
+            s.balloon_says(FromBalloon::ReportDone {
+                batch: id,
+                ok: true,
+            });
+        }
+        // More batches of the same pass (capacity 4) may follow.
+        sent = reports(&s.read_balloon_ring());
+    }
+    assert!(!s.server.core().pass_running());
+    assert_eq!(s.server.core().tunables(), Some(want));
+    // The next pass comes after the new delay (armed when the pass
+    // ended, or by the next free) and sends batches of 2.
+    let at_end = s.server.take_wake().arm_timer_ns;
+    let b = s.alloc(0, 10);
+    s.call(0, ClientRequest::Free(b));
+    let armed = s.server.take_wake().arm_timer_ns.or(at_end);
+    assert_eq!(armed, Some(500_000_000));
+    s.server.timer_expired();
+    let sent = reports(&s.read_balloon_ring());
+    assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 2));
     s.check();
 }

@@ -103,7 +103,7 @@ impl DemoReport {
     /// part of the last round's frees that did not come back.
     pub fn fraction_back(&self) -> f64 {
         match self.pattern {
-            Pattern::Bulk | Pattern::Fragmented => self.reclaim.fraction(),
+            Pattern::Bulk | Pattern::Fragmented | Pattern::Trace => self.reclaim.fraction(),
             Pattern::Churn => {
                 if self.last_freed == 0 {
                     return 0.0;
@@ -118,7 +118,7 @@ impl DemoReport {
     pub fn summary(&self) -> String {
         let mut s = self.timeline.phase_table();
         match self.pattern {
-            Pattern::Bulk | Pattern::Fragmented => {
+            Pattern::Bulk | Pattern::Fragmented | Pattern::Trace => {
                 let _ = writeln!(
                     s,
                     "\n{}",

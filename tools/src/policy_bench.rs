@@ -12,9 +12,16 @@
 //!   within 10 s (the rest is freed after the window);
 //! - churn: a 250 ms delay, 16 rounds of allocate / touch / free of 512 MiB
 //!   per guest: the workload's time from launch to its last free (median of
-//!   [`CHURN_RUNS`] runs), with reporting off as the baseline.
+//!   [`CHURN_RUNS`] runs, reporting off and each policy taking turns), with
+//!   reporting off as the baseline;
+//! - trace: each guest replays the memory curve of a real `cargo build`
+//!   (`guest/traces/`, peak scaled to 768 MiB, [`TRACE_SPEED`] times
+//!   faster than recorded): the host memory averaged over the replay, and
+//!   the replay's length (it lags the curve when allocation is slow).
 //!
 //! Figures on a loaded machine are noisy: the other scenarios are one run.
+//! Besides each run's own plot, `policy-<scenario>.svg` draws the host
+//! memory of both policies over time in one chart.
 
 use crate::demo::{self, DemoConfig, DemoReport};
 use crate::timeline::Timeline;
@@ -23,10 +30,21 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Runs of each churn variant (one run's time moves with the load).
-pub const CHURN_RUNS: usize = 3;
+pub const CHURN_RUNS: usize = 5;
 
 /// The policies compared, control first.
 pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
+
+/// The scenarios, in the order they run; `run` takes a subset.
+pub const SCENARIOS: [&str; 4] = ["latency", "fragmented", "churn", "trace"];
+
+/// How much faster than recorded the trace is replayed (196 s recorded).
+pub const TRACE_SPEED: u32 = 2;
+
+/// The trace scenario's guest workload.
+pub fn trace_workload() -> String {
+    format!("pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed={TRACE_SPEED}")
+}
 
 /// One policy's figures over the scenarios.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,6 +62,10 @@ pub struct PolicyFigures {
     /// relative to reporting off (1.0 = as fast).
     pub churn_s: Option<f64>,
     pub churn_vs_off: Option<f64>,
+    /// Trace: host memory averaged over the replay (MiB), and the replay's
+    /// length (s, from the first guest's start to the last one's end).
+    pub trace_avg_mib: Option<f64>,
+    pub trace_s: Option<f64>,
     /// Problems of the runs (PD errors, guests that did not verify).
     pub problems: Vec<String>,
 }
@@ -84,6 +106,24 @@ fn fraction_back(t: &Timeline, from: Duration, within: Duration) -> Option<f64> 
     Some(before.host.saturating_sub(after.host) as f64 / freed as f64)
 }
 
+/// Host memory averaged over time from `from` to `to`, in MiB (each
+/// sample holds until the next).
+fn average_host_mib(t: &Timeline, from: Duration, to: Duration) -> Option<f64> {
+    let s = t.samples();
+    let mut sum = 0.0;
+    let mut prev: Option<(Duration, u64)> = t.at(from).map(|x| (from, x.host));
+    for x in s.iter().filter(|x| x.t > from && x.t <= to) {
+        if let Some((pt, ph)) = prev {
+            sum += (x.t - pt).as_secs_f64() * ph as f64;
+        }
+        prev = Some((x.t, x.host));
+    }
+    let (pt, ph) = prev?;
+    sum += (to - pt).as_secs_f64() * ph as f64;
+    let span = (to - from).as_secs_f64();
+    (span > 0.0).then(|| sum / span / (1u64 << 20) as f64)
+}
+
 fn problems(r: &DemoReport) -> Vec<String> {
     let mut p = r.problems.clone();
     if !r.guests_ok {
@@ -99,19 +139,35 @@ pub fn run(
     system: &Path,
     bin_dir: &Path,
     out: &Path,
+    scenarios: &[String],
     progress: &mut dyn FnMut(&str),
 ) -> Result<Comparison, String> {
-    let cfg = |guest_params: String, tunables: String, watch: Option<u64>| DemoConfig {
-        system: system.to_path_buf(),
-        bin_dir: bin_dir.to_path_buf(),
-        guest_params,
-        // Reporting off never settles: stop waiting soon.
-        settle: Duration::from_secs(if tunables == "off" { 3 } else { 20 }),
-        tunables,
-        timeout: Duration::from_secs(150),
-        period: Duration::from_millis(50),
-        watch: watch.map(Duration::from_secs),
-        device: balloon::model::DeviceConfig::default(),
+    if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        return Err(format!(
+            "unknown policy scenario '{bad}' (known: {})",
+            SCENARIOS.join(", ")
+        ));
+    }
+    let wanted = |name: &str| scenarios.is_empty() || scenarios.iter().any(|s| s == name);
+    let cfg = |guest_params: String, tunables: String, watch: Option<u64>| {
+        // The trace replays 98 s of curve; the others end within 75 s.
+        let timeout_s = if guest_params.contains("pattern=trace") {
+            400
+        } else {
+            150
+        };
+        DemoConfig {
+            system: system.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            guest_params,
+            // Reporting off never settles: stop waiting soon.
+            settle: Duration::from_secs(if tunables == "off" { 3 } else { 20 }),
+            tunables,
+            timeout: Duration::from_secs(timeout_s),
+            period: Duration::from_millis(50),
+            watch: watch.map(Duration::from_secs),
+            device: balloon::model::DeviceConfig::default(),
+        }
     };
     let save = |name: &str, r: &DemoReport| -> Result<(), String> {
         std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -122,84 +178,190 @@ pub fn run(
             &format!("tools bench: host memory, {name}"),
         )
     };
-    // The median time of the churn runs, and the problems of all.
-    let churn = |tunables: &str,
-                 name: &str,
-                 progress: &mut dyn FnMut(&str)|
-     -> Result<(Option<f64>, Vec<String>), String> {
-        let mut times = Vec::new();
-        let mut probs = Vec::new();
+    // Churn: reporting off and each policy take turns, run by run, so
+    // that a change in the machine's load hits all of them alike (a run's
+    // time moves by tens of percent with the other builds here). The
+    // median time of each, and the problems of all.
+    let variants: Vec<(&str, String)> = core::iter::once(("off", "off".to_string()))
+        .chain(
+            POLICIES
+                .iter()
+                .map(|p| (*p, format!("policy={p},delay_ms=250"))),
+        )
+        .collect();
+    let mut churn: Vec<(Vec<f64>, Vec<String>)> = vec![(Vec::new(), Vec::new()); variants.len()];
+    if wanted("churn") {
         for i in 0..CHURN_RUNS {
-            progress(&format!("churn, {name}, run {}/{CHURN_RUNS}", i + 1));
-            let r = demo::run(
-                &cfg(
-                    "pattern=churn,mib=512,rounds=16,hold_ms=500,live_mib=8".into(),
-                    tunables.into(),
-                    None,
-                ),
-                &mut |_| {},
-            )?;
-            save(&format!("policy-churn-{name}"), &r)?;
-            times.extend(
-                marks_with(&r.timeline, " freed ")
-                    .1
-                    .map(|d| d.as_secs_f64()),
-            );
-            probs.extend(problems(&r));
+            for (v, (name, tunables)) in variants.iter().enumerate() {
+                progress(&format!("churn, {name}, run {}/{CHURN_RUNS}", i + 1));
+                let r = demo::run(
+                    &cfg(
+                        "pattern=churn,mib=512,rounds=16,hold_ms=500,live_mib=8".into(),
+                        tunables.clone(),
+                        None,
+                    ),
+                    &mut |_| {},
+                )?;
+                save(&format!("policy-churn-{name}"), &r)?;
+                churn[v].0.extend(
+                    marks_with(&r.timeline, " freed ")
+                        .1
+                        .map(|d| d.as_secs_f64()),
+                );
+                churn[v].1.extend(problems(&r));
+            }
         }
-        times.sort_by(f64::total_cmp);
-        Ok((times.get(times.len() / 2).copied(), probs))
+    }
+    let median = |v: usize| {
+        let mut t = churn[v].0.clone();
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied()
     };
     let mut cmp = Comparison {
-        churn_off_s: churn("off", "off", progress)?.0,
+        churn_off_s: median(0),
         ..Comparison::default()
     };
+    // Each scenario's timelines of both policies, for the joint plots.
+    let mut both: Vec<(&str, &str, Timeline)> = Vec::new();
     for policy in POLICIES {
         let mut f = PolicyFigures {
             policy: policy.into(),
             ..PolicyFigures::default()
         };
-        progress(&format!(
-            "policy {policy}: latency and everything, 2 x 1 GiB"
-        ));
-        let r = demo::run(
-            &cfg(
-                "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0".into(),
-                format!("policy={policy}"),
-                Some(60),
-            ),
-            &mut |_| {},
-        )?;
-        save(&format!("policy-latency-{policy}"), &r)?;
-        f.p50_s = r.reclaim.p50.map(|d| d.as_secs_f64());
-        f.p90_s = r.reclaim.p90.map(|d| d.as_secs_f64());
-        f.back_60s = marks_with(&r.timeline, " freed ")
-            .0
-            .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(60)));
-        f.problems.extend(problems(&r));
+        if wanted("latency") {
+            progress(&format!(
+                "policy {policy}: latency and everything, 2 x 1 GiB"
+            ));
+            let r = demo::run(
+                &cfg(
+                    "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0".into(),
+                    format!("policy={policy}"),
+                    Some(60),
+                ),
+                &mut |_| {},
+            )?;
+            save(&format!("policy-latency-{policy}"), &r)?;
+            f.p50_s = r.reclaim.p50.map(|d| d.as_secs_f64());
+            f.p90_s = r.reclaim.p90.map(|d| d.as_secs_f64());
+            f.back_60s = marks_with(&r.timeline, " freed ")
+                .0
+                .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(60)));
+            f.problems.extend(problems(&r));
+            both.push(("latency", policy, r.timeline.clone()));
+        }
 
-        progress(&format!("policy {policy}: fragmented, 2 x 512 MiB"));
-        let r = demo::run(
-            &cfg(
-                "pattern=fragmented,mib=512,hold_ms=12000,live_mib=8".into(),
-                format!("policy={policy}"),
-                None,
-            ),
-            &mut |_| {},
-        )?;
-        save(&format!("policy-fragmented-{policy}"), &r)?;
-        f.frag_10s = marks_with(&r.timeline, " freed ")
-            .0
-            .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(10)));
-        f.problems.extend(problems(&r));
+        if wanted("fragmented") {
+            progress(&format!("policy {policy}: fragmented, 2 x 512 MiB"));
+            let r = demo::run(
+                &cfg(
+                    "pattern=fragmented,mib=512,hold_ms=12000,live_mib=8".into(),
+                    format!("policy={policy}"),
+                    None,
+                ),
+                &mut |_| {},
+            )?;
+            save(&format!("policy-fragmented-{policy}"), &r)?;
+            f.frag_10s = marks_with(&r.timeline, " freed ")
+                .0
+                .and_then(|from| fraction_back(&r.timeline, from, Duration::from_secs(10)));
+            f.problems.extend(problems(&r));
+            both.push(("fragmented", policy, r.timeline.clone()));
+        }
 
-        let (s, p) = churn(&format!("policy={policy},delay_ms=250"), policy, progress)?;
-        f.churn_s = s;
-        f.churn_vs_off = f.churn_s.zip(cmp.churn_off_s).map(|(a, b)| a / b);
-        f.problems.extend(p);
+        if wanted("churn") {
+            let v = 1 + POLICIES.iter().position(|p| *p == policy).unwrap_or(0);
+            f.churn_s = median(v);
+            f.churn_vs_off = f.churn_s.zip(cmp.churn_off_s).map(|(a, b)| a / b);
+            f.problems.extend(churn[v].1.iter().cloned());
+        }
+
+        if wanted("trace") {
+            progress(&format!(
+                "policy {policy}: trace (cargo build, x{TRACE_SPEED}), 2 x 768 MiB peak"
+            ));
+            let r = demo::run(
+                &cfg(trace_workload(), format!("policy={policy}"), None),
+                &mut |_| {},
+            )?;
+            save(&format!("policy-trace-{policy}"), &r)?;
+            let start = marks_with(&r.timeline, " trace start").0;
+            let end = marks_with(&r.timeline, " trace end").1;
+            if let (Some(a), Some(b)) = (start, end) {
+                f.trace_avg_mib = average_host_mib(&r.timeline, a, b);
+                f.trace_s = Some((b - a).as_secs_f64());
+            }
+            f.problems.extend(problems(&r));
+            both.push(("trace", policy, r.timeline.clone()));
+        }
         cmp.figures.push(f);
     }
+    for name in SCENARIOS {
+        let runs: Vec<(&str, &Timeline)> = both
+            .iter()
+            .filter(|(s, _, _)| *s == name)
+            .map(|(_, p, t)| (*p, t))
+            .collect();
+        if runs.len() == POLICIES.len() {
+            plot_policies(
+                &out.join(format!("policy-{name}.svg")),
+                &format!("tools bench: host memory for guest RAM, {name}, both policies"),
+                &runs,
+            )?;
+        }
+    }
     Ok(cmp)
+}
+
+/// Host memory over time of each policy's run, one line each.
+fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let t_end = runs
+        .iter()
+        .filter_map(|(_, t)| t.samples().last())
+        .map(|s| s.t.as_secs_f64())
+        .fold(1.0, f64::max);
+    let y_max = runs
+        .iter()
+        .flat_map(|(_, t)| t.samples().iter().map(|s| mib(s.host)))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_end, 0f64..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since launch (s)")
+        .y_desc("MiB the host holds")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (policy, t)) in runs.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = t
+            .samples()
+            .iter()
+            .map(|s| (s.t.as_secs_f64(), mib(s.host)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*policy)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -240,11 +402,97 @@ impl Comparison {
              fragmented >= 90 % within 10 s, churn within 10 % of off.",
             opt(self.churn_off_s, sec)
         );
+        let linux = self.figures.iter().find(|f| f.policy == "linux");
+        if self.figures.iter().any(|f| f.trace_avg_mib.is_some()) {
+            let _ = writeln!(
+                s,
+                "\n### Footprint: a recorded `cargo build` replayed (guest/traces/cargo-build-regex.csv, x{TRACE_SPEED}, peak 768 MiB per guest)\n"
+            );
+            let _ = writeln!(
+                s,
+                "| policy | host memory, time-averaged over the replay | vs linux | replay length | vs linux |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for f in &self.figures {
+                let rel = |a: Option<f64>, b: Option<f64>| {
+                    opt(a.zip(b).map(|(a, b)| a / b), |x| {
+                        format!("{:+.1} %", (x - 1.0) * 100.0)
+                    })
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    f.policy,
+                    opt(f.trace_avg_mib, |x| format!("{x:.0} MiB")),
+                    rel(f.trace_avg_mib, linux.and_then(|l| l.trace_avg_mib)),
+                    opt(f.trace_s, sec),
+                    rel(f.trace_s, linux.and_then(|l| l.trace_s)),
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\nTarget (issue 15): host memory >= 17 % below linux's, workload time <= 1 % longer."
+            );
+        }
         for f in &self.figures {
             for p in &f.problems {
                 let _ = writeln!(s, "\nproblem ({}): {p}", f.policy);
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Sample;
+
+    fn at(ms: u64, mib: u64) -> Sample {
+        Sample {
+            t: Duration::from_millis(ms),
+            host: mib << 20,
+            guest: None,
+            reported: None,
+        }
+    }
+
+    /// Each sample's value holds until the next one; the window's edges
+    /// cut the first and last interval.
+    #[test]
+    fn average_weights_each_sample_by_how_long_it_held() {
+        let mut t = Timeline::new();
+        for s in [at(0, 100), at(1000, 300), at(3000, 0)] {
+            t.push(s);
+        }
+        let avg = |a, b| {
+            average_host_mib(&t, Duration::from_millis(a), Duration::from_millis(b)).unwrap()
+        };
+        assert!((avg(0, 3000) - (100.0 + 2.0 * 300.0) / 3.0).abs() < 1e-9);
+        assert!((avg(500, 2000) - (0.5 * 100.0 + 300.0) / 1.5).abs() < 1e-9);
+        assert!((avg(3000, 4000) - 0.0).abs() < 1e-9);
+        assert_eq!(
+            average_host_mib(&t, Duration::from_secs(2), Duration::from_secs(2)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_trace_table_compares_with_linux() {
+        let f = |policy: &str, mib, s| PolicyFigures {
+            policy: policy.into(),
+            trace_avg_mib: Some(mib),
+            trace_s: Some(s),
+            ..PolicyFigures::default()
+        };
+        let c = Comparison {
+            figures: vec![f("linux", 1000.0, 100.0), f("adaptive", 800.0, 100.5)],
+            churn_off_s: None,
+        };
+        let md = c.markdown();
+        assert!(
+            md.contains("| adaptive | 800 MiB | -20.0 % | 100.50 s | +0.5 % |"),
+            "{md}"
+        );
     }
 }

@@ -109,6 +109,18 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                     self.counters.reclaim_ignored += 1;
                 }
             }
+            // The answer to a run-time tunable change (FromBalloon::SetTunable).
+            ToBalloon::TunableSet {
+                key,
+                value,
+                refused,
+            } => match refused {
+                None => self.info(format_args!("tunable {}={value} set", key.name())),
+                Some(why) => self.info(format_args!(
+                    "tunable {}={value} refused: {why}",
+                    key.name()
+                )),
+            },
             ToBalloon::Stats(m) => self.stats_answered(&m),
         }
     }

@@ -318,6 +318,16 @@ pub enum ToBalloon {
         /// Why.
         reason: RefuseReason,
     },
+    /// The answer to [`FromBalloon::SetTunable`]: `refused` is `None`
+    /// when the value was taken (the worker uses it from its next pass).
+    TunableSet {
+        /// The key asked for.
+        key: TunableKey,
+        /// The value asked for.
+        value: u64,
+        /// Why it was refused, if it was; nothing changed then.
+        refused: Option<TunableRefusal>,
+    },
     /// The memory server could not satisfy an allocation while pages are in
     /// the balloon: give up to `pages` of them back (with a `Deflate`), if
     /// the device allows it (VIRTIO_BALLOON_F_DEFLATE_ON_OOM, as Linux's
@@ -375,6 +385,104 @@ pub enum FromBalloon {
         /// Blocks per report, 0: no reporting.
         report_capacity: u16,
     },
+    /// Set one reporting tunable while the system runs (as Linux's
+    /// `page_reporting_order` module parameter). Range-checked; answered
+    /// by [`ToBalloon::TunableSet`]. The worker uses the new value from
+    /// its next pass; a refused value changes nothing.
+    SetTunable {
+        /// Which tunable.
+        key: TunableKey,
+        /// Its new value, in the unit the key's name says (`policy`: 0
+        /// linux, 1 adaptive).
+        value: u64,
+    },
+}
+
+/// A reporting tunable, by the name the memserver's command line uses
+/// (`memserver::params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TunableKey {
+    /// `order`: the reporting order, 0..=MAX_ORDER.
+    Order,
+    /// `delay_ms`: the reporting delay.
+    DelayMs,
+    /// `capacity`: blocks per report (the device's queue size still caps
+    /// it).
+    Capacity,
+    /// `budget_divisor`: Linux's per-pass budget divisor.
+    BudgetDivisor,
+    /// `watermark_pages`: the low watermark.
+    WatermarkPages,
+    /// `in_flight`: report batches in flight.
+    InFlight,
+    /// `policy`: 0 linux, 1 adaptive.
+    Policy,
+    /// `quiet_order`: adaptive, lowest order reported once aged.
+    QuietOrder,
+    /// `age_ms`: adaptive, quiet time before small blocks are reported.
+    AgeMs,
+    /// `busy_pages`: adaptive, pages per look a quiet zone may allocate.
+    BusyPages,
+    /// `backoff_max`: adaptive, most back-off steps of a churning zone.
+    BackoffMax,
+}
+
+impl TunableKey {
+    /// Every key, in the order of their names' table.
+    pub const ALL: [TunableKey; 11] = [
+        Self::Order,
+        Self::DelayMs,
+        Self::Capacity,
+        Self::BudgetDivisor,
+        Self::WatermarkPages,
+        Self::InFlight,
+        Self::Policy,
+        Self::QuietOrder,
+        Self::AgeMs,
+        Self::BusyPages,
+        Self::BackoffMax,
+    ];
+
+    /// The key's name on command lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::DelayMs => "delay_ms",
+            Self::Capacity => "capacity",
+            Self::BudgetDivisor => "budget_divisor",
+            Self::WatermarkPages => "watermark_pages",
+            Self::InFlight => "in_flight",
+            Self::Policy => "policy",
+            Self::QuietOrder => "quiet_order",
+            Self::AgeMs => "age_ms",
+            Self::BusyPages => "busy_pages",
+            Self::BackoffMax => "backoff_max",
+        }
+    }
+
+    /// The key named `name`.
+    pub fn from_name(name: &str) -> Option<TunableKey> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Why the memserver refused a [`FromBalloon::SetTunable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TunableRefusal {
+    /// The value is out of the key's range (or out of range together with
+    /// the other tunables).
+    OutOfRange,
+    /// Reporting is configured off: there is nothing to tune.
+    ReportingOff,
+}
+
+impl fmt::Display for TunableRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OutOfRange => "value out of range",
+            Self::ReportingOff => "reporting is off",
+        })
+    }
 }
 
 /// Why the server refused a balloon request.
@@ -555,7 +663,8 @@ impl Message for ToBalloon {
             Self::Deflated { .. }
             | Self::Stats(_)
             | Self::Refused { .. }
-            | Self::Reclaim { .. } => Ok(()),
+            | Self::Reclaim { .. }
+            | Self::TunableSet { .. } => Ok(()),
         }
     }
 }
@@ -569,7 +678,8 @@ impl Message for FromBalloon {
             | Self::Inflate { .. }
             | Self::StatsRequest
             | Self::DeviceReset
-            | Self::DeviceLimits { .. } => Ok(()),
+            | Self::DeviceLimits { .. }
+            | Self::SetTunable { .. } => Ok(()),
         }
     }
 }

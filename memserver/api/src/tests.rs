@@ -122,6 +122,20 @@ fn to_balloon() -> impl Strategy<Value = ToBalloon> {
                 end_pfn,
             }
         }),
+        (
+            0..TunableKey::ALL.len(),
+            any::<u64>(),
+            prop_oneof![
+                Just(None),
+                Just(Some(TunableRefusal::OutOfRange)),
+                Just(Some(TunableRefusal::ReportingOff))
+            ]
+        )
+            .prop_map(|(k, value, refused)| ToBalloon::TunableSet {
+                key: TunableKey::ALL[k],
+                value,
+                refused
+            }),
     ]
 }
 
@@ -133,6 +147,10 @@ fn from_balloon() -> impl Strategy<Value = FromBalloon> {
         Just(FromBalloon::StatsRequest),
         Just(FromBalloon::DeviceReset),
         any::<u16>().prop_map(|report_capacity| FromBalloon::DeviceLimits { report_capacity }),
+        (0..TunableKey::ALL.len(), any::<u64>()).prop_map(|(k, value)| FromBalloon::SetTunable {
+            key: TunableKey::ALL[k],
+            value
+        }),
     ]
 }
 
@@ -574,4 +592,12 @@ fn vm_reports_fit_and_round_trip() {
         let b = encode(&m, &mut buf).unwrap().to_vec();
         assert_eq!(decode_to_vmm(&b), Ok(m));
     }
+}
+
+#[test]
+fn tunable_keys_round_trip_their_names() {
+    for k in TunableKey::ALL {
+        assert_eq!(TunableKey::from_name(k.name()), Some(k));
+    }
+    assert_eq!(TunableKey::from_name("speed"), None);
 }

@@ -56,6 +56,10 @@ pub struct Args {
     /// next to this binary, as `tools demo` does).
     #[arg(long)]
     pub pd_dir: Option<PathBuf>,
+    /// The policy part's scenarios (comma-separated: latency, fragmented,
+    /// churn, trace; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub policy_scenarios: Vec<String>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -364,9 +368,13 @@ fn policy(args: &Args) -> Result<tools::policy_bench::Comparison, String> {
     let target = target_dir().join("policy-2x1g");
     eprintln!("bench: building the PDs from {}", system.display());
     demo::build_pds_from(&workspace(), &target, "release", Some(&system))?;
-    let c = tools::policy_bench::run(&system, &target.join("release"), &args.out, &mut |l| {
-        eprintln!("bench: {l}")
-    })?;
+    let c = tools::policy_bench::run(
+        &system,
+        &target.join("release"),
+        &args.out,
+        &args.policy_scenarios,
+        &mut |l| eprintln!("bench: {l}"),
+    )?;
     let problems: Vec<&String> = c.figures.iter().flat_map(|f| &f.problems).collect();
     if problems.is_empty() {
         Ok(c)

@@ -198,6 +198,8 @@ impl Observed {
                 }
                 Some(format!("{guest} freed {} MiB", bytes / MIB))
             }
+            "trace_start" => Some(format!("{guest} trace start")),
+            "traced" => Some(format!("{guest} trace end")),
             "verified" => {
                 if line.contains("phase=verified ok") {
                     self.verified.push(guest.to_string());
