@@ -651,7 +651,9 @@ impl Launcher {
     }
 
     /// Stop every PD still running: SIGTERM, then SIGKILL for those still
-    /// alive after `grace`. Returns how each of them ended.
+    /// alive after `grace`; then read every PD's pipe to its end (for at
+    /// most another `grace`), so the console holds every line they wrote.
+    /// Returns how each of them ended.
     pub fn stop(&mut self, grace: Duration) -> Vec<PdExit> {
         let mut out = Vec::new();
         for r in self.running.iter().filter(|r| r.exit.is_none()) {
@@ -696,6 +698,9 @@ impl Launcher {
                 r.exit = Some(e.clone());
                 out.push(e);
             }
+        }
+        if !self.running.is_empty() && !self.console.drain(grace) {
+            eprintln!("launcher: a PD's output pipe stayed open {grace:?} after it ended");
         }
         out
     }
