@@ -3,7 +3,12 @@
 //! ([`sdf::build::system_xml`]: `SYSTEM_XML` or ../system.xml).
 
 fn main() {
-    if let Err(e) = sdf::build::pd(sdf::build::system_xml(), "memserver") {
+    let xml = sdf::build::system_xml();
+    if let Err(e) = sdf::build::pd(&xml, "memserver") {
+        panic!("{e}");
+    }
+    // Its zones and client ports: one per guest of the description.
+    if let Err(e) = sdf::build::guests(&xml, "memserver") {
         panic!("{e}");
     }
 }

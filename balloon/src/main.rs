@@ -19,6 +19,10 @@
 
 mod config {
     pd::config!("balloon");
+    /// The guests, however many the description has (`sdf::guests`).
+    pub mod guests {
+        include!(concat!(env!("OUT_DIR"), "/guests_balloon.rs"));
+    }
 }
 #[allow(dead_code)]
 mod hw {
@@ -356,16 +360,7 @@ fn start() -> Result<Core, StartError> {
     ));
     let mut core = BalloonPd::new(drv, to, from, log);
     // Only the guests' RAM may be reported or ballooned (system.xml).
-    core.set_zones(&[
-        (
-            paddr::GUEST0_RAM_PADDR.get() >> 12,
-            paddr::GUEST0_RAM_PADDR.size >> 12,
-        ),
-        (
-            paddr::GUEST1_RAM_PADDR.get() >> 12,
-            paddr::GUEST1_RAM_PADDR.size >> 12,
-        ),
-    ]);
+    core.set_zones(&config::guests::RAM_PADDR.map(|ram| (ram.get() >> 12, ram.size >> 12)));
     core.set_watchdog(watchdog_ns());
     Ok(core)
 }
