@@ -50,6 +50,10 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = launcher.check_built_from(&args.system) {
+        eprintln!("launcher: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(u) = &args.until {
         launcher.console().watch(u);
     }

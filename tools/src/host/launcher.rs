@@ -29,6 +29,8 @@ pub enum LaunchError {
     NoSuchIrq { pd: String, id: u64 },
     /// `start` was called twice.
     AlreadyStarted,
+    /// A PD was built for another system description (one line).
+    WrongDescription(String),
 }
 
 impl fmt::Display for LaunchError {
@@ -52,6 +54,7 @@ impl fmt::Display for LaunchError {
             LaunchError::NoSuchRegion(r) => write!(f, "no memory_region '{r}'"),
             LaunchError::NoSuchIrq { pd, id } => write!(f, "PD '{pd}' has no irq with id {id}"),
             LaunchError::AlreadyStarted => write!(f, "the system is already started"),
+            LaunchError::WrongDescription(line) => write!(f, "{line}"),
         }
     }
 }
@@ -441,6 +444,22 @@ impl Launcher {
             console,
             env: Vec::new(),
         })
+    }
+
+    /// Refuse to run PDs built for another description than `system`, the
+    /// file this launcher's description was read from: each PD binary
+    /// carries the hash of the description it was built from
+    /// (`sdf::stamp`), and its regions and channels are that one's.
+    pub fn check_built_from(&self, system: &Path) -> Result<(), LaunchError> {
+        let want = sdf::stamp::Stamp::of_file(system).map_err(LaunchError::WrongDescription)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for plan in &self.plans {
+            if seen.insert(&plan.image) {
+                sdf::stamp::check(&plan.image, &format!("PD '{}'", plan.name), &want)
+                    .map_err(LaunchError::WrongDescription)?;
+            }
+        }
+        Ok(())
     }
 
     /// Set an environment variable for every PD started after this call
