@@ -104,7 +104,7 @@ pub fn description(workspace: &Path, variant: Variant) -> Result<String, BareErr
 
 /// As [`description`], from the description at `path`.
 pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError> {
-    let xml = std::fs::read_to_string(&path)
+    let xml = std::fs::read_to_string(path)
         .map_err(|e| BareError::Description(format!("{}: {e}", path.display())))?;
     // The guests it has: one at least, no more than the memserver serves.
     let sys = sdf::System::parse(&xml)
@@ -236,8 +236,12 @@ pub fn freed_reclaim(r: &RunReport) -> Option<Reclaim> {
     // the guests free: its peak before the first free is the memory before
     // it. (The last sample before the free's line is not: a policy that
     // reports a quiet zone at once can give part back before the line is
-    // read, and the window would miss it.)
-    let start = r.timeline.peak_before(first);
+    // read, and the window would miss it.) With more guests than cores the
+    // guests run one after another, and a late one may still be touching
+    // memory after an early one freed: the RSS grows past that peak until
+    // the last free, by memory that is freed later. So: the peak before
+    // the last free.
+    let start = r.timeline.peak_before(last);
     let mut rc = r
         .timeline
         .reclaim_from(start, first, r.observed.freed, None);

@@ -241,10 +241,10 @@ mod tests {
              <protection_domain name=\"memserver\" priority=\"150\"><program_image path=\"memserver.elf\"/>\n",
         );
         for i in 0..guests {
-            let _ = write!(
+            let _ = writeln!(
                 x,
                 "<map mr=\"g{i}_req\" vaddr=\"{:#x}\" perms=\"rw\"/><map mr=\"g{i}_resp\" vaddr=\"{:#x}\" perms=\"rw\"/>\
-                 <setvar symbol=\"g{i}_ram_paddr\" region_paddr=\"g{i}_ram\"/>\n",
+                 <setvar symbol=\"g{i}_ram_paddr\" region_paddr=\"g{i}_ram\"/>",
                 0x2000000 + i * 0x20000,
                 0x2010000 + i * 0x20000
             );

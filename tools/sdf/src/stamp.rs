@@ -159,7 +159,7 @@ mod tests {
         bin.extend_from_slice(text.as_bytes());
         bin.extend_from_slice(b"more");
         bin.extend_from_slice(text.as_bytes());
-        assert_eq!(find(&bin), [a.clone()]);
+        assert_eq!(find(&bin), std::slice::from_ref(&a));
         assert!(a.code().contains(&format!("{:?}", text)));
         assert_eq!(find(b"nothing here"), []);
     }
