@@ -107,6 +107,27 @@ fn the_host_platform_runs_one_and_four_guests_and_refuses_a_mismatch() {
         err.contains("four-guests.xml") && err.contains("one-guest.xml"),
         "{err}"
     );
+
+    // And the PD itself, started under the one-guest description (as a
+    // launcher that skipped the check would), refuses in one line.
+    let one = sdf::stamp::Stamp::of_file(&system("one-guest.xml")).unwrap();
+    let out = std::process::Command::new(bins.join("memserver"))
+        .env(pd::host::SYSTEM_ENV, format!("{} {}", one.sha256, one.path))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("was built for ")
+            && err.contains("four-guests.xml (sha256 ")
+            && err.contains(&format!(
+                "not for {} (sha256 {})",
+                one.path,
+                &one.sha256[..12]
+            )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -450,8 +450,13 @@ impl Launcher {
     /// file this launcher's description was read from: each PD binary
     /// carries the hash of the description it was built from
     /// (`sdf::stamp`), and its regions and channels are that one's.
-    pub fn check_built_from(&self, system: &Path) -> Result<(), LaunchError> {
+    /// Each PD started later checks it as well (`pd::host::SYSTEM_ENV`).
+    pub fn check_built_from(&mut self, system: &Path) -> Result<(), LaunchError> {
         let want = sdf::stamp::Stamp::of_file(system).map_err(LaunchError::WrongDescription)?;
+        self.env.push((
+            pd::host::SYSTEM_ENV.into(),
+            format!("{} {}", want.sha256, want.path),
+        ));
         let mut seen = std::collections::BTreeSet::new();
         for plan in &self.plans {
             if seen.insert(&plan.image) {
