@@ -39,19 +39,33 @@ fn main() {
         "/// The VM's name.\npub const VM_NAME: &str = {:?};\n\
          /// Its vCPU.\npub const VCPU: ::pd::vm::Child = ::pd::vm::Child::new({vcpu});\n\
          /// Its RAM: guest-physical base and size, and the page size it is mapped with.\npub const RAM_GPA: u64 = {:#x};\npub const RAM_SIZE: u64 = {size:#x};\npub const RAM_PAGE: u64 = {page_size:#x};\n\
-         /// The VMM's mapping of it.\npub fn ram() -> &'static ::pd::RegionDecl {{ &super::config::region::{} }}",
+         /// The VMM's mapping of it.\npub fn ram() -> &'static ::pd::RegionDecl {{ &super::config::region::{} }}\n\
+         /// The emulated virtio-balloon: its window and its IRQ (an SPI).\npub const BALLOON_MMIO: u64 = {:#x};\npub const BALLOON_IRQ: u16 = {};",
         vm.name,
         ram.map.vaddr,
-        sdf::codegen::const_name(ram_mr)
+        sdf::codegen::const_name(ram_mr),
+        sdf::check::VMM_BALLOON_MMIO,
+        32 + sdf::check::VMM_BALLOON_SPI,
     );
     std::fs::write(out.join("vm_layout.rs"), code).expect("write vm_layout.rs");
 
     println!("cargo:rerun-if-env-changed=VMM_GUEST_DIR");
     let guest = match std::env::var_os("VMM_GUEST_DIR") {
+        // A raw guest: code loaded at the start of RAM (the hostile guest,
+        // vmm/hostile-guest, flattened by tools).
+        Some(dir) if Path::new(&dir).join("guest.bin").is_file() => {
+            let p = Path::new(&dir).join("guest.bin");
+            println!("cargo:rerun-if-changed={}", p.display());
+            format!(
+                "/// A raw guest from `VMM_GUEST_DIR`, run from the start of RAM.\npub const RAW: bool = true;\n\
+                 pub static KERNEL: &[u8] = include_bytes!({:?});\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n",
+                p.display().to_string()
+            )
+        }
         Some(dir) => {
             let dir = PathBuf::from(dir);
             let mut code =
-                String::from("/// Linux, from `tools guest`.\npub const SMOKE: bool = false;\n");
+                String::from("/// Linux, from `tools guest`.\npub const RAW: bool = false;\n");
             for (name, file) in [
                 ("KERNEL", "Image"),
                 ("INITRD", "initramfs.cpio.gz"),
@@ -87,9 +101,8 @@ fn main() {
                 .map(|b| format!("{b:#04x}"))
                 .collect();
             format!(
-                "/// The smoke guest: PSCI VERSION, then a store to nothing.\npub const SMOKE: bool = true;\n\
-                 pub static KERNEL: &[u8] = &[{}];\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n\
-                 /// Where the smoke guest stores PSCI's answer.\npub const SMOKE_STORE: u64 = 0x1234_0000;\n",
+                "/// The smoke guest: PSCI VERSION, then a store to nothing.\npub const RAW: bool = true;\n\
+                 pub static KERNEL: &[u8] = &[{}];\npub static INITRD: &[u8] = &[];\npub static DTB: &[u8] = &[];\n",
                 bytes.join(", ")
             )
         }

@@ -19,10 +19,6 @@
 
 mod config {
     pd::config!("balloon");
-    /// The guests, however many the description has (`sdf::guests`).
-    pub mod guests {
-        include!(concat!(env!("OUT_DIR"), "/guests_balloon.rs"));
-    }
 }
 #[allow(dead_code)]
 mod hw {
@@ -359,8 +355,17 @@ fn start() -> Result<Core, StartError> {
         drv.queue_indices()
     ));
     let mut core = BalloonPd::new(drv, to, from, log);
-    // Only the guests' RAM may be reported or ballooned (system.xml).
-    core.set_zones(&config::guests::RAM_PADDR.map(|ram| (ram.get() >> 12, ram.size >> 12)));
+    // Only the clients' RAM may be reported or ballooned: every region
+    // whose physical address the description gives this PD, but its own
+    // DMA memory (the guests' RAM, and a VM's RAM for nested reports).
+    let mut zones: heapless::Vec<(u64, u64), { paddr::ALL.len() }> = heapless::Vec::new();
+    for p in paddr::ALL {
+        if p.region != paddr::BALLOON_DMA_PADDR.region {
+            // Cannot fail: as many places as addresses.
+            let _ = zones.push((p.get() >> 12, p.size >> 12));
+        }
+    }
+    core.set_zones(&zones);
     core.set_watchdog(watchdog_ns());
     Ok(core)
 }

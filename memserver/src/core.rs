@@ -1,11 +1,13 @@
 //! The buddy allocator: zones, free lists, alloc/free, balloon, statistics
-//! and the conservation check.
+//! and the allocator's conservation check. It holds the reporting worker's
+//! state (`worker.rs`) and tells it about qualifying frees; the pass that
+//! reports (`reporting.rs`) builds on this module, not the reverse.
 
 use crate::meta::{
     KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot, get_next,
     get_prev, kind_of, order_of, set_next, set_prev, state,
 };
-use crate::reporting::{Actions, Worker};
+use crate::worker::{Actions, Worker};
 use crate::{
     BYTES_PER_PAGE, Block, Error, InvariantViolation, MAX_ORDER, MAX_ZONES, NR_ORDERS, Pfn,
     Tunables, ZoneId, ZoneSpec, metadata_bytes,
@@ -441,6 +443,11 @@ impl<'m> MemCore<'m> {
         (g, o)
     }
 
+    /// Recompute the free path's notify order from the worker's state.
+    pub(crate) fn sync_notify(&mut self) {
+        self.notify_order = self.worker.notify_order();
+    }
+
     /// Allocate a block of `order` pages in `zone`; returns its first frame.
     pub fn alloc(&mut self, zone: ZoneId, order: u8) -> Result<Pfn, Error> {
         let z = self.zone(zone)?;
@@ -662,12 +669,11 @@ impl<'m> MemCore<'m> {
         s
     }
 
-    /// Conservation check, O(pages): every frame is in exactly one block and
-    /// one state; the free lists match the per-page states; no two free
-    /// buddies of equal order are left unmerged; Reported only on free
-    /// blocks; isolated blocks are exactly those of the report batches; the
-    /// counters equal a recount; the worker's state is consistent.
-    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+    /// The allocator's part of [`Self::check_invariants`], O(pages): every
+    /// frame is in exactly one block and one state; the free lists match the
+    /// per-page states; no two free buddies of equal order are left
+    /// unmerged; Reported only on free blocks; the counters equal a recount.
+    pub(crate) fn check_allocator(&self) -> Result<(), InvariantViolation> {
         for (zi, zone) in self.zones[..self.nr_zones].iter().enumerate() {
             let bad = |what, pfn| InvariantViolation {
                 what,
@@ -751,6 +757,6 @@ impl<'m> MemCore<'m> {
                 }
             }
         }
-        self.worker.check(self)
+        Ok(())
     }
 }

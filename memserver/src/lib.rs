@@ -63,12 +63,13 @@ pub mod params;
 mod reporting;
 pub mod server;
 mod tunables;
+mod worker;
 
 pub use crate::core::{BlockState, MemCore, Stats, ZoneStats};
 pub use crate::error::{Error, InvariantViolation};
 pub use crate::meta::{BYTES_PER_PAGE, metadata_bytes};
-pub use crate::reporting::{Actions, BatchId, ReportingState, ReportingStats};
 pub use crate::tunables::{Policy, Tunables};
+pub use crate::worker::{Actions, BatchId, ReportingState, ReportingStats};
 
 /// Largest block order, as Linux: order 10 is 4 MiB with 4 KiB pages. One
 /// constant for the core and its messages (memserver-api's).

@@ -16,6 +16,8 @@ mod config {
     }
 }
 
+#[cfg(has_vmm)]
+use config::paddr;
 use config::{channel, guests, region};
 use core::fmt;
 use memserver::server::{BalloonPort, ClientPort, Server, Wake};
@@ -70,6 +72,9 @@ struct MemServer {
     logged_stopped: bool,
     /// The device's capacity at the last look (said once per change).
     logged_cap: Option<u16>,
+    /// Nested (reports and refusals, reported pages, failed) at the last
+    /// line.
+    logged_nested: (u64, u64, u64),
 }
 
 impl MemServer {
@@ -96,11 +101,43 @@ impl MemServer {
         if wake.balloon {
             channel::BALLOON.notify();
         }
+        #[cfg(has_vmm)]
+        if wake.vmm {
+            channel::VMM.notify();
+        }
         for (i, ch) in guests::CHANNEL.iter().enumerate() {
             if wake.clients & (1 << i) != 0 {
                 ch.notify();
             }
         }
+    }
+
+    /// One line each time the VM's nested reports moved on (apart from
+    /// the memserver's own figures).
+    fn log_nested(&mut self) {
+        let Some(c) = self.server.vmm_counters() else {
+            return;
+        };
+        let seen = (
+            c.nested.reports + c.nested.refused + c.no_reporting + c.malformed,
+            c.nested.reported_pages,
+            c.nested.failed_reports,
+        );
+        if seen == self.logged_nested {
+            return;
+        }
+        self.logged_nested = seen;
+        LOG.info(format_args!(
+            "nested: reports={} reported_mib={} refused={} failed={} in_flight_mib={} batches={} malformed={} vmm_misbehaviour={}",
+            c.nested.reports,
+            c.nested.reported_pages / 256,
+            c.nested.refused + c.no_reporting + c.malformed,
+            c.nested.failed_reports,
+            self.server.nested_in_flight_pages() / 256,
+            c.batches_sent,
+            c.malformed,
+            c.misbehaviour,
+        ));
     }
 
     /// Say once what the device's limits did to reporting.
@@ -188,6 +225,10 @@ impl Handler for MemServer {
         if channels.contains(channel::BALLOON) {
             self.server.balloon_notified();
         }
+        #[cfg(has_vmm)]
+        if channels.contains(channel::VMM) {
+            self.server.vmm_notified();
+        }
         for (i, ch) in guests::CHANNEL.iter().enumerate() {
             if channels.contains(*ch) {
                 self.server.client_notified(i);
@@ -197,6 +238,7 @@ impl Handler for MemServer {
         self.apply(wake);
         self.log_device();
         self.log_progress();
+        self.log_nested();
         Ok(())
     }
 }
@@ -292,14 +334,39 @@ fn init() -> MemServer {
     // SAFETY: as above.
     let from = unsafe { consumer(region::FROM_BALLOON.get()) };
     let balloon = BalloonPort { to, from };
-    let server = Server::new(core, clients, balloon, boot)
+    #[cfg_attr(not(has_vmm), allow(unused_mut))]
+    let mut server = Server::new(core, clients, balloon, boot)
         .unwrap_or_else(|e| panic!("building the server: {e}"));
+    #[cfg(has_vmm)]
+    {
+        // The VM's RAM: a delegated zone, never allocated from, never
+        // mapped here; only its frame numbers are needed.
+        let ram = &paddr::VM_RAM_PADDR;
+        let zone = memserver::nested::PageRange {
+            pfn: ram.get() >> 12,
+            pages: ram.size >> 12,
+        };
+        LOG.info(format_args!(
+            "VM RAM: {} at {:#x}, {} MiB (delegated: the VM's OS allocates it; the memserver checks and passes on its reports)",
+            ram.region,
+            ram.get(),
+            ram.size >> 20
+        ));
+        server.attach_vmm(memserver::server::VmmPort {
+            // SAFETY: the rings are mapped rw for the PD's lifetime (the description).
+            req: unsafe { consumer(region::VMM_REQ.get()) },
+            // SAFETY: as above.
+            resp: unsafe { producer(region::VMM_RESP.get()) },
+            zone,
+        });
+    }
     let mut pd = MemServer {
         server,
         logged_reported: 0,
         timer_failing: false,
         logged_stopped: false,
         logged_cap: None,
+        logged_nested: (0, 0, 0),
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();

@@ -16,258 +16,8 @@
 use crate::adaptive::{Ages, Plan};
 use crate::core::MemCore;
 use crate::meta::{KIND_FREE, KIND_ISOLATED, NIL, REPORTED, kind_of, order_of, state};
-use crate::{
-    Block, Error, InvariantViolation, MAX_CAPACITY, MAX_IN_FLIGHT, MAX_ORDER, Policy, Tunables,
-    ZoneId,
-};
-
-/// Identifies one report batch until its completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct BatchId(pub u32);
-
-/// Linux's reporting state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportingState {
-    /// Nothing to do; the next qualifying free arms the timer.
-    Idle,
-    /// Reporting requested: either the timer is armed, or a pass is running
-    /// and will re-arm the timer when it ends.
-    Requested,
-    /// A pass is running and nothing was requested since it started.
-    Active,
-}
-
-/// What the platform must do after an event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Actions {
-    arm_timer_ns: Option<u64>,
-    sends: [BatchId; MAX_IN_FLIGHT],
-    nr_sends: u8,
-}
-
-impl Actions {
-    /// Arm the (one-shot) timer to call [`MemCore::timer_expired`] after
-    /// this many nanoseconds.
-    pub fn arm_timer_ns(&self) -> Option<u64> {
-        self.arm_timer_ns
-    }
-
-    /// Batches to send to the reporting device, in order; read each one's
-    /// entries with [`MemCore::batch`].
-    pub fn batches(&self) -> &[BatchId] {
-        &self.sends[..usize::from(self.nr_sends)]
-    }
-
-    /// Nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.arm_timer_ns.is_none() && self.nr_sends == 0
-    }
-
-    /// Fold `other` (a later event's actions) into `self`.
-    pub fn merge(&mut self, other: &Actions) {
-        if other.arm_timer_ns.is_some() {
-            self.arm_timer_ns = other.arm_timer_ns;
-        }
-        for b in other.batches() {
-            self.push_send(*b);
-        }
-    }
-
-    fn push_send(&mut self, id: BatchId) {
-        // At most max_in_flight batches can be sent before a completion, so
-        // this never overflows; if it would, the id is still in flight and
-        // readable through `MemCore::in_flight`.
-        if usize::from(self.nr_sends) < MAX_IN_FLIGHT {
-            self.sends[usize::from(self.nr_sends)] = id;
-            self.nr_sends += 1;
-        }
-    }
-}
-
-/// Counters of the worker (oracles for tests and the PD's metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReportingStats {
-    /// Passes started (timer expiries acted on).
-    pub passes: u64,
-    /// Batches handed to the device.
-    pub batches_sent: u64,
-    /// Batches completed with `ok = false`.
-    pub batches_failed: u64,
-    /// Blocks and pages the host acknowledged.
-    pub blocks_reported: u64,
-    /// Pages the host acknowledged.
-    pub pages_reported: u64,
-    /// Blocks marked Reported on drain (acknowledged and not merged).
-    pub blocks_marked: u64,
-    /// Zones skipped by the watermark check.
-    pub watermark_skips: u64,
-    /// Free lists that ran out of budget.
-    pub budget_exhausted: u64,
-    /// Timer expiries with no timer armed (ignored).
-    pub spurious_timers: u64,
-    /// Adaptive: zones a pass left alone because they were busy or not
-    /// quiet for the delay yet.
-    pub busy_defers: u64,
-    /// Adaptive: free lists whose walk stopped because the zone allocated
-    /// again during the pass.
-    pub back_offs: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    id: BatchId,
-    zone: u16,
-    len: u16,
-    in_flight: bool,
-    entries: [Block; MAX_CAPACITY],
-}
-
-const EMPTY_SLOT: Slot = Slot {
-    id: BatchId(0),
-    zone: 0,
-    len: 0,
-    in_flight: false,
-    entries: [Block { pfn: 0, order: 0 }; MAX_CAPACITY],
-};
-
-#[derive(Debug, Clone, Copy)]
-struct Pass {
-    zone: usize,
-    in_zone: bool,
-    order: u8,
-    /// Budget of the current free list; `None` before it is computed.
-    budget: Option<i64>,
-    /// A report failed: isolate nothing more, end when the rest completes.
-    failed: bool,
-}
-
-#[derive(Debug)]
-pub(crate) struct Worker {
-    tun: Option<Tunables>,
-    state: ReportingState,
-    timer_armed: bool,
-    pass: Option<Pass>,
-    next_id: u32,
-    /// The batch being filled (Linux's scatterlist): `slots[..]` hold the
-    /// ones in flight.
-    fill: Slot,
-    slots: [Slot; MAX_IN_FLIGHT],
-    stats: ReportingStats,
-    /// The adaptive policy's view of each zone's activity.
-    pub(crate) ages: Ages,
-}
-
-impl Worker {
-    pub(crate) fn new(tun: Option<Tunables>) -> Worker {
-        Worker {
-            tun,
-            state: ReportingState::Idle,
-            timer_armed: false,
-            pass: None,
-            next_id: 1,
-            fill: EMPTY_SLOT,
-            slots: [EMPTY_SLOT; MAX_IN_FLIGHT],
-            stats: ReportingStats::default(),
-            ages: Ages::new(),
-        }
-    }
-
-    pub(crate) fn low_watermark(&self) -> u64 {
-        self.tun.unwrap_or_default().low_watermark_pages
-    }
-
-    fn arm(&mut self, acts: &mut Actions) {
-        if let Some(t) = self.tun {
-            self.arm_ns(t.delay_ns, acts);
-        }
-    }
-
-    fn arm_ns(&mut self, ns: u64, acts: &mut Actions) {
-        if let Some(t) = &self.tun {
-            self.timer_armed = true;
-            acts.arm_timer_ns = Some(ns);
-            self.ages.armed(t, ns);
-        }
-    }
-
-    /// Linux's `page_reporting_register` starts an initial flush.
-    pub(crate) fn boot(&mut self, acts: &mut Actions) {
-        self.request(acts);
-    }
-
-    /// Linux's `__page_reporting_request`: only IDLE → REQUESTED arms.
-    fn request(&mut self, acts: &mut Actions) {
-        if self.tun.is_none() {
-            return;
-        }
-        match self.state {
-            ReportingState::Idle => {
-                self.state = ReportingState::Requested;
-                self.arm(acts);
-            }
-            ReportingState::Active => self.state = ReportingState::Requested,
-            ReportingState::Requested => {}
-        }
-    }
-
-    /// A block of `order` (after merging) came onto the free lists.
-    #[inline]
-    pub(crate) fn freed(&mut self, order: u8, acts: &mut Actions) {
-        if let Some(t) = &self.tun
-            && order >= t.lowest_order()
-        {
-            self.request(acts);
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| s.in_flight).count()
-    }
-
-    pub(crate) fn check(&self, core: &MemCore<'_>) -> Result<(), InvariantViolation> {
-        let bad = |what, zone, pfn| Err(InvariantViolation { what, zone, pfn });
-        let mut isolated = [0u64; crate::MAX_ZONES];
-        let batches = self
-            .slots
-            .iter()
-            .filter(|s| s.in_flight)
-            .chain(core::iter::once(&self.fill));
-        for s in batches {
-            let z = usize::from(s.zone);
-            for b in &s.entries[..usize::from(s.len)] {
-                if z >= core.nr_zones {
-                    return bad("batch names no zone", z, b.pfn);
-                }
-                let zone = &core.zones[z];
-                if b.pfn < zone.base || b.pfn - zone.base >= u64::from(zone.pages) {
-                    return bad("batch entry outside its zone", z, b.pfn);
-                }
-                if core.st(zone.gidx(b.pfn)) != state(KIND_ISOLATED, b.order) {
-                    return bad("batch entry is not an isolated block", z, b.pfn);
-                }
-                isolated[z] += b.pages();
-            }
-        }
-        for (z, zone) in core.zones[..core.nr_zones].iter().enumerate() {
-            if zone.stats.isolated_pages != isolated[z] {
-                return bad("isolated pages outside report batches", z, 0);
-            }
-        }
-        if self.timer_armed && (self.state != ReportingState::Requested || self.pass.is_some()) {
-            return bad("timer armed outside REQUESTED", 0, 0);
-        }
-        if self.pass.is_none() && self.state != ReportingState::Idle && !self.timer_armed {
-            return bad("reporting requested but nothing scheduled", 0, 0);
-        }
-        if self.pass.is_some() && self.state == ReportingState::Idle {
-            return bad("pass running while IDLE", 0, 0);
-        }
-        if self.pass.is_none() && (self.in_flight() != 0 || self.fill.len != 0) {
-            return bad("batches outside a pass", 0, 0);
-        }
-        Ok(())
-    }
-}
+use crate::worker::{Actions, BatchId, Pass, ReportingState, ReportingStats, Slot};
+use crate::{Block, Error, InvariantViolation, MAX_ORDER, Policy, Tunables, ZoneId};
 
 impl MemCore<'_> {
     /// The timer armed by an earlier [`Actions`] expired: start a reporting
@@ -349,14 +99,6 @@ impl MemCore<'_> {
         self.worker.request(&mut acts);
         self.sync_notify();
         acts
-    }
-
-    /// Recompute the free path's notify order from the worker's state.
-    pub(crate) fn sync_notify(&mut self) {
-        self.notify_order = match (self.worker.tun, self.worker.state) {
-            (Some(t), ReportingState::Idle | ReportingState::Active) => t.lowest_order(),
-            _ => u8::MAX,
-        };
     }
 
     /// Entries of a batch in flight.
@@ -663,5 +405,46 @@ impl MemCore<'_> {
             .iter()
             .find(|s| s.in_flight && s.id == id)
             .map(|s| ZoneId(s.zone))
+    }
+}
+
+impl MemCore<'_> {
+    /// Conservation check, O(pages): every frame is in exactly one block and
+    /// one state; the free lists match the per-page states; no two free
+    /// buddies of equal order are left unmerged; Reported only on free
+    /// blocks; isolated blocks are exactly those of the report batches; the
+    /// counters equal a recount; the worker's state is consistent.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.check_allocator()?;
+        let bad = |what, zone, pfn| Err(InvariantViolation { what, zone, pfn });
+        let mut isolated = [0u64; crate::MAX_ZONES];
+        let w = &self.worker;
+        let batches = w
+            .slots
+            .iter()
+            .filter(|s| s.in_flight)
+            .chain(core::iter::once(&w.fill));
+        for s in batches {
+            let z = usize::from(s.zone);
+            for b in &s.entries[..usize::from(s.len)] {
+                if z >= self.nr_zones {
+                    return bad("batch names no zone", z, b.pfn);
+                }
+                let zone = &self.zones[z];
+                if b.pfn < zone.base || b.pfn - zone.base >= u64::from(zone.pages) {
+                    return bad("batch entry outside its zone", z, b.pfn);
+                }
+                if self.st(zone.gidx(b.pfn)) != state(KIND_ISOLATED, b.order) {
+                    return bad("batch entry is not an isolated block", z, b.pfn);
+                }
+                isolated[z] += b.pages();
+            }
+        }
+        for (z, zone) in self.zones[..self.nr_zones].iter().enumerate() {
+            if zone.stats.isolated_pages != isolated[z] {
+                return bad("isolated pages outside report batches", z, 0);
+            }
+        }
+        self.worker.check_state()
     }
 }

@@ -26,6 +26,9 @@ use memserver_api::{
 };
 use pd_ring::{Consumer, Misbehaviour, Producer, RingError};
 
+mod vmm;
+pub use vmm::{NESTED_BATCH, VmmCounters, VmmPort};
+
 /// Most clients one server has (one zone each).
 pub const MAX_CLIENTS: usize = MAX_ZONES;
 
@@ -37,6 +40,8 @@ pub struct Wake {
     pub clients: u32,
     /// Notify the balloon.
     pub balloon: bool,
+    /// Notify the VMM (its answer ring has news, or it waits for room).
+    pub vmm: bool,
     /// Arm the one-shot timer for this many nanoseconds.
     pub arm_timer_ns: Option<u64>,
 }
@@ -117,6 +122,8 @@ pub struct Server<'a, 'm> {
     /// The PD could not arm the timer: the delay's expiry is run at the
     /// next event instead ([`Server::timer_unavailable`]).
     timer_overdue: bool,
+    /// The VMM's rings and its VM's nested reports, in a system with a VM.
+    vmm: Option<vmm::VmmLink<'a>>,
 }
 
 fn client_error(e: Error) -> ClientError {
@@ -158,6 +165,7 @@ impl<'a, 'm> Server<'a, 'm> {
             device_cap: None,
             limits_applied: true,
             timer_overdue: false,
+            vmm: None,
         };
         for c in clients {
             s.core.zone_spec(c.zone)?;
@@ -232,6 +240,7 @@ impl<'a, 'm> Server<'a, 'm> {
         self.serve_balloon();
         self.flush_pending();
         self.apply_limits();
+        self.pump_nested();
     }
 
     /// The reporting delay expired.
@@ -414,6 +423,9 @@ impl<'a, 'm> Server<'a, 'm> {
         match msg {
             Err(e) => self.refuse(None, e.into()),
             Ok(FromBalloon::ReportDone { batch, ok }) => {
+                if self.nested_report_done(batch, ok) {
+                    return;
+                }
                 let id = BatchId(batch);
                 if self.pending.iter().any(|&p| p == id) {
                     // The balloon cannot complete what it was never sent.
@@ -447,6 +459,10 @@ impl<'a, 'm> Server<'a, 'm> {
                 self.device_cap = Some(report_capacity);
                 self.limits_applied = false;
                 self.apply_limits();
+                if report_capacity == 0 {
+                    self.nested_fail_unsent();
+                }
+                self.pump_nested();
             }
             Ok(FromBalloon::DeviceReset) => {
                 // The device forgot every request: the batches it held come
@@ -470,7 +486,8 @@ impl<'a, 'm> Server<'a, 'm> {
                         let _ = ids.push(id);
                     }
                 }
-                if ids.is_empty() {
+                let nested = self.nested_device_reset();
+                if ids.is_empty() && !nested {
                     return self.refuse(None, RefuseReason::UnknownId);
                 }
                 self.counters.device_resets += 1;

@@ -23,10 +23,9 @@
 //!   notification on the owning PD's IRQ channel and stays masked until the
 //!   PD acks it (seL4 semantics).
 
-use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
-use crate::{
-    Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PhysAddr, Region, RegionDecl,
-};
+use crate::channel::{Channel, ChannelSet, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::{DeferredAction, DeferredActionInterface};
+use crate::{Handler, PhysAddr, Region, RegionDecl};
 use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -141,6 +140,8 @@ pub trait Pd {
     fn notified(&mut self, channels: ChannelSet);
     #[doc(hidden)]
     fn protected(&mut self, channel: Channel, info: MessageInfo) -> Option<MessageInfo>;
+    #[doc(hidden)]
+    fn take_deferred_action(&mut self) -> Option<DeferredAction>;
 }
 
 impl<F: FnOnce() -> H, H: Handler> Pd for PdSlot<F, H> {
@@ -164,6 +165,13 @@ impl<F: FnOnce() -> H, H: Handler> Pd for PdSlot<F, H> {
                 Ok(r) => Some(r),
                 Err(e) => fatal(&e),
             },
+            _ => None,
+        }
+    }
+
+    fn take_deferred_action(&mut self) -> Option<DeferredAction> {
+        match &mut self.state {
+            SlotState::Running(h) => h.take_deferred_action(),
             _ => None,
         }
     }
@@ -303,8 +311,9 @@ fn fault() -> ! {
     if busy == 0 || sp == 0 {
         halt()
     }
+    // The stopped PDs' deferred actions stay in their handlers, which never
+    // run again: they are dropped, as a faulted PD's are on seL4.
     FAULTED.fetch_or(busy, Ordering::Relaxed);
-    let _ = take_deferred();
     if let Some(system) = system() {
         for (i, pd) in system.pds.iter().enumerate() {
             if busy & (1 << i) != 0 {
@@ -386,28 +395,22 @@ fn enter<R>(i: usize, f: impl FnOnce(&mut dyn Pd) -> R) -> Option<R> {
     let slot = unsafe { ptr.cast::<&'static mut dyn Pd>().add(i) };
     // SAFETY: as above: a valid element, referenced only here.
     let pd: &mut dyn Pd = unsafe { &mut **slot };
-    // A caller's deferred action (PPC) is its own: keep it out of the
-    // callee's slot and put it back afterwards.
-    let outer = take_deferred();
-    let r = Some(f(pd));
-    match take_deferred() {
-        0 => {}
-        d => perform_deferred(d),
+    // Each PD keeps its own deferred action (a caller's, during a PPC, stays
+    // in the caller's handler); the callee's goes out when it returns.
+    let r = Some(f(&mut *pd));
+    if let Some(a) = pd.take_deferred_action() {
+        perform_deferred(a);
     }
     KERNEL.busy.set(KERNEL.busy.get() & !bit);
     KERNEL.current.set(prev);
-    if outer != 0 {
-        let _ = crate::channel::set_deferred(outer);
-    }
     r
 }
 
-fn perform_deferred(d: u64) {
-    let id = (d & DEFER_ID_MASK) as usize;
-    if d & DEFER_NOTIFY != 0 {
-        sys::notify(id)
-    } else if d & DEFER_IRQ_ACK != 0 {
-        sys::irq_ack(id)
+fn perform_deferred(a: DeferredAction) {
+    let id = a.channel().index() & 0xff;
+    match a.interface() {
+        DeferredActionInterface::Notify => sys::notify(id),
+        DeferredActionInterface::IrqAck => sys::irq_ack(id),
     }
 }
 
@@ -565,12 +568,12 @@ pub(crate) fn port_io(
     op: crate::channel::PortOp,
     port: u16,
     value: u32,
-) -> Result<u32, crate::IoPortError> {
+) -> Result<u32, crate::channel::IoPortError> {
     use crate::channel::PortOp;
     use core::arch::asm;
     let granted = current_desc().is_some_and(|d| d.ioports.iter().any(|&i| u64::from(i) == id));
     if !granted {
-        return Err(crate::IoPortError::NotGranted);
+        return Err(crate::channel::IoPortError::NotGranted);
     }
     // SAFETY (every arm): port I/O granted to this PD by system.xml; it
     // touches no memory.

@@ -1,8 +1,10 @@
-//! Channels, channel sets, message info and message registers.
+//! Channels, channel sets, message info and the x86 port ranges: the
+//! values a PD and its platform exchange. This is the bottom layer of the
+//! runtime: it calls no platform; the calls on these values (notify, PPC,
+//! message registers, port I/O) are in `calls.rs`, and the platform modules
+//! build on this one.
 
-use crate::sys;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Channel (and IRQ) ids are `0..MAX_CHANNELS` (libmicrokit `MICROKIT_MAX_CHANNELS`).
 pub const MAX_CHANNELS: usize = 62;
@@ -22,40 +24,6 @@ impl fmt::Debug for Channel {
     }
 }
 
-/// The single deferred-action slot is already taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeferredActionSlotFull;
-
-impl fmt::Display for DeferredActionSlotFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a notify or IRQ ack is already deferred to the next receive")
-    }
-}
-
-// The one deferred action (libmicrokit's `microkit_have_signal`): 0 = none,
-// otherwise a tag in the top bits and the channel id in the low bits. An
-// atomic only so that it can be a safe static; a PD is single-threaded.
-static DEFERRED: AtomicU64 = AtomicU64::new(0);
-pub(crate) const DEFER_NOTIFY: u64 = 1 << 63;
-pub(crate) const DEFER_IRQ_ACK: u64 = 1 << 62;
-#[cfg_attr(any(not(target_os = "none"), feature = "bare"), allow(dead_code))]
-pub(crate) const DEFER_MONITOR: u64 = 1 << 61;
-#[cfg_attr(not(any(target_os = "none", feature = "host")), allow(dead_code))]
-pub(crate) const DEFER_ID_MASK: u64 = 0xff;
-
-/// The deferred action, removed from its slot (runtime use).
-#[cfg_attr(not(any(target_os = "none", feature = "host", test)), allow(dead_code))]
-pub(crate) fn take_deferred() -> u64 {
-    DEFERRED.swap(0, Ordering::Relaxed)
-}
-
-pub(crate) fn set_deferred(v: u64) -> Result<(), DeferredActionSlotFull> {
-    DEFERRED
-        .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed)
-        .map(|_| ())
-        .map_err(|_| DeferredActionSlotFull)
-}
-
 impl Channel {
     /// The channel with this id. Ids come from the generated config module.
     pub const fn new(index: usize) -> Self {
@@ -65,34 +33,6 @@ impl Channel {
     /// The id in `system.xml`.
     pub const fn index(self) -> usize {
         self.index
-    }
-
-    /// Signal the PD at the other end. A channel this PD may not notify is
-    /// reported on the debug console and ignored, as libmicrokit does.
-    pub fn notify(self) {
-        sys::notify(self.index)
-    }
-
-    /// Acknowledge the IRQ with this id so it can be delivered again.
-    pub fn irq_ack(self) {
-        sys::irq_ack(self.index)
-    }
-
-    /// Protected procedure call: message registers `0..info.count()` go to the
-    /// callee, whose reply's registers replace them.
-    pub fn pp_call(self, info: MessageInfo) -> MessageInfo {
-        sys::pp_call(self.index, info)
-    }
-
-    /// Notify when this PD next waits for events, combined with that receive
-    /// (seL4 `NBSendRecv`), saving a syscall. One action may be deferred.
-    pub fn defer_notify(self) -> Result<(), DeferredActionSlotFull> {
-        set_deferred(DEFER_NOTIFY | self.index as u64)
-    }
-
-    /// [`Channel::irq_ack`] deferred to the next receive.
-    pub fn defer_irq_ack(self) -> Result<(), DeferredActionSlotFull> {
-        set_deferred(DEFER_IRQ_ACK | self.index as u64)
     }
 }
 
@@ -197,22 +137,6 @@ impl fmt::Debug for MessageInfo {
     }
 }
 
-/// Message register `i` (0 for `i >= MSG_MAX_LENGTH`).
-pub fn get_mr(i: usize) -> u64 {
-    if i < MSG_MAX_LENGTH {
-        sys::get_mr(i)
-    } else {
-        0
-    }
-}
-
-/// Set message register `i`; `i >= MSG_MAX_LENGTH` is ignored.
-pub fn set_mr(i: usize, v: u64) {
-    if i < MSG_MAX_LENGTH {
-        sys::set_mr(i, v)
-    }
-}
-
 /// An x86 I/O port range granted by `<ioport>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoPort {
@@ -265,56 +189,6 @@ pub(crate) enum PortOp {
     Out32,
 }
 
-impl IoPort {
-    fn access(&self, op: PortOp, port: u16, width: u8, value: u32) -> Result<u32, IoPortError> {
-        let end = u64::from(port) + u64::from(width);
-        if u64::from(port) < self.addr || end > self.addr.saturating_add(self.size) {
-            return Err(IoPortError::OutOfRange { port, width });
-        }
-        port_io(self.id, op, port, value)
-    }
-
-    /// `in` of one byte from `port` (an absolute port number in the range).
-    pub fn read8(&self, port: u16) -> Result<u8, IoPortError> {
-        self.access(PortOp::In8, port, 1, 0).map(|v| v as u8)
-    }
-    /// `in` of two bytes.
-    pub fn read16(&self, port: u16) -> Result<u16, IoPortError> {
-        self.access(PortOp::In16, port, 2, 0).map(|v| v as u16)
-    }
-    /// `in` of four bytes.
-    pub fn read32(&self, port: u16) -> Result<u32, IoPortError> {
-        self.access(PortOp::In32, port, 4, 0)
-    }
-    /// `out` of one byte.
-    pub fn write8(&self, port: u16, v: u8) -> Result<(), IoPortError> {
-        self.access(PortOp::Out8, port, 1, v.into()).map(|_| ())
-    }
-    /// `out` of two bytes.
-    pub fn write16(&self, port: u16, v: u16) -> Result<(), IoPortError> {
-        self.access(PortOp::Out16, port, 2, v.into()).map(|_| ())
-    }
-    /// `out` of four bytes.
-    pub fn write32(&self, port: u16, v: u32) -> Result<(), IoPortError> {
-        self.access(PortOp::Out32, port, 4, v).map(|_| ())
-    }
-}
-
-#[cfg(all(target_os = "none", target_arch = "x86_64", not(feature = "bare")))]
-fn port_io(id: u64, op: PortOp, port: u16, value: u32) -> Result<u32, IoPortError> {
-    crate::microkit::port_io(id, op, port, value)
-}
-
-#[cfg(all(target_os = "none", target_arch = "x86_64", feature = "bare"))]
-fn port_io(id: u64, op: PortOp, port: u16, value: u32) -> Result<u32, IoPortError> {
-    crate::bare::port_io(id, op, port, value)
-}
-
-#[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
-fn port_io(_: u64, _: PortOp, _: u16, _: u32) -> Result<u32, IoPortError> {
-    Err(IoPortError::Unsupported)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,39 +217,5 @@ mod tests {
         assert_eq!(v, [0, 5, 61]);
         assert!(s.contains(Channel::new(5)) && !s.contains(Channel::new(4)));
         assert_eq!(s.iter().count(), 3);
-    }
-
-    #[test]
-    fn port_accesses_outside_the_range_are_refused_before_the_kernel() {
-        let p = IoPort {
-            id: 0,
-            addr: 0xcf8,
-            size: 8,
-        };
-        assert_eq!(
-            p.read32(0xcfd),
-            Err(IoPortError::OutOfRange {
-                port: 0xcfd,
-                width: 4
-            })
-        );
-        assert_eq!(
-            p.write8(0xcf7, 0),
-            Err(IoPortError::OutOfRange {
-                port: 0xcf7,
-                width: 1
-            })
-        );
-        // In range: this platform has no port I/O.
-        assert_eq!(p.read32(0xcfc), Err(IoPortError::Unsupported));
-    }
-
-    #[test]
-    fn one_deferred_action_at_a_time() {
-        let _ = take_deferred();
-        assert_eq!(Channel::new(3).defer_notify(), Ok(()));
-        assert_eq!(Channel::new(4).defer_irq_ack(), Err(DeferredActionSlotFull));
-        assert_eq!(take_deferred(), DEFER_NOTIFY | 3);
-        assert_eq!(take_deferred(), 0);
     }
 }

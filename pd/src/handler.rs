@@ -1,7 +1,7 @@
 //! The event handler a PD implements.
 
 use crate::vm::{Child, Fault, FaultReply};
-use crate::{Channel, ChannelSet, MessageInfo};
+use crate::{Channel, ChannelSet, DeferredAction, MessageInfo};
 use core::fmt;
 
 /// The label of the reply a PD sends to a PPC it does not serve: the caller
@@ -52,6 +52,16 @@ pub trait Handler {
             child.id()
         );
         Ok(FaultReply::Stop)
+    }
+
+    /// The notify or IRQ ack this PD deferred (kept in a
+    /// [`DeferredActionSlot`](crate::DeferredActionSlot)), taken by the run
+    /// loop when it goes back to the kernel: on Microkit it is combined with
+    /// the next receive (`NBSendRecv`), unless a PPC reply goes out first
+    /// (`ReplyRecv`), after which it waits for the next receive. By default
+    /// nothing is deferred.
+    fn take_deferred_action(&mut self) -> Option<DeferredAction> {
+        None
     }
 }
 

@@ -14,11 +14,9 @@
 //! The PD dies with its launcher (`PR_SET_PDEATHSIG`) and closes every
 //! descriptor it was not given.
 
-use crate::channel::{DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_NOTIFY, take_deferred};
-use crate::{
-    Channel, ChannelSet, Handler, MSG_MAX_LENGTH, MessageInfo, PPC_UNSUPPORTED_LABEL, PhysAddr,
-    Region, RegionDecl,
-};
+use crate::channel::{Channel, ChannelSet, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::DeferredActionInterface;
+use crate::{Handler, PPC_UNSUPPORTED_LABEL, PhysAddr, Region, RegionDecl};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use rustix::event::{PollFd, PollFlags, poll};
@@ -603,11 +601,12 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     let mut buf = [0u8; 8 * (MSG_MAX_LENGTH + 1)];
     loop {
         // A deferred action is performed when the PD next waits, as on seL4.
-        let d = take_deferred();
-        if d & DEFER_NOTIFY != 0 {
-            sys::notify((d & DEFER_ID_MASK) as usize);
-        } else if d & DEFER_IRQ_ACK != 0 {
-            sys::irq_ack((d & DEFER_ID_MASK) as usize);
+        if let Some(a) = handler.take_deferred_action() {
+            let id = a.channel().index() & 0xff;
+            match a.interface() {
+                DeferredActionInterface::Notify => sys::notify(id),
+                DeferredActionInterface::IrqAck => sys::irq_ack(id),
+            }
         }
         let mut pfds: Vec<PollFd<'_>> = inputs
             .iter()

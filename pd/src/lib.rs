@@ -4,7 +4,8 @@
 //! The API follows rust-sel4's `sel4-microkit`: a [`Handler`] with
 //! [`Handler::notified`] and [`Handler::protected`], [`Channel`] with
 //! [`Channel::notify`], [`Channel::pp_call`], [`Channel::irq_ack`] (and their
-//! deferred forms), [`MessageInfo`] plus message registers, memory regions
+//! deferred forms: a [`DeferredActionSlot`] the handler keeps and hands over in
+//! [`Handler::take_deferred_action`]), [`MessageInfo`] plus message registers, memory regions
 //! looked up by their `system.xml` names ([`RegionDecl`]), [`debug_print!`],
 //! and the entry macro [`main!`].
 //!
@@ -56,20 +57,25 @@
 #[cfg(any(feature = "host", test))]
 extern crate std;
 
+mod calls;
 mod channel;
 mod debug;
+mod defer;
 
 pub mod log_page;
 mod region;
 pub mod vm;
 
+pub use calls::{get_mr, set_mr};
 pub use channel::{
-    Channel, ChannelSet, DeferredActionSlotFull, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH,
-    MessageInfo, get_mr, set_mr,
+    Channel, ChannelSet, IoPort, IoPortError, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo,
 };
 #[doc(hidden)]
 pub use debug::print_fmt as __debug_print_fmt;
 pub use debug::{Log, debug_write};
+pub use defer::{
+    DeferredAction, DeferredActionInterface, DeferredActionSlot, DeferredActionSlotFull,
+};
 pub mod handler;
 pub use handler::{Handler, NoHandler, PPC_UNSUPPORTED_LABEL};
 pub use region::{PaddrSource, PhysAddr, Region, RegionDecl, SetVar};

@@ -33,6 +33,28 @@ impl Child {
     }
 }
 
+/// vCPU system registers for `read_vcpu_reg` / `write_vcpu_reg`
+/// (`seL4_VCPUReg`, aarch64, seL4 16.0.0's `sel4_arch/constants.h`; the
+/// enum has no configuration-dependent members there, and
+/// `pd/tests/vcpu_reg.rs` holds these to the SDK's header when
+/// `MICROKIT_SDK` is set).
+pub mod vcpu_reg {
+    pub const SCTLR: u64 = 0;
+    /// The virtual timer's control (`CNTV_CTL_EL0`).
+    pub const CNTV_CTL: u64 = 20;
+    /// The virtual timer's deadline (`CNTV_CVAL_EL0`).
+    pub const CNTV_CVAL: u64 = 21;
+    /// The VM's virtual counter offset (`CNTVOFF_EL2`).
+    pub const CNTVOFF: u64 = 22;
+    /// Every name above, as the header spells it after `seL4_VCPUReg_`.
+    pub const ALL: [(&str, u64); 4] = [
+        ("SCTLR", SCTLR),
+        ("CNTV_CTL", CNTV_CTL),
+        ("CNTV_CVAL", CNTV_CVAL),
+        ("CNTVOFF", CNTVOFF),
+    ];
+}
+
 /// seL4 fault labels (MCS, aarch64; `seL4_Fault_tag`).
 pub mod fault_label {
     pub const CAP_FAULT: u64 = 1;

@@ -13,6 +13,7 @@ pub mod host;
 pub mod image;
 pub mod linux_guest;
 pub mod log_pages;
+pub mod nested_bench;
 pub mod policy_bench;
 pub mod qemu;
 pub mod sel4;

@@ -38,9 +38,20 @@ pub const BALLOON_MIB: u64 = bare::HOSTILE_BALLOON_MIB;
 pub const LINUX_FIRST: &str = "Booting Linux on physical CPU";
 pub const LINUX_USERSPACE: &str = "INIT|INFO: userspace started";
 pub const LINUX_DONE: &str = "WORKLOAD|INFO: phase=done";
-const LINUX_MARKS: [(&str, &str); 3] = [
+/// The workload freed its memory (the nested verdict measures from here).
+pub const LINUX_FREED: &str = "WORKLOAD|INFO: phase=freed";
+/// Linux bound its balloon driver to the VMM's device, and whether it
+/// negotiated REPORTING (`reporting=1`).
+pub const LINUX_BALLOON: &str = "INIT|INFO: virtio_balloon bound to";
+/// The timeline's label of [`LINUX_FREED`].
+const LINUX_FREED_MARK: &str = "Linux: workload freed";
+/// The VMM's line when the VM first idles in WFI and its vCPU is
+/// suspended rather than stepped over (its log page).
+pub const VMM_WFI_SLEEP: &str = "its vCPU sleeps in WFI until";
+const LINUX_MARKS: [(&str, &str); 4] = [
     (LINUX_FIRST, "Linux: first console line"),
     (LINUX_USERSPACE, "Linux: userspace"),
+    (LINUX_FREED, LINUX_FREED_MARK),
     (LINUX_DONE, "Linux: workload done"),
 ];
 
@@ -49,6 +60,16 @@ const LINUX_MARKS: [(&str, &str); 3] = [
 pub const SMOKE_PSCI: &str = "VMM|INFO: PSCI 0x84000000 -> 0x10000";
 pub const SMOKE_STOP: &str =
     "VMM|ERROR: VM 'linux' stopped: write to unemulated address 0x12340000 at pc 0x4000000c";
+
+/// The hostile VM guest's last line (on the console) and what it must say:
+/// a report buffer outside or straddling the end of the VM's RAM, a
+/// descriptor past the ring and a looping chain each put the device into
+/// DEVICE_NEEDS_RESET (the device side checks every buffer against guest
+/// RAM, so the VMM's and the memserver's own range checks are the second
+/// and third line); the flood all came back, the memserver refusing what
+/// it would not hold.
+pub const HOSTILE_VM_DONE: &str = "HOSTILE-VM|INFO: done";
+const HOSTILE_VM_WANT: &str = "outside=needs_reset straddle=needs_reset flood=returned flood_back=6/6 past_ring=needs_reset loop=needs_reset";
 
 /// Which run of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +82,17 @@ pub enum Sel4Run {
     /// The hostile variant (guest1 runs `hostile.elf`, issue 8).
     Hostile,
     /// `systems/linux-vm.xml`: Debian's Linux in a VM under the VMM beside
-    /// the native guests (issue 13); qemu_virt_aarch64 only.
+    /// the native guests (issue 13); qemu_virt_aarch64 only. What its
+    /// workload frees comes back to the host through the memserver
+    /// (nested reporting, issue 14).
     LinuxVm,
+    /// The same, QEMU's device without reporting: the memserver refuses
+    /// the VM's reports and the host keeps the memory.
+    LinuxVmControl,
+    /// The same description with the hostile guest (`vmm/hostile-guest`)
+    /// in the VM: reports outside its RAM, a flood, a descriptor past the
+    /// ring, a chain that loops. Each is refused; the VM alone is affected.
+    HostileVm,
     /// The same description with the VMM's smoke guest: PSCI over SMC,
     /// then a store to nothing, which stops that VM alone.
     SmokeVm,
@@ -73,7 +103,20 @@ impl Sel4Run {
 
     /// Whether the run boots `systems/linux-vm.xml`.
     pub fn has_vm(self) -> bool {
-        matches!(self, Sel4Run::LinuxVm | Sel4Run::SmokeVm)
+        matches!(
+            self,
+            Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm
+        )
+    }
+
+    /// Whether the run boots Linux in the VM.
+    pub fn has_linux(self) -> bool {
+        matches!(self, Sel4Run::LinuxVm | Sel4Run::LinuxVmControl)
+    }
+
+    /// Whether QEMU's device offers free page reporting.
+    pub fn reporting(self) -> bool {
+        !matches!(self, Sel4Run::Control | Sel4Run::LinuxVmControl)
     }
 
     /// For directory names and tables.
@@ -83,6 +126,8 @@ impl Sel4Run {
             Sel4Run::Control => "control",
             Sel4Run::Hostile => "hostile",
             Sel4Run::LinuxVm => "linux-vm",
+            Sel4Run::LinuxVmControl => "linux-vm-control",
+            Sel4Run::HostileVm => "hostile-vm",
             Sel4Run::SmokeVm => "smoke-vm",
         }
     }
@@ -138,7 +183,7 @@ pub fn run_config(
             },
             memory_mib: MEMORY_MIB,
             balloon: Some(BalloonDevice {
-                reporting: run != Sel4Run::Control,
+                reporting: run.reporting(),
                 modern_mmio: false,
             }),
             qmp: out_dir.join("qmp.sock"),
@@ -147,11 +192,12 @@ pub fn run_config(
         guests: guests(img)?,
         done_lines: match run {
             Sel4Run::Hostile => vec![bare::HOSTILE_DONE.to_string()],
-            Sel4Run::LinuxVm => vec![LINUX_DONE.to_string()],
+            Sel4Run::LinuxVm | Sel4Run::LinuxVmControl => vec![LINUX_DONE.to_string()],
             Sel4Run::SmokeVm => vec![SMOKE_STOP.to_string()],
+            Sel4Run::HostileVm => vec![HOSTILE_VM_DONE.to_string()],
             _ => Vec::new(),
         },
-        console_marks: if run == Sel4Run::LinuxVm {
+        console_marks: if run.has_linux() {
             LINUX_MARKS
                 .iter()
                 .map(|(n, l)| (n.to_string(), l.to_string()))
@@ -161,9 +207,11 @@ pub fn run_config(
         },
         timeout,
         period: Duration::from_millis(250),
-        steady: Duration::from_secs(3),
-        settle: Duration::from_secs(30),
-        balloon_target: (run != Sel4Run::Control).then_some(BALLOON_MIB * MIB),
+        // Linux reports in passes 2 s apart: RSS that held still for 3 s
+        // may still fall; 8 s, as the direct Linux run waits.
+        steady: Duration::from_secs(if run.has_linux() { 8 } else { 3 }),
+        settle: Duration::from_secs(if run.has_linux() { 40 } else { 30 }),
+        balloon_target: run.reporting().then_some(BALLOON_MIB * MIB),
         log_pages: img.log_pages.clone(),
     })
 }
@@ -182,6 +230,103 @@ fn every_pd_logged(img: &Image, run: Sel4Run, r: &RunReport) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// The hostile VM's side: its last line says every attack got the answer
+/// it must; the VMM gave back the reports outside its RAM unsent and said
+/// the device needs a reset; the memserver refused the reports it would
+/// not hold and the VM then switched itself off, the VMM still running.
+fn hostile_vm_verdict(r: &RunReport) -> Result<String, String> {
+    let done = r
+        .console
+        .lines()
+        .find(|l| l.contains(HOSTILE_VM_DONE))
+        .ok_or("the hostile VM never finished")?;
+    if !done.contains(HOSTILE_VM_WANT) {
+        return Err(format!(
+            "the hostile VM got: {done}; it must get: {HOSTILE_VM_WANT}"
+        ));
+    }
+    for (want, what) in [
+        (
+            "0x80000000+0x200000 lies outside guest RAM: the device needs a reset",
+            "the report outside the VM's RAM",
+        ),
+        (
+            "descriptor index 200 >= queue size 8: the device needs a reset",
+            "the descriptor past the ring",
+        ),
+        ("loops or is longer than", "the looping chain"),
+        ("switched itself off (PSCI)", "the VM's end"),
+    ] {
+        if !r
+            .log
+            .lines()
+            .any(|l| l.starts_with("VMM|") && l.contains(want))
+        {
+            return Err(format!("the VMM never said '{want}' ({what})"));
+        }
+    }
+    let nested = r
+        .log
+        .lines()
+        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
+        .ok_or("the memserver never saw a nested report")?;
+    let refused = crate::qemu::field(nested, "refused").unwrap_or(0);
+    if refused == 0 {
+        return Err(format!("the memserver refused none of the flood: {nested}"));
+    }
+    Ok(format!("ok: {done}; {nested}"))
+}
+
+/// How the host's memory fell after the Linux VM's workload freed its
+/// memory: from that line to the QMP balloon request (or the run's end),
+/// against what the workload freed. `None` when it never freed.
+pub fn nested_reclaim(r: &RunReport) -> Option<crate::timeline::Reclaim> {
+    let marks = r.timeline.marks();
+    let freed = marks.iter().find(|m| m.label == LINUX_FREED_MARK)?.t;
+    let until = marks
+        .iter()
+        .find(|m| m.t > freed && m.label.starts_with("QMP balloon"))
+        .map(|m| m.t);
+    let expected = crate::vm_guest::WORKLOAD_MIB * MIB;
+    Some(r.timeline.reclaim(freed, expected, until))
+}
+
+/// The Linux VM's part of the nested verdict: Linux bound its balloon with
+/// REPORTING, and from its workload's free to the end of the window (the
+/// QMP balloon request, or the run's end) the host got at least
+/// [`FRACTION`] of what it freed back (or, in the control, at most
+/// [`CONTROL_MAX_FRACTION`]). The window is the run's settle: RSS still
+/// for 8 s after the workload's end, at most 40 s; Linux reports 2 s after
+/// a free, in passes 2 s apart.
+fn nested_verdict(run: Sel4Run, r: &RunReport) -> Result<String, String> {
+    let bound = r
+        .console
+        .lines()
+        .find(|l| l.contains(LINUX_BALLOON))
+        .ok_or("Linux never bound its balloon driver to the VMM's device")?;
+    if !bound.contains("reporting=1") {
+        return Err(format!(
+            "Linux did not negotiate free page reporting: {bound}"
+        ));
+    }
+    let back = nested_reclaim(r).ok_or("the VM's workload never freed")?;
+    let nested = r
+        .log
+        .lines()
+        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
+        .unwrap_or("MEMSERVER: no nested line");
+    let said = format!(
+        "nested: {}; {nested}",
+        crate::timeline::Timeline::reclaim_line("the VM's workload freed", &back)
+    );
+    let ok = if run.reporting() {
+        back.fraction() >= FRACTION
+    } else {
+        back.fraction() <= CONTROL_MAX_FRACTION
+    };
+    if ok { Ok(said) } else { Err(said) }
 }
 
 /// Why run `run` of `img` did not show what it must; `Ok` with the lines
@@ -218,13 +363,27 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
         None => Err("no QMP balloon check".to_string()),
     };
     match run {
-        Sel4Run::LinuxVm | Sel4Run::SmokeVm => {
-            let text = if run == Sel4Run::LinuxVm {
-                &r.console
-            } else {
-                &r.log
-            };
-            let want: &[&str] = if run == Sel4Run::LinuxVm {
+        Sel4Run::HostileVm => {
+            said.push(hostile_vm_verdict(r)?);
+            if !r.observed.all_done(&guests)
+                || !r.observed.all_verified(&guests)
+                || r.reclaim.fraction() < VM_FRACTION
+            {
+                return Err(format!(
+                    "beside the hostile VM: guests done {:?}, verified {:?}, {:.0} % of what they freed came back",
+                    r.observed.done,
+                    r.observed.verified,
+                    100.0 * r.reclaim.fraction()
+                ));
+            }
+            said.push(format!(
+                "ok: the native guests ran, verified, and got {:.0} % back beside the hostile VM",
+                100.0 * r.reclaim.fraction()
+            ));
+        }
+        Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm => {
+            let text = if run.has_linux() { &r.console } else { &r.log };
+            let want: &[&str] = if run.has_linux() {
                 &[LINUX_FIRST, LINUX_USERSPACE, LINUX_DONE]
             } else {
                 &[SMOKE_PSCI, SMOKE_STOP]
@@ -234,13 +393,19 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
                     return Err(format!("the VM never said '{w}'"));
                 }
             }
-            if run == Sel4Run::LinuxVm {
+            if run.has_linux() {
+                said.push(nested_verdict(run, r)?);
                 let done = text
                     .lines()
                     .find(|l| l.contains(LINUX_DONE))
                     .unwrap_or_default();
                 if crate::qemu::field(done, "bad_pages") != Some(0) {
                     return Err(format!("the VM's workload lost data: {done}"));
+                }
+                // Idle Linux waits in WFI: the VMM must sleep the vCPU,
+                // not step over every WFI.
+                if !r.log.contains(VMM_WFI_SLEEP) {
+                    return Err("the VMM never slept the vCPU in a WFI (it spins)".to_string());
                 }
                 for (_, label) in LINUX_MARKS {
                     if let Some(m) = r.timeline.marks().iter().find(|m| m.label == label) {
@@ -255,10 +420,12 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
             // own RAM is not reported yet (nested reporting), and Linux
             // booting while the guests free raises QEMU's RSS in the same
             // window (93-94 % came back in every run here): 80 %.
-            if !r.observed.all_done(&guests)
-                || r.observed.freed == 0
-                || r.reclaim.fraction() < VM_FRACTION
-            {
+            let native_ok = if run.reporting() {
+                r.reclaim.fraction() >= VM_FRACTION
+            } else {
+                r.reclaim.fraction() <= CONTROL_MAX_FRACTION
+            };
+            if !r.observed.all_done(&guests) || r.observed.freed == 0 || !native_ok {
                 return Err(format!(
                     "beside the VM: guests done {:?}, {:.0} % of what they freed came back",
                     r.observed.done,
@@ -266,8 +433,13 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
                 ));
             }
             said.push(format!(
-                "ok: the VM ran ({}) and the native guests' memory came back ({:.0} %)",
+                "ok: the VM ran ({}) and the native guests' memory {} ({:.0} % back)",
                 run.name(),
+                if run.reporting() {
+                    "came back"
+                } else {
+                    "stayed with the host"
+                },
                 100.0 * r.reclaim.fraction()
             ));
         }

@@ -11,8 +11,10 @@ use crate::linux_guest::{self, Spec};
 use std::path::{Path, PathBuf};
 
 /// The Linux VM's kernel parameters for its workload (linux-workload):
-/// touch 128 MiB, hold them 3 s, free them, once.
-pub const WORKLOAD: &str = "workload.mib=128 workload.hold_ms=3000 workload.rounds=1";
+/// touch [`WORKLOAD_MIB`], hold them 3 s, free them, once.
+pub const WORKLOAD: &str = "workload.mib=160 workload.hold_ms=3000 workload.rounds=1";
+/// What the workload touches and frees, in MiB.
+pub const WORKLOAD_MIB: u64 = 160;
 
 /// QEMU virt's PL011, which the description may pass through to the VM.
 const PL011: u64 = 0x0900_0000;
@@ -75,7 +77,12 @@ pub fn tree(
         bootargs: bootargs.to_string(),
         initrd: Some((0, 0)),
         uart: plan.uart.map(|u| (u, PL011_SPI)),
-        virtio_mmio: Vec::new(),
+        // The VMM's virtio-balloon (nested reporting).
+        virtio_mmio: vec![(
+            sdf::check::VMM_BALLOON_MMIO,
+            vmm_virtio::mmio::WINDOW,
+            sdf::check::VMM_BALLOON_SPI,
+        )],
     };
     // The tree's size does not depend on the initramfs's address: lay out
     // with it, then write the addresses in.
@@ -139,6 +146,70 @@ pub fn prepare(
     Ok(Some(out_dir.to_path_buf()))
 }
 
+/// The hostile guest (`vmm/hostile-guest`, issue 14) built for the VM and
+/// flattened into `out_dir/guest.bin`, the raw guest the VMM then embeds
+/// (`VMM_GUEST_DIR`): its loadable segments at their offsets from the VM's
+/// RAM (where it is linked). Returns `out_dir`.
+pub fn hostile_guest(
+    workspace: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    ram_base: u64,
+) -> Result<PathBuf, String> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vm-hostile-guest",
+            "--target",
+            "aarch64-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building vm-hostile-guest: {status}"));
+    }
+    let elf_path = target_dir.join("aarch64-unknown-none/release/vm-hostile-guest");
+    let data = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*data)
+        .map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let e = elf.endian();
+    let mut flat = Vec::new();
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(e) != object::elf::PT_LOAD || ph.p_filesz(e) == 0 {
+            continue;
+        }
+        let at = ph
+            .p_paddr(e)
+            .checked_sub(ram_base)
+            .ok_or_else(|| format!("a segment below the VM's RAM at {:#x}", ph.p_paddr(e)))?
+            as usize;
+        let bytes = ph
+            .data(e, &*data)
+            .map_err(|()| "a segment past the file's end".to_string())?;
+        if flat.len() < at + bytes.len() {
+            flat.resize(at + bytes.len(), 0);
+        }
+        flat[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    if flat.is_empty() {
+        return Err(format!("{}: nothing to load", elf_path.display()));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let bin = out_dir.join("guest.bin");
+    // Unchanged, the file keeps its mtime, so the VMM is not rebuilt.
+    if std::fs::read(&bin).ok().as_deref() != Some(&flat[..]) {
+        std::fs::write(&bin, &flat).map_err(|e| format!("{}: {e}", bin.display()))?;
+    }
+    Ok(out_dir.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,49 +223,75 @@ mod tests {
         sdf::System::parse(&text).unwrap()
     }
 
-    /// Every element of `text` under `<system>`, each as one normalized
-    /// string (tag, sorted attributes, children; no comments or layout).
-    fn elements(text: &str) -> Vec<String> {
-        fn norm(n: roxmltree::Node<'_, '_>) -> String {
+    /// Every element of `text` under `<system>`, each as its normalized
+    /// head (tag, sorted attributes) and its children, each normalized whole
+    /// (no comments or layout).
+    fn elements(text: &str) -> Vec<(String, Vec<String>)> {
+        fn head(n: roxmltree::Node<'_, '_>) -> String {
             let mut attrs: Vec<String> = n
                 .attributes()
                 .map(|a| format!("{}={:?}", a.name(), a.value()))
                 .collect();
             attrs.sort();
+            format!("<{} {}>", n.tag_name().name(), attrs.join(" "))
+        }
+        fn norm(n: roxmltree::Node<'_, '_>) -> String {
             let kids: Vec<String> = n.children().filter(|c| c.is_element()).map(norm).collect();
-            format!(
-                "<{} {}>{}</>",
-                n.tag_name().name(),
-                attrs.join(" "),
-                kids.join("")
-            )
+            format!("{}{}</>", head(n), kids.join(""))
         }
         let doc = roxmltree::Document::parse(text).unwrap();
         doc.root_element()
             .children()
             .filter(|c| c.is_element())
-            .map(norm)
+            .map(|n| {
+                let kids = n.children().filter(|c| c.is_element()).map(norm).collect();
+                (head(n), kids)
+            })
             .collect()
     }
 
-    /// systems/linux-vm.xml is system.xml plus the VM: every region, PD and
-    /// channel of system.xml is in it unchanged, so the two cannot drift.
+    /// systems/linux-vm.xml is system.xml plus the VM, so the two cannot
+    /// drift: every region and channel of system.xml is in it unchanged,
+    /// every PD with the same attributes and children, and what is added
+    /// (elements, or children of a PD) is about the VM: its RAM, console,
+    /// GIC interface, the VMM, or the VMM's rings.
     #[test]
     fn the_linux_vm_description_is_system_xml_plus_the_vm() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let base = elements(&std::fs::read_to_string(format!("{root}/system.xml")).unwrap());
         let vm =
             elements(&std::fs::read_to_string(format!("{root}/systems/linux-vm.xml")).unwrap());
-        for e in &base {
-            assert!(vm.contains(e), "systems/linux-vm.xml lacks or changed: {e}");
-        }
-        let added: Vec<&String> = vm.iter().filter(|e| !base.contains(e)).collect();
-        assert!(
-            added.iter().all(|e| ["vm0_ram", "uart", "gicv", "vmm"]
+        let about_the_vm = |e: &str| {
+            ["vm0_ram", "uart", "gicv", "vmm", "vmm_req", "vmm_resp"]
                 .iter()
-                .any(|n| e.contains(&format!("name=\"{n}\"")))),
-            "{added:?}"
-        );
+                .any(|n| e.contains(&format!("=\"{n}\"")))
+        };
+        // Named elements (regions, PDs) match by head; the others (channels)
+        // whole.
+        let same = |(h, k): &(String, Vec<String>), (h2, k2): &(String, Vec<String>)| {
+            h == h2 && (h.contains("name=") || k == k2)
+        };
+        for (head, kids) in &base {
+            let Some((_, vm_kids)) = vm.iter().find(|e| same(e, &(head.clone(), kids.clone())))
+            else {
+                panic!("systems/linux-vm.xml lacks or changed: {head}");
+            };
+            for k in kids {
+                assert!(vm_kids.contains(k), "{head} lacks or changed {k}");
+            }
+            for k in vm_kids.iter().filter(|k| !kids.contains(k)) {
+                assert!(about_the_vm(k), "{head} gained {k}, not about the VM");
+            }
+        }
+        for (head, kids) in vm.iter().filter(|e| !base.iter().any(|b| same(b, e))) {
+            let whole = format!("{head}{}", kids.join(""));
+            assert!(about_the_vm(&whole), "added, not about the VM: {whole}");
+        }
+    }
+
+    #[test]
+    fn the_workload_frees_what_the_verdict_expects() {
+        assert!(WORKLOAD.contains(&format!("workload.mib={WORKLOAD_MIB} ")));
     }
 
     #[test]

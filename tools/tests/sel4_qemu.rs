@@ -60,7 +60,9 @@ fn build(
     let variant = match (run, other) {
         (_, Some(file)) => file.trim_end_matches(".xml"),
         (Sel4Run::Hostile, _) => "hostile",
-        (Sel4Run::LinuxVm | Sel4Run::SmokeVm, _) => run.name(),
+        (Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm, _) => {
+            run.name()
+        }
         _ => "system",
     };
     let description = match other {
@@ -81,7 +83,7 @@ fn build(
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let system = sel4::description(&description, run, &img_dir).unwrap();
     // The Linux VM's guest: Debian's packages (fetched once, checked).
-    let vm_guest = if run == Sel4Run::LinuxVm {
+    let vm_guest = if run.has_linux() {
         let sys = sdf::System::parse(&std::fs::read_to_string(&system).unwrap()).unwrap();
         tools::vm_guest::prepare(
             &sys,
@@ -91,6 +93,18 @@ fn build(
             &mut |l| eprintln!("guest: {l}"),
         )
         .unwrap_or_else(|e| panic!("the VM's guest: {e}"))
+    } else if run == Sel4Run::HostileVm {
+        let sys = sdf::System::parse(&std::fs::read_to_string(&system).unwrap()).unwrap();
+        let plan = tools::vm_guest::plan(&sys).unwrap().expect("a VM");
+        Some(
+            tools::vm_guest::hostile_guest(
+                &workspace(),
+                &tmp.join("vm-hostile-guest-build"),
+                &img_dir.join("vm-guest"),
+                plan.ram_base,
+            )
+            .unwrap_or_else(|e| panic!("the hostile VM guest: {e}")),
+        )
     } else {
         None
     };
@@ -178,6 +192,8 @@ sel4_tests! {
     aarch64_debug_vm_traps_where_expected: QemuVirtAarch64 Debug SmokeVm;
     aarch64_debug_linux_vm_boots_to_userspace: QemuVirtAarch64 Debug LinuxVm;
     aarch64_release_linux_vm_boots_to_userspace: QemuVirtAarch64 Release LinuxVm;
+    aarch64_release_linux_vm_control_keeps_memory: QemuVirtAarch64 Release LinuxVmControl;
+    aarch64_release_hostile_vm_is_refused_and_contained: QemuVirtAarch64 Release HostileVm;
 }
 
 /// Four guests, from the description alone (tools/systems/four-guests.xml):

@@ -8,9 +8,14 @@
 //! - [`mmio`]: the table of emulated windows, and the answer to an access
 //!   nothing emulates (the VM stops, with one line).
 //! - [`gic`]: the GICv2 distributor the guest programs.
+//! - [`idle`]: how long a WFI lets the vCPU sleep.
+//! - [`nested`]: the VM balloon's report chains as messages to the
+//!   memserver, and its answers back to chains.
 #![cfg_attr(not(test), no_std)]
 
 pub mod gic;
+pub mod idle;
 pub mod mmio;
+pub mod nested;
 pub mod psci;
 pub mod trap;

@@ -5,7 +5,12 @@
 //! `vmm::gic`, `vmm::mmio`).
 //!
 //! Emulated: the GICv2 distributor (trapped), PSCI over SMC, the virtual
-//! timer's PPI (VPPIEvent -> inject -> ack on EOI). Passed through: RAM,
+//! timer's PPI (VPPIEvent -> inject -> ack on EOI), WFI (the vCPU is
+//! suspended until the timer PD signals its timer's deadline or the VMM
+//! injects an interrupt: `vmm::idle`), and a virtio-balloon (virtio-mmio
+//! v2, `vmm_virtio`) whose free page reports go to the memserver and
+//! whose chains go back to Linux when the memserver answers (nested
+//! reporting, `vmm::nested`). Passed through: RAM,
 //! the PL011 console (its IRQ 33 re-injected), the GIC's virtual CPU
 //! interface. Anything else the guest touches stops that VM with one line;
 //! the other PDs keep running.
@@ -28,17 +33,25 @@ const LOG: pd::Log = pd::Log::new("VMM");
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod run {
     use super::{LOG, config, guest, vm_layout};
+    use memserver_api::{self as api, SLOT_SIZE, ToVmm};
     use pd::vm::{Child, Fault, FaultReply, UserContext};
     use pd::{ChannelSet, Handler};
+    use pd_ring::{Consumer, Producer};
     use vmm::gic::{self, Distributor, Inject};
+    use vmm::idle::{self, VirtualTimer, Wfi};
     use vmm::mmio::{Table, Unemulated};
+    use vmm::nested::Outstanding;
     use vmm::psci;
     use vmm::trap::{self, Access};
+    use vmm_virtio::GuestMemory;
+    use vmm_virtio::balloon::{Balloon, Event, QUEUES};
+    use vmm_virtio::mmio::{MmioTransport, WINDOW};
 
     /// What the table's windows are.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Dev {
         Gic,
+        Balloon,
     }
 
     /// The GICv2 distributor's guest-physical address (QEMU virt; the
@@ -54,6 +67,64 @@ mod run {
         table: Table<Dev, 4>,
         stopped: bool,
         traps: u64,
+        /// Set while the vCPU sleeps in a WFI: where it resumes.
+        asleep: Option<u64>,
+        /// WFIs that suspended the vCPU.
+        sleeps: u64,
+        /// The counter's rate (`CNTFRQ_EL0`).
+        freq: u64,
+        /// The VM's virtio-balloon.
+        balloon: MmioTransport<Balloon, QUEUES>,
+        /// Its report chains the memserver holds.
+        outstanding: Outstanding,
+        /// The rings to and from the memserver.
+        to_memserver: Producer<'static>,
+        from_memserver: Consumer<'static>,
+        /// Chains given back unsent (bad ranges, or the ring was full).
+        unsent: u64,
+        /// Device resets seen (each forgets the outstanding chains).
+        balloon_resets: u64,
+        /// Queue errors seen (each said once).
+        balloon_errors: u64,
+    }
+
+    /// The VM's RAM as the balloon device reads and writes it: through the
+    /// VMM's mapping, with volatile copies (the guest may change any byte
+    /// between two reads; nothing is read twice and trusted).
+    struct GuestRam;
+
+    impl GuestRam {
+        fn offset(gpa: u64, len: u64) -> Result<usize, vmm_virtio::OutOfRange> {
+            gpa.checked_sub(vm_layout::RAM_GPA)
+                .filter(|o| o.checked_add(len).is_some_and(|e| e <= vm_layout::RAM_SIZE))
+                .map(|o| o as usize)
+                .ok_or(vmm_virtio::OutOfRange { gpa, len })
+        }
+    }
+
+    impl GuestMemory for GuestRam {
+        fn contains(&self, gpa: u64, len: u64) -> bool {
+            GuestRam::offset(gpa, len).is_ok()
+        }
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), vmm_virtio::OutOfRange> {
+            let off = GuestRam::offset(gpa, buf.len() as u64)?;
+            let base = vm_layout::ram().get().as_ptr();
+            for (i, b) in buf.iter_mut().enumerate() {
+                // SAFETY: the VM's RAM is mapped rw into this PD for its
+                // whole life; off + i lies inside it (checked above).
+                *b = unsafe { base.add(off + i).read_volatile() };
+            }
+            Ok(())
+        }
+        fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), vmm_virtio::OutOfRange> {
+            let off = GuestRam::offset(gpa, buf.len() as u64)?;
+            let base = vm_layout::ram().get().as_ptr();
+            for (i, b) in buf.iter().enumerate() {
+                // SAFETY: as in `read`.
+                unsafe { base.add(off + i).write_volatile(*b) };
+            }
+            Ok(())
+        }
     }
 
     #[derive(Debug)]
@@ -116,10 +187,10 @@ mod run {
     /// Load the guest and start the vCPU: Linux as booting.rst says, or the
     /// smoke guest at the start of RAM.
     fn boot() -> Result<(), Error> {
-        let (pc, x0, end) = if guest::SMOKE {
+        let (pc, x0, end) = if guest::RAW {
             copy_in(vm_layout::RAM_GPA, guest::KERNEL)?;
             LOG.info(format_args!(
-                "VM '{}': smoke guest of {} bytes at {:#x}",
+                "VM '{}': raw guest of {} bytes at {:#x}",
                 vm_layout::VM_NAME,
                 guest::KERNEL.len(),
                 vm_layout::RAM_GPA
@@ -180,16 +251,74 @@ mod run {
         Ok(())
     }
 
+    /// The generic timer's physical counter, as this PD reads it at EL0
+    /// (seL4 lets EL0 read it, as the timer PD does).
+    mod counter {
+        use core::arch::asm;
+
+        pub fn freq() -> u64 {
+            let v: u64;
+            // SAFETY: reads a read-only system register readable at EL0;
+            // no memory, no side effects.
+            unsafe {
+                asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+            };
+            v
+        }
+
+        pub fn count() -> u64 {
+            let v: u64;
+            // SAFETY: as above; the isb keeps the read from being hoisted
+            // above what came before.
+            unsafe {
+                asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+            };
+            v
+        }
+    }
+
     pub fn init() -> Vmm {
         let mut table = Table::new();
         // Cannot fail: one window in an empty table.
         let _ = table.add(GICD, gic::SIZE, Dev::Gic);
+        // Cannot fail: the balloon's window does not overlap the GIC's.
+        let _ = table.add(vm_layout::BALLOON_MMIO, WINDOW, Dev::Balloon);
+        // SAFETY: the rings are mapped rw for the PD's lifetime (the
+        // description), and only this PD's producer/consumer ends use them.
+        let to_memserver = unsafe {
+            Producer::from_raw(
+                config::region::VMM_REQ.get().as_ptr(),
+                config::region::VMM_REQ.get().size as usize,
+                SLOT_SIZE,
+            )
+        }
+        .unwrap_or_else(|e| panic!("ring to the memserver: {e}"));
+        // SAFETY: as above.
+        let from_memserver = unsafe {
+            Consumer::from_raw(
+                config::region::VMM_RESP.get().as_ptr(),
+                config::region::VMM_RESP.get().size as usize,
+                SLOT_SIZE,
+            )
+        }
+        .unwrap_or_else(|e| panic!("ring from the memserver: {e}"));
         let mut vmm = Vmm {
             gic: Distributor::new(),
             table,
             stopped: false,
             traps: 0,
+            asleep: None,
+            sleeps: 0,
+            freq: counter::freq(),
+            balloon: MmioTransport::new(Balloon::new(true)),
+            outstanding: Outstanding::default(),
+            to_memserver,
+            from_memserver,
+            unsent: 0,
+            balloon_resets: 0,
+            balloon_errors: 0,
         };
+        vmm.from_memserver.request_signal();
         if let Err(e) = boot() {
             LOG.error(format_args!("VM '{}' not started: {e}", vm_layout::VM_NAME));
             vmm.stopped = true;
@@ -238,7 +367,7 @@ mod run {
                     )));
                 }
             };
-            let Some((Dev::Gic, off)) = self.table.lookup(addr) else {
+            let Some((dev, off)) = self.table.lookup(addr) else {
                 let line = Unemulated {
                     vm: vm_layout::VM_NAME,
                     addr,
@@ -250,6 +379,38 @@ mod run {
             };
             let mut ctx = registers()?;
             let reg = access.reg.and_then(UserContext::x_index);
+            if dev == Dev::Balloon {
+                if access.write {
+                    let v = reg.map_or(0, |r| ctx.regs[r]);
+                    self.balloon.write(
+                        off,
+                        access.size,
+                        access.store_value(v) as u32,
+                        &mut GuestRam,
+                    );
+                    if self.balloon.counters.resets != self.balloon_resets {
+                        self.balloon_resets = self.balloon.counters.resets;
+                        self.outstanding.forget_all();
+                    }
+                    if self.balloon.counters.queue_errors != self.balloon_errors {
+                        self.balloon_errors = self.balloon.counters.queue_errors;
+                        if let Some(e) = self.balloon.last_error {
+                            LOG.warn(format_args!(
+                                "VM '{}': balloon: {e}: the device needs a reset",
+                                vm_layout::VM_NAME
+                            ));
+                        }
+                    }
+                    self.balloon_events();
+                } else {
+                    let raw = self.balloon.read(off, access.size);
+                    if let Some(r) = reg {
+                        ctx.regs[r] = access.load_value(u64::from(raw));
+                    }
+                }
+                self.balloon_irq();
+                return step_over(ctx);
+            }
             if access.write {
                 let v = reg.map_or(0, |r| ctx.regs[r]);
                 let injections = self
@@ -279,8 +440,10 @@ mod run {
                 }
                 psci::Answer::Off => {
                     LOG.info(format_args!(
-                        "VM '{}' switched itself off (PSCI)",
-                        vm_layout::VM_NAME
+                        "VM '{}' switched itself off (PSCI) after {} traps, {} of them WFIs it slept in",
+                        vm_layout::VM_NAME,
+                        self.traps,
+                        self.sleeps
                     ));
                     Ok(self.suspend())
                 }
@@ -289,6 +452,173 @@ mod run {
                     vm_layout::VM_NAME
                 ))),
             }
+        }
+
+        /// A WFI: continue at once when the guest's timer is due, else
+        /// suspend the vCPU and have the timer PD signal the deadline
+        /// (`vmm::idle`); an injected interrupt wakes it earlier.
+        fn wfi(&mut self) -> Result<FaultReply, Error> {
+            let ctx = registers()?;
+            let reg = |r| {
+                pd::vm::read_vcpu_reg(vcpu(), r)
+                    .map_err(|e| Error::Sel4("reading the vCPU's timer", e))
+            };
+            let timer = VirtualTimer {
+                ctl: reg(pd::vm::vcpu_reg::CNTV_CTL)?,
+                cval: reg(pd::vm::vcpu_reg::CNTV_CVAL)?,
+                cntvoff: reg(pd::vm::vcpu_reg::CNTVOFF)?,
+            };
+            match idle::wfi(timer, counter::count(), self.freq) {
+                Wfi::Continue => step_over(ctx),
+                Wfi::Sleep { ns } => {
+                    if let Err(e) = timer::client::set_timeout(config::channel::TIMER, ns) {
+                        // Without a wake-up the vCPU must not sleep: spin.
+                        LOG.warn(format_args!(
+                            "no timeout for the WFI ({e}): stepping over it"
+                        ));
+                        return step_over(ctx);
+                    }
+                    pd::vm::stop(vcpu()).map_err(|e| Error::Sel4("suspending the vCPU", e))?;
+                    self.asleep = Some(ctx.regs[UserContext::PC] + 4);
+                    self.sleeps += 1;
+                    if self.sleeps == 1 {
+                        LOG.info(format_args!(
+                            "VM '{}': its vCPU sleeps in WFI until its timer's deadline or an interrupt",
+                            vm_layout::VM_NAME
+                        ));
+                    } else if self.sleeps.is_power_of_two() && self.sleeps >= 1024 {
+                        LOG.info(format_args!(
+                            "VM '{}': {} WFI sleeps in {} traps",
+                            vm_layout::VM_NAME,
+                            self.sleeps,
+                            self.traps
+                        ));
+                    }
+                    Ok(FaultReply::Stop)
+                }
+            }
+        }
+
+        /// Resume a vCPU asleep in a WFI, after it.
+        fn wake(&mut self) {
+            if let Some(pc) = self.asleep.take()
+                && let Err(e) = pd::vm::restart(vcpu(), pc)
+            {
+                let _ = self.stop(format_args!(
+                    "VM '{}' stopped: resuming the vCPU after a WFI: {e}",
+                    vm_layout::VM_NAME
+                ));
+            }
+        }
+
+        /// Raise the balloon's interrupt while its line is up.
+        fn balloon_irq(&mut self) {
+            if self.balloon.interrupt_pending() {
+                if let Some(inj) = self.gic.raise(vm_layout::BALLOON_IRQ) {
+                    self.inject(inj);
+                }
+                self.wake();
+            }
+        }
+
+        /// Give chain `head` of the reporting queue back to the guest.
+        fn give_back(&mut self, head: u16) {
+            let done = self.balloon.with_queues(&mut GuestRam, |dev, queues, mem| {
+                dev.complete_report(head, queues, mem)
+            });
+            if let Err(e) = done {
+                // The device needs a reset now (the guest broke its ring,
+                // or reset the device meanwhile): nothing to give back.
+                LOG.warn(format_args!("balloon: report {head} not given back: {e}"));
+            }
+        }
+
+        /// Pass on what the guest put on the balloon's queues: reports to
+        /// the memserver; the rest is counted by the device.
+        fn balloon_events(&mut self) {
+            let mut sent = false;
+            while let Some(ev) = self.balloon.device.take_event() {
+                let Event::Report { head, ranges } = ev else {
+                    continue;
+                };
+                let msg = match self.outstanding.send(
+                    head,
+                    &ranges,
+                    vm_layout::RAM_GPA,
+                    vm_layout::RAM_SIZE,
+                ) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.unsent += 1;
+                        LOG.warn(format_args!(
+                            "VM '{}': report {head} given back unsent: {e}",
+                            vm_layout::VM_NAME
+                        ));
+                        self.give_back(head);
+                        continue;
+                    }
+                };
+                let mut buf = [0u8; SLOT_SIZE];
+                let pushed = api::encode(&msg, &mut buf)
+                    .ok()
+                    .is_some_and(|b| self.to_memserver.push(b).is_ok());
+                if pushed {
+                    sent = true;
+                } else {
+                    // The memserver is not keeping up: Linux reports
+                    // these pages again later.
+                    self.outstanding.unsend(head);
+                    self.unsent += 1;
+                    self.give_back(head);
+                }
+            }
+            // Room for more events: what the guest left on the rings.
+            let _ = self
+                .balloon
+                .with_queues(&mut GuestRam, |dev, queues, mem| dev.resume(queues, mem));
+            if sent && self.to_memserver.needs_notify() {
+                config::channel::MEMSERVER.notify();
+            }
+        }
+
+        /// The memserver answered: give the chains back to the guest.
+        fn memserver_answers(&mut self) {
+            let mut buf = [0u8; SLOT_SIZE];
+            loop {
+                match self.from_memserver.pop(&mut buf) {
+                    Ok(Some(n)) => {
+                        let msg = match api::decode_to_vmm(&buf[..n]) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                LOG.warn(format_args!("memserver: a bad answer ({e})"));
+                                continue;
+                            }
+                        };
+                        if let ToVmm::Refused { id, reason } = &msg {
+                            LOG.warn(format_args!(
+                                "VM '{}': the memserver refused report {id:?}: {reason}",
+                                vm_layout::VM_NAME
+                            ));
+                        }
+                        if let Some(head) = self.outstanding.answer(&msg) {
+                            self.give_back(head);
+                        }
+                    }
+                    Ok(None) => {
+                        self.from_memserver.request_signal();
+                        if !matches!(self.from_memserver.is_empty(), Ok(false)) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        LOG.warn(format_args!("ring from the memserver: {e}"));
+                        break;
+                    }
+                }
+            }
+            // The guest may have offered more while the events were full.
+            self.balloon_events();
+            self.balloon_irq();
         }
 
         fn dispatch(&mut self, fault: Fault) -> Result<FaultReply, Error> {
@@ -302,9 +632,11 @@ mod run {
                 } => self.mmio(addr, fsr, ip),
                 Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::SMC64 => self.smc(),
                 Fault::VcpuFault { hsr } if trap::class(hsr) == trap::ec::WFX => {
-                    // WFI/WFE: continue after it. (The vCPU runs its idle
-                    // loop through traps until a timer-backed wait lands.)
-                    step_over(registers()?)
+                    if idle::is_wfe(hsr) {
+                        step_over(registers()?)
+                    } else {
+                        self.wfi()
+                    }
                 }
                 Fault::VppiEvent { irq } => {
                     if let Some(inj) = self.gic.raise(irq as u16) {
@@ -321,6 +653,8 @@ mod run {
                             }
                         }
                         Some(UART_IRQ) => config::irq::IRQ.irq_ack(),
+                        // Level-triggered: still up after the EOI, again.
+                        Some(vm_layout::BALLOON_IRQ) => self.balloon_irq(),
                         _ => {}
                     }
                     if let Some(inj) = next {
@@ -344,6 +678,15 @@ mod run {
                 if let Some(inj) = self.gic.raise(UART_IRQ) {
                     self.inject(inj);
                 }
+                self.wake();
+            }
+            if channels.contains(config::channel::MEMSERVER) && !self.stopped {
+                self.memserver_answers();
+            }
+            if channels.contains(config::channel::TIMER) && !self.stopped {
+                // The guest's timer deadline (or a stale timeout: a WFI
+                // may end early).
+                self.wake();
             }
             Ok(())
         }

@@ -517,7 +517,7 @@ mod sealed {
 }
 
 /// A protocol message: one of [`Request`], [`Response`], [`ToBalloon`],
-/// [`FromBalloon`].
+/// [`FromBalloon`], [`FromVmm`], [`ToVmm`].
 pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
     /// Checks the values postcard cannot (see the crate docs).
     fn check(&self) -> Result<(), RangeError>;
@@ -674,6 +674,155 @@ impl ToBalloon {
             reason: error.into(),
         }
     }
+}
+
+/// Ranges in one VM report: Linux's `PAGE_REPORTING_CAPACITY`.
+pub const VM_REPORT_RANGES: usize = 32;
+
+/// Pages of a VM's RAM: `pages` pages from page `page` of it (counted
+/// from the start of the VM's RAM, so the VMM never needs to know where
+/// the RAM is physically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRange {
+    /// First page, from the start of the VM's RAM.
+    pub page: u64,
+    /// Pages, at least 1.
+    pub pages: u64,
+}
+
+impl VmRange {
+    fn check(&self) -> Result<(), RangeError> {
+        // Both fit the physical address space, and so does their sum.
+        match self.page.checked_add(self.pages) {
+            Some(end) if end <= MAX_PFN + 1 => Ok(()),
+            _ => Err(RangeError::Pfn(self.page)),
+        }
+    }
+}
+
+/// VMM → memory server (nested reporting, issue 14).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromVmm {
+    /// The VM's OS reported these ranges of its RAM free (one chain of
+    /// its balloon's reporting queue). Answered by [`ToVmm::ReportDone`]
+    /// or [`ToVmm::Refused`] with the same `id`.
+    Report {
+        /// Chosen by the VMM; unique among its reports in flight.
+        id: u32,
+        /// 1..=[`VM_REPORT_RANGES`] ranges.
+        ranges: Vec<VmRange, VM_REPORT_RANGES>,
+    },
+}
+
+/// Memory server → VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToVmm {
+    /// Report `id` is done: the host has its pages (`ok`), or the device
+    /// failed it. Either way the VMM gives the buffers back to the guest.
+    ReportDone {
+        /// The report's id.
+        id: u32,
+        /// Whether every range reached the host.
+        ok: bool,
+    },
+    /// Report `id` was refused whole; nothing of it was taken. `None` when
+    /// the message was too damaged to read its id.
+    Refused {
+        /// The report's id.
+        id: Option<u32>,
+        /// Why.
+        reason: VmRefuse,
+    },
+}
+
+/// Why the memory server refused a VM's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmRefuse {
+    /// The message did not decode.
+    Malformed,
+    /// Another protocol version.
+    UnsupportedVersion,
+    /// No ranges, or more than [`VM_REPORT_RANGES`].
+    BadLength,
+    /// A range of no pages.
+    Empty,
+    /// A range (partly) outside the VM's RAM.
+    OutsideRam,
+    /// A range overlapping another of the report or one in flight.
+    Overlap,
+    /// A range cutting into more blocks than a report may carry.
+    TooFragmented,
+    /// Too many reports of this VM in flight.
+    Busy,
+    /// A report with this id is in flight.
+    DuplicateId,
+    /// The outer device does not take reports (no REPORTING, or the
+    /// memserver runs with reporting off).
+    NoReporting,
+}
+
+impl fmt::Display for VmRefuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "malformed message",
+            Self::UnsupportedVersion => "unsupported protocol version",
+            Self::BadLength => "no ranges or too many",
+            Self::Empty => "an empty range",
+            Self::OutsideRam => "a range outside the VM's RAM",
+            Self::Overlap => "a range overlapping one in flight",
+            Self::TooFragmented => "a range cut into too many blocks",
+            Self::Busy => "too many reports in flight",
+            Self::DuplicateId => "a report id already in flight",
+            Self::NoReporting => "the outer device takes no reports",
+        })
+    }
+}
+
+impl From<DecodeError> for VmRefuse {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::UnsupportedVersion(_) => Self::UnsupportedVersion,
+            _ => Self::Malformed,
+        }
+    }
+}
+
+impl sealed::Sealed for FromVmm {}
+impl Message for FromVmm {
+    fn check(&self) -> Result<(), RangeError> {
+        match self {
+            Self::Report { ranges, .. } => ranges.iter().try_for_each(VmRange::check),
+        }
+    }
+}
+
+impl sealed::Sealed for ToVmm {}
+impl Message for ToVmm {
+    fn check(&self) -> Result<(), RangeError> {
+        Ok(())
+    }
+}
+
+impl ToVmm {
+    /// The refusal of a VMM message that failed to decode with `error`,
+    /// naming its id when it is readable (the first field after the
+    /// variant).
+    pub fn refuse_malformed(bytes: &[u8], error: DecodeError) -> Self {
+        Self::Refused {
+            id: leading_id(bytes, true),
+            reason: error.into(),
+        }
+    }
+}
+
+/// [`decode`] for a VMM → memory server message.
+pub fn decode_from_vmm(bytes: &[u8]) -> Result<FromVmm, DecodeError> {
+    decode(bytes)
+}
+
+/// [`decode`] for a memory server → VMM message.
+pub fn decode_to_vmm(bytes: &[u8]) -> Result<ToVmm, DecodeError> {
+    decode(bytes)
 }
 
 #[cfg(test)]

@@ -519,3 +519,59 @@ fn errors_display() {
     assert_eq!(Block { pfn: 0, order: 10 }.pages(), 1024);
     assert_eq!(Block { pfn: 0, order: 200 }.pages(), u64::MAX);
 }
+
+/// The largest VM report fits a slot, round-trips, and a range past the
+/// address space is refused on both sides.
+#[test]
+fn vm_reports_fit_and_round_trip() {
+    let mut buf = [0u8; SLOT_SIZE];
+    let big = VmRange {
+        page: MAX_PFN / 2,
+        pages: MAX_PFN / 2,
+    };
+    let msg = FromVmm::Report {
+        id: u32::MAX,
+        ranges: core::iter::repeat_n(big, VM_REPORT_RANGES).collect(),
+    };
+    let bytes = encode(&msg, &mut buf).unwrap().to_vec();
+    std::println!("largest VM report: {} bytes", bytes.len());
+    assert_eq!(decode_from_vmm(&bytes), Ok(msg));
+    let past = FromVmm::Report {
+        id: 7,
+        ranges: core::iter::once(VmRange {
+            page: MAX_PFN,
+            pages: 2,
+        })
+        .collect(),
+    };
+    assert_eq!(
+        encode(&past, &mut buf),
+        Err(EncodeError::OutOfRange(RangeError::Pfn(MAX_PFN)))
+    );
+    // Hand-made, as a hostile VMM would send it: refused with its id.
+    let mut raw = [0u8; 64];
+    let n = postcard::to_slice(&past, &mut raw[1..]).unwrap().len();
+    raw[0] = VERSION;
+    let e = decode_from_vmm(&raw[..1 + n]).unwrap_err();
+    assert_eq!(e, DecodeError::OutOfRange(RangeError::Pfn(MAX_PFN)));
+    assert_eq!(
+        ToVmm::refuse_malformed(&raw[..1 + n], e),
+        ToVmm::Refused {
+            id: Some(7),
+            reason: VmRefuse::Malformed
+        }
+    );
+    for m in [
+        ToVmm::ReportDone {
+            id: u32::MAX,
+            ok: true,
+        },
+        ToVmm::Refused {
+            id: None,
+            reason: VmRefuse::NoReporting,
+        },
+    ] {
+        let b = encode(&m, &mut buf).unwrap().to_vec();
+        assert_eq!(decode_to_vmm(&b), Ok(m));
+    }
+}

@@ -7,7 +7,9 @@ mod config {
 }
 
 use config::{channel, irq, region};
-use pd::{Channel, ChannelSet, Handler, MessageInfo, handler::Never};
+use pd::{
+    Channel, ChannelSet, DeferredAction, DeferredActionSlot, Handler, MessageInfo, handler::Never,
+};
 
 const LOG: pd::Log = pd::Log::new("PONG");
 
@@ -16,6 +18,8 @@ struct Pong {
     out: *mut u64,
     rounds: u64,
     irqs: u64,
+    /// The notify to ping, sent with the next receive.
+    deferred: DeferredActionSlot,
 }
 
 impl Handler for Pong {
@@ -36,7 +40,7 @@ impl Handler for Pong {
             unsafe { self.out.write_volatile(round.wrapping_mul(2)) };
             self.rounds += 1;
             // Deferred: goes out with the next receive (NBSendRecv on seL4).
-            if channel::PING.defer_notify().is_err() {
+            if self.deferred.defer_notify(channel::PING).is_err() {
                 channel::PING.notify();
             }
         }
@@ -51,6 +55,10 @@ impl Handler for Pong {
         LOG.info(format_args!("ppc after {} rounds", self.rounds));
         Ok(MessageInfo::new(0, 1))
     }
+
+    fn take_deferred_action(&mut self) -> Option<DeferredAction> {
+        self.deferred.take()
+    }
 }
 
 fn init() -> Pong {
@@ -60,6 +68,7 @@ fn init() -> Pong {
         out: region::PONG_TO_PING.get().as_ptr().cast(),
         rounds: 0,
         irqs: 0,
+        deferred: DeferredActionSlot::new(),
     }
 }
 

@@ -2,10 +2,9 @@
 //! x86_64. Every number here is from DESIGN §4 (verified by booting) and
 //! libmicrokit (`microkit.h`, `main.c`).
 
-use crate::channel::{
-    DEFER_ID_MASK, DEFER_IRQ_ACK, DEFER_MONITOR, DEFER_NOTIFY, set_deferred, take_deferred,
-};
-use crate::{Channel, ChannelSet, Handler, MessageInfo, PhysAddr, Region, RegionDecl};
+use crate::channel::{Channel, ChannelSet, MAX_CHANNELS, MSG_MAX_LENGTH, MessageInfo};
+use crate::defer::{DeferredAction, DeferredActionInterface};
+use crate::{Handler, PhysAddr, Region, RegionDecl};
 use core::cell::UnsafeCell;
 use core::fmt;
 
@@ -179,7 +178,7 @@ fn syscall(sys: i64, x0: u64, info: u64, reply: u64, dest: u64) -> (u64, u64) {
 }
 
 fn allowed(mask: u64, ch: usize) -> bool {
-    ch < crate::MAX_CHANNELS && mask & (1 << ch) != 0
+    ch < MAX_CHANNELS && mask & (1 << ch) != 0
 }
 
 fn invalid(what: &str, ch: usize) {
@@ -230,12 +229,21 @@ pub(crate) mod sys {
         MessageInfo::from_raw(out)
     }
 
+    /// Message register `i`, 0 past [`MSG_MAX_LENGTH`] (as `crate::get_mr`,
+    /// which calls this; the vCPU invocations call it directly).
     pub(crate) fn get_mr(i: usize) -> u64 {
-        // SAFETY: i < MSG_MAX_LENGTH (checked by the caller): inside the IPC buffer.
+        if i >= MSG_MAX_LENGTH {
+            return 0;
+        }
+        // SAFETY: i < MSG_MAX_LENGTH (checked above): inside the IPC buffer.
         unsafe { ipc_mr(i).read_volatile() }
     }
 
+    /// Set message register `i`; ignored past [`MSG_MAX_LENGTH`].
     pub(crate) fn set_mr(i: usize, v: u64) {
+        if i >= MSG_MAX_LENGTH {
+            return;
+        }
         // SAFETY: as in get_mr.
         unsafe { ipc_mr(i).write_volatile(v) }
     }
@@ -317,11 +325,12 @@ pub(crate) fn port_io(
     op: crate::channel::PortOp,
     port: u16,
     value: u32,
-) -> Result<u32, crate::IoPortError> {
+) -> Result<u32, crate::channel::IoPortError> {
+    use crate::channel::{IoPortError, PortOp};
     if id >= 64 || microkit_ioports.get() & (1 << id) == 0 {
-        return Err(crate::IoPortError::NotGranted);
+        return Err(IoPortError::NotGranted);
     }
-    let write = op as u64 >= crate::channel::PortOp::Out8 as u64;
+    let write = op as u64 >= PortOp::Out8 as u64;
     sys::set_mr(0, u64::from(port));
     sys::set_mr(1, u64::from(value));
     let info = MessageInfo::new(IOPORT_IN8_LABEL + op as u64, if write { 2 } else { 1 });
@@ -329,7 +338,7 @@ pub(crate) fn port_io(
     match MessageInfo::from_raw(out).label() {
         0 if write => Ok(0),
         0 => Ok(sys::get_mr(0) as u32),
-        e => Err(crate::IoPortError::Kernel(e)),
+        e => Err(IoPortError::Kernel(e)),
     }
 }
 
@@ -345,14 +354,16 @@ fn pd_name() -> &'static str {
 /// PPC, ReplyRecv with the reply cap; with a deferred signal, NBSendRecv.
 pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     let mut handler = init();
+    // The run loop's own deferred signal: a passive PD tells the monitor it
+    // is ready (the monitor then moves its scheduling context away),
+    // combined with the first Recv. A signal deferred by init goes out now
+    // so it is not lost.
+    let mut tell_monitor = false;
     if microkit_passive.get() != 0 {
-        // A passive PD tells the monitor it is ready (the monitor then moves
-        // its scheduling context away), combined with the first Recv. A
-        // signal deferred by init goes out now so it is not lost.
-        if let d @ 1.. = take_deferred() {
-            perform_now(d);
+        if let Some(a) = handler.take_deferred_action() {
+            perform_now(a);
         }
-        let _ = set_deferred(DEFER_MONITOR);
+        tell_monitor = true;
     }
     // seL4 issue 1536: acknowledge every IRQ once we are about to wait, as
     // libmicrokit does.
@@ -366,13 +377,17 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
     loop {
         let (badge, info) = match reply.take() {
             Some(r) => syscall(SYS_REPLY_RECV, INPUT_CAP, r.into_raw(), REPLY_CAP, 0),
-            None => match take_deferred() {
-                0 => syscall(SYS_RECV, INPUT_CAP, 0, REPLY_CAP, 0),
-                d => {
-                    let (dest, msg) = deferred_target(d);
-                    syscall(SYS_NB_SEND_RECV, INPUT_CAP, msg, REPLY_CAP, dest)
+            None => {
+                let deferred = if core::mem::take(&mut tell_monitor) {
+                    Some((MONITOR_EP, 0))
+                } else {
+                    handler.take_deferred_action().map(deferred_target)
+                };
+                match deferred {
+                    None => syscall(SYS_RECV, INPUT_CAP, 0, REPLY_CAP, 0),
+                    Some((dest, msg)) => syscall(SYS_NB_SEND_RECV, INPUT_CAP, msg, REPLY_CAP, dest),
                 }
-            },
+            }
         };
         let info = MessageInfo::from_raw(info);
         if badge >> 63 != 0 {
@@ -402,26 +417,22 @@ pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
 }
 
 /// The cap and message of a deferred action for NBSendRecv.
-fn deferred_target(d: u64) -> (u64, u64) {
-    let id = d & DEFER_ID_MASK;
-    if d & DEFER_NOTIFY != 0 {
-        (BASE_OUTPUT_NOTIFICATION_CAP + id, 0)
-    } else if d & DEFER_IRQ_ACK != 0 {
-        (
+fn deferred_target(a: DeferredAction) -> (u64, u64) {
+    let id = a.channel().index() as u64 & 0xff;
+    match a.interface() {
+        DeferredActionInterface::Notify => (BASE_OUTPUT_NOTIFICATION_CAP + id, 0),
+        DeferredActionInterface::IrqAck => (
             BASE_IRQ_CAP + id,
             MessageInfo::new(IRQ_ACK_LABEL, 0).into_raw(),
-        )
-    } else {
-        (MONITOR_EP, 0)
+        ),
     }
 }
 
-fn perform_now(d: u64) {
-    let id = (d & DEFER_ID_MASK) as usize;
-    if d & DEFER_NOTIFY != 0 {
-        sys::notify(id)
-    } else if d & DEFER_IRQ_ACK != 0 {
-        sys::irq_ack(id)
+fn perform_now(a: DeferredAction) {
+    let id = a.channel().index() & 0xff;
+    match a.interface() {
+        DeferredActionInterface::Notify => sys::notify(id),
+        DeferredActionInterface::IrqAck => sys::irq_ack(id),
     }
 }
 

@@ -3,8 +3,9 @@
 //! SDK of the config being built (`super::label`); a kernel error is
 //! returned as its seL4 error code, never a panic.
 
+use super::sys::{get_mr, set_mr};
 use super::{SYS_CALL, label, syscall};
-use crate::MessageInfo;
+use crate::channel::MessageInfo;
 use crate::vm::{Child, USER_CONTEXT_WORDS, UserContext};
 
 /// The VMM's capabilities (Microkit 2.3.0): each vCPU's TCB and VCPU
@@ -25,7 +26,7 @@ impl core::fmt::Display for Sel4Error {
 
 fn invoke(cap: u64, label: u64, mrs: &[u64]) -> Result<(), Sel4Error> {
     for (i, v) in mrs.iter().enumerate() {
-        crate::set_mr(i, *v);
+        set_mr(i, *v);
     }
     let info = MessageInfo::new(label, mrs.len());
     let (_, out) = syscall(SYS_CALL, cap, info.into_raw(), 0, 0);
@@ -63,17 +64,17 @@ pub fn read_registers(c: Child) -> Result<UserContext, Sel4Error> {
     )?;
     let mut ctx = UserContext::default();
     for (i, r) in ctx.regs.iter_mut().enumerate() {
-        *r = crate::get_mr(i);
+        *r = get_mr(i);
     }
     Ok(ctx)
 }
 
-/// Start the vCPU at `pc` with every other register zero
-/// (`microkit_vcpu_restart`).
+/// Start the vCPU at `pc`, its other registers as they are
+/// (`microkit_vcpu_restart`: one register written, the PC, first in
+/// `seL4_UserContext`).
 pub fn restart(c: Child, pc: u64) -> Result<(), Sel4Error> {
-    let mut ctx = UserContext::default();
-    ctx.regs[UserContext::PC] = pc;
-    write_registers(c, &ctx, true)
+    // resume_target | arch_flags << 8, count, then the registers.
+    invoke(tcb(c), label::TCBWRITEREGISTERS, &[1, 1, pc])
 }
 
 /// Stop the vCPU (`microkit_vcpu_stop`).
@@ -98,7 +99,7 @@ pub fn ack_vppi(c: Child, irq: u64) -> Result<(), Sel4Error> {
 /// Read the vCPU's system register `reg` (`seL4_VCPUReg`).
 pub fn read_vcpu_reg(c: Child, reg: u64) -> Result<u64, Sel4Error> {
     invoke(vcpu(c), label::ARMVCPUREADREG, &[reg])?;
-    Ok(crate::get_mr(0))
+    Ok(get_mr(0))
 }
 
 /// Write the vCPU's system register `reg`.

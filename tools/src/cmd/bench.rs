@@ -32,6 +32,9 @@ pub enum Part {
     /// The reporting policies side by side (tools::policy_bench), on two
     /// 1 GiB guests (tools/systems/host-2x1g.xml).
     Policy,
+    /// Linux in a VM on seL4 beside Linux directly under QEMU, the same
+    /// workload (tools::nested_bench); needs `MICROKIT_SDK`.
+    Nested,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +73,7 @@ pub fn main(args: Args) -> ExitCode {
     let started = Instant::now();
     let mut r = Results::default();
     let mut policies = None;
+    let mut nested = None;
     for part in &parts {
         let res = match part {
             Part::Alloc => alloc(&args, &mut r),
@@ -77,13 +81,20 @@ pub fn main(args: Args) -> ExitCode {
             Part::Reclaim => reclaim(&args, &mut r),
             Part::Qemu => in_qemu(&mut r),
             Part::Policy => policy(&args).map(|c| policies = Some(c)),
+            Part::Nested => nested_vs_direct(&args).map(|c| nested = Some(c)),
         };
         if let Err(e) = res {
             eprintln!("bench: {part:?}: {e}");
             r.errors.push(format!("{part:?}: {e}"));
         }
     }
-    match write(&args, &r, policies.as_ref(), started.elapsed()) {
+    match write(
+        &args,
+        &r,
+        policies.as_ref(),
+        nested.as_ref(),
+        started.elapsed(),
+    ) {
         Ok(()) if r.errors.is_empty() => ExitCode::SUCCESS,
         Ok(()) => ExitCode::from(1),
         Err(e) => {
@@ -329,6 +340,23 @@ fn finish(failures: Vec<String>) -> Result<(), String> {
     }
 }
 
+/// Nested against direct, `--runs` runs of each (default 3).
+fn nested_vs_direct(args: &Args) -> Result<tools::nested_bench::Comparison, String> {
+    let sdk = image::sdk_from_env().map_err(|e| e.to_string())?;
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let out = target_dir().join("bench").join("nested");
+    let c = tools::nested_bench::run(&sdk, &workspace(), &out, runs, &mut |l| {
+        eprintln!("bench: {l}")
+    })?;
+    let problems = c.problems();
+    if problems.is_empty() {
+        Ok(c)
+    } else {
+        eprintln!("{}", c.markdown());
+        Err(format!("nested runs had problems: {problems:?}"))
+    }
+}
+
 /// Both policies on the 2 x 1 GiB description, the PDs built from it into
 /// their own target directory (the layout is generated at build time).
 fn policy(args: &Args) -> Result<tools::policy_bench::Comparison, String> {
@@ -352,6 +380,7 @@ fn write(
     args: &Args,
     r: &Results,
     policies: Option<&tools::policy_bench::Comparison>,
+    nested: Option<&tools::nested_bench::Comparison>,
     took: Duration,
 ) -> Result<(), String> {
     let out: &Path = &args.out;
@@ -365,6 +394,10 @@ fn write(
     );
     let mut md = format!("{header}{}", r.markdown());
     if let Some(c) = policies {
+        md.push('\n');
+        md.push_str(&c.markdown());
+    }
+    if let Some(c) = nested {
         md.push('\n');
         md.push_str(&c.markdown());
     }

@@ -86,22 +86,29 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
-/// The Linux VM's workload finished (linux-workload's `phase=done`).
-const LINUX_DONE: &str = "WORKLOAD|INFO: phase=done";
-
-fn img_has_vm(img: &tools::image::Image) -> Result<bool, String> {
-    let text = std::fs::read_to_string(&img.board_sdf).map_err(|e| e.to_string())?;
-    let sys = sdf::System::parse(&text).map_err(|e| e.to_string())?;
+fn has_vm(system: &std::path::Path) -> Result<bool, String> {
+    let text = std::fs::read_to_string(system).map_err(|e| format!("{}: {e}", system.display()))?;
+    let sys = sdf::System::parse(&text).map_err(|e| format!("{}:{e}", system.display()))?;
     Ok(tools::vm_guest::plan(&sys)?.is_some())
 }
 
 fn run(args: Args, board: Board) -> Result<ExitCode, String> {
-    let run = if args.hostile {
-        Sel4Run::Hostile
-    } else if args.no_reporting {
-        Sel4Run::Control
-    } else {
-        Sel4Run::Reporting
+    let vm = has_vm(&super::image::system_or_default(args.system.clone()))?;
+    // A description with a VM runs Linux in it (nested reporting), or the
+    // smoke guest; the verdict follows.
+    let run = match (vm, args.smoke_vm, args.hostile, args.no_reporting) {
+        (true, _, true, _) => {
+            return Err(
+                "--hostile replaces a native guest of system.xml; it does not run with a VM's description"
+                    .into(),
+            );
+        }
+        (true, true, _, _) => Sel4Run::SmokeVm,
+        (true, false, _, true) => Sel4Run::LinuxVmControl,
+        (true, false, _, false) => Sel4Run::LinuxVm,
+        (false, _, true, _) => Sel4Run::Hostile,
+        (false, _, false, true) => Sel4Run::Control,
+        (false, _, false, false) => Sel4Run::Reporting,
     };
     let out = args.out.clone().unwrap_or_else(|| {
         let variant = if args.hostile { "-hostile" } else { "" };
@@ -123,10 +130,6 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
         modern_mmio: args.modern_mmio,
         ..b
     });
-    if img_has_vm(&img)? && !args.smoke_vm {
-        // Linux in the VM: wait for its workload as for the native guests.
-        cfg.done_lines.push(LINUX_DONE.to_string());
-    }
     if let Some(mib) = args.balloon_mib {
         cfg.balloon_target = Some(mib << 20);
     }

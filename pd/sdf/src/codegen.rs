@@ -214,6 +214,20 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
             ),
         )?;
     }
+    let all: Vec<String> = pd
+        .setvars
+        .iter()
+        .map(|sv| format!("&{}", const_name(&sv.symbol)))
+        .collect();
+    paddr.item(
+        "ALL".into(),
+        "Every physical address above, in the description's order.",
+        &format!(
+            "pub static {{NAME}}: [&::pd::PhysAddr; {}] = [{}];",
+            all.len(),
+            all.join(", ")
+        ),
+    )?;
 
     let mut region = Module::new("region");
     let mut seen_mr = std::collections::BTreeMap::<&str, usize>::new();

@@ -94,6 +94,14 @@ pub const VMM_EMULATED: [(&str, u64, u64); 2] = [
     ("the VMM's virtio-mmio devices", 0x0a00_0000, 0x4000),
 ];
 
+/// The virtio-balloon device the VMM emulates for its VM (nested
+/// reporting): its virtio-mmio window, inside the VMM's window above, and
+/// its interrupt, an SPI (IRQ 32 + this). The VM's device tree says the
+/// same (`tools::vm_guest`); the VMM builds with these (`vmm/build.rs`).
+pub const VMM_BALLOON_MMIO: u64 = 0x0a00_0000;
+/// See [`VMM_BALLOON_MMIO`].
+pub const VMM_BALLOON_SPI: u32 = 16;
+
 /// Microkit's child ids (and so vCPU ids) are below 64.
 pub const MAX_CHILD_ID: u64 = 63;
 
