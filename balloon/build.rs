@@ -12,6 +12,10 @@ fn main() {
     if let Err(e) = sdf::build::pd(&xml, "balloon") {
         panic!("{e}");
     }
+    // The guests' RAM: the only frames it lets go to the device.
+    if let Err(e) = sdf::build::guests(&xml, "balloon") {
+        panic!("{e}");
+    }
     // Which <ioport> is PCI configuration space is told by its address, not
     // by its id (the x86_64 rewrite picks the first free id).
     let text = std::fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{}: {e}", xml.display()));

@@ -13,6 +13,10 @@ fn main() {
     if let Err(e) = sdf::build::pd(&xml, "memserver") {
         panic!("{e}");
     }
+    // Its zones and client ports: one per guest of the description.
+    if let Err(e) = sdf::build::guests(&xml, "memserver") {
+        panic!("{e}");
+    }
     let text = std::fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{}: {e}", xml.display()));
     let sys = sdf::System::parse(&text).unwrap_or_else(|e| panic!("{}:{e}", xml.display()));
     let to_vmm = sys.channels.iter().any(|c| {

@@ -14,6 +14,10 @@ fn main() {
     if let Err(e) = sdf::build::pd(&xml, "timer") {
         panic!("{e}");
     }
+    // Its clients: the memserver, the balloon and every guest.
+    if let Err(e) = sdf::build::guests(&xml, "timer") {
+        panic!("{e}");
+    }
     // The generated module names the region after its memory_region; which
     // one is the HPET is told by its physical address, not by a name.
     let text = std::fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{}: {e}", xml.display()));

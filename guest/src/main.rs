@@ -167,7 +167,7 @@ fn params_text(_: &Layout) -> Option<(&'static str, &'static str)> {
 fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Guest, ()> {
     let text = params_text(layout);
     let params = match &text {
-        None => Params::default(),
+        None => Params::default_for(layout.ram.get().size),
         Some((var, t)) => {
             Params::parse(t).map_err(|e| log.error(format_args!("bad {var}=\"{t}\": {e}")))?
         }

@@ -212,6 +212,20 @@ impl Params {
         Ok(p)
     }
 
+    /// The defaults for a guest with `ram_bytes` of RAM (Microkit and the
+    /// bare platform, where nothing passes parameters): `mib` lowered, when
+    /// the default does not fit, to three quarters of the RAM less the live
+    /// set, in whole 4 MiB blocks, so a description with small guests runs.
+    pub fn default_for(ram_bytes: u64) -> Params {
+        let d = Params::default();
+        if d.check_fits(ram_bytes).is_ok() {
+            return d;
+        }
+        let ram_mib = ram_bytes / crate::MIB;
+        let mib = ((ram_mib * 3 / 4).saturating_sub(d.live_mib) / 4 * 4).max(1);
+        Params { mib, ..d }
+    }
+
     /// Refuse parameters whose memory does not fit `ram_bytes`.
     pub fn check_fits(&self, ram_bytes: u64) -> Result<(), ParamError<'static>> {
         let need_mib = self.mib + self.live_mib;
@@ -243,6 +257,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::string::ToString;
+
+    #[test]
+    fn the_defaults_fit_a_small_guest() {
+        assert_eq!(Params::default_for(512 * crate::MIB), Params::default());
+        let p = Params::default_for(64 * crate::MIB);
+        assert_eq!(p.mib, 40);
+        assert!(p.check_fits(64 * crate::MIB).is_ok());
+    }
 
     #[test]
     fn defaults_and_overrides() {

@@ -10,42 +10,35 @@
 
 mod config {
     pd::config!("memserver");
+    /// The guests, however many the description has (`sdf::guests`).
+    pub mod guests {
+        include!(concat!(env!("OUT_DIR"), "/guests_memserver.rs"));
+    }
 }
 
-use config::{channel, paddr, region};
+#[cfg(has_vmm)]
+use config::paddr;
+use config::{channel, guests, region};
 use core::fmt;
 use memserver::server::{BalloonPort, ClientPort, Server, Wake};
 use memserver::{
     BYTES_PER_PAGE, MemCore, ReportingState, Tunables, ZoneId, ZoneSpec, metadata_bytes,
 };
 use memserver_api::SLOT_SIZE;
-use pd::{Channel, ChannelSet, Handler, Region};
+use pd::{ChannelSet, Handler, Region};
 use pd_ring::{Consumer, Producer};
 
 const LOG: pd::Log = pd::Log::new("MEMSERVER");
 
-/// The guests, in zone order: the channel to each, its rings, its RAM.
-const GUESTS: [(Channel, &pd::RegionDecl, &pd::RegionDecl, &pd::PhysAddr); 2] = [
-    (
-        channel::GUEST0,
-        &region::GUEST0_REQ,
-        &region::GUEST0_RESP,
-        &paddr::GUEST0_RAM_PADDR,
-    ),
-    (
-        channel::GUEST1,
-        &region::GUEST1_REQ,
-        &region::GUEST1_RESP,
-        &paddr::GUEST1_RAM_PADDR,
-    ),
-];
+// One zone and one client port per guest: the client mask is a u32.
+const _: () = assert!(guests::COUNT <= memserver::server::MAX_CLIENTS && guests::COUNT <= 32);
 
 /// Managed pages: the guests' RAM, sized by system.xml.
 const PAGES: usize = {
     let mut pages = 0;
     let mut i = 0;
-    while i < GUESTS.len() {
-        pages += (GUESTS[i].3.size / 4096) as usize;
+    while i < guests::COUNT {
+        pages += (guests::RAM_PADDR[i].size / 4096) as usize;
         i += 1;
     }
     pages
@@ -112,9 +105,9 @@ impl MemServer {
         if wake.vmm {
             channel::VMM.notify();
         }
-        for (i, g) in GUESTS.iter().enumerate() {
+        for (i, ch) in guests::CHANNEL.iter().enumerate() {
             if wake.clients & (1 << i) != 0 {
-                g.0.notify();
+                ch.notify();
             }
         }
     }
@@ -236,8 +229,8 @@ impl Handler for MemServer {
         if channels.contains(channel::VMM) {
             self.server.vmm_notified();
         }
-        for (i, g) in GUESTS.iter().enumerate() {
-            if channels.contains(g.0) {
+        for (i, ch) in guests::CHANNEL.iter().enumerate() {
+            if channels.contains(*ch) {
                 self.server.client_notified(i);
             }
         }
@@ -288,18 +281,19 @@ fn init() -> MemServer {
         base_pfn: 0,
         pages: 0,
         owner: 0,
-    }; GUESTS.len()];
-    for (i, g) in GUESTS.iter().enumerate() {
-        let base = g.3.get();
+    }; guests::COUNT];
+    for (i, ram) in guests::RAM_PADDR.iter().enumerate() {
+        let base = ram.get();
         zones[i] = ZoneSpec {
             base_pfn: base >> 12,
-            pages: (g.3.size >> 12) as u32,
+            pages: (ram.size >> 12) as u32,
             owner: i as u32,
         };
         LOG.info(format_args!(
-            "zone {i}: {} at {base:#x}, {} MiB",
-            g.3.region,
-            g.3.size >> 20
+            "zone {i}: {} of {} at {base:#x}, {} MiB",
+            ram.region,
+            guests::NAMES[i],
+            ram.size >> 20
         ));
     }
     let tunables = tunables();
@@ -324,11 +318,11 @@ fn init() -> MemServer {
         )),
         None => LOG.info(format_args!("reporting: off")),
     }
-    let clients = GUESTS.iter().enumerate().map(|(i, g)| {
+    let clients = (0..guests::COUNT).map(|i| {
         // SAFETY: the rings are mapped rw for the PD's lifetime (system.xml).
-        let req = unsafe { consumer(g.1.get()) };
+        let req = unsafe { consumer(guests::REQ[i].get()) };
         // SAFETY: as above.
-        let resp = unsafe { producer(g.2.get()) };
+        let resp = unsafe { producer(guests::RESP[i].get()) };
         ClientPort {
             zone: ZoneId(i as u16),
             req,

@@ -31,6 +31,56 @@ use std::{eprintln, format};
 pub const CONFIG_ENV: &str = "PD_HOST_CONFIG";
 /// The launcher's pid, so a PD started after its launcher died exits at once.
 pub const LAUNCHER_PID_ENV: &str = "PD_HOST_LAUNCHER_PID";
+/// The system description the launcher runs, `<sha256> <path>`: a PD built
+/// from another one (its stamp, `sdf::stamp`) refuses to start.
+pub const SYSTEM_ENV: &str = "PD_HOST_SYSTEM";
+
+/// Refuse to run under a description other than the one this binary was
+/// built from: the generated config put the description's stamp
+/// (`sdf-system:sha256=<hex>;path=<path>`, `sdf::stamp`) into the binary;
+/// the launcher says which one it runs in [`SYSTEM_ENV`]. As sDDF's
+/// generated config carries a magic checked at init.
+fn check_system() {
+    let Ok(given) = std::env::var(SYSTEM_ENV) else {
+        return;
+    };
+    let (want, path) = given.split_once(' ').unwrap_or((given.as_str(), "?"));
+    let exe = std::env::current_exe().unwrap_or_default();
+    let bytes = std::fs::read("/proc/self/exe").unwrap_or_default();
+    const MAGIC: &[u8] = b"sdf-system:sha256=";
+    let mut built = Vec::new();
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(MAGIC.len()).position(|w| w == MAGIC) {
+        i += at + MAGIC.len();
+        let Some(hex) = bytes.get(i..i + 64) else {
+            break;
+        };
+        if hex == want.as_bytes() {
+            return;
+        }
+        let rest = &bytes[i + 64..];
+        let from = rest.strip_prefix(b";path=").unwrap_or_default();
+        let end = from.iter().position(|&b| b == 0).unwrap_or(from.len());
+        let s = format!(
+            "{} (sha256 {})",
+            std::string::String::from_utf8_lossy(&from[..end]),
+            std::string::String::from_utf8_lossy(&hex[..12])
+        );
+        if !built.contains(&s) {
+            built.push(s);
+        }
+    }
+    die(&format!(
+        "{} was built for {}, not for {path} (sha256 {}): rebuild the PDs from {path}",
+        exe.display(),
+        if built.is_empty() {
+            "no system description".into()
+        } else {
+            built.join(" and ")
+        },
+        want.get(..12).unwrap_or(want),
+    ));
+}
 
 /// One mapped region.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,6 +534,7 @@ enum Source {
 /// Start the PD: read the configuration, map the regions, run `init`, then
 /// serve events until the launcher stops the process.
 pub fn run<H: Handler>(init: impl FnOnce() -> H) -> ! {
+    check_system();
     let text = std::env::var(CONFIG_ENV).unwrap_or_default();
     let cfg = if text.is_empty() {
         Err(HostConfigError::Missing)

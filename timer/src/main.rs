@@ -5,6 +5,10 @@
 
 mod config {
     pd::config!("timer");
+    /// The guests, however many the description has (`sdf::guests`).
+    pub mod guests {
+        include!(concat!(env!("OUT_DIR"), "/guests_timer.rs"));
+    }
 }
 #[allow(dead_code)]
 mod hw {
@@ -99,13 +103,10 @@ fn init() -> TimerPd<HwClock> {
     let timer = clock().map(Timer::new);
     match &timer {
         Ok(_) => LOG.info(format_args!(
-            "started, clients {:?}",
-            [
-                config::channel::MEMSERVER,
-                config::channel::GUEST0,
-                config::channel::GUEST1,
-                config::channel::BALLOON
-            ]
+            "started, clients memserver {:?}, balloon {:?}, guests {:?}",
+            config::channel::MEMSERVER,
+            config::channel::BALLOON,
+            config::guests::CHANNEL
         )),
         Err(e) => LOG.error(format_args!("no clock: {e}")),
     }

@@ -99,8 +99,17 @@ pub const HOSTILE_BALLOON_MIB: u64 = 1792;
 /// The description of `variant`, from the workspace's `system.xml`
 /// (written for qemu_virt_aarch64; [`build`] derives the x86_64 one).
 pub fn description(workspace: &Path, variant: Variant) -> Result<String, BareError> {
-    let path = workspace.join("system.xml");
-    let xml = std::fs::read_to_string(&path)
+    description_of(&workspace.join("system.xml"), variant)
+}
+
+/// As [`description`], from the description at `path`.
+pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError> {
+    let xml = std::fs::read_to_string(path)
+        .map_err(|e| BareError::Description(format!("{}: {e}", path.display())))?;
+    // The guests it has: one at least, no more than the memserver serves.
+    let sys = sdf::System::parse(&xml)
+        .map_err(|e| BareError::Description(format!("{}:{e}", path.display())))?;
+    sdf::guests::guests(&sys)
         .map_err(|e| BareError::Description(format!("{}: {e}", path.display())))?;
     match variant {
         Variant::System => Ok(xml),
@@ -148,7 +157,13 @@ pub fn build(
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ));
     }
-    Ok(target_dir.join(target(arch)).join("release").join(bin))
+    let elf = target_dir.join(target(arch)).join("release").join(bin);
+    if bin == "system" {
+        // The image must hold the PDs of the description it is booted for.
+        let want = sdf::stamp::Stamp::of_file(&path).map_err(BareError::Description)?;
+        sdf::stamp::check(&elf, "the bare image", &want).map_err(BareError::Description)?;
+    }
+    Ok(elf)
 }
 
 /// Write `text` to `path` unless it holds it already: bare/build.rs reruns
@@ -170,7 +185,7 @@ pub fn guests(system_xml: &str) -> Result<Vec<String>, String> {
     Ok(sys
         .pds
         .iter()
-        .filter(|p| p.program_image.as_deref() == Some("guest.elf"))
+        .filter(|p| p.program_image.as_deref() == Some(sdf::guests::GUEST_IMAGES[0]))
         .map(|p| p.name.to_uppercase())
         .collect())
 }
@@ -221,8 +236,12 @@ pub fn freed_reclaim(r: &RunReport) -> Option<Reclaim> {
     // the guests free: its peak before the first free is the memory before
     // it. (The last sample before the free's line is not: a policy that
     // reports a quiet zone at once can give part back before the line is
-    // read, and the window would miss it.)
-    let start = r.timeline.peak_before(first);
+    // read, and the window would miss it.) With more guests than cores the
+    // guests run one after another, and a late one may still be touching
+    // memory after an early one freed: the RSS grows past that peak until
+    // the last free, by memory that is freed later. So: the peak before
+    // the last free.
+    let start = r.timeline.peak_before(last);
     let mut rc = r
         .timeline
         .reclaim_from(start, first, r.observed.freed, None);

@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-/// The guest PDs of `system.xml` and their RAM regions.
-const GUESTS: [(&str, &str); 2] = [("guest0", "guest0_ram"), ("guest1", "guest1_ram")];
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -156,9 +153,14 @@ impl DemoReport {
 }
 
 /// The directory of this executable, with the PDs' host binaries built
-/// there (same target dir, same profile) unless `build` is false: how
+/// there (same target dir, same profile) from the description `system`
+/// (the workspace's system.xml when `None`) unless `build` is false: how
 /// `tools demo` and `tools bench` find them.
-pub fn pds_next_to_this_binary(workspace: &Path, build: bool) -> Result<PathBuf, String> {
+pub fn pds_next_to_this_binary(
+    workspace: &Path,
+    build: bool,
+    system: Option<&Path>,
+) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
     let bin_dir = exe
         .parent()
@@ -171,8 +173,11 @@ pub fn pds_next_to_this_binary(workspace: &Path, build: bool) -> Result<PathBuf,
             None => "release",
         };
         let target_dir = bin_dir.parent().ok_or("no target directory")?;
-        eprintln!("building the PDs ({profile})");
-        build_pds(workspace, target_dir, profile)?;
+        eprintln!(
+            "building the PDs ({profile}) from {}",
+            system.map_or_else(|| "system.xml".into(), |s| s.display().to_string())
+        );
+        build_pds_from(workspace, target_dir, profile, system)?;
     }
     Ok(bin_dir)
 }
@@ -194,7 +199,12 @@ pub fn build_pds_from(
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     if let Some(s) = system {
+        // The build scripts run in the crates' directories: an absolute path.
+        let s = std::path::absolute(s).map_err(|e| format!("{}: {e}", s.display()))?;
         cmd.env("SYSTEM_XML", s);
+    } else {
+        // Not whatever the caller's environment says: the workspace's.
+        cmd.env_remove("SYSTEM_XML");
     }
     let status = cmd
         .current_dir(workspace)
@@ -236,16 +246,29 @@ pub fn check(cfg: &DemoConfig) -> Result<(), String> {
     let params = guest::params::Params::parse(&cfg.guest_params)
         .map_err(|e| format!("guest parameters '{}': {e}", cfg.guest_params))?;
     let sys = system(cfg)?;
-    for (guest, ram) in GUESTS {
-        let size = sys
-            .region(ram)
-            .map(|r| r.size)
-            .ok_or_else(|| format!("system.xml has no region '{ram}'"))?;
+    for g in guests_of(cfg, &sys)? {
         params
-            .check_fits(size)
-            .map_err(|e| format!("{guest}: {e}"))?;
+            .check_fits(g.ram.size)
+            .map_err(|e| format!("{}: {e}", g.pd.name))?;
     }
     Ok(())
+}
+
+/// The guests' PD names, in description order.
+pub fn guest_names(cfg: &DemoConfig) -> Result<Vec<String>, String> {
+    let sys = system(cfg)?;
+    Ok(guests_of(cfg, &sys)?
+        .iter()
+        .map(|g| g.pd.name.clone())
+        .collect())
+}
+
+/// The guests of the description (`sdf::guests`: any number, at least one).
+fn guests_of<'s>(
+    cfg: &DemoConfig,
+    sys: &'s sdf::System,
+) -> Result<Vec<sdf::guests::Guest<'s>>, String> {
+    sdf::guests::guests(sys).map_err(|e| format!("{}: {e}", cfg.system.display()))
 }
 
 /// Run the demo; `progress` gets a line per sample (for a live display).
@@ -253,8 +276,15 @@ pub fn check(cfg: &DemoConfig) -> Result<(), String> {
 pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     check(cfg)?;
     let sys = system(cfg)?;
+    let (names, rams): (Vec<String>, Vec<String>) = guests_of(cfg, &sys)?
+        .iter()
+        .map(|g| (g.pd.name.to_uppercase(), g.ram.name.clone()))
+        .unzip();
     let mut launcher =
         Launcher::new(sys, &cfg.bin_dir, false).map_err(|e| format!("launcher: {e}"))?;
+    launcher
+        .check_built_from(&cfg.system)
+        .map_err(|e| format!("launcher: {e}"))?;
     // How the host platform passes the PDs their workload and tunables.
     launcher.set_env("GUEST_PARAMS", &cfg.guest_params);
     launcher.set_env("MEMSERVER_TUNABLES", &cfg.tunables);
@@ -279,9 +309,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     let irq = launcher
         .irq_line("balloon", 0)
         .map_err(|e| format!("balloon irq: {e}"))?;
-    let ram = GUESTS
+    let ram = rams
         .iter()
-        .map(|(_, r)| memfd(r))
+        .map(|r| memfd(r))
         .collect::<Result<Vec<_>, _>>()?;
     let mut device = HostDevice::start(
         memfd("virtio_mmio")?.fd,
@@ -301,7 +331,6 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     let start = Instant::now();
     let mut timeline = Timeline::new();
     // The guests' phase lines, folded as the QEMU runner does.
-    let names: Vec<String> = GUESTS.iter().map(|(g, _)| g.to_uppercase()).collect();
     let mut guests = Observed::default();
     let mut seen = 0;
     let mut problems = Vec::new();

@@ -266,6 +266,13 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
 
     cargo_build(spec, &board_path, &programs)?;
     let bin_dir = spec.target_dir.join(spec.board.target()).join("release");
+    // Every ELF must be built for the description the image is packed from
+    // (the Microkit tool would pack any ELF whose symbols it finds): each
+    // carries the hash of the one its build script read (`sdf::stamp`).
+    let want = sdf::stamp::Stamp::of_file(&board_path).map_err(ImageError::Sdf)?;
+    for (image, _, bin) in &programs {
+        sdf::stamp::check(&bin_dir.join(bin), image, &want).map_err(ImageError::Sdf)?;
+    }
     for (image, _, bin) in &programs {
         let from = bin_dir.join(bin);
         let to = out_dir.join(image);

@@ -45,29 +45,39 @@ fn workspace() -> PathBuf {
 /// a 2-core machine.
 static BUILD: Mutex<()> = Mutex::new(());
 
-fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Image, PathBuf) {
+/// `other`: a description of tools/systems (e.g. four-guests.xml) instead
+/// of the workspace's.
+fn build(
+    board: Board,
+    config: KernelConfig,
+    run: Sel4Run,
+    sdk: PathBuf,
+    other: Option<&str>,
+) -> (Image, PathBuf) {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     // The control run boots the reporting run's image: it differs only in
     // QEMU's device. The hostile variant has its own description.
-    let variant = match run {
-        Sel4Run::Hostile => "hostile",
-        Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm => {
+    let variant = match (run, other) {
+        (_, Some(file)) => file.trim_end_matches(".xml"),
+        (Sel4Run::Hostile, _) => "hostile",
+        (Sel4Run::LinuxVm | Sel4Run::LinuxVmControl | Sel4Run::SmokeVm | Sel4Run::HostileVm, _) => {
             run.name()
         }
         _ => "system",
     };
-    let description = if run.has_vm() {
-        workspace().join("systems/linux-vm.xml")
-    } else {
-        workspace().join("system.xml")
+    let description = match other {
+        Some(file) => workspace().join("tools/systems").join(file),
+        None if run.has_vm() => workspace().join("systems/linux-vm.xml"),
+        None => workspace().join("system.xml"),
     };
     // One directory per board and variant for both kernel configs: the PDs
     // build from the description in it (SYSTEM_XML), and the same path
     // keeps cargo from rebuilding them when the config flips.
     let img_dir = tmp.join(format!("sel4-{board}-{variant}"));
     let run_dir = tmp.join(format!(
-        "sel4-{}",
-        sel4::label(board, config, run).replace(' ', "-")
+        "sel4-{}{}",
+        sel4::label(board, config, run).replace(' ', "-"),
+        other.map_or(String::new(), |_| format!("-{variant}"))
     ));
     std::fs::create_dir_all(&run_dir).unwrap();
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,8 +135,12 @@ fn build(board: Board, config: KernelConfig, run: Sel4Run, sdk: PathBuf) -> (Ima
 }
 
 fn check(board: Board, config: KernelConfig, run: Sel4Run) {
+    check_with(board, config, run, None);
+}
+
+fn check_with(board: Board, config: KernelConfig, run: Sel4Run, other: Option<&str>) {
     let Some(sdk) = sdk() else { return };
-    let (img, run_dir) = build(board, config, run, sdk);
+    let (img, run_dir) = build(board, config, run, sdk, other);
     let cfg = sel4::run_config(&img, run, &run_dir, Duration::from_secs(240)).unwrap();
     let label = sel4::label(board, config, run);
     let r = qemu::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -180,4 +194,17 @@ sel4_tests! {
     aarch64_release_linux_vm_boots_to_userspace: QemuVirtAarch64 Release LinuxVm;
     aarch64_release_linux_vm_control_keeps_memory: QemuVirtAarch64 Release LinuxVmControl;
     aarch64_release_hostile_vm_is_refused_and_contained: QemuVirtAarch64 Release HostileVm;
+}
+
+/// Four guests, from the description alone (tools/systems/four-guests.xml):
+/// the memserver has a zone for each, every guest verifies, and what they
+/// freed comes back.
+#[test]
+fn aarch64_debug_four_guests_give_memory_back() {
+    check_with(
+        Board::QemuVirtAarch64,
+        KernelConfig::Debug,
+        Sel4Run::Reporting,
+        Some("four-guests.xml"),
+    );
 }

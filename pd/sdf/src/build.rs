@@ -29,6 +29,9 @@ pub enum BuildError {
     Parse(PathBuf, crate::ParseError),
     Invalid(PathBuf, Vec<check::Diagnostic>),
     Codegen(PathBuf, codegen::CodegenError),
+    Guests(PathBuf, crate::guests::GuestError),
+    /// [`generate_for`]: the PD's configuration differs in this description.
+    Differs(PathBuf, String),
     NoOutDir,
 }
 
@@ -44,6 +47,12 @@ impl fmt::Display for BuildError {
                 Ok(())
             }
             BuildError::Codegen(p, e) => write!(f, "{}: {e}", p.display()),
+            BuildError::Guests(p, e) => write!(f, "{}: {e}", p.display()),
+            BuildError::Differs(p, pd) => write!(
+                f,
+                "{}: PD '{pd}' has other maps, IRQs, setvars or channel ids here: one binary cannot serve both descriptions",
+                p.display()
+            ),
             BuildError::NoOutDir => write!(f, "OUT_DIR is not set: call this from a build script"),
         }
     }
@@ -62,9 +71,103 @@ pub fn generate(system_xml: impl AsRef<Path>, pd_name: &str) -> Result<PathBuf, 
     if check::has_errors(&diags) {
         return Err(BuildError::Invalid(path.into(), diags));
     }
-    let code = codegen::generate(&sys, pd_name).map_err(|e| BuildError::Codegen(path.into(), e))?;
+    let mut code =
+        codegen::generate(&sys, pd_name).map_err(|e| BuildError::Codegen(path.into(), e))?;
+    code += &stamp_of(path, &xml).code();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or(BuildError::NoOutDir)?);
     let out = out_dir.join(format!("pd_{pd_name}.rs"));
+    std::fs::write(&out, code).map_err(|e| BuildError::Io(out.clone(), e))?;
+    Ok(out)
+}
+
+/// [`generate`] for PD `pd_name` of `system_xml`, for a binary that also
+/// serves as `pd_name` in each of `also` (e.g. a test PD shared by two test
+/// systems): its generated configuration must be the same in all of them,
+/// and the binary then carries each one's stamp ([`crate::stamp`]).
+pub fn generate_for(
+    system_xml: impl AsRef<Path>,
+    also: &[&Path],
+    pd_name: &str,
+) -> Result<PathBuf, BuildError> {
+    let out = generate(&system_xml, pd_name)?;
+    // What the binary depends on: its maps (address, size, rights, setvars),
+    // IRQs, setvars and channel ids; not names, not line numbers.
+    let config = |path: &Path| -> Result<(String, String), BuildError> {
+        println!("cargo:rerun-if-changed={}", path.display());
+        let xml = std::fs::read_to_string(path).map_err(|e| BuildError::Io(path.into(), e))?;
+        let sys = System::parse(&xml).map_err(|e| BuildError::Parse(path.into(), e))?;
+        let pd = sys.pd(pd_name).ok_or_else(|| {
+            BuildError::Codegen(
+                path.into(),
+                codegen::CodegenError::UnknownPd(pd_name.into()),
+            )
+        })?;
+        let size = |mr: &str| sys.region(mr).map(|r| r.size);
+        let maps: Vec<_> = pd
+            .maps
+            .iter()
+            .map(|m| {
+                (
+                    m.vaddr,
+                    size(&m.mr),
+                    m.perms.to_string(),
+                    &m.setvar_vaddr,
+                    &m.setvar_size,
+                )
+            })
+            .collect();
+        let irqs: Vec<_> = pd.irqs.iter().map(|i| (i.id, &i.kind)).collect();
+        let setvars: Vec<_> = pd
+            .setvars
+            .iter()
+            .map(|v| (&v.symbol, size(&v.region_paddr)))
+            .collect();
+        let mut ends: Vec<_> = sys
+            .ends_of(pd_name)
+            .map(|(e, _)| (e.id, e.pp, e.notify))
+            .collect();
+        ends.sort();
+        Ok((
+            format!("{maps:?} {irqs:?} {setvars:?} {ends:?} {:?}", pd.ioports),
+            xml,
+        ))
+    };
+    let (first, _) = config(system_xml.as_ref())?;
+    let mut code = std::fs::read_to_string(&out).map_err(|e| BuildError::Io(out.clone(), e))?;
+    for (i, other) in also.iter().enumerate() {
+        let (cfg, xml) = config(other)?;
+        if cfg != first {
+            return Err(BuildError::Differs(other.to_path_buf(), pd_name.into()));
+        }
+        // A second static of the same name would clash: number it.
+        code += &stamp_of(other, &xml).code().replace(
+            "__SDF_SYSTEM_STAMP",
+            &format!("__SDF_SYSTEM_STAMP_{}", i + 1),
+        );
+    }
+    std::fs::write(&out, code).map_err(|e| BuildError::Io(out.clone(), e))?;
+    Ok(out)
+}
+
+/// The stamp of a build from `path` (canonical when it can be: the message
+/// of a mismatch names it).
+fn stamp_of(path: &Path, xml: &str) -> crate::stamp::Stamp {
+    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.into());
+    crate::stamp::Stamp::new(&shown, xml.as_bytes())
+}
+
+/// Write `$OUT_DIR/guests_<server>.rs`, [`crate::guests::server_module`] of
+/// `system_xml` for PD `server`, and return its path. A description the
+/// system cannot run (no guest, too many) fails the build.
+pub fn guests(system_xml: impl AsRef<Path>, server: &str) -> Result<PathBuf, BuildError> {
+    let path = system_xml.as_ref();
+    println!("cargo:rerun-if-changed={}", path.display());
+    let xml = std::fs::read_to_string(path).map_err(|e| BuildError::Io(path.into(), e))?;
+    let sys = System::parse(&xml).map_err(|e| BuildError::Parse(path.into(), e))?;
+    let code = crate::guests::server_module(&sys, server)
+        .map_err(|e| BuildError::Guests(path.into(), e))?;
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or(BuildError::NoOutDir)?);
+    let out = out_dir.join(format!("guests_{server}.rs"));
     std::fs::write(&out, code).map_err(|e| BuildError::Io(out.clone(), e))?;
     Ok(out)
 }

@@ -9,7 +9,9 @@
 pub mod build;
 pub mod check;
 pub mod codegen;
+pub mod guests;
 pub mod model;
+pub mod stamp;
 
 pub use check::{Diagnostic, Severity, check};
 pub use model::{ParseError, System};

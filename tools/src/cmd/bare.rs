@@ -26,6 +26,8 @@ pub struct BareArgs {
     pub modern_mmio: bool,
     pub hostile: bool,
     pub timeout_s: u64,
+    /// The description (default: the workspace's system.xml).
+    pub system: Option<PathBuf>,
 }
 
 /// `aarch64` or `x86_64`.
@@ -66,7 +68,8 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         .clone()
         .unwrap_or_else(|| target_dir().join("bare").join(dir));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let xml = bare::description(&workspace(), variant).map_err(|e| e.to_string())?;
+    let system = super::image::system_or_default(args.system.clone());
+    let xml = bare::description_of(&system, variant).map_err(|e| e.to_string())?;
     eprintln!(
         "building the bare image ({}) for {}",
         variant.name(),

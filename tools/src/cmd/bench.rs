@@ -191,7 +191,7 @@ fn pd_dir(args: &Args) -> Result<PathBuf, String> {
     if let Some(d) = &args.pd_dir {
         return Ok(d.clone());
     }
-    demo::pds_next_to_this_binary(&workspace(), true)
+    demo::pds_next_to_this_binary(&workspace(), true, None)
 }
 
 fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {

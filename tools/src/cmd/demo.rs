@@ -176,10 +176,15 @@ fn run(args: &Args) -> Result<bool, String> {
     // Refuse what cannot run (a workload larger than a guest's RAM) before
     // building or starting anything.
     demo::check(&cfg)?;
-    cfg.bin_dir = demo::pds_next_to_this_binary(&workspace(), !args.no_build)?;
+    // Built from the description it runs: their zones, rings and channels
+    // are generated from it (and the launcher checks each PD's stamp).
+    cfg.bin_dir =
+        demo::pds_next_to_this_binary(&workspace(), !args.no_build, args.system.as_deref())?;
     println!(
-        "demo: 2 guests x {} MiB ({pattern}), reporting {}",
-        args.guest_mib, cfg.tunables
+        "demo: {} guests x {} MiB ({pattern}), reporting {}",
+        demo::guest_names(&cfg)?.len(),
+        args.guest_mib,
+        cfg.tunables
     );
     let tty = std::io::stdout().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(1);

@@ -70,6 +70,7 @@ pub fn main(args: Args) -> ExitCode {
             modern_mmio: args.modern_mmio,
             hostile: args.hostile,
             timeout_s: args.timeout_s,
+            system: args.system,
         });
     }
     let Some(board) = args.board else {

@@ -50,6 +50,10 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = launcher.check_built_from(&args.system) {
+        eprintln!("launcher: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(u) = &args.until {
         launcher.console().watch(u);
     }
@@ -61,7 +65,12 @@ pub fn main(args: Args) -> ExitCode {
         println!("launcher: started PD '{pd}' (pid {pid})");
     }
     let timeout = args.timeout.map(Duration::from_secs_f64);
-    let code = match launcher.wait(timeout) {
+    let event = launcher.wait(timeout);
+    // Stop (and read every PD's pipe to its end) before saying what
+    // happened: the match may be one PD's line while another's earlier
+    // line is still in its pipe.
+    let exits = launcher.stop(GRACE);
+    let code = match event {
         Ok(Event::Matched(line)) => {
             println!("launcher: matched \"{line}\"");
             0
@@ -79,7 +88,7 @@ pub fn main(args: Args) -> ExitCode {
             2
         }
     };
-    for e in launcher.stop(GRACE) {
+    for e in exits {
         println!("launcher: stopped: {e}");
     }
     ExitCode::from(code)

@@ -10,6 +10,8 @@ struct Inner {
     lines: Vec<String>,
     watch: Option<String>,
     matched: Option<String>,
+    /// Reader threads whose pipe has not reached its end yet.
+    open_readers: usize,
 }
 
 /// The collected console. Cheap to share (`Arc`).
@@ -80,6 +82,7 @@ impl Console {
         prefix: Option<String>,
     ) {
         let me = Arc::clone(self);
+        self.lock().open_readers += 1;
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).split(b'\n') {
                 let Ok(line) = line else { break };
@@ -89,7 +92,30 @@ impl Console {
                     None => text,
                 });
             }
+            me.lock().open_readers -= 1;
+            me.cv.notify_all();
         });
+    }
+
+    /// Wait up to `timeout` until every pipe has been read to its end (the
+    /// PDs are gone): each PD has its own reader thread, so a line one PD
+    /// wrote before another's matching line may still be in its pipe when
+    /// the match is seen. Whether all were drained.
+    pub(crate) fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        while g.open_readers > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Every line so far.

@@ -29,6 +29,8 @@ pub enum LaunchError {
     NoSuchIrq { pd: String, id: u64 },
     /// `start` was called twice.
     AlreadyStarted,
+    /// A PD was built for another system description (one line).
+    WrongDescription(String),
 }
 
 impl fmt::Display for LaunchError {
@@ -52,6 +54,7 @@ impl fmt::Display for LaunchError {
             LaunchError::NoSuchRegion(r) => write!(f, "no memory_region '{r}'"),
             LaunchError::NoSuchIrq { pd, id } => write!(f, "PD '{pd}' has no irq with id {id}"),
             LaunchError::AlreadyStarted => write!(f, "the system is already started"),
+            LaunchError::WrongDescription(line) => write!(f, "{line}"),
         }
     }
 }
@@ -443,6 +446,27 @@ impl Launcher {
         })
     }
 
+    /// Refuse to run PDs built for another description than `system`, the
+    /// file this launcher's description was read from: each PD binary
+    /// carries the hash of the description it was built from
+    /// (`sdf::stamp`), and its regions and channels are that one's.
+    /// Each PD started later checks it as well (`pd::host::SYSTEM_ENV`).
+    pub fn check_built_from(&mut self, system: &Path) -> Result<(), LaunchError> {
+        let want = sdf::stamp::Stamp::of_file(system).map_err(LaunchError::WrongDescription)?;
+        self.env.push((
+            pd::host::SYSTEM_ENV.into(),
+            format!("{} {}", want.sha256, want.path),
+        ));
+        let mut seen = std::collections::BTreeSet::new();
+        for plan in &self.plans {
+            if seen.insert(&plan.image) {
+                sdf::stamp::check(&plan.image, &format!("PD '{}'", plan.name), &want)
+                    .map_err(LaunchError::WrongDescription)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Set an environment variable for every PD started after this call
     /// (how the host platform passes PDs their parameters).
     pub fn set_env(&mut self, key: &str, value: &str) {
@@ -651,7 +675,9 @@ impl Launcher {
     }
 
     /// Stop every PD still running: SIGTERM, then SIGKILL for those still
-    /// alive after `grace`. Returns how each of them ended.
+    /// alive after `grace`; then read every PD's pipe to its end (for at
+    /// most another `grace`), so the console holds every line they wrote.
+    /// Returns how each of them ended.
     pub fn stop(&mut self, grace: Duration) -> Vec<PdExit> {
         let mut out = Vec::new();
         for r in self.running.iter().filter(|r| r.exit.is_none()) {
@@ -696,6 +722,9 @@ impl Launcher {
                 r.exit = Some(e.clone());
                 out.push(e);
             }
+        }
+        if !self.running.is_empty() && !self.console.drain(grace) {
+            eprintln!("launcher: a PD's output pipe stayed open {grace:?} after it ended");
         }
         out
     }

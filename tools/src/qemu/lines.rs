@@ -161,7 +161,13 @@ impl Observed {
             self.reported = Some(mib * MIB);
             if self.boot_report.is_none() {
                 self.boot_report = Some((t, mib * MIB));
-                return Some(format!("boot: {mib} MiB free reported"));
+                // Say what it was: with small guests the first report can
+                // come after their frees, and then holds them too.
+                return Some(if self.first_free.is_some() {
+                    format!("first report: {mib} MiB free reported, the guests' frees with it")
+                } else {
+                    format!("boot: {mib} MiB free reported")
+                });
             }
             return None;
         }
@@ -243,6 +249,13 @@ mod tests {
         );
         assert_eq!(m, ["boot: 990 MiB free reported"]);
         assert_eq!(o.boot_report, Some((t, 990 * MIB)));
+        // A first report after a guest's free says so.
+        let mut late = Observed::default();
+        late.line("GUEST0|INFO: phase=freed mib=64 blocks=16 t_ns=1", t);
+        assert_eq!(
+            late.line("MEMSERVER|INFO: reported: reported_mib=70 free_mib=70 allocated_mib=0 batches_ok=1 batches_failed=0", t),
+            ["first report: 70 MiB free reported, the guests' frees with it"]
+        );
         o.line(
             "GUEST0|INFO: phase=live_touched live_mib=8 blocks=2 t_ns=1",
             t,

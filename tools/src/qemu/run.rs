@@ -93,11 +93,16 @@ impl RunReport {
         let mut s = self.timeline.phase_table();
         let _ = writeln!(s);
         if let Some(b) = &self.boot {
-            let _ = writeln!(
-                s,
-                "{}",
-                Timeline::reclaim_line("after the boot-time report", b)
+            let after_frees = matches!(
+                (self.observed.first_free, self.observed.boot_report),
+                (Some(f), Some((r, _))) if f < r
             );
+            let label = if after_frees {
+                "after the first report (the guests' frees with it)"
+            } else {
+                "after the boot-time report"
+            };
+            let _ = writeln!(s, "{}", Timeline::reclaim_line(label, b));
         }
         let _ = writeln!(
             s,
@@ -371,6 +376,11 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         .iter()
         .find(|m| m.label.contains("freed"))
         .map(|m| m.t);
+    // The boot-time report's fall ends where the guests' frees begin,
+    // unless they came first: then the first report holds them too and its
+    // fall lasts to the end.
+    let boot_t = obs.boot_report.map(|(t, _)| t);
+    let first_touch = first_touch.filter(|&f| boot_t.is_some_and(|b| f > b));
     let boot = boot_reclaim(&tl, &obs, first_touch.or(Some(settled)));
     qemu.kill();
     Ok(RunReport {
