@@ -181,6 +181,21 @@ impl Timeline {
             .unwrap_or(0)
     }
 
+    /// The most memory the host held in the `lag` before `t`: where it
+    /// stood just before an event whose line is read up to `lag` after it
+    /// happened (the PDs' log pages are copied out periodically), so a
+    /// fast reporter's fall inside that lag is not missed.
+    pub fn peak_within(&self, t: Duration, lag: Duration) -> u64 {
+        let from = t.saturating_sub(lag);
+        self.samples
+            .iter()
+            .filter(|s| s.t < t && s.t >= from)
+            .map(|s| s.host)
+            .max()
+            .or_else(|| self.at(t).map(|s| s.host))
+            .unwrap_or(0)
+    }
+
     /// As [`Self::reclaim`], with the memory before the event given.
     pub fn reclaim_from(
         &self,
@@ -454,6 +469,27 @@ mod tests {
             line.contains("[last: guest0 freed 256 MiB 2.5 s ago]"),
             "{line}"
         );
+    }
+
+    /// The peak within a lag before a mark: an earlier, higher stand (a
+    /// boot-time report not yet made) is outside the lag and not counted.
+    #[test]
+    fn the_peak_within_the_lag_ignores_what_stood_before_it() {
+        let mut tl = Timeline::new();
+        for (t, h) in [(0, 900), (500, 600), (1000, 600), (1250, 330), (1500, 70)] {
+            tl.push(s(t, h));
+        }
+        let lag = Duration::from_millis(1000);
+        assert_eq!(tl.peak_within(Duration::from_millis(1500), lag), 600 * M);
+        assert_eq!(tl.peak_before(Duration::from_millis(1500)), 900 * M);
+        let r = tl.reclaim_from(
+            tl.peak_within(Duration::from_millis(1500), lag),
+            Duration::from_millis(1500),
+            512 * M,
+            None,
+        );
+        assert_eq!(r.start, 600 * M);
+        assert_eq!(r.fraction(), 1.0, "{r:?}");
     }
 
     /// A fast reporter gave part of the memory back before the free's line

@@ -370,7 +370,11 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     }
     obs.problems.extend(follow.problems().iter().cloned());
     let from = obs.last_free.unwrap_or_default();
-    let reclaim = tl.reclaim(from, obs.freed, Some(settled));
+    // The free's line reaches us up to a few copy periods of the log pages
+    // after the free; a reporter faster than that has given part of it
+    // back by then: measure from where the host stood within that lag.
+    let lag = 4 * cfg.period;
+    let reclaim = tl.reclaim_from(tl.peak_within(from, lag), from, obs.freed, Some(settled));
     let first_touch = tl
         .marks()
         .iter()
