@@ -86,6 +86,9 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest.join("..");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    // The memserver's source, compiled in here, looks for it (its own
+    // build script sets it when the description has a VMM).
+    println!("cargo::rustc-check-cfg=cfg(has_vmm)");
     println!("cargo:rerun-if-changed=src/layout.rs");
     println!("cargo:rerun-if-changed=src/memmap.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
@@ -407,7 +410,8 @@ fn guests_rs(sys: &System, guests: &[&str]) -> Result<String, String> {
             .find(|m| m.setvar_vaddr.as_deref() == Some("ram"))
             .and_then(|m| sys.region(&m.mr))
             .ok_or_else(|| format!("PD '{name}' has no ram map"))?;
-        ram_pages.get_or_insert(ram_mr.size / 4096);
+        // The page map is sized for the largest guest.
+        ram_pages = Some(ram_pages.unwrap_or(0).max(ram_mr.size / 4096));
         let module = sdf::codegen::const_name(name).to_lowercase();
         let _ = writeln!(
             code,
@@ -415,18 +419,19 @@ fn guests_rs(sys: &System, guests: &[&str]) -> Result<String, String> {
         );
         let _ = writeln!(
             table,
-            "    Layout {{ name: {name:?}, log: {:?}, ram: &{module}::region::{}, req: &{module}::region::{}, \
+            "    Layout {{ name: {name:?}, log: {:?}, ram: &{module}::region::{}, ram_size: {:#x}, req: &{module}::region::{}, \
              resp: &{module}::region::{}, ram_paddr: &{module}::paddr::RAM_PADDR, \
              memserver: {module}::channel::MEMSERVER, timer: {module}::channel::TIMER }},",
             name.to_uppercase(),
             map("ram")?,
+            ram_mr.size,
             map("req")?,
             map("resp")?,
         );
     }
     let _ = write!(
         code,
-        "/// Pages of guest RAM.\npub const RAM_PAGES: usize = {};\n\npub static LAYOUTS: &[Layout] = &[\n{table}];\n",
+        "/// Pages of the largest guest's RAM.\npub const RAM_PAGES: usize = {};\n\npub static LAYOUTS: &[Layout] = &[\n{table}];\n",
         ram_pages.unwrap_or(0)
     );
     Ok(code)

@@ -167,7 +167,7 @@ fn params_text(_: &Layout) -> Option<(&'static str, &'static str)> {
 fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Guest, ()> {
     let text = params_text(layout);
     let params = match &text {
-        None => Params::default_for(layout.ram.get().size),
+        None => Params::default_for(layout.ram_bytes()),
         Some((var, t)) => {
             Params::parse(t).map_err(|e| log.error(format_args!("bad {var}=\"{t}\": {e}")))?
         }
@@ -178,11 +178,13 @@ fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Guest, ()> {
     // guest0's region for every guest running guest.elf.
     let paddr = layout.ram_paddr.get();
     params
-        .check_fits(ram.size)
+        .check_fits(layout.ram_bytes())
         .map_err(|e| log.error(format_args!("bad parameters {params}: {e}")))?;
     // SAFETY: `ram` is this PD's RAM region, mapped read-write for the life
-    // of the PD and accessed only through this window.
-    let window = unsafe { RamWindow::new(ram.as_ptr(), paddr, ram.size) }
+    // of the PD at `ram`'s address with this guest's own size (the
+    // description maps `ram_size` bytes there), and accessed only through
+    // this window.
+    let window = unsafe { RamWindow::new(ram.as_ptr(), paddr, layout.ram_bytes()) }
         .map_err(|e| log.error(format_args!("RAM region: {e}")))?;
     let (req, resp) = (layout.req.get(), layout.resp.get());
     // SAFETY: `req` and `resp` are this PD's ring regions shared with the

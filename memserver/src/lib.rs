@@ -77,7 +77,7 @@ pub use memserver_api::MAX_ORDER;
 /// Number of orders (`0..=MAX_ORDER`).
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 /// Most zones one core manages (one per client RAM region plus pools).
-pub const MAX_ZONES: usize = 16;
+pub const MAX_ZONES: usize = 60;
 /// Upper bound of [`Tunables::capacity`]: entries per report batch. One
 /// source of truth with the wire: a batch is one `ToBalloon::Report`
 /// message, which carries at most [`memserver_api::BATCH`] blocks (32:

@@ -37,7 +37,7 @@ pub const MAX_CLIENTS: usize = MAX_ZONES;
 pub struct Wake {
     /// Bit `i`: notify client `i` (its response ring has news, or it waits
     /// for room in its request ring).
-    pub clients: u32,
+    pub clients: u64,
     /// Notify the balloon.
     pub balloon: bool,
     /// Notify the VMM (its answer ring has news, or it waits for room).

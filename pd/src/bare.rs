@@ -31,7 +31,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// At most this many PDs in one image (Microkit's limit is 63).
-pub const MAX_PDS: usize = 16;
+pub const MAX_PDS: usize = 63;
 
 /// One channel end of a PD, resolved to the PD and id at the other end.
 #[derive(Debug, Clone, Copy)]

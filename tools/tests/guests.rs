@@ -169,7 +169,7 @@ fn descriptions_the_system_cannot_run_are_refused() {
         e.ends_with("guest PD 'guest0' maps memory_region 'guest0_ram', which does not exist"),
         "{e}"
     );
-    // More guests than the memserver has zones.
+    // More guests than Microkit has room for beside the three servers.
     let mut many = String::from("<system>\n");
     for i in 0..=sdf::guests::MAX_GUESTS {
         many += &format!(
@@ -182,7 +182,9 @@ fn descriptions_the_system_cannot_run_are_refused() {
     many += "</system>\n";
     let e = check("too-many.xml", &many);
     assert!(
-        e.ends_with("the description has 17 guests; at most 16 (one memserver zone each)"),
+        e.ends_with(
+            "the description has 61 guests; at most 60 (Microkit's 63 PDs less the memserver, balloon and timer)"
+        ),
         "{e}"
     );
 }

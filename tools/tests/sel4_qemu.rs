@@ -196,9 +196,10 @@ sel4_tests! {
     aarch64_release_hostile_vm_is_refused_and_contained: QemuVirtAarch64 Release HostileVm;
 }
 
-/// Four guests, from the description alone (tools/systems/four-guests.xml):
-/// the memserver has a zone for each, every guest verifies, and what they
-/// freed comes back.
+/// Four guests of three sizes (128, 128, 192, 256 MiB), from the
+/// description alone (tools/systems/four-guests.xml), sharing one
+/// guest.elf: the memserver has a zone for each, every guest verifies,
+/// and what they freed comes back.
 #[test]
 fn aarch64_debug_four_guests_give_memory_back() {
     check_with(

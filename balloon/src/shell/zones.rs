@@ -6,7 +6,7 @@ use crate::defs::Block;
 use virtio_drivers::{Hal, transport::Transport};
 
 /// Most zones the balloon is told (as the memserver's MAX_ZONES).
-pub const MAX_ZONES: usize = 16;
+pub const MAX_ZONES: usize = 64;
 
 impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// The zones whose frames may go to the device: `(first PFN, pages)`

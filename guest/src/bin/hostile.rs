@@ -845,7 +845,6 @@ fn params(_: pd::Log) -> Result<Params, ()> {
 
 fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Hostile, ()> {
     let params = params(log)?;
-    let ram = layout.ram.get();
     // Its own ram_paddr setvar (see the same line in main.rs).
     let paddr = layout.ram_paddr.get();
     let (req, resp) = (layout.req.get(), layout.resp.get());
@@ -877,7 +876,7 @@ fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Hostile, ()> {
         memserver: layout.memserver,
         timer: layout.timer,
         base: paddr >> 12,
-        pages: ram.size >> 12,
+        pages: layout.ram_bytes() >> 12,
         round: 0,
         step: Step::Setup,
         index: 0,

@@ -17,11 +17,11 @@ use std::fmt::Write as _;
 /// that takes a guest's place, issue 8).
 pub const GUEST_IMAGES: [&str; 2] = ["guest.elf", "hostile.elf"];
 
-/// The most guests a description may have: one memserver zone each, and
-/// the memserver has 16 (`memserver::MAX_ZONES`, a `u32` client mask). Below
-/// Microkit's own limits: 63 PDs, channel ids 0..=62 per PD (the timer and
-/// memserver have a channel to each guest plus two others).
-pub const MAX_GUESTS: usize = 16;
+/// The most guests a description may have: Microkit's 63 PDs less the
+/// memserver, the balloon and the timer (which have a channel to each
+/// guest plus two others, within Microkit's channel ids 0..=62). The
+/// memserver has a zone for each (`memserver::MAX_ZONES`).
+pub const MAX_GUESTS: usize = 60;
 
 /// A guest PD and its regions.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +63,7 @@ impl fmt::Display for GuestError {
             ),
             GuestError::TooMany(n) => write!(
                 f,
-                "the description has {n} guests; at most {MAX_GUESTS} (one memserver zone each)"
+                "the description has {n} guests; at most {MAX_GUESTS} (Microkit's 63 PDs less the memserver, balloon and timer)"
             ),
             GuestError::NoMap { pd, key } => write!(
                 f,
