@@ -273,7 +273,8 @@ fn construction_refusals() {
     for (zones, want) in cases {
         assert_eq!(MemCore::new(zones, &mut meta, None).unwrap_err(), *want);
     }
-    let many = [z(0, 1); 17];
+    const TOO_MANY: usize = memserver::MAX_ZONES + 1;
+    let many = [z(0, 1); TOO_MANY];
     assert_eq!(
         MemCore::new(&many, &mut meta, None).unwrap_err(),
         Error::TooManyZones
