@@ -369,11 +369,22 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         }
     }
     obs.problems.extend(follow.problems().iter().cloned());
-    let from = obs.last_free.unwrap_or_default();
+    // From the guests' first free: a fast reporter gives one guest's
+    // memory back before another guest frees, so what all of them freed
+    // is measured from where the host stood before any of it was free.
     // The free's line reaches us up to a few copy periods of the log pages
-    // after the free; a reporter faster than that has given part of it
-    // back by then: measure from where the host stood within that lag.
-    let lag = 4 * cfg.period;
+    // after the free: the start is the highest stand within that lag.
+    let from = obs.first_free.or(obs.last_free).unwrap_or_default();
+    // The highest stand since the guests touched their memory (they hold
+    // it until the free; nothing else raises the host's memory meanwhile),
+    // or within four copy periods when no touch was seen.
+    let touched = tl
+        .marks()
+        .iter()
+        .filter(|m| m.label.contains("touched") && m.t <= from)
+        .map(|m| m.t)
+        .max();
+    let lag = touched.map_or(4 * cfg.period, |t| from.saturating_sub(t));
     let reclaim = tl.reclaim_from(tl.peak_within(from, lag), from, obs.freed, Some(settled));
     let first_touch = tl
         .marks()
