@@ -37,6 +37,7 @@ mod run {
     use pd::vm::{Child, Fault, FaultReply, UserContext};
     use pd::{ChannelSet, Handler};
     use pd_ring::{Consumer, Producer};
+    use timer::clock::generic_timer;
     use vmm::gic::{self, Distributor, Inject};
     use vmm::idle::{self, VirtualTimer, Wfi};
     use vmm::mmio::{Table, Unemulated};
@@ -251,32 +252,6 @@ mod run {
         Ok(())
     }
 
-    /// The generic timer's physical counter, as this PD reads it at EL0
-    /// (seL4 lets EL0 read it, as the timer PD does).
-    mod counter {
-        use core::arch::asm;
-
-        pub fn freq() -> u64 {
-            let v: u64;
-            // SAFETY: reads a read-only system register readable at EL0;
-            // no memory, no side effects.
-            unsafe {
-                asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack, preserves_flags))
-            };
-            v
-        }
-
-        pub fn count() -> u64 {
-            let v: u64;
-            // SAFETY: as above; the isb keeps the read from being hoisted
-            // above what came before.
-            unsafe {
-                asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
-            };
-            v
-        }
-    }
-
     pub fn init() -> Vmm {
         let mut table = Table::new();
         // Cannot fail: one window in an empty table.
@@ -309,7 +284,7 @@ mod run {
             traps: 0,
             asleep: None,
             sleeps: 0,
-            freq: counter::freq(),
+            freq: generic_timer::counter_frequency(),
             balloon: MmioTransport::new(Balloon::new(true)),
             outstanding: Outstanding::default(),
             to_memserver,
@@ -468,7 +443,7 @@ mod run {
                 cval: reg(pd::vm::vcpu_reg::CNTV_CVAL)?,
                 cntvoff: reg(pd::vm::vcpu_reg::CNTVOFF)?,
             };
-            match idle::wfi(timer, counter::count(), self.freq) {
+            match idle::wfi(timer, generic_timer::counter(), self.freq) {
                 Wfi::Continue => step_over(ctx),
                 Wfi::Sleep { ns } => {
                     if let Err(e) = timer::client::set_timeout(config::channel::TIMER, ns) {

@@ -55,6 +55,17 @@ mod regs {
     }
 }
 
+/// The generic timer's counter rate, CNTFRQ_EL0, in Hz (0 off Microkit).
+pub fn counter_frequency() -> u64 {
+    regs::cntfrq()
+}
+
+/// The physical count, CNTPCT_EL0 (0 off Microkit): what a VMM compares
+/// its guest's virtual timer with.
+pub fn counter() -> u64 {
+    regs::cntpct()
+}
+
 // Not Microkit: the registers exist (aarch64 Linux traps EL0 writes), but
 // only the Microkit PD may touch them; a host build keeps the type compiling.
 #[cfg(not(target_os = "none"))]
