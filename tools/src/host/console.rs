@@ -102,20 +102,7 @@ impl Console {
     /// wrote before another's matching line may still be in its pipe when
     /// the match is seen. Whether all were drained.
     pub(crate) fn drain(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.lock();
-        while g.open_readers > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        self.wait_state(timeout, |g| g.open_readers == 0)
     }
 
     /// Every line so far.
@@ -137,10 +124,16 @@ impl Console {
     /// Wait up to `timeout` until `pred` holds for all lines so far; whether
     /// it did. `pred` runs with the console locked: it must not call the console.
     pub fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&[String]) -> bool) -> bool {
+        self.wait_state(timeout, |g| pred(&g.lines))
+    }
+
+    /// Wait up to `timeout` until `done` holds for the console's state,
+    /// woken by each new line and each reader's end; whether it did.
+    fn wait_state(&self, timeout: Duration, mut done: impl FnMut(&Inner) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
         loop {
-            if pred(&g.lines) {
+            if done(&g) {
                 return true;
             }
             let now = Instant::now();
