@@ -232,6 +232,13 @@ fn every_pd_logged(img: &Image, run: Sel4Run, r: &RunReport) -> Result<(), Strin
     Ok(())
 }
 
+/// The memserver's last `nested:` line (its nested-reporting figures).
+fn last_nested_line(r: &RunReport) -> Option<&str> {
+    r.log
+        .lines()
+        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
+}
+
 /// The hostile VM's side: its last line says every attack got the answer
 /// it must; the VMM gave back the reports outside its RAM unsent and said
 /// the device needs a reset; the memserver refused the reports it would
@@ -267,11 +274,7 @@ fn hostile_vm_verdict(r: &RunReport) -> Result<String, String> {
             return Err(format!("the VMM never said '{want}' ({what})"));
         }
     }
-    let nested = r
-        .log
-        .lines()
-        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
-        .ok_or("the memserver never saw a nested report")?;
+    let nested = last_nested_line(r).ok_or("the memserver never saw a nested report")?;
     let refused = crate::qemu::field(nested, "refused").unwrap_or(0);
     if refused == 0 {
         return Err(format!("the memserver refused none of the flood: {nested}"));
@@ -312,11 +315,7 @@ fn nested_verdict(run: Sel4Run, r: &RunReport) -> Result<String, String> {
         ));
     }
     let back = nested_reclaim(r).ok_or("the VM's workload never freed")?;
-    let nested = r
-        .log
-        .lines()
-        .rfind(|l| l.starts_with("MEMSERVER|INFO: nested:"))
-        .unwrap_or("MEMSERVER: no nested line");
+    let nested = last_nested_line(r).unwrap_or("MEMSERVER: no nested line");
     let said = format!(
         "nested: {}; {nested}",
         crate::timeline::Timeline::reclaim_line("the VM's workload freed", &back)
