@@ -25,8 +25,18 @@ fn guest() -> &'static Guest {
     static G: OnceLock<Guest> = OnceLock::new();
     G.get_or_init(|| {
         let spec = Spec::new(&workspace());
-        let g = linux_guest::prepare(&spec, &mut |l| println!("guest: {l}"))
-            .unwrap_or_else(|e| panic!("preparing the Linux guest: {e}"));
+        // The steps go into the panic message, after the error, so a
+        // truncated log still shows why.
+        let mut steps = Vec::new();
+        let g = linux_guest::prepare(&spec, &mut |l| steps.push(format!("guest: {l}")))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "preparing the Linux guest: {e}\n(disk: {})\n{}",
+                    free_disk(&spec.out_dir),
+                    steps.join("\n")
+                )
+            });
+        println!("{}", steps.join("\n"));
         // A second call is served from the cache: nothing downloaded, the
         // same packages.
         let again = linux_guest::prepare(&spec, &mut |_| {})
@@ -35,6 +45,20 @@ fn guest() -> &'static Guest {
         assert_eq!(again.manifest.packages, g.manifest.packages);
         again
     })
+}
+
+/// `df`'s word on the free space where the guest is built.
+fn free_disk(dir: &std::path::Path) -> String {
+    std::process::Command::new("df")
+        .arg("-h")
+        .arg(dir)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', " | ")
+        })
+        .unwrap_or_else(|e| format!("df: {e}"))
 }
 
 fn boot(name: &str, reporting: bool) -> DirectReport {
