@@ -337,6 +337,9 @@ fn watchdog_ns() -> Option<u64> {
     Some(DEFAULT_MS * 1_000_000)
 }
 
+/// The ballooned blocks' list, sized from the description (balloon/build.rs).
+static mut BALLOONED: [u64; hw::BALLOONED_BLOCKS] = [0; hw::BALLOONED_BLOCKS];
+
 fn start() -> Result<Core, StartError> {
     let to = region::TO_BALLOON.get();
     let from = region::FROM_BALLOON.get();
@@ -354,7 +357,11 @@ fn start() -> Result<Core, StartError> {
         drv.features(),
         drv.queue_indices()
     ));
-    let mut core = BalloonPd::new(drv, to, from, log);
+    let list_ptr = &raw mut BALLOONED;
+    // SAFETY: `start` runs once, before any event; the list is used only
+    // through this reference, which the core holds for the PD's lifetime.
+    let ballooned: &'static mut [u64] = unsafe { &mut *list_ptr };
+    let mut core = BalloonPd::new(drv, to, from, ballooned, log);
     // Only the clients' RAM may be reported or ballooned: every region
     // whose physical address the description gives this PD, but its own
     // DMA memory (the guests' RAM, and a VM's RAM for nested reports).

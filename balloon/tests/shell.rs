@@ -23,6 +23,11 @@ use std::time::{Duration, Instant};
 const CAP: usize = 64;
 type Ring = RingMemory<{ ring_words(CAP, SLOT_SIZE) }>;
 
+/// Room for the ballooned blocks, as the PD gives it the least.
+fn block_list() -> &'static mut [u64] {
+    Box::leak(vec![0u64; balloon::shell::MAX_BALLOONED].into_boxed_slice())
+}
+
 fn ring() -> &'static Ring {
     Box::leak(Box::new(Ring::new()))
 }
@@ -148,6 +153,7 @@ fn sys_with(cfg: DeviceConfig) -> Sys {
         drv,
         to.consumer(SLOT_SIZE).unwrap(),
         from.producer(SLOT_SIZE).unwrap(),
+        block_list(),
         log,
     );
     Sys {
@@ -472,6 +478,7 @@ fn raw() -> Raw {
         drv,
         to.consumer(SLOT_SIZE).unwrap(),
         from.producer(SLOT_SIZE).unwrap(),
+        block_list(),
         log,
     );
     let mut r = Raw {
@@ -1127,4 +1134,97 @@ fn every_device_profile_passes_the_end_to_end_checks() {
         assert_eq!(c.completions_failed, 0, "{name}");
         assert_eq!(s.d.dev.counters().ranges_skipped, 0, "{name}");
     }
+}
+
+/// An inflate that fell short stalls the balloon until the memserver says
+/// more came (a VM filled its balloon): then it asks again, for the rest.
+#[test]
+fn more_to_inflate_resumes_a_stalled_inflate() {
+    let mut r = raw();
+    r.d.dev.set_target(1024);
+    let FromBalloon::Inflate { req, pages } = r.until_message() else {
+        panic!("no inflate");
+    };
+    assert_eq!(pages, 1024);
+    // Half now, and no more for the moment.
+    r.send(&ToBalloon::Inflated {
+        req,
+        blocks: batch(0x40000, 1),
+        last: true,
+    });
+    let quiet = r.run_for(20);
+    assert!(
+        quiet
+            .iter()
+            .all(|m| !matches!(m, FromBalloon::Inflate { .. })),
+        "asked again while stalled: {quiet:?}"
+    );
+    r.send(&ToBalloon::MoreToInflate);
+    let FromBalloon::Inflate { pages, .. } = r.until_message() else {
+        panic!("no inflate after MoreToInflate");
+    };
+    assert_eq!(pages, 512);
+    assert_eq!(r.pd.counters().more_to_inflate, 1);
+}
+
+/// A release window: every ballooned block inside it leaves the device and
+/// goes back in one `Deflate`; blocks outside stay; an empty window is
+/// answered with an empty `Deflate`, so the memserver never waits forever.
+#[test]
+fn a_release_gives_back_exactly_the_blocks_in_its_window() {
+    let mut r = raw();
+    r.d.dev.set_target(2048);
+    let FromBalloon::Inflate { req, .. } = r.until_message() else {
+        panic!("no inflate");
+    };
+    // Four 2 MiB blocks: two in the window 0x40000..0x40400, two after.
+    r.send(&ToBalloon::Inflated {
+        req,
+        blocks: batch(0x40000, 4),
+        last: true,
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.pd.ballooned_pages() < 2048 {
+        r.run_for(1);
+        assert!(Instant::now() < deadline, "not inflated");
+    }
+    r.send(&ToBalloon::Release {
+        first_pfn: 0x40000,
+        end_pfn: 0x40400,
+    });
+    let FromBalloon::Deflate { req, blocks } = r.until_message() else {
+        panic!("no deflate for the release");
+    };
+    let mut got: Vec<Block> = blocks.to_vec();
+    got.sort_by_key(|b| b.pfn);
+    assert_eq!(got, batch(0x40000, 2).to_vec());
+    assert_eq!(
+        r.d.dev.counters().pages_deflated,
+        1024,
+        "told to the device first"
+    );
+    r.send(&ToBalloon::Deflated { req, pages: 1024 });
+    // Below its target again, the balloon asks; the memserver has nothing.
+    let FromBalloon::Inflate { req, .. } = r.until_message() else {
+        panic!("no inflate after the release");
+    };
+    r.send(&ToBalloon::Refused {
+        req: Some(req),
+        reason: RefuseReason::NoMemory,
+    });
+    r.run_for(2);
+    assert_eq!(r.pd.ballooned_pages(), 1024);
+    // Nothing of it is left in that window now.
+    r.send(&ToBalloon::Release {
+        first_pfn: 0x40000,
+        end_pfn: 0x40400,
+    });
+    let FromBalloon::Deflate { req, blocks } = r.until_message() else {
+        panic!("no answer to an empty release");
+    };
+    assert!(blocks.is_empty());
+    r.send(&ToBalloon::Deflated { req, pages: 0 });
+    r.run_for(2);
+    assert_eq!(r.pd.ballooned_pages(), 1024);
+    assert_eq!(r.pd.counters().releases, 2);
 }

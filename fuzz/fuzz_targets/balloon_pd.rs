@@ -85,10 +85,12 @@ fuzz_target!(|data: &[u8]| {
     let (to_mem, from_mem) = (Ring::new(), Ring::new());
     let mut to = to_mem.producer(SLOT_SIZE).unwrap();
     let mut from = from_mem.consumer(SLOT_SIZE).unwrap();
+    let mut list = vec![0u64; balloon::shell::MAX_BALLOONED];
     let mut pd = BalloonPd::new(
         drv,
         to_mem.consumer(SLOT_SIZE).unwrap(),
         from_mem.producer(SLOT_SIZE).unwrap(),
+        &mut list,
         log,
     );
     pd.set_watchdog(Some(1));
@@ -119,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
                 for _ in 0..(input.byte() % 5) {
                     let _ = blocks.push(input.block());
                 }
-                let msg = match a % 6 {
+                let msg = match a % 8 {
                     0 => ToBalloon::Report {
                         batch: input.u32(),
                         blocks,
@@ -146,11 +148,16 @@ fuzz_target!(|data: &[u8]| {
                             _ => RefuseReason::UnknownId,
                         },
                     },
-                    _ => ToBalloon::Reclaim {
+                    5 => ToBalloon::Reclaim {
                         pages: input.u32(),
                         first_pfn: u64::from(input.u32()),
                         end_pfn: u64::from(input.u32()),
                     },
+                    6 => ToBalloon::Release {
+                        first_pfn: u64::from(input.u32()),
+                        end_pfn: u64::from(input.u32()),
+                    },
+                    _ => ToBalloon::MoreToInflate,
                 };
                 if let Ok(b) = api::encode(&msg, &mut buf) {
                     let _ = to.push(b);

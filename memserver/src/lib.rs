@@ -63,6 +63,7 @@ pub mod params;
 mod reporting;
 pub mod server;
 mod tunables;
+pub mod vm_balloon;
 mod worker;
 
 pub use crate::core::{BlockState, MemCore, Stats, ZoneStats};

@@ -48,6 +48,17 @@ const PAGES: usize = {
 /// never maps). Sized at compile time from system.xml.
 static mut META: [u8; PAGES * BYTES_PER_PAGE] = [0; PAGES * BYTES_PER_PAGE];
 
+/// Words of each of the VM balloon's two bitmaps (a bit per page of the
+/// VM's RAM), sized from the description.
+#[cfg(has_vmm)]
+const VM_BITMAP_WORDS: usize =
+    memserver::vm_balloon::bitmap_words(config::paddr::VM_RAM_PADDR.size >> 12);
+
+/// The VM balloon's bitmaps: pages the VM's OS holds in its balloon, and
+/// pages handed to the outer balloon (`memserver::vm_balloon`).
+#[cfg(has_vmm)]
+static mut VM_BALLOON_MAPS: [[u64; VM_BITMAP_WORDS]; 2] = [[0; VM_BITMAP_WORDS]; 2];
+
 #[derive(Debug)]
 enum Error {
     Timer(timer::client::Error),
@@ -75,6 +86,7 @@ struct MemServer {
     /// Nested (reports and refusals, reported pages, failed) at the last
     /// line.
     logged_nested: (u64, u64, u64),
+    logged_vm_balloon: [u64; 5],
 }
 
 impl MemServer {
@@ -137,6 +149,41 @@ impl MemServer {
             c.batches_sent,
             c.malformed,
             c.misbehaviour,
+        ));
+    }
+
+    /// One line each time the VM's balloon moved (the outer host's target
+    /// reaching the VM).
+    fn log_vm_balloon(&mut self) {
+        let Some(b) = self.server.vm_balloon() else {
+            return;
+        };
+        let c = b.counters;
+        // A line per target, per 4 MiB moved, at every end (empty, or the
+        // target met), and per refusal or owed page: not one per message.
+        let step = |p: u64| p / 1024 + u64::from(p == b.target()) * (1 << 40);
+        let seen = [
+            b.target(),
+            step(b.held_pages()),
+            step(b.passed_pages()) + u64::from(b.passed_pages() == 0),
+            c.refused,
+            c.owed_pages,
+        ];
+        if seen == self.logged_vm_balloon {
+            return;
+        }
+        self.logged_vm_balloon = seen;
+        let free_mib = b.stats().and_then(|s| s.free_pages).map_or(0, |p| p / 256);
+        LOG.info(format_args!(
+            "vm balloon: target_pages={} held_pages={} passed_pages={} owed_pages={} inflated_pages={} deflated_pages={} refused={} vm_free_mib={}",
+            b.target(),
+            b.held_pages(),
+            b.passed_pages(),
+            b.owed_pages(),
+            c.inflated_pages,
+            c.deflated_pages,
+            c.refused,
+            free_mib,
         ));
     }
 
@@ -239,6 +286,7 @@ impl Handler for MemServer {
         self.log_device();
         self.log_progress();
         self.log_nested();
+        self.log_vm_balloon();
         Ok(())
     }
 }
@@ -352,12 +400,19 @@ fn init() -> MemServer {
             ram.get(),
             ram.size >> 20
         ));
+        let maps_ptr = &raw mut VM_BALLOON_MAPS;
+        // SAFETY: init runs once, before any event; the bitmaps are used
+        // only through this reference, held by the server for the PD's
+        // lifetime.
+        let [held_map, passed_map] = unsafe { &mut *maps_ptr };
         server.attach_vmm(memserver::server::VmmPort {
             // SAFETY: the rings are mapped rw for the PD's lifetime (the description).
             req: unsafe { consumer(region::VMM_REQ.get()) },
             // SAFETY: as above.
             resp: unsafe { producer(region::VMM_RESP.get()) },
             zone,
+            held_map,
+            passed_map,
         });
     }
     let mut pd = MemServer {
@@ -367,6 +422,7 @@ fn init() -> MemServer {
         logged_stopped: false,
         logged_cap: None,
         logged_nested: (0, 0, 0),
+        logged_vm_balloon: [0; 5],
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();

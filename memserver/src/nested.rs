@@ -177,6 +177,11 @@ impl Nested {
             .sum()
     }
 
+    /// Whether `r` overlaps a range of a report in flight.
+    pub fn in_flight_overlaps(&self, r: &PageRange) -> bool {
+        self.overlaps(r, &[])
+    }
+
     fn overlaps(&self, r: &PageRange, own: &[PageRange]) -> bool {
         let end = r.pfn + r.pages;
         self.reports

@@ -497,6 +497,7 @@ impl<'a, 'm> Server<'a, 'm> {
             Ok(FromBalloon::StatsRequest) => {
                 let s = self.mem_stats();
                 let _ = self.send_balloon(&ToBalloon::Stats(s));
+                self.vm_stats_request();
             }
             Ok(FromBalloon::DeviceLimits { report_capacity }) => {
                 self.device_cap = Some(report_capacity);
@@ -575,11 +576,17 @@ impl<'a, 'm> Server<'a, 'm> {
                 n += k;
             }
         }
+        let mut blocks: Vec<Block, BATCH> = Vec::from_slice(&out[..n]).unwrap_or_default();
+        if taken < pages && n < BATCH {
+            // The native zones are short: the VM's balloon, if there is
+            // one, gives what it holds and is asked for the rest.
+            taken += self.vm_inflate(pages - taken, BATCH, &mut blocks);
+            n = blocks.len();
+        }
         if n == 0 && pages > 0 {
             return self.refuse(Some(req), RefuseReason::NoMemory);
         }
         self.counters.inflated_pages += taken;
-        let blocks: Vec<Block, BATCH> = Vec::from_slice(&out[..n]).unwrap_or_default();
         // `last` when satisfied, or when fewer than a full message could be
         // taken (nothing more is free above the watermark).
         let last = taken >= pages || n < BATCH;
@@ -589,20 +596,21 @@ impl<'a, 'm> Server<'a, 'm> {
     /// Deflate: all or nothing, so a bad entry changes nothing.
     fn deflate(&mut self, req: u32, blocks: &[api::Block]) {
         for (i, b) in blocks.iter().enumerate() {
-            // The range must be an aligned part of one ballooned block, and
-            // no two entries may overlap.
+            // The range must be an aligned part of one ballooned block (or
+            // pages of a VM the outer balloon holds), and no two entries
+            // may overlap.
             let inside = match self.core.block_of(b.pfn) {
                 Some((c, crate::BlockState::Ballooned)) => {
                     b.pfn & (b.pages() - 1) == 0 && b.pfn + b.pages() <= c.pfn + c.pages()
                 }
-                _ => false,
+                _ => self.vm_can_return(b),
             };
             let ok = inside && blocks[..i].iter().all(|o| !overlaps(o, b));
             if !ok {
                 return self.refuse(Some(req), RefuseReason::NotBallooned);
             }
         }
-        let mut pages = 0u64;
+        let mut pages = self.vm_returned(blocks);
         let mut acts = Actions::default();
         for b in blocks {
             let Some(z) = self.core.zone_of(b.pfn) else {
@@ -655,10 +663,12 @@ impl<'a, 'm> Server<'a, 'm> {
         }
     }
 
-    /// The statistics the balloon publishes on the stats queue.
+    /// The statistics the balloon publishes on the stats queue: the
+    /// native zones', plus a VM's as its OS last gave them (its RAM, its
+    /// free and available memory, its pages the outer balloon holds).
     pub fn mem_stats(&self) -> MemStats {
         let s = self.core.stats();
-        MemStats {
+        let mut m = MemStats {
             total_pages: s.total_pages,
             free_pages: s.free_pages,
             // Free memory the guests can get without waiting for the host:
@@ -669,7 +679,15 @@ impl<'a, 'm> Server<'a, 'm> {
             ballooned_pages: s.ballooned_pages,
             reports_done: self.counters.completions_ok,
             reports_failed: self.counters.completions_failed,
+        };
+        if let Some(vm) = self.vm_balloon() {
+            let st = vm.stats().unwrap_or_default();
+            m.total_pages += st.total_pages.unwrap_or(vm.zone().pages);
+            m.free_pages += st.free_pages.unwrap_or(0);
+            m.available_pages += st.available_pages.or(st.free_pages).unwrap_or(0);
+            m.ballooned_pages += vm.passed_pages();
         }
+        m
     }
 
     fn serve_client(&mut self, i: usize) {

@@ -11,6 +11,8 @@
 //! - [`idle`]: how long a WFI lets the vCPU sleep.
 //! - [`nested`]: the VM balloon's report chains as messages to the
 //!   memserver, and its answers back to chains.
+//! - [`vm_balloon`]: its inflate, deflate and stats chains as messages to
+//!   the memserver; deflates held until the outer host let go.
 #![cfg_attr(not(test), no_std)]
 
 pub mod gic;
@@ -19,3 +21,4 @@ pub mod mmio;
 pub mod nested;
 pub mod psci;
 pub mod trap;
+pub mod vm_balloon;

@@ -33,7 +33,7 @@ const LOG: pd::Log = pd::Log::new("VMM");
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod run {
     use super::{LOG, config, guest, vm_layout};
-    use memserver_api::{self as api, SLOT_SIZE, ToVmm};
+    use memserver_api::{self as api, FromVmm, SLOT_SIZE, ToVmm};
     use pd::vm::{Child, Fault, FaultReply, UserContext};
     use pd::{ChannelSet, Handler};
     use pd_ring::{Consumer, Producer};
@@ -44,6 +44,7 @@ mod run {
     use vmm::nested::Outstanding;
     use vmm::psci;
     use vmm::trap::{self, Access};
+    use vmm::vm_balloon::{self, Deflates, MAX_PARTS};
     use vmm_virtio::GuestMemory;
     use vmm_virtio::balloon::{Balloon, Event, QUEUES};
     use vmm_virtio::mmio::{MmioTransport, WINDOW};
@@ -62,6 +63,9 @@ mod run {
     const UART_IRQ: u16 = 33;
     /// The virtual timer's PPI.
     const VTIMER_IRQ: u16 = 27;
+    /// Balloon messages waiting for room on the ring to the memserver:
+    /// two chains' worth.
+    const OUTBOX: usize = 2 * MAX_PARTS;
 
     pub struct Vmm {
         gic: Distributor,
@@ -78,6 +82,12 @@ mod run {
         balloon: MmioTransport<Balloon, QUEUES>,
         /// Its report chains the memserver holds.
         outstanding: Outstanding,
+        /// Its deflate chains held until the outer host let go.
+        deflates: Deflates,
+        /// Inflate, deflate and stats messages not on the ring yet (a
+        /// deflate must not be lost: the memserver could pass its frames
+        /// on while the guest uses them).
+        outbox: heapless::Deque<FromVmm, OUTBOX>,
         /// The rings to and from the memserver.
         to_memserver: Producer<'static>,
         from_memserver: Consumer<'static>,
@@ -287,6 +297,8 @@ mod run {
             freq: generic_timer::counter_frequency(),
             balloon: MmioTransport::new(Balloon::new(true)),
             outstanding: Outstanding::default(),
+            deflates: Deflates::default(),
+            outbox: heapless::Deque::new(),
             to_memserver,
             from_memserver,
             unsent: 0,
@@ -366,6 +378,7 @@ mod run {
                     if self.balloon.counters.resets != self.balloon_resets {
                         self.balloon_resets = self.balloon.counters.resets;
                         self.outstanding.forget_all();
+                        self.deflates.forget_all();
                     }
                     if self.balloon.counters.queue_errors != self.balloon_errors {
                         self.balloon_errors = self.balloon.counters.queue_errors;
@@ -508,20 +521,86 @@ mod run {
             }
         }
 
-        /// Pass on what the guest put on the balloon's queues: reports to
-        /// the memserver; the rest is counted by the device.
+        /// Give deflate chain `head` back to the guest: it may use its
+        /// frames now.
+        fn give_back_deflate(&mut self, head: u16) {
+            let done = self.balloon.with_queues(&mut GuestRam, |dev, queues, mem| {
+                dev.complete_deflate(head, queues, mem)
+            });
+            if let Err(e) = done {
+                LOG.warn(format_args!("balloon: deflate {head} not given back: {e}"));
+            }
+        }
+
+        /// Pass on what the guest put on the balloon's queues: reports,
+        /// inflates, deflates and statistics, to the memserver.
         fn balloon_events(&mut self) {
             let mut sent = false;
-            while let Some(ev) = self.balloon.device.take_event() {
-                let Event::Report { head, ranges } = ev else {
-                    continue;
+            // Room for a whole chain's messages before taking an event.
+            while OUTBOX - self.outbox.len() >= MAX_PARTS {
+                let Some(ev) = self.balloon.device.take_event() else {
+                    break;
                 };
-                let msg = match self.outstanding.send(
-                    head,
-                    &ranges,
-                    vm_layout::RAM_GPA,
-                    vm_layout::RAM_SIZE,
-                ) {
+                match ev {
+                    Event::Report { head, ranges } => sent |= self.send_report(head, &ranges),
+                    Event::Inflate { pfns } => {
+                        match vm_balloon::ranges(&pfns, vm_layout::RAM_GPA, vm_layout::RAM_SIZE) {
+                            Ok(parts) => {
+                                for ranges in parts {
+                                    let _ = self.outbox.push_back(FromVmm::Inflated { ranges });
+                                }
+                            }
+                            Err(e) => LOG.warn(format_args!(
+                                "VM '{}': inflate not passed on: {e}",
+                                vm_layout::VM_NAME
+                            )),
+                        }
+                    }
+                    Event::Deflate { head, pfns } => {
+                        match self.deflates.send(
+                            head,
+                            &pfns,
+                            vm_layout::RAM_GPA,
+                            vm_layout::RAM_SIZE,
+                        ) {
+                            Ok(parts) => {
+                                for m in parts {
+                                    let _ = self.outbox.push_back(m);
+                                }
+                            }
+                            Err(why) => {
+                                if let Some(e) = why {
+                                    LOG.warn(format_args!(
+                                        "VM '{}': deflate {head} given back unsent: {e}",
+                                        vm_layout::VM_NAME
+                                    ));
+                                }
+                                self.give_back_deflate(head);
+                            }
+                        }
+                    }
+                    Event::Stats(pairs) => {
+                        let _ = self.outbox.push_back(vm_balloon::stats(&pairs));
+                    }
+                }
+            }
+            sent |= self.flush_outbox();
+            // Room for more events: what the guest left on the rings.
+            let _ = self
+                .balloon
+                .with_queues(&mut GuestRam, |dev, queues, mem| dev.resume(queues, mem));
+            if sent && self.to_memserver.needs_notify() {
+                config::channel::MEMSERVER.notify();
+            }
+        }
+
+        /// Report chain `head` to the memserver; whether it was sent.
+        fn send_report(&mut self, head: u16, ranges: &[vmm_virtio::balloon::Range]) -> bool {
+            let msg =
+                match self
+                    .outstanding
+                    .send(head, ranges, vm_layout::RAM_GPA, vm_layout::RAM_SIZE)
+                {
                     Ok(m) => m,
                     Err(e) => {
                         self.unsent += 1;
@@ -530,30 +609,44 @@ mod run {
                             vm_layout::VM_NAME
                         ));
                         self.give_back(head);
-                        continue;
+                        return false;
                     }
                 };
-                let mut buf = [0u8; SLOT_SIZE];
-                let pushed = api::encode(&msg, &mut buf)
-                    .ok()
-                    .is_some_and(|b| self.to_memserver.push(b).is_ok());
-                if pushed {
-                    sent = true;
-                } else {
-                    // The memserver is not keeping up: Linux reports
-                    // these pages again later.
-                    self.outstanding.unsend(head);
-                    self.unsent += 1;
-                    self.give_back(head);
+            let mut buf = [0u8; SLOT_SIZE];
+            let pushed = api::encode(&msg, &mut buf)
+                .ok()
+                .is_some_and(|b| self.to_memserver.push(b).is_ok());
+            if !pushed {
+                // The memserver is not keeping up: Linux reports these
+                // pages again later.
+                self.outstanding.unsend(head);
+                self.unsent += 1;
+                self.give_back(head);
+            }
+            pushed
+        }
+
+        /// Move the outbox onto the ring while it has room; whether
+        /// anything moved.
+        fn flush_outbox(&mut self) -> bool {
+            let mut buf = [0u8; SLOT_SIZE];
+            let mut moved = false;
+            while let Some(m) = self.outbox.front() {
+                let Ok(bytes) = api::encode(m, &mut buf) else {
+                    // Cannot happen (every message fits a slot, tested in
+                    // memserver-api); dropping it is all that is left.
+                    LOG.error(format_args!("balloon message dropped: {m:?}"));
+                    self.outbox.pop_front();
+                    continue;
+                };
+                if self.to_memserver.push(bytes).is_err() {
+                    self.to_memserver.request_signal();
+                    break;
                 }
+                self.outbox.pop_front();
+                moved = true;
             }
-            // Room for more events: what the guest left on the rings.
-            let _ = self
-                .balloon
-                .with_queues(&mut GuestRam, |dev, queues, mem| dev.resume(queues, mem));
-            if sent && self.to_memserver.needs_notify() {
-                config::channel::MEMSERVER.notify();
-            }
+            moved
         }
 
         /// The memserver answered: give the chains back to the guest.
@@ -569,15 +662,7 @@ mod run {
                                 continue;
                             }
                         };
-                        if let ToVmm::Refused { id, reason } = &msg {
-                            LOG.warn(format_args!(
-                                "VM '{}': the memserver refused report {id:?}: {reason}",
-                                vm_layout::VM_NAME
-                            ));
-                        }
-                        if let Some(head) = self.outstanding.answer(&msg) {
-                            self.give_back(head);
-                        }
+                        self.memserver_says(&msg);
                     }
                     Ok(None) => {
                         self.from_memserver.request_signal();
@@ -594,6 +679,48 @@ mod run {
             // The guest may have offered more while the events were full.
             self.balloon_events();
             self.balloon_irq();
+        }
+
+        /// One message from the memserver.
+        fn memserver_says(&mut self, msg: &ToVmm) {
+            match msg {
+                ToVmm::ReportDone { .. } | ToVmm::Refused { .. } => {
+                    if let ToVmm::Refused { id, reason } = msg {
+                        LOG.warn(format_args!(
+                            "VM '{}': the memserver refused report {id:?}: {reason}",
+                            vm_layout::VM_NAME
+                        ));
+                    }
+                    if let Some(head) = self.outstanding.answer(msg) {
+                        self.give_back(head);
+                    }
+                }
+                ToVmm::BalloonTarget { pages } => {
+                    LOG.info(format_args!(
+                        "VM '{}': balloon target {pages} pages ({} MiB)",
+                        vm_layout::VM_NAME,
+                        pages / 256
+                    ));
+                    self.balloon.device.set_target(*pages);
+                    self.balloon.config_changed();
+                }
+                ToVmm::StatsRequest => {
+                    let _ = self.balloon.with_queues(&mut GuestRam, |dev, queues, mem| {
+                        dev.request_stats(queues, mem)
+                    });
+                }
+                ToVmm::DeflateDone { .. } | ToVmm::BalloonRefused { .. } => {
+                    if let ToVmm::BalloonRefused { reason, .. } = msg {
+                        LOG.warn(format_args!(
+                            "VM '{}': the memserver refused a balloon message: {reason}",
+                            vm_layout::VM_NAME
+                        ));
+                    }
+                    if let Some(head) = self.deflates.answer(msg) {
+                        self.give_back_deflate(head);
+                    }
+                }
+            }
         }
 
         fn dispatch(&mut self, fault: Fault) -> Result<FaultReply, Error> {

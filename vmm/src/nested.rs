@@ -122,6 +122,8 @@ impl Outstanding {
                 self.stray_answers += 1;
                 return None;
             }
+            // The balloon's other queues (`vm_balloon`).
+            _ => return None,
         };
         match self.heads.iter().position(|h| u32::from(*h) == id) {
             Some(i) => Some(self.heads.swap_remove(i)),
@@ -156,7 +158,9 @@ mod tests {
                 SIZE,
             )
             .unwrap();
-        let FromVmm::Report { id, ranges } = m;
+        let FromVmm::Report { id, ranges } = m else {
+            panic!("{m:?}");
+        };
         assert_eq!(id, 5);
         assert_eq!(
             ranges.as_slice(),

@@ -56,4 +56,9 @@ pub struct Counters {
     /// reported or inflated frames that are not guest RAM never reach the
     /// device.
     pub foreign_blocks: u64,
+    /// `MoreToInflate` hints (a VM filled its balloon after an inflate
+    /// fell short): each lets the balloon ask again.
+    pub more_to_inflate: u64,
+    /// `Release` windows handled (a VM took pages back from its balloon).
+    pub releases: u64,
 }

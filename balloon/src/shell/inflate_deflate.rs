@@ -11,9 +11,13 @@ use heapless::Vec;
 use memserver_api::BATCH;
 use virtio_drivers::{Hal, transport::Transport};
 
-/// Ballooned blocks tracked (largest blocks first, so 512 blocks hold at
-/// least 2 MiB and at most 2 GiB).
+/// The least room for ballooned blocks a PD should give its list (512
+/// blocks hold at least 2 MiB and at most 2 GiB); the PD sizes its own
+/// from the RAM it may balloon (balloon/build.rs).
 pub const MAX_BALLOONED: usize = 512;
+
+/// Release windows waiting (the memserver sends one at a time).
+pub const MAX_RELEASES: usize = 4;
 
 /// Splits one deflate may need (one per order) plus one.
 const SPLIT_HEADROOM: usize = MAX_ORDER as usize + 1;
@@ -44,12 +48,12 @@ fn postable(b: &Block) -> bool {
 impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// Blocks in the balloon.
     pub fn ballooned(&self) -> impl Iterator<Item = Block> + '_ {
-        self.ballooned.iter().map(|p| p.get())
+        self.ballooned.iter().map(Packed::get)
     }
 
     /// Pages in the balloon by our own bookkeeping.
     pub fn ballooned_pages(&self) -> u64 {
-        self.ballooned.iter().map(|p| p.pages()).sum()
+        self.ballooned.iter().map(Packed::pages).sum()
     }
 
     pub(super) fn balloon_done(&mut self, done: BalloonDone) {
@@ -220,6 +224,27 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             self.pump_deflate();
             return;
         }
+        if let Some((first, end)) = self.releases.pop_front() {
+            // A VM took pages of this window back from its own balloon:
+            // every block here leaves the device, then the memserver gets
+            // them (an empty answer says none was here).
+            self.counters.releases += 1;
+            let pages = end.saturating_sub(first);
+            if !self.start_deflate(pages, DeflateReason::Target, Some((first, end))) {
+                let req = self.req_id();
+                self.deflation = Some(Deflation {
+                    req,
+                    blocks: Vec::new(),
+                    posted: 0,
+                    in_device: false,
+                    queued: false,
+                    sent: false,
+                    reason: DeflateReason::Target,
+                });
+                self.pump_deflate();
+            }
+            return;
+        }
         if self.oom_pages > 0 && !self.ballooned.is_empty() {
             // Deflate on OOM (VIRTIO 1.2 5.5.6.1): the guest's need wins
             // over the target. Don't re-inflate until the host sets a new
@@ -236,12 +261,13 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         }
         match self.drv.balloon_action() {
             Ok(BalloonAction::Inflate(pages)) if !self.inflate_stalled => {
-                if self.ballooned.len() + BATCH + SPLIT_HEADROOM > MAX_BALLOONED {
+                if self.ballooned.len() + BATCH + SPLIT_HEADROOM > self.ballooned.capacity() {
                     self.counters.ballooned_full += 1;
                     if !self.full_logged {
                         self.full_logged = true;
+                        let cap = self.ballooned.capacity();
                         self.error(format_args!(
-                            "balloon list full ({MAX_BALLOONED} blocks): not growing"
+                            "balloon list full ({cap} blocks): not growing"
                         ));
                     }
                     return;
@@ -252,7 +278,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 self.counters.inflate_requests += 1;
             }
             Ok(BalloonAction::Deflate(pages)) => {
-                self.start_deflate(u64::from(pages), DeflateReason::Target, None)
+                self.start_deflate(u64::from(pages), DeflateReason::Target, None);
             }
             _ => {}
         }
@@ -261,9 +287,15 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
     /// Picks ballooned blocks worth `pages` (at most BATCH blocks),
     /// splitting a block into buddy halves when all are larger than what is
     /// left.
-    /// With `within` (`first..end` PFN), only blocks inside it.
-    fn start_deflate(&mut self, pages: u64, reason: DeflateReason, within: Option<(u64, u64)>) {
-        let inside = |p: &Packed| {
+    /// With `within` (`first..end` PFN), only blocks inside it. Whether a
+    /// deflate started (some block was chosen).
+    fn start_deflate(
+        &mut self,
+        pages: u64,
+        reason: DeflateReason,
+        within: Option<(u64, u64)>,
+    ) -> bool {
+        let inside = |p: Packed| {
             within.is_none_or(|(first, end)| {
                 let b = p.get();
                 b.pfn >= first && b.pfn.saturating_add(b.pages()) <= end
@@ -273,8 +305,8 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         let mut left = pages;
         while left > 0 && !chosen.is_full() {
             let fits = (0..self.ballooned.len())
-                .filter(|&i| inside(&self.ballooned[i]) && self.ballooned[i].pages() <= left)
-                .max_by_key(|&i| self.ballooned[i].pages());
+                .filter(|&i| inside(self.ballooned.get(i)) && self.ballooned.get(i).pages() <= left)
+                .max_by_key(|&i| self.ballooned.get(i).pages());
             if let Some(i) = fits {
                 let b = self.ballooned.swap_remove(i).get();
                 left -= b.pages();
@@ -282,13 +314,13 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 continue;
             }
             let Some(i) = (0..self.ballooned.len())
-                .filter(|&i| inside(&self.ballooned[i]))
-                .min_by_key(|&i| self.ballooned[i].pages())
+                .filter(|&i| inside(self.ballooned.get(i)))
+                .min_by_key(|&i| self.ballooned.get(i).pages())
             else {
                 break;
             };
             // Every block is larger than `left` (so of order >= 1).
-            let b = self.ballooned[i].get();
+            let b = self.ballooned.get(i).get();
             let half = Block {
                 pfn: b.pfn,
                 order: b.order - 1,
@@ -302,10 +334,10 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 let _ = chosen.push(self.ballooned.swap_remove(i).get());
                 break;
             }
-            self.ballooned[i] = Packed::new(half);
+            self.ballooned.set(i, Packed::new(half));
         }
         if chosen.is_empty() {
-            return;
+            return false;
         }
         let req = self.req_id();
         self.deflation = Some(Deflation {
@@ -318,6 +350,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             reason,
         });
         self.pump_deflate();
+        true
     }
 }
 

@@ -122,6 +122,19 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
                 )),
             },
             ToBalloon::Stats(m) => self.stats_answered(&m),
+            ToBalloon::Release { first_pfn, end_pfn } => {
+                if first_pfn >= end_pfn || self.releases.push_back((first_pfn, end_pfn)).is_err() {
+                    self.unexpected(format_args!(
+                        "Release of frames {first_pfn:#x}..{end_pfn:#x} not taken"
+                    ));
+                }
+            }
+            ToBalloon::MoreToInflate => {
+                // A VM filled its balloon toward the target the memserver
+                // set after our last inflate fell short: ask again.
+                self.counters.more_to_inflate += 1;
+                self.inflate_stalled = false;
+            }
         }
     }
 

@@ -70,8 +70,9 @@ use crate::driver::VirtIOBalloon;
 use core::fmt;
 use heapless::{Deque, Vec};
 use inflate_deflate::Deflation;
+use inflate_deflate::MAX_RELEASES;
 use memserver_api::BATCH;
-use packed::Packed;
+use packed::{BlockList, Packed};
 use pd_ring::{Consumer, Producer};
 use virtio_drivers::{Hal, transport::Transport};
 
@@ -111,8 +112,11 @@ pub struct BalloonPd<'a, H: Hal, T: Transport> {
     oom_pages: u32,
     /// The short zone's frames (`first..end` PFN): only blocks there help.
     oom_range: (u64, u64),
+    /// Windows (`first..end` PFN) to release through the device: a VM's
+    /// OS took pages there back from its own balloon (`ToBalloon::Release`).
+    releases: Deque<(u64, u64), MAX_RELEASES>,
     /// Blocks in the balloon (acknowledged by the device).
-    ballooned: Vec<Packed, MAX_BALLOONED>,
+    ballooned: BlockList<'a>,
     stats_wanted: bool,
     stats_outstanding: bool,
     next_req: u32,
@@ -143,8 +147,16 @@ impl<H: Hal, T: Transport> fmt::Debug for BalloonPd<'_, H, T> {
 }
 
 impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
-    /// The core over an initialised driver and the two rings.
-    pub fn new(drv: VirtIOBalloon<H, T>, to: Consumer<'a>, from: Producer<'a>, log: LogFn) -> Self {
+    /// The core over an initialised driver and the two rings; `ballooned`
+    /// is the room for the list of ballooned blocks (a word each, at least
+    /// [`MAX_BALLOONED`]; its contents are overwritten).
+    pub fn new(
+        drv: VirtIOBalloon<H, T>,
+        to: Consumer<'a>,
+        from: Producer<'a>,
+        ballooned: &'a mut [u64],
+        log: LogFn,
+    ) -> Self {
         let mut s = Self {
             drv,
             to,
@@ -161,11 +173,12 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             inflate_stalled: false,
             oom_pages: 0,
             oom_range: (0, 0),
+            releases: Deque::new(),
             to_inflate: Deque::new(),
             inflating: None,
             giveback: Vec::new(),
             deflation: None,
-            ballooned: Vec::new(),
+            ballooned: BlockList::new(ballooned),
             stats_wanted: false,
             stats_outstanding: false,
             next_req: 1,
@@ -203,6 +216,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             && self.inflating.is_none()
             && self.giveback.is_empty()
             && self.deflation.is_none()
+            && self.releases.is_empty()
             && !self.stats_outstanding
     }
 

@@ -341,6 +341,21 @@ pub enum ToBalloon {
         /// See `first_pfn` (exclusive).
         end_pfn: u64,
     },
+    /// Give back, through the device, every ballooned block inside frames
+    /// `first_pfn..end_pfn` (then a `Deflate` naming them, empty when there
+    /// are none): pages of a VM whose OS took some of them back from its
+    /// own balloon. Not an OOM deflate: the host is told first, whatever
+    /// the device negotiated.
+    Release {
+        /// First frame.
+        first_pfn: u64,
+        /// End frame (exclusive).
+        end_pfn: u64,
+    },
+    /// Memory for the balloon came free after an `Inflated` that fell
+    /// short (a VM's OS filled its balloon toward the target the
+    /// memserver set): ask again for what the target still wants.
+    MoreToInflate,
 }
 
 /// Balloon driver → memory server.
@@ -664,7 +679,9 @@ impl Message for ToBalloon {
             | Self::Stats(_)
             | Self::Refused { .. }
             | Self::Reclaim { .. }
-            | Self::TunableSet { .. } => Ok(()),
+            | Self::TunableSet { .. }
+            | Self::Release { .. }
+            | Self::MoreToInflate => Ok(()),
         }
     }
 }
@@ -822,6 +839,45 @@ pub enum FromVmm {
         /// 1..=[`VM_REPORT_RANGES`] ranges.
         ranges: Vec<VmRange, VM_REPORT_RANGES>,
     },
+    /// The VM's OS put these pages in its balloon (its inflate queue),
+    /// toward the target of [`ToVmm::BalloonTarget`]: they may go to the
+    /// outer host. At most [`VM_BALLOON_PAGES`] pages in all. Answered
+    /// only when refused ([`ToVmm::BalloonRefused`]).
+    Inflated {
+        /// 1..=[`VM_REPORT_RANGES`] ranges.
+        ranges: Vec<VmRange, VM_REPORT_RANGES>,
+    },
+    /// The VM's OS takes these pages back from its balloon (its deflate
+    /// queue): toward a lower target, or on its own when it ran out of
+    /// memory (VIRTIO_BALLOON_F_DEFLATE_ON_OOM). At most
+    /// [`VM_BALLOON_PAGES`] pages. Answered by [`ToVmm::DeflateDone`] once
+    /// the outer host holds none of them (only then may the VM's OS use
+    /// them: the VMM holds the chain until then), or refused.
+    Deflated {
+        /// Chosen by the VMM; unique among its deflates in flight.
+        id: u32,
+        /// 1..=[`VM_REPORT_RANGES`] ranges.
+        ranges: Vec<VmRange, VM_REPORT_RANGES>,
+    },
+    /// The VM's OS's statistics (its stats queue), in pages.
+    Stats(VmStats),
+}
+
+/// Pages one [`FromVmm::Inflated`] or [`FromVmm::Deflated`] may name:
+/// Linux puts at most 256 frames in one chain
+/// (VIRTIO_BALLOON_ARRAY_PFNS_MAX).
+pub const VM_BALLOON_PAGES: u64 = 256;
+
+/// What a VM's OS says of its memory on the balloon's stats queue
+/// (VIRTIO 1.2 §5.5.6.3), in pages; `None` for a figure it did not give.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStats {
+    /// VIRTIO_BALLOON_S_MEMTOT.
+    pub total_pages: Option<u64>,
+    /// VIRTIO_BALLOON_S_MEMFREE.
+    pub free_pages: Option<u64>,
+    /// VIRTIO_BALLOON_S_AVAIL.
+    pub available_pages: Option<u64>,
 }
 
 /// Memory server → VMM.
@@ -839,6 +895,31 @@ pub enum ToVmm {
     /// the message was too damaged to read its id.
     Refused {
         /// The report's id.
+        id: Option<u32>,
+        /// Why.
+        reason: VmRefuse,
+    },
+    /// Set the VM's balloon target (its `num_pages`) and tell the VM's OS
+    /// (a configuration-change interrupt): the outer host wants `pages`
+    /// pages of the VM's RAM.
+    BalloonTarget {
+        /// Pages of the VM's RAM wanted in its balloon.
+        pages: u32,
+    },
+    /// Deflate `id` is done: the outer host holds none of its pages, and
+    /// the VM's OS may use them.
+    DeflateDone {
+        /// The deflate's id.
+        id: u32,
+    },
+    /// Send the VM's statistics ([`FromVmm::Stats`]) when its OS next
+    /// gives them (the stats queue's buffer goes back to the guest).
+    StatsRequest,
+    /// An [`FromVmm::Inflated`], [`FromVmm::Deflated`] or
+    /// [`FromVmm::Stats`] was refused whole; nothing of it was taken.
+    BalloonRefused {
+        /// The deflate's id, for a refused `Deflated` whose id could be
+        /// read.
         id: Option<u32>,
         /// Why.
         reason: VmRefuse,
@@ -869,6 +950,13 @@ pub enum VmRefuse {
     /// The outer device does not take reports (no REPORTING, or the
     /// memserver runs with reporting off).
     NoReporting,
+    /// More pages in one balloon message than [`VM_BALLOON_PAGES`].
+    TooManyPages,
+    /// An inflated page already in the VM's balloon, or a deflated page
+    /// not in it.
+    BalloonState,
+    /// The memserver keeps no balloon for this VM.
+    NoBalloon,
 }
 
 impl fmt::Display for VmRefuse {
@@ -884,6 +972,9 @@ impl fmt::Display for VmRefuse {
             Self::Busy => "too many reports in flight",
             Self::DuplicateId => "a report id already in flight",
             Self::NoReporting => "the outer device takes no reports",
+            Self::TooManyPages => "more pages than one balloon message carries",
+            Self::BalloonState => "a page already in the balloon, or not in it",
+            Self::NoBalloon => "no balloon is kept for this VM",
         })
     }
 }
@@ -901,7 +992,10 @@ impl sealed::Sealed for FromVmm {}
 impl Message for FromVmm {
     fn check(&self) -> Result<(), RangeError> {
         match self {
-            Self::Report { ranges, .. } => ranges.iter().try_for_each(VmRange::check),
+            Self::Report { ranges, .. }
+            | Self::Inflated { ranges }
+            | Self::Deflated { ranges, .. } => ranges.iter().try_for_each(VmRange::check),
+            Self::Stats(_) => Ok(()),
         }
     }
 }
@@ -918,9 +1012,28 @@ impl ToVmm {
     /// naming its id when it is readable (the first field after the
     /// variant).
     pub fn refuse_malformed(bytes: &[u8], error: DecodeError) -> Self {
-        Self::Refused {
-            id: leading_id(bytes, true),
-            reason: error.into(),
+        // A `Report` (variant 0) and a `Deflated` (2) lead with their id;
+        // a damaged message of another kind must not be taken for the
+        // refusal of some report or deflate.
+        const REPORT: u32 = 0;
+        const DEFLATED: u32 = 2;
+        let variant = match bytes.split_first() {
+            Some((&VERSION, rest)) => postcard::take_from_bytes::<u32>(rest).ok().map(|v| v.0),
+            _ => None,
+        };
+        match variant {
+            Some(REPORT) | None => Self::Refused {
+                id: leading_id(bytes, true),
+                reason: error.into(),
+            },
+            Some(DEFLATED) => Self::BalloonRefused {
+                id: leading_id(bytes, true),
+                reason: error.into(),
+            },
+            Some(_) => Self::BalloonRefused {
+                id: None,
+                reason: error.into(),
+            },
         }
     }
 }

@@ -594,6 +594,101 @@ fn vm_reports_fit_and_round_trip() {
     }
 }
 
+/// The VM balloon's messages fit a slot and round-trip; a damaged one is
+/// refused as a balloon message, never as some report's refusal.
+#[test]
+fn vm_balloon_messages_fit_and_round_trip() {
+    let mut buf = [0u8; SLOT_SIZE];
+    let big = VmRange {
+        page: MAX_PFN / 2,
+        pages: MAX_PFN / 2,
+    };
+    let ranges: Vec<VmRange, VM_REPORT_RANGES> =
+        core::iter::repeat_n(big, VM_REPORT_RANGES).collect();
+    let stats = VmStats {
+        total_pages: Some(u64::MAX),
+        free_pages: Some(u64::MAX),
+        available_pages: None,
+    };
+    for m in [
+        FromVmm::Inflated {
+            ranges: ranges.clone(),
+        },
+        FromVmm::Deflated {
+            id: u32::MAX,
+            ranges,
+        },
+        FromVmm::Stats(stats),
+    ] {
+        let b = encode(&m, &mut buf).unwrap().to_vec();
+        assert!(b.len() <= SLOT_SIZE);
+        assert_eq!(decode_from_vmm(&b), Ok(m));
+    }
+    for m in [
+        ToVmm::BalloonTarget { pages: u32::MAX },
+        ToVmm::StatsRequest,
+        ToVmm::DeflateDone { id: u32::MAX },
+        ToVmm::BalloonRefused {
+            id: Some(u32::MAX),
+            reason: VmRefuse::BalloonState,
+        },
+    ] {
+        let b = encode(&m, &mut buf).unwrap().to_vec();
+        assert_eq!(decode_to_vmm(&b), Ok(m));
+    }
+    // An Inflated whose range runs past the address space, hand-made: its
+    // refusal names no report.
+    let past = FromVmm::Inflated {
+        ranges: core::iter::once(VmRange {
+            page: MAX_PFN,
+            pages: 2,
+        })
+        .collect(),
+    };
+    let mut raw = [0u8; 64];
+    let n = postcard::to_slice(&past, &mut raw[1..]).unwrap().len();
+    raw[0] = VERSION;
+    let e = decode_from_vmm(&raw[..1 + n]).unwrap_err();
+    assert_eq!(
+        ToVmm::refuse_malformed(&raw[..1 + n], e),
+        ToVmm::BalloonRefused {
+            id: None,
+            reason: VmRefuse::Malformed
+        }
+    );
+    // A damaged Deflated is refused with its id, so the VMM can give the
+    // chain back.
+    let bad_deflate = FromVmm::Deflated {
+        id: 9,
+        ranges: core::iter::once(VmRange {
+            page: MAX_PFN,
+            pages: 2,
+        })
+        .collect(),
+    };
+    let n = postcard::to_slice(&bad_deflate, &mut raw[1..])
+        .unwrap()
+        .len();
+    let e = decode_from_vmm(&raw[..1 + n]).unwrap_err();
+    assert_eq!(
+        ToVmm::refuse_malformed(&raw[..1 + n], e),
+        ToVmm::BalloonRefused {
+            id: Some(9),
+            reason: VmRefuse::Malformed
+        }
+    );
+    for m in [
+        ToBalloon::MoreToInflate,
+        ToBalloon::Release {
+            first_pfn: MAX_PFN,
+            end_pfn: MAX_PFN,
+        },
+    ] {
+        let b = encode(&m, &mut buf).unwrap().to_vec();
+        assert_eq!(decode_to_balloon(&b), Ok(m));
+    }
+}
+
 #[test]
 fn tunable_keys_round_trip_their_names() {
     for k in TunableKey::ALL {

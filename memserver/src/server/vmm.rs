@@ -20,11 +20,19 @@
 
 use super::Server;
 use crate::nested::{Nested, NestedCounters, NestedError, PageRange};
+use crate::vm_balloon::{RELEASE_PAGES, VmBalloon, VmBalloonCounters};
 use heapless::Vec;
 use memserver_api::{
-    self as api, BATCH, Block, FromVmm, SLOT_SIZE, ToBalloon, ToVmm, VM_REPORT_RANGES, VmRefuse,
+    self as api, BATCH, Block, FromVmm, SLOT_SIZE, ToBalloon, ToVmm, VM_REPORT_RANGES, VmRange,
+    VmRefuse,
 };
 use pd_ring::{Consumer, Producer, RingError};
+
+/// Deflate messages of a VM waiting at once. Linux has one chain in
+/// flight (it waits for each), which the VMM sends as up to 8 messages
+/// (256 frames, 32 ranges each); a bound keeps a hostile VMM from holding
+/// the memserver's memory.
+pub const MAX_DEFLATES: usize = 16;
 
 /// Batch ids of nested batches carry this bit; the core numbers its own
 /// from 0 up and would need 2^31 batches to reach it.
@@ -40,6 +48,10 @@ pub struct VmmPort<'a> {
     /// The VM's RAM, in physical frames (a delegated zone: the memserver
     /// never allocates from it).
     pub zone: PageRange,
+    /// The VM balloon's two bitmaps (`vm_balloon::bitmap_words` of the
+    /// zone each); too small: the VM's balloon is not served.
+    pub held_map: &'a mut [u64],
+    pub passed_map: &'a mut [u64],
 }
 
 /// What the server keeps for the VMM.
@@ -51,6 +63,20 @@ pub(super) struct VmmLink<'a> {
     in_flight: Option<(u32, Vec<Block, BATCH>)>,
     next_batch: u32,
     counters: VmmCounters,
+    /// The VM's balloon (the outer host's target reaching the VM).
+    balloon: Option<VmBalloon<'a>>,
+    /// The outer balloon's last inflate fell short while the VM was asked
+    /// for more: tell it when the VM's pages come.
+    inflate_short: bool,
+    /// The VM's deflates waiting for the outer balloon to release pages
+    /// it still holds (the VMM holds their chains until `DeflateDone`).
+    deflates: Vec<(u32, Vec<PageRange, VM_REPORT_RANGES>), MAX_DEFLATES>,
+    /// The window a `Release` is out for.
+    release_out: Option<PageRange>,
+    /// Notices for the VMM waiting for ring room beyond the answers its
+    /// reports in flight may need: the latest target, a stats request.
+    target_out: Option<u32>,
+    stats_out: bool,
 }
 
 /// What the VMM link counted (the memserver's nested figures, apart from
@@ -67,6 +93,8 @@ pub struct VmmCounters {
     pub misbehaviour: u64,
     /// Reports refused because the device takes none.
     pub no_reporting: u64,
+    /// The VM's balloon.
+    pub balloon: VmBalloonCounters,
 }
 
 fn refusal(e: NestedError) -> VmRefuse {
@@ -84,13 +112,32 @@ fn refusal(e: NestedError) -> VmRefuse {
 impl<'a> Server<'a, '_> {
     /// Serve the VMM's rings too (a system with a VM).
     pub fn attach_vmm(&mut self, port: VmmPort<'a>) {
-        let zone = port.zone;
+        let VmmPort {
+            req,
+            resp,
+            zone,
+            held_map,
+            passed_map,
+        } = port;
+        let balloon = VmBalloon::new(zone, held_map, passed_map);
         self.vmm = Some(VmmLink {
-            port,
+            port: VmmPort {
+                req,
+                resp,
+                zone,
+                held_map: &mut [],
+                passed_map: &mut [],
+            },
             nested: Nested::new(zone),
             in_flight: None,
             next_batch: 0,
             counters: VmmCounters::default(),
+            balloon,
+            inflate_short: false,
+            deflates: Vec::new(),
+            release_out: None,
+            target_out: None,
+            stats_out: false,
         });
         self.vmm_notified();
     }
@@ -99,8 +146,14 @@ impl<'a> Server<'a, '_> {
     pub fn vmm_counters(&self) -> Option<VmmCounters> {
         self.vmm.as_ref().map(|l| VmmCounters {
             nested: l.nested.counters,
+            balloon: l.balloon.as_ref().map(|b| b.counters).unwrap_or_default(),
             ..l.counters
         })
+    }
+
+    /// The VM's balloon, when the memserver keeps one.
+    pub fn vm_balloon(&self) -> Option<&VmBalloon<'a>> {
+        self.vmm.as_ref().and_then(|l| l.balloon.as_ref())
     }
 
     /// Pages of nested reports not finished yet.
@@ -157,15 +210,37 @@ impl<'a> Server<'a, '_> {
                 }
             }
         }
+        // The VMM found the request ring full and waits for room.
+        if let Some(l) = self.vmm.as_mut()
+            && l.port.req.needs_notify()
+        {
+            self.wake.vmm = true;
+        }
+        self.flush_vmm_notices();
         self.pump_nested();
     }
 
-    /// One request: `None` when it was taken (answered on completion).
+    /// One request: `None` when it was taken (a report is answered on
+    /// completion; a balloon message only when refused).
     fn vmm_request(&mut self, bytes: &[u8]) -> Option<ToVmm> {
         let takes = self.device_takes_reports();
         let l = self.vmm.as_mut()?;
         let (id, ranges) = match api::decode_from_vmm(bytes) {
             Ok(FromVmm::Report { id, ranges }) => (id, ranges),
+            Ok(FromVmm::Inflated { ranges }) => return self.vm_inflated(&ranges),
+            Ok(FromVmm::Deflated { id, ranges }) => return self.vm_deflated(id, &ranges),
+            Ok(FromVmm::Stats(s)) => {
+                return match l.balloon.as_mut() {
+                    Some(b) => {
+                        b.take_stats(s);
+                        None
+                    }
+                    None => Some(ToVmm::BalloonRefused {
+                        id: None,
+                        reason: VmRefuse::NoBalloon,
+                    }),
+                };
+            }
             Err(e) => {
                 l.counters.malformed += 1;
                 return Some(ToVmm::refuse_malformed(bytes, e));
@@ -178,22 +253,265 @@ impl<'a> Server<'a, '_> {
                 reason: VmRefuse::NoReporting,
             });
         }
-        // Pages of the VM's RAM -> its frames; a sum past the address
-        // space lands outside the zone and is refused there.
-        let zone = l.nested.zone();
-        let frames: Vec<PageRange, VM_REPORT_RANGES> = ranges
-            .iter()
-            .map(|r| PageRange {
-                pfn: zone.pfn.saturating_add(r.page),
-                pages: r.pages,
-            })
-            .collect();
+        let frames = Self::frames(l.nested.zone(), &ranges);
         match l.nested.submit(id, &frames) {
             Ok(()) => None,
             Err(e) => Some(ToVmm::Refused {
                 id: Some(id),
                 reason: refusal(e),
             }),
+        }
+    }
+
+    /// Pages of the VM's RAM -> its frames; a sum past the address space
+    /// lands outside the zone and is refused there.
+    fn frames(zone: PageRange, ranges: &[VmRange]) -> Vec<PageRange, VM_REPORT_RANGES> {
+        ranges
+            .iter()
+            .map(|r| PageRange {
+                pfn: zone.pfn.saturating_add(r.page),
+                pages: r.pages,
+            })
+            .collect()
+    }
+
+    /// The VM's OS inflated `ranges`: held, and handed out when the outer
+    /// balloon asks. A page in a nested report in flight is not the
+    /// guest's to give (it reported it free), so that is refused too.
+    fn vm_inflated(&mut self, ranges: &[VmRange]) -> Option<ToVmm> {
+        let l = self.vmm.as_mut()?;
+        let frames = Self::frames(l.nested.zone(), ranges);
+        let Some(b) = l.balloon.as_mut() else {
+            return Some(ToVmm::BalloonRefused {
+                id: None,
+                reason: VmRefuse::NoBalloon,
+            });
+        };
+        if frames.iter().any(|r| l.nested.in_flight_overlaps(r)) {
+            b.counters.refused += 1;
+            return Some(ToVmm::BalloonRefused {
+                id: None,
+                reason: VmRefuse::Overlap,
+            });
+        }
+        if let Err(reason) = b.inflated(&frames) {
+            return Some(ToVmm::BalloonRefused { id: None, reason });
+        }
+        if l.inflate_short && b.unpassed_pages() > 0 {
+            // The outer balloon stopped asking when it fell short: the
+            // VM's pages are here now.
+            l.inflate_short = false;
+            let _ = self.send_balloon(&ToBalloon::MoreToInflate);
+        }
+        None
+    }
+
+    /// The VM's OS deflates `ranges` (deflate `id`). Pages the outer
+    /// balloon still holds are owed: the deflate waits until they are
+    /// released ([`ToVmm::DeflateDone`]); otherwise it is done at once.
+    fn vm_deflated(&mut self, id: u32, ranges: &[VmRange]) -> Option<ToVmm> {
+        let l = self.vmm.as_mut()?;
+        let frames = Self::frames(l.nested.zone(), ranges);
+        let refuse = |reason| {
+            Some(ToVmm::BalloonRefused {
+                id: Some(id),
+                reason,
+            })
+        };
+        let Some(b) = l.balloon.as_mut() else {
+            return refuse(VmRefuse::NoBalloon);
+        };
+        if l.deflates.iter().any(|d| d.0 == id) {
+            b.counters.refused += 1;
+            return refuse(VmRefuse::DuplicateId);
+        }
+        if l.deflates.is_full() {
+            b.counters.refused += 1;
+            return refuse(VmRefuse::Busy);
+        }
+        if let Err(reason) = b.deflated(&frames) {
+            return refuse(reason);
+        }
+        if frames.iter().all(|r| b.first_passed(r).is_none()) {
+            return Some(ToVmm::DeflateDone { id });
+        }
+        // Room was checked above.
+        let _ = l.deflates.push((id, frames));
+        self.vm_pump_release();
+        None
+    }
+
+    /// Ask the outer balloon to release the window around the first owed
+    /// page of a waiting deflate, one window at a time.
+    fn vm_pump_release(&mut self) {
+        let Some(l) = self.vmm.as_mut() else { return };
+        let Some(b) = l.balloon.as_ref() else { return };
+        if l.release_out.is_some() {
+            return;
+        }
+        let Some(pfn) = l
+            .deflates
+            .iter()
+            .flat_map(|d| d.1.iter())
+            .find_map(|r| b.first_passed(r))
+        else {
+            return;
+        };
+        let zone = b.zone();
+        let first = (pfn & !(RELEASE_PAGES - 1)).max(zone.pfn);
+        let end = ((pfn | (RELEASE_PAGES - 1)) + 1).min(zone.pfn + zone.pages);
+        let window = PageRange {
+            pfn: first,
+            pages: end - first,
+        };
+        if self
+            .send_balloon(&ToBalloon::Release {
+                first_pfn: first,
+                end_pfn: end,
+            })
+            .is_ok()
+            && let Some(l) = self.vmm.as_mut()
+        {
+            l.release_out = Some(window);
+        }
+    }
+
+    /// Deflates none of whose pages the outer balloon holds are done.
+    fn vm_finish_deflates(&mut self) {
+        let Some(l) = self.vmm.as_mut() else { return };
+        let Some(b) = l.balloon.as_ref() else { return };
+        let mut done: Vec<u32, MAX_DEFLATES> = Vec::new();
+        l.deflates.retain(|(id, frames)| {
+            let free = frames.iter().all(|r| b.first_passed(r).is_none());
+            if free {
+                let _ = done.push(*id);
+            }
+            !free
+        });
+        for id in done {
+            self.send_vmm(&ToVmm::DeflateDone { id });
+        }
+    }
+
+    /// The outer balloon wants `pages` more than the native zones gave:
+    /// hand it held pages of the VM (appended to `out`, at most `room`
+    /// blocks), and when that falls short too, raise the VM's target.
+    /// Returns the pages handed.
+    pub(super) fn vm_inflate(
+        &mut self,
+        pages: u64,
+        room: usize,
+        out: &mut Vec<Block, BATCH>,
+    ) -> u64 {
+        let Some(l) = self.vmm.as_mut() else { return 0 };
+        let Some(b) = l.balloon.as_mut() else {
+            return 0;
+        };
+        let taken = b.take(pages, room.saturating_sub(out.len()), out);
+        let mut target = None;
+        if taken < pages && room > out.len() {
+            target = b.want_more(pages - taken);
+            l.inflate_short = true;
+        }
+        if target.is_some() {
+            l.target_out = target;
+        }
+        self.flush_vmm_notices();
+        taken
+    }
+
+    /// Whether the outer balloon may return `b` as a block of the VM.
+    pub(super) fn vm_can_return(&self, b: &Block) -> bool {
+        self.vm_balloon().is_some_and(|v| v.can_return(b))
+    }
+
+    /// The outer balloon returned `blocks` of the VM (each checked with
+    /// [`Server::vm_can_return`]): the VM's target follows, and owed pages
+    /// are asked for again while some remain. Returns the pages.
+    pub(super) fn vm_returned(&mut self, blocks: &[Block]) -> u64 {
+        let Some(l) = self.vmm.as_mut() else { return 0 };
+        let Some(b) = l.balloon.as_mut() else {
+            return 0;
+        };
+        let zone = b.zone();
+        let in_vm = |blk: &&Block| blk.pfn >= zone.pfn && blk.pfn < zone.pfn + zone.pages;
+        // The answer to the release out: every block of the VM in it lies
+        // in its window (the balloon picks only those).
+        let release = l.release_out.filter(|w| {
+            blocks
+                .iter()
+                .filter(in_vm)
+                .all(|blk| blk.pfn >= w.pfn && blk.pfn + blk.pages() <= w.pfn + w.pages)
+        });
+        let mut pages = 0;
+        for blk in blocks {
+            if b.can_return(blk) {
+                b.returned(blk);
+                pages += blk.pages();
+            }
+        }
+        match release {
+            Some(w) => {
+                l.release_out = None;
+                if pages == 0 {
+                    // The balloon holds nothing there (it answers a
+                    // release only when no inflate is under way, so
+                    // nothing of the window is on its way to the device):
+                    // what the server thought passed is not.
+                    b.forget_passed(&w);
+                }
+            }
+            None if pages > 0 => {
+                // A deflate for the host's target: the VM keeps in its
+                // balloon only what the outer one still holds.
+                if let Some(t) = b.settle() {
+                    l.target_out = Some(t);
+                }
+            }
+            None => {}
+        }
+        self.vm_finish_deflates();
+        self.flush_vmm_notices();
+        self.vm_pump_release();
+        pages
+    }
+
+    /// The outer host asks for statistics: refresh the VM's (they come
+    /// with its OS's next stats buffer, for the next request).
+    pub(super) fn vm_stats_request(&mut self) {
+        if let Some(l) = self.vmm.as_mut()
+            && l.balloon.is_some()
+        {
+            l.stats_out = true;
+            self.flush_vmm_notices();
+        }
+    }
+
+    /// Send the waiting notices while the answer ring keeps room for an
+    /// answer to every report and deflate in flight and one more; later
+    /// ones wait for
+    /// the VMM's next notification.
+    fn flush_vmm_notices(&mut self) {
+        loop {
+            let Some(l) = self.vmm.as_mut() else { return };
+            let reserve = l.nested.in_flight() + l.deflates.len() + 1;
+            let room = l.port.resp.free_slots().map_or(0, |n| n as usize);
+            let msg = if let Some(pages) = l.target_out {
+                ToVmm::BalloonTarget { pages }
+            } else if l.stats_out {
+                ToVmm::StatsRequest
+            } else {
+                return;
+            };
+            if room <= reserve {
+                return;
+            }
+            if let ToVmm::BalloonTarget { .. } = msg {
+                l.target_out = None;
+            } else {
+                l.stats_out = false;
+            }
+            self.send_vmm(&msg);
         }
     }
 

@@ -115,3 +115,4 @@ pub fn snapshot(c: &MemCore<'_>) -> Snapshot {
         lists,
     }
 }
+pub mod vmm;

@@ -69,8 +69,14 @@ pub enum Event {
     },
     /// Frames the guest gave to the balloon (already returned to it).
     Inflate { pfns: heapless::Vec<u32, MAX_PFNS> },
-    /// Frames the guest took back from the balloon.
-    Deflate { pfns: heapless::Vec<u32, MAX_PFNS> },
+    /// Frames the guest takes back from the balloon (chain `head` of the
+    /// deflate queue): the guest may use them once the chain is back, so
+    /// answer with [`Balloon::complete_deflate`] only when the host holds
+    /// none of them.
+    Deflate {
+        head: u16,
+        pfns: heapless::Vec<u32, MAX_PFNS>,
+    },
     /// The guest's statistics: (tag, value) pairs.
     Stats(heapless::Vec<(u16, u64), MAX_STATS>),
 }
@@ -184,6 +190,18 @@ impl Balloon {
         let q = self.queues.reporting.ok_or(QueueError::NotReady)?;
         queues[q].push_used(mem, head, 0)?;
         self.counters.reports_done += 1;
+        Ok(true)
+    }
+
+    /// Chain `head` of the deflate queue is done: give it back, and the
+    /// guest may use its frames.
+    pub fn complete_deflate(
+        &mut self,
+        head: u16,
+        queues: &mut [DeviceQueue],
+        mem: &mut dyn GuestMemory,
+    ) -> Result<bool, QueueError> {
+        queues[self.queues.deflate].push_used(mem, head, 0)?;
         Ok(true)
     }
 
@@ -350,21 +368,23 @@ impl Device for Balloon {
             let head = chain.head;
             if q == ix.inflate || q == ix.deflate {
                 match Self::pfns(&chain, mem) {
-                    Some(pfns) => {
-                        let n = pfns.len() as u64;
-                        let ev = if q == ix.inflate {
-                            self.counters.inflated_pages += n;
-                            Event::Inflate { pfns }
-                        } else {
-                            self.counters.deflated_pages += n;
-                            Event::Deflate { pfns }
-                        };
-                        let _ = self.events.push_back(ev);
+                    Some(pfns) if q == ix.inflate => {
+                        self.counters.inflated_pages += pfns.len() as u64;
+                        let _ = self.events.push_back(Event::Inflate { pfns });
+                        queue.push_used(mem, head, 0)?;
+                        used = true;
                     }
-                    None => self.counters.bad_pfn_arrays += 1,
+                    Some(pfns) => {
+                        // Held until the VMM says the host let go of them.
+                        self.counters.deflated_pages += pfns.len() as u64;
+                        let _ = self.events.push_back(Event::Deflate { head, pfns });
+                    }
+                    None => {
+                        self.counters.bad_pfn_arrays += 1;
+                        queue.push_used(mem, head, 0)?;
+                        used = true;
+                    }
                 }
-                queue.push_used(mem, head, 0)?;
-                used = true;
             } else if Some(q) == ix.reporting {
                 match Self::report(&chain) {
                     Some(ranges) => {

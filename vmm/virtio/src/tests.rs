@@ -187,6 +187,22 @@ fn inflate_and_deflate_give_pfns_and_bad_arrays_are_dropped() {
     assert_eq!(dev.device.counters.bad_pfn_arrays, 2);
     assert_eq!(dev.device.counters.inflated_pages, 3);
     assert_eq!(dev.read(reg::STATUS, 4) & status::DEVICE_NEEDS_RESET, 0);
+    // A deflate is held until the VMM completes it.
+    let mut dq = qdriver(1);
+    m.write(arr, &words).unwrap();
+    let h = dq.add(&mut m, &[(arr, 12, false)]).unwrap();
+    notify(&mut dev, &mut m, 1);
+    let Some(Event::Deflate { head, pfns }) = dev.device.take_event() else {
+        panic!("no deflate event")
+    };
+    assert_eq!(
+        (head, pfns.as_slice()),
+        (h, [pfn0, pfn0 + 1, pfn0 + 2].as_slice())
+    );
+    assert!(dq.used(&m).is_empty(), "given back before the host let go");
+    dev.with_queues(&mut m, |d, q, mem| d.complete_deflate(head, q, mem))
+        .unwrap();
+    assert_eq!(dq.used(&m), [(u32::from(h), 0)]);
 }
 
 #[test]
