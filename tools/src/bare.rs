@@ -219,6 +219,7 @@ pub fn run_config(
         // guests are done.
         settle: Duration::from_secs(15),
         balloon_target,
+        balloon_back: None,
         // One image, one UART, no seL4: the console is the PDs' log.
         log_pages: Vec::new(),
     }

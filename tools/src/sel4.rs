@@ -32,6 +32,18 @@ pub const MEMORY_MIB: u32 = 2048;
 /// once the run settled: 256 MiB in, within what the memserver holds free.
 pub const BALLOON_MIB: u64 = bare::HOSTILE_BALLOON_MIB;
 
+/// How much of the Linux VM's RAM the Linux-VM run's balloon target asks
+/// for, beyond all the native guests' RAM: the native zones cannot give
+/// it (they keep their watermarks, too), so the memserver raises the VM's
+/// balloon target and Linux inflates. Then the target goes back to all of
+/// QEMU's RAM and everything deflates, the VM's pages too.
+pub const VM_BALLOON_MIB: u64 = 24;
+
+/// The memserver's line on the VM's balloon (`memserver::vm_balloon`).
+pub const VM_BALLOON_LINE: &str = "vm balloon:";
+/// The VMM's line when the memserver sets the VM's balloon target.
+pub const VMM_BALLOON_TARGET: &str = "balloon target";
+
 /// The Linux VM's lines on the console (Linux writes to the passed-through
 /// PL011 itself, so they are there with a release kernel too): its first
 /// line, userspace, the workload's end.
@@ -211,9 +223,70 @@ pub fn run_config(
         // may still fall; 8 s, as the direct Linux run waits.
         steady: Duration::from_secs(if run.has_linux() { 8 } else { 3 }),
         settle: Duration::from_secs(if run.has_linux() { 40 } else { 30 }),
-        balloon_target: run.reporting().then_some(BALLOON_MIB * MIB),
+        balloon_target: match run {
+            Sel4Run::LinuxVm => {
+                Some(u64::from(MEMORY_MIB) * MIB - native_ram(img)? - VM_BALLOON_MIB * MIB)
+            }
+            _ => run.reporting().then_some(BALLOON_MIB * MIB),
+        },
+        balloon_back: (run == Sel4Run::LinuxVm).then_some(u64::from(MEMORY_MIB) * MIB),
         log_pages: img.log_pages.clone(),
     })
+}
+
+/// The native guests' RAM (bytes): what the native zones hold.
+fn native_ram(img: &Image) -> Result<u64, String> {
+    let text = std::fs::read_to_string(&img.board_sdf)
+        .map_err(|e| format!("{}: {e}", img.board_sdf.display()))?;
+    let sys = sdf::System::parse(&text).map_err(|e| e.to_string())?;
+    let guests = sdf::guests::guests(&sys).map_err(|e| e.to_string())?;
+    Ok(guests.iter().map(|g| g.ram.size).sum())
+}
+
+/// The outer host's balloon target reached the VM and went back: both
+/// QMP targets were reached, the memserver passed pages of the VM's RAM to
+/// the outer balloon, and at the end the VM's balloon is empty again (its
+/// target 0, nothing held, nothing passed).
+fn vm_balloon_verdict(r: &RunReport) -> Result<String, String> {
+    let (Some(inflate), Some(back)) = (&r.balloon, &r.balloon_back) else {
+        return Err(format!(
+            "the QMP balloon target never reached the VM's pages: {:?}",
+            r.balloon
+        ));
+    };
+    let lines: Vec<&str> = r
+        .log
+        .lines()
+        .filter(|l| l.contains(VM_BALLOON_LINE))
+        .collect();
+    let passed = lines
+        .iter()
+        .filter_map(|l| crate::qemu::field(l, "passed_pages"))
+        .max()
+        .unwrap_or(0);
+    let last = lines
+        .last()
+        .copied()
+        .unwrap_or("MEMSERVER: no vm balloon line");
+    let empty = ["target_pages", "held_pages", "passed_pages"]
+        .iter()
+        .all(|k| crate::qemu::field(last, k) == Some(0));
+    let said = format!(
+        "VM balloon: the outer target took {} MiB of the VM's RAM ({:.2} s to reach {} MiB), all back after {}; {last}",
+        passed / 256,
+        inflate.reached.map_or(f64::NAN, |d| d.as_secs_f64()),
+        inflate.target / MIB,
+        back.reached.map_or_else(
+            || "never".to_string(),
+            |d| format!("{:.2} s", d.as_secs_f64())
+        ),
+    );
+    let vmm_told = r.log.contains(VMM_BALLOON_TARGET);
+    if inflate.reached.is_some() && back.reached.is_some() && passed > 0 && empty && vmm_told {
+        Ok(said)
+    } else {
+        Err(said)
+    }
 }
 
 /// Every PD of the image logged under its own prefix (its name; the
@@ -394,6 +467,9 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
             }
             if run.has_linux() {
                 said.push(nested_verdict(run, r)?);
+                if run.reporting() {
+                    said.push(vm_balloon_verdict(r)?);
+                }
                 let done = text
                     .lines()
                     .find(|l| l.contains(LINUX_DONE))

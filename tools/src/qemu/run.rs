@@ -33,6 +33,9 @@ pub struct RunConfig {
     pub settle: Duration,
     /// Ask the balloon for this guest size (QMP `balloon`) once settled.
     pub balloon_target: Option<u64>,
+    /// Then, once that target was reached, ask for this size (the
+    /// balloon deflating back).
+    pub balloon_back: Option<u64>,
     /// The PDs' log pages (`tools image`): when there are any, the PDs'
     /// lines are read from them through QMP instead of from the console,
     /// so a release kernel (no console) is followed like a debug one.
@@ -60,6 +63,8 @@ pub struct RunReport {
     /// The RSS fall after the guests' last free (expected: what they freed).
     pub reclaim: Reclaim,
     pub balloon: Option<BalloonCheck>,
+    /// The check of [`RunConfig::balloon_back`].
+    pub balloon_back: Option<BalloonCheck>,
     /// The whole console.
     pub console: String,
     /// The PDs' log lines the run was judged by: from their log pages when
@@ -109,7 +114,7 @@ impl RunReport {
             "{}",
             Timeline::reclaim_line("after the guests' last free", &self.reclaim)
         );
-        if let Some(b) = &self.balloon {
+        for b in self.balloon.iter().chain(&self.balloon_back) {
             let _ = writeln!(
                 s,
                 "QMP balloon: actual {} MiB -> target {} MiB: actual {} MiB{}",
@@ -361,6 +366,16 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             Err(e) => failure = Some(e.to_string()),
         }
     }
+    let mut balloon_back = None;
+    if failure.is_none()
+        && balloon.is_some_and(|b| b.reached.is_some())
+        && let Some(target) = cfg.balloon_back
+    {
+        match balloon_check(&mut qemu, &mut follow, target, &mut tl, &mut obs) {
+            Ok(b) => balloon_back = Some(b),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
     let mut guest_stats = None;
     if failure.is_none() && cfg.qemu.balloon.is_some() {
         match settled_guest_stats(&mut follow.qmp, epoch_s()) {
@@ -404,6 +419,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         boot,
         reclaim,
         balloon,
+        balloon_back,
         console: qemu.console().text(),
         log: follow.log.join("\n"),
         guest_stats,
@@ -425,6 +441,14 @@ fn balloon_check(
     follow.qmp.balloon(target)?;
     let mut after = before;
     let mut reached = None;
+    // Inflating: `actual` falls to the target; deflating: it rises to it.
+    let there = |after: u64| {
+        if target <= before {
+            after <= target
+        } else {
+            after >= target
+        }
+    };
     // The driver inflates in steps; give it a bounded time.
     while asked.elapsed() < Duration::from_secs(30) {
         after = follow.qmp.query_balloon()?;
@@ -441,7 +465,7 @@ fn balloon_check(
             guest: Some(obs.guest_bytes()),
             reported: obs.reported,
         });
-        if after <= target {
+        if there(after) {
             reached = Some(asked.elapsed());
             break;
         }
