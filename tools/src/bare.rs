@@ -220,6 +220,7 @@ pub fn run_config(
         settle: Duration::from_secs(15),
         balloon_target,
         balloon_back: None,
+        balloon_back_line: None,
         // One image, one UART, no seL4: the console is the PDs' log.
         log_pages: Vec::new(),
     }

@@ -41,6 +41,9 @@ pub const VM_BALLOON_MIB: u64 = 24;
 
 /// The memserver's line on the VM's balloon (`memserver::vm_balloon`).
 pub const VM_BALLOON_LINE: &str = "vm balloon:";
+/// The VM's balloon is empty again (what the Linux-VM run waits for after
+/// the balloon came back).
+pub const VM_BALLOON_EMPTY: &str = "target_pages=0 held_pages=0 passed_pages=0";
 /// The VMM's line when the memserver sets the VM's balloon target.
 pub const VMM_BALLOON_TARGET: &str = "balloon target";
 
@@ -81,7 +84,7 @@ pub const SMOKE_STOP: &str =
 /// and third line); the flood all came back, the memserver refusing what
 /// it would not hold.
 pub const HOSTILE_VM_DONE: &str = "HOSTILE-VM|INFO: done";
-const HOSTILE_VM_WANT: &str = "outside=needs_reset straddle=needs_reset flood=returned flood_back=6/6 past_ring=needs_reset loop=needs_reset";
+const HOSTILE_VM_WANT: &str = "outside=needs_reset straddle=needs_reset flood=returned flood_back=6/6 past_ring=needs_reset loop=needs_reset deflate_unheld=returned inflate_twice=returned deflate_held=returned";
 
 /// Which run of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,8 +233,26 @@ pub fn run_config(
             _ => run.reporting().then_some(BALLOON_MIB * MIB),
         },
         balloon_back: (run == Sel4Run::LinuxVm).then_some(u64::from(MEMORY_MIB) * MIB),
+        balloon_back_line: (run == Sel4Run::LinuxVm).then(|| VM_BALLOON_EMPTY.to_string()),
         log_pages: img.log_pages.clone(),
     })
+}
+
+/// The VM's RAM (bytes), as the memserver said at boot (`VM RAM: <region>
+/// at <paddr>, <n> MiB (...)`).
+fn vm_ram(r: &RunReport) -> Result<u64, String> {
+    let line = r
+        .log
+        .lines()
+        .find(|l| l.starts_with("MEMSERVER|INFO: VM RAM: "))
+        .ok_or("the memserver never said the VM's RAM")?;
+    let mib: u64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|w| w.split(' ').next())
+        .and_then(|w| w.parse().ok())
+        .ok_or(format!("no size in: {line}"))?;
+    Ok(mib * MIB)
 }
 
 /// The native guests' RAM (bytes): what the native zones hold.
@@ -282,11 +303,42 @@ fn vm_balloon_verdict(r: &RunReport) -> Result<String, String> {
         ),
     );
     let vmm_told = r.log.contains(VMM_BALLOON_TARGET);
-    if inflate.reached.is_some() && back.reached.is_some() && passed > 0 && empty && vmm_told {
-        Ok(said)
-    } else {
-        Err(said)
+    if !(inflate.reached.is_some() && back.reached.is_some() && passed > 0 && empty && vmm_told) {
+        return Err(said);
     }
+    // The VM's statistics reach QMP's guest-stats: the total is the native
+    // zones' plus what Linux says it has (its MemTotal, short of its RAM
+    // by what the kernel keeps), so above the native zones by half the
+    // VM's RAM at least.
+    let conservation = r
+        .log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: conservation: "))
+        .ok_or("the memserver logged no conservation line")?;
+    let native = crate::qemu::field(conservation, "total")
+        .ok_or(format!("no total= in: {conservation}"))?
+        * 4096;
+    let total = r
+        .guest_stats
+        .as_ref()
+        .and_then(|g| g.get("stat-total-memory"))
+        .ok_or("no QMP guest-stats total")?;
+    let vm_ram = vm_ram(r)?;
+    if total < native + vm_ram / 2 || total > native + vm_ram {
+        return Err(format!(
+            "QMP guest-stats total {} MiB: not the native zones' {} MiB plus the VM's (of {} MiB RAM)",
+            total / MIB,
+            native / MIB,
+            vm_ram / MIB
+        ));
+    }
+    Ok(format!(
+        "{said}; QMP guest-stats total {} MiB = native {} MiB + the VM's {} MiB",
+        total / MIB,
+        native / MIB,
+        (total - native) / MIB
+    ))
 }
 
 /// Every PD of the image logged under its own prefix (its name; the
@@ -325,6 +377,19 @@ fn hostile_vm_verdict(r: &RunReport) -> Result<String, String> {
     if !done.contains(HOSTILE_VM_WANT) {
         return Err(format!(
             "the hostile VM got: {done}; it must get: {HOSTILE_VM_WANT}"
+        ));
+    }
+    // The memserver refused the deflate of pages never inflated and the
+    // second inflate of one page, and the VM's balloon ended empty.
+    let balloon = r
+        .log
+        .lines()
+        .rfind(|l| l.contains(VM_BALLOON_LINE))
+        .ok_or("the memserver never said how the VM's balloon stands")?;
+    let field = |k| crate::qemu::field(balloon, k);
+    if field("refused") != Some(2) || field("held_pages") != Some(0) {
+        return Err(format!(
+            "the memserver's VM balloon must have refused 2 messages and hold nothing: {balloon}"
         ));
     }
     for (want, what) in [

@@ -36,6 +36,10 @@ pub struct RunConfig {
     /// Then, once that target was reached, ask for this size (the
     /// balloon deflating back).
     pub balloon_back: Option<u64>,
+    /// And then wait (bounded) for a PD line containing this: the guest
+    /// side settled after the balloon came back (a VM deflates at its own
+    /// pace, after the outer balloon did).
+    pub balloon_back_line: Option<String>,
     /// The PDs' log pages (`tools image`): when there are any, the PDs'
     /// lines are read from them through QMP instead of from the console,
     /// so a release kernel (no console) is followed like a debug one.
@@ -376,6 +380,13 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
             Err(e) => failure = Some(e.to_string()),
         }
     }
+    if failure.is_none()
+        && balloon_back.is_some_and(|b| b.reached.is_some())
+        && let Some(line) = &cfg.balloon_back_line
+        && let Err(e) = wait_for_line(&mut qemu, &mut follow, line, &mut tl, &mut obs)
+    {
+        failure = Some(e);
+    }
     let mut guest_stats = None;
     if failure.is_none() && cfg.qemu.balloon.is_some() {
         match settled_guest_stats(&mut follow.qmp, epoch_s()) {
@@ -425,6 +436,48 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         guest_stats,
         failure,
     })
+}
+
+/// How long a guest side may take to settle after the balloon came back.
+const BALLOON_BACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Follow the run until a PD line contains `want`, for at most
+/// [`BALLOON_BACK_WAIT`].
+fn wait_for_line(
+    qemu: &mut Qemu,
+    follow: &mut Follow,
+    want: &str,
+    tl: &mut Timeline,
+    obs: &mut Observed,
+) -> Result<(), String> {
+    let start = qemu.started();
+    let asked = Instant::now();
+    while asked.elapsed() < BALLOON_BACK_WAIT {
+        let t = start.elapsed();
+        let (_, pd) = follow.next(qemu).map_err(|e| e.to_string())?;
+        let mut seen = false;
+        for l in pd {
+            seen |= l.contains(want);
+            for label in obs.line(&l, t) {
+                tl.mark(t, label);
+            }
+        }
+        tl.push(Sample {
+            t,
+            host: qemu.rss().map_err(|e| e.to_string())?,
+            guest: Some(obs.guest_bytes()),
+            reported: obs.reported,
+        });
+        if seen {
+            tl.mark(t, format!("seen: {want}"));
+            return Ok(());
+        }
+        qemu.console()
+            .wait_for(follow.seen, Duration::from_millis(250), |_| true);
+    }
+    Err(format!(
+        "no PD line with '{want}' within {BALLOON_BACK_WAIT:?} after the balloon came back"
+    ))
 }
 
 fn balloon_check(

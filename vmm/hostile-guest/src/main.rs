@@ -6,7 +6,11 @@
 //! 2. `straddle`: a report running past the end of its RAM;
 //! 3. `flood`: eight reports at once (the memserver holds four per VM);
 //! 4. `past_ring`: an available-ring entry naming descriptor 200 of 8;
-//! 5. `loop`: a chain whose descriptors point at each other.
+//! 5. `loop`: a chain whose descriptors point at each other;
+//! 6. `deflate_unheld`: a deflate of four pages it never inflated (the
+//!    memserver refuses it; the VMM then gives the chain back);
+//! 7. `inflate_twice`: the same page inflated in two chains at once (the
+//!    memserver takes the first and refuses the second), then deflated.
 //!
 //! Each runs on a freshly reset device and gets its answer on the console:
 //! `returned` (the buffers came back in the used ring), `needs_reset` (the
@@ -75,8 +79,13 @@ mod guest {
     }
     const NEEDS_RESET: u32 = 64;
     const F_REPORTING: u32 = 1 << 5;
-    /// With VERSION_1 and REPORTING only, the reporting queue is 2.
+    /// With VERSION_1 and REPORTING only, the reporting queue is 2 (after
+    /// inflate 0 and deflate 1).
     const REPORTING_QUEUE: u32 = 2;
+    const INFLATE_QUEUE: u32 = 0;
+    const DEFLATE_QUEUE: u32 = 1;
+    /// PFN arrays for the inflate and deflate attacks.
+    const ARRAY: u64 = DESC + 0x3000;
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
 
@@ -131,6 +140,11 @@ mod guest {
     /// Reset the device and bring the reporting queue up; `false` when the
     /// device does not offer what a balloon with reporting offers.
     fn setup() -> bool {
+        setup_queue(REPORTING_QUEUE)
+    }
+
+    /// [`setup`] with queue `q` up instead.
+    fn setup_queue(q: u32) -> bool {
         w32(reg::STATUS, 0);
         w32(reg::STATUS, 1 | 2);
         w32(reg::DEVICE_FEATURES_SEL, 0);
@@ -152,7 +166,7 @@ mod guest {
         for a in (DESC..USED + 0x1000).step_by(8) {
             mem_w64(a, 0);
         }
-        w32(reg::QUEUE_SEL, REPORTING_QUEUE);
+        w32(reg::QUEUE_SEL, q);
         w32(reg::QUEUE_NUM, u32::from(QSIZE));
         w32(reg::QUEUE_DESC_LOW, DESC as u32);
         w32(reg::QUEUE_DESC_HIGH, 0);
@@ -175,13 +189,18 @@ mod guest {
 
     /// Offer `heads` on the available ring and notify.
     fn offer(heads: &[u16]) {
+        offer_on(REPORTING_QUEUE, heads);
+    }
+
+    /// [`offer`] on queue `q`.
+    fn offer_on(q: u32, heads: &[u16]) {
         let idx = mem_r16(AVAIL + 2);
         for (k, h) in heads.iter().enumerate() {
             let slot = (idx.wrapping_add(k as u16) % QSIZE) as u64;
             mem_w16(AVAIL + 4 + 2 * slot, *h);
         }
         mem_w16(AVAIL + 2, idx.wrapping_add(heads.len() as u16));
-        w32(reg::QUEUE_NOTIFY, REPORTING_QUEUE);
+        w32(reg::QUEUE_NOTIFY, q);
     }
 
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -227,7 +246,23 @@ mod guest {
     /// Run `f` on a freshly reset device; `Nothing` when it would not
     /// come up.
     fn attack(f: impl FnOnce() -> Answer) -> Answer {
-        if setup() { f() } else { Answer::Nothing }
+        attack_on(REPORTING_QUEUE, f)
+    }
+
+    /// [`attack`] on queue `q`.
+    fn attack_on(q: u32, f: impl FnOnce() -> Answer) -> Answer {
+        if setup_queue(q) { f() } else { Answer::Nothing }
+    }
+
+    /// A PFN array at [`ARRAY`] of `n` pages from `base`, as chain `head`.
+    fn pfn_chain(head: u16, base: u64, n: u32) {
+        for k in 0..n {
+            mem_w32(
+                ARRAY + u64::from(k) * 4,
+                ((base >> 12) + u64::from(k)) as u32,
+            );
+        }
+        desc(head, ARRAY, 4 * n, 0, 0);
     }
 
     #[unsafe(no_mangle)]
@@ -278,14 +313,35 @@ mod guest {
             offer(&[0]);
             wait(1)
         });
+        // 6: a deflate of pages never inflated.
+        let deflate_unheld = attack_on(DEFLATE_QUEUE, || {
+            pfn_chain(0, FLOOD_BASE, 4);
+            offer_on(DEFLATE_QUEUE, &[0]);
+            wait(1)
+        });
+        // 7: one page inflated by two chains at once, then deflated.
+        let inflate_twice = attack_on(INFLATE_QUEUE, || {
+            pfn_chain(0, FLOOD_BASE, 1);
+            desc(1, ARRAY, 4, 0, 0);
+            offer_on(INFLATE_QUEUE, &[0, 1]);
+            wait(2)
+        });
+        let deflate_held = attack_on(DEFLATE_QUEUE, || {
+            pfn_chain(0, FLOOD_BASE, 1);
+            offer_on(DEFLATE_QUEUE, &[0]);
+            wait(1)
+        });
         let _ = writeln!(
             out,
-            "HOSTILE-VM|INFO: done outside={} straddle={} flood={} flood_back={flood_back}/6 past_ring={} loop={}",
+            "HOSTILE-VM|INFO: done outside={} straddle={} flood={} flood_back={flood_back}/6 past_ring={} loop={} deflate_unheld={} inflate_twice={} deflate_held={}",
             outside.name(),
             straddle.name(),
             flood.name(),
             past_ring.name(),
-            looped.name()
+            looped.name(),
+            deflate_unheld.name(),
+            inflate_twice.name(),
+            deflate_held.name()
         );
         off();
     }
