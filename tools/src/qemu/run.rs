@@ -371,6 +371,9 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
         }
     }
     let mut balloon_back = None;
+    // The guest side may settle while the balloon comes back: its line
+    // counts from here.
+    let back_from = follow.log.len();
     if failure.is_none()
         && balloon.is_some_and(|b| b.reached.is_some())
         && let Some(target) = cfg.balloon_back
@@ -383,7 +386,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     if failure.is_none()
         && balloon_back.is_some_and(|b| b.reached.is_some())
         && let Some(line) = &cfg.balloon_back_line
-        && let Err(e) = wait_for_line(&mut qemu, &mut follow, line, &mut tl, &mut obs)
+        && let Err(e) = wait_for_line(&mut qemu, &mut follow, line, back_from, &mut tl, &mut obs)
     {
         failure = Some(e);
     }
@@ -441,17 +444,24 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
 /// How long a guest side may take to settle after the balloon came back.
 const BALLOON_BACK_WAIT: Duration = Duration::from_secs(60);
 
-/// Follow the run until a PD line contains `want`, for at most
-/// [`BALLOON_BACK_WAIT`].
+/// Follow the run until a PD line read since `follow.log[from]` contains
+/// `want`, for at most [`BALLOON_BACK_WAIT`].
 fn wait_for_line(
     qemu: &mut Qemu,
     follow: &mut Follow,
     want: &str,
+    from: usize,
     tl: &mut Timeline,
     obs: &mut Observed,
 ) -> Result<(), String> {
     let start = qemu.started();
     let asked = Instant::now();
+    if follow.log[from.min(follow.log.len())..]
+        .iter()
+        .any(|l| l.contains(want))
+    {
+        return Ok(());
+    }
     while asked.elapsed() < BALLOON_BACK_WAIT {
         let t = start.elapsed();
         let (_, pd) = follow.next(qemu).map_err(|e| e.to_string())?;
