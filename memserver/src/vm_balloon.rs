@@ -180,13 +180,12 @@ impl<'a> VmBalloon<'a> {
         Ok(())
     }
 
-    fn pages_of(&self, ranges: &[PageRange]) -> impl Iterator<Item = u64> + '_ {
-        let base = self.zone.pfn;
+    /// The page indices of `ranges` (checked: inside the zone based at
+    /// frame `base`).
+    fn pages_of(base: u64, ranges: &[PageRange]) -> impl Iterator<Item = u64> + '_ {
         ranges
             .iter()
             .flat_map(move |r| (r.pfn - base)..(r.pfn - base + r.pages))
-            .collect::<heapless::Vec<u64, { VM_BALLOON_PAGES as usize }>>()
-            .into_iter()
     }
 
     /// Whether some page occurs twice in `ranges` (checked ranges).
@@ -209,19 +208,19 @@ impl<'a> VmBalloon<'a> {
         if let Err(e) = self.check_ranges(ranges) {
             return self.refuse(e);
         }
-        if Self::repeats(ranges) || self.pages_of(ranges).any(|i| bit(self.held, i)) {
+        let base = self.zone.pfn;
+        if Self::repeats(ranges) || Self::pages_of(base, ranges).any(|i| bit(self.held, i)) {
             return self.refuse(VmRefuse::BalloonState);
         }
-        let pages: heapless::Vec<u64, { VM_BALLOON_PAGES as usize }> =
-            self.pages_of(ranges).collect();
-        for &i in &pages {
+        let mut n = 0;
+        for i in Self::pages_of(base, ranges) {
             set(self.held, i, true);
             if bit(self.passed, i) {
                 // Owed, and back in the balloon: consistent again.
                 self.owed_pages -= 1;
             }
+            n += 1;
         }
-        let n = pages.len() as u64;
         self.held_pages += n;
         self.counters.inflated_pages += n;
         Ok(n)
@@ -233,19 +232,16 @@ impl<'a> VmBalloon<'a> {
         if let Err(e) = self.check_ranges(ranges) {
             return self.refuse(e);
         }
-        if Self::repeats(ranges) || self.pages_of(ranges).any(|i| !bit(self.held, i)) {
+        let base = self.zone.pfn;
+        if Self::repeats(ranges) || Self::pages_of(base, ranges).any(|i| !bit(self.held, i)) {
             return self.refuse(VmRefuse::BalloonState);
         }
-        let pages: heapless::Vec<u64, { VM_BALLOON_PAGES as usize }> =
-            self.pages_of(ranges).collect();
-        let mut owed = 0;
-        for &i in &pages {
+        let (mut n, mut owed) = (0, 0);
+        for i in Self::pages_of(base, ranges) {
             set(self.held, i, false);
-            if bit(self.passed, i) {
-                owed += 1;
-            }
+            owed += u64::from(bit(self.passed, i));
+            n += 1;
         }
-        let n = pages.len() as u64;
         self.held_pages -= n;
         self.owed_pages += owed;
         self.counters.deflated_pages += n;

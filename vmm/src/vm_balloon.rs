@@ -181,12 +181,12 @@ impl Deflates {
             ToVmm::BalloonRefused { id: Some(id), .. } => (*id, true),
             _ => return None,
         };
-        let (head, part) = ((id >> 4) as u16, id & 0xf);
+        // A head past u16 or a part past MAX_PARTS matches nothing held.
+        let (head, part) = (id >> 4, id & 0xf);
         let Some(i) = self
             .held
             .iter()
-            .position(|h| u32::from(h.0) == id >> 4 && h.1 & (1 << part) != 0)
-            .filter(|_| id >> 4 <= u32::from(u16::MAX) && part < MAX_PARTS as u32)
+            .position(|h| u32::from(h.0) == head && h.1 & (1 << part) != 0)
         else {
             self.counters.stray_answers += 1;
             return None;
@@ -196,8 +196,7 @@ impl Deflates {
         }
         self.held[i].1 &= !(1 << part);
         if self.held[i].1 == 0 {
-            self.held.swap_remove(i);
-            return Some(head);
+            return Some(self.held.swap_remove(i).0);
         }
         None
     }

@@ -57,7 +57,10 @@ pub struct VmmPort<'a> {
 /// What the server keeps for the VMM.
 #[derive(Debug)]
 pub(super) struct VmmLink<'a> {
-    port: VmmPort<'a>,
+    /// The VMM's requests, and the server's answers (`VmmPort`'s rings;
+    /// its zone is `nested`'s, its bitmaps `balloon`'s).
+    req: Consumer<'a>,
+    resp: Producer<'a>,
     nested: Nested,
     /// The nested batch the balloon holds: its id and blocks.
     in_flight: Option<(u32, Vec<Block, BATCH>)>,
@@ -121,13 +124,8 @@ impl<'a> Server<'a, '_> {
         } = port;
         let balloon = VmBalloon::new(zone, held_map, passed_map);
         self.vmm = Some(VmmLink {
-            port: VmmPort {
-                req,
-                resp,
-                zone,
-                held_map: &mut [],
-                passed_map: &mut [],
-            },
+            req,
+            resp,
             nested: Nested::new(zone),
             in_flight: None,
             next_batch: 0,
@@ -171,11 +169,11 @@ impl<'a> Server<'a, '_> {
         loop {
             let Some(l) = self.vmm.as_mut() else { return };
             // One answer per request: take one only with room for it.
-            match l.port.resp.free_slots() {
+            match l.resp.free_slots() {
                 Ok(0) => {
-                    l.port.resp.request_signal();
-                    if matches!(l.port.resp.free_slots(), Ok(n) if n > 0) {
-                        l.port.resp.cancel_signal();
+                    l.resp.request_signal();
+                    if matches!(l.resp.free_slots(), Ok(n) if n > 0) {
+                        l.resp.cancel_signal();
                         continue;
                     }
                     break;
@@ -186,7 +184,7 @@ impl<'a> Server<'a, '_> {
                     break;
                 }
             }
-            match l.port.req.pop(&mut buf) {
+            match l.req.pop(&mut buf) {
                 Ok(Some(n)) => {
                     let answer = self.vmm_request(&buf[..n]);
                     if let Some(a) = answer {
@@ -194,8 +192,8 @@ impl<'a> Server<'a, '_> {
                     }
                 }
                 Ok(None) => {
-                    l.port.req.request_signal();
-                    match l.port.req.is_empty() {
+                    l.req.request_signal();
+                    match l.req.is_empty() {
                         Ok(false) => continue,
                         Ok(true) => break,
                         Err(_) => {
@@ -212,7 +210,7 @@ impl<'a> Server<'a, '_> {
         }
         // The VMM found the request ring full and waits for room.
         if let Some(l) = self.vmm.as_mut()
-            && l.port.req.needs_notify()
+            && l.req.needs_notify()
         {
             self.wake.vmm = true;
         }
@@ -495,7 +493,7 @@ impl<'a> Server<'a, '_> {
         loop {
             let Some(l) = self.vmm.as_mut() else { return };
             let reserve = l.nested.in_flight() + l.deflates.len() + 1;
-            let room = l.port.resp.free_slots().map_or(0, |n| n as usize);
+            let room = l.resp.free_slots().map_or(0, |n| n as usize);
             let msg = if let Some(pages) = l.target_out {
                 ToVmm::BalloonTarget { pages }
             } else if l.stats_out {
@@ -523,9 +521,9 @@ impl<'a> Server<'a, '_> {
         };
         // Room was checked before the request was taken; completions come
         // for at most `MAX_REPORTS` reports, which were taken with room.
-        match l.port.resp.push(bytes) {
+        match l.resp.push(bytes) {
             Ok(()) => {
-                if l.port.resp.needs_notify() {
+                if l.resp.needs_notify() {
                     self.wake.vmm = true;
                 }
             }
