@@ -211,17 +211,9 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         if !self.giveback.is_empty() {
             let blocks = core::mem::take(&mut self.giveback);
             self.counters.blocks_returned += blocks.len() as u64;
-            let req = self.req_id();
-            self.deflation = Some(Deflation {
-                req,
-                posted: blocks.len(),
-                blocks,
-                in_device: false,
-                queued: false,
-                sent: false,
-                reason: DeflateReason::Target,
-            });
-            self.pump_deflate();
+            // Never ballooned on the device: straight to the memserver.
+            let posted = blocks.len();
+            self.begin_deflation(blocks, posted, DeflateReason::Target);
             return;
         }
         if let Some((first, end)) = self.releases.pop_front() {
@@ -231,17 +223,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             self.counters.releases += 1;
             let pages = end.saturating_sub(first);
             if !self.start_deflate(pages, DeflateReason::Target, Some((first, end))) {
-                let req = self.req_id();
-                self.deflation = Some(Deflation {
-                    req,
-                    blocks: Vec::new(),
-                    posted: 0,
-                    in_device: false,
-                    queued: false,
-                    sent: false,
-                    reason: DeflateReason::Target,
-                });
-                self.pump_deflate();
+                self.begin_deflation(Vec::new(), 0, DeflateReason::Target);
             }
             return;
         }
@@ -339,18 +321,24 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
         if chosen.is_empty() {
             return false;
         }
+        self.begin_deflation(chosen, 0, reason);
+        true
+    }
+
+    /// Deflate `blocks` (the first `posted` of them need not leave the
+    /// device), then give them to the memserver.
+    fn begin_deflation(&mut self, blocks: Vec<Block, BATCH>, posted: usize, reason: DeflateReason) {
         let req = self.req_id();
         self.deflation = Some(Deflation {
             req,
-            blocks: chosen,
-            posted: 0,
+            blocks,
+            posted,
             in_device: false,
             queued: false,
             sent: false,
             reason,
         });
         self.pump_deflate();
-        true
     }
 }
 
