@@ -228,7 +228,7 @@ pub fn run_config(
         settle: Duration::from_secs(if run.has_linux() { 40 } else { 30 }),
         balloon_target: match run {
             Sel4Run::LinuxVm => {
-                Some(u64::from(MEMORY_MIB) * MIB - native_ram(img)? - VM_BALLOON_MIB * MIB)
+                Some(u64::from(MEMORY_MIB) * MIB - ram(img)?.0 - VM_BALLOON_MIB * MIB)
             }
             _ => run.reporting().then_some(BALLOON_MIB * MIB),
         },
@@ -238,37 +238,40 @@ pub fn run_config(
     })
 }
 
-/// The VM's RAM (bytes), as the memserver said at boot (`VM RAM: <region>
-/// at <paddr>, <n> MiB (...)`).
-fn vm_ram(r: &RunReport) -> Result<u64, String> {
-    let line = r
-        .log
-        .lines()
-        .find(|l| l.starts_with("MEMSERVER|INFO: VM RAM: "))
-        .ok_or("the memserver never said the VM's RAM")?;
-    let mib: u64 = line
-        .split(", ")
-        .nth(1)
-        .and_then(|w| w.split(' ').next())
-        .and_then(|w| w.parse().ok())
-        .ok_or(format!("no size in: {line}"))?;
-    Ok(mib * MIB)
-}
-
-/// The native guests' RAM (bytes): what the native zones hold.
-fn native_ram(img: &Image) -> Result<u64, String> {
+/// The RAM of the image's description (bytes): the native guests' (what
+/// the native zones hold) and the VM's (the region the memserver's
+/// `vm_ram_paddr` names; 0 without a VM).
+fn ram(img: &Image) -> Result<(u64, u64), String> {
     let text = std::fs::read_to_string(&img.board_sdf)
         .map_err(|e| format!("{}: {e}", img.board_sdf.display()))?;
     let sys = sdf::System::parse(&text).map_err(|e| e.to_string())?;
     let guests = sdf::guests::guests(&sys).map_err(|e| e.to_string())?;
-    Ok(guests.iter().map(|g| g.ram.size).sum())
+    let vm = sys
+        .pd("memserver")
+        .and_then(|pd| pd.setvars.iter().find(|v| v.symbol == "vm_ram_paddr"))
+        .and_then(|v| sys.memory_regions.iter().find(|m| m.name == v.region_paddr))
+        .map_or(0, |m| m.size);
+    Ok((guests.iter().map(|g| g.ram.size).sum(), vm))
+}
+
+/// The memserver's last `conservation:` line and the pages it manages
+/// (`total=`).
+fn managed_pages(r: &RunReport) -> Result<(u64, &str), String> {
+    let line = r
+        .log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("MEMSERVER|INFO: conservation: "))
+        .ok_or("the memserver logged no conservation line")?;
+    let pages = crate::qemu::field(line, "total").ok_or(format!("no total= in: {line}"))?;
+    Ok((pages, line))
 }
 
 /// The outer host's balloon target reached the VM and went back: both
 /// QMP targets were reached, the memserver passed pages of the VM's RAM to
 /// the outer balloon, and at the end the VM's balloon is empty again (its
 /// target 0, nothing held, nothing passed).
-fn vm_balloon_verdict(r: &RunReport) -> Result<String, String> {
+fn vm_balloon_verdict(img: &Image, r: &RunReport) -> Result<String, String> {
     let (Some(inflate), Some(back)) = (&r.balloon, &r.balloon_back) else {
         return Err(format!(
             "the QMP balloon target never reached the VM's pages: {:?}",
@@ -310,21 +313,13 @@ fn vm_balloon_verdict(r: &RunReport) -> Result<String, String> {
     // zones' plus what Linux says it has (its MemTotal, short of its RAM
     // by what the kernel keeps), so above the native zones by half the
     // VM's RAM at least.
-    let conservation = r
-        .log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("MEMSERVER|INFO: conservation: "))
-        .ok_or("the memserver logged no conservation line")?;
-    let native = crate::qemu::field(conservation, "total")
-        .ok_or(format!("no total= in: {conservation}"))?
-        * 4096;
+    let native = managed_pages(r)?.0 * 4096;
     let total = r
         .guest_stats
         .as_ref()
         .and_then(|g| g.get("stat-total-memory"))
         .ok_or("no QMP guest-stats total")?;
-    let vm_ram = vm_ram(r)?;
+    let vm_ram = ram(img)?.1;
     if total < native + vm_ram / 2 || total > native + vm_ram {
         return Err(format!(
             "QMP guest-stats total {} MiB: not the native zones' {} MiB plus the VM's (of {} MiB RAM)",
@@ -533,7 +528,7 @@ pub fn verdict(img: &Image, run: Sel4Run, r: &RunReport) -> Result<Vec<String>, 
             if run.has_linux() {
                 said.push(nested_verdict(run, r)?);
                 if run.reporting() {
-                    said.push(vm_balloon_verdict(r)?);
+                    said.push(vm_balloon_verdict(img, r)?);
                 }
                 let done = text
                     .lines()
@@ -687,13 +682,7 @@ fn guest_stats_match(r: &RunReport) -> Result<String, String> {
             "QMP guest-stats were never updated: the driver answered no stats request".into(),
         );
     }
-    let line = r
-        .log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("MEMSERVER|INFO: conservation: "))
-        .ok_or("the memserver logged no conservation line")?;
-    let pages = crate::qemu::field(line, "total").ok_or(format!("no total= in: {line}"))?;
+    let (pages, line) = managed_pages(r)?;
     let total = g
         .get("stat-total-memory")
         .ok_or("guest-stats without stat-total-memory")?;

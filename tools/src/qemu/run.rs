@@ -441,6 +441,31 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     })
 }
 
+/// One step of following a run after it settled: the new PD lines,
+/// taken by `obs` and marked on the timeline, and a sample of the host's
+/// memory. Returns the time and the PD lines.
+fn sample(
+    qemu: &mut Qemu,
+    follow: &mut Follow,
+    tl: &mut Timeline,
+    obs: &mut Observed,
+) -> Result<(Duration, Vec<String>), QemuError> {
+    let t = qemu.started().elapsed();
+    let (_, pd) = follow.next(qemu)?;
+    for l in &pd {
+        for label in obs.line(l, t) {
+            tl.mark(t, label);
+        }
+    }
+    tl.push(Sample {
+        t,
+        host: qemu.rss()?,
+        guest: Some(obs.guest_bytes()),
+        reported: obs.reported,
+    });
+    Ok((t, pd))
+}
+
 /// How long a guest side may take to settle after the balloon came back.
 const BALLOON_BACK_WAIT: Duration = Duration::from_secs(60);
 
@@ -454,40 +479,25 @@ fn wait_for_line(
     tl: &mut Timeline,
     obs: &mut Observed,
 ) -> Result<(), String> {
-    let start = qemu.started();
     let asked = Instant::now();
-    if follow.log[from.min(follow.log.len())..]
-        .iter()
-        .any(|l| l.contains(want))
-    {
-        return Ok(());
-    }
-    while asked.elapsed() < BALLOON_BACK_WAIT {
-        let t = start.elapsed();
-        let (_, pd) = follow.next(qemu).map_err(|e| e.to_string())?;
-        let mut seen = false;
-        for l in pd {
-            seen |= l.contains(want);
-            for label in obs.line(&l, t) {
-                tl.mark(t, label);
-            }
-        }
-        tl.push(Sample {
-            t,
-            host: qemu.rss().map_err(|e| e.to_string())?,
-            guest: Some(obs.guest_bytes()),
-            reported: obs.reported,
-        });
-        if seen {
-            tl.mark(t, format!("seen: {want}"));
+    loop {
+        // `sample` adds what it reads to `follow.log`.
+        if follow.log[from.min(follow.log.len())..]
+            .iter()
+            .any(|l| l.contains(want))
+        {
+            tl.mark(qemu.started().elapsed(), format!("seen: {want}"));
             return Ok(());
         }
+        if asked.elapsed() >= BALLOON_BACK_WAIT {
+            return Err(format!(
+                "no PD line with '{want}' within {BALLOON_BACK_WAIT:?} after the balloon came back"
+            ));
+        }
+        sample(qemu, follow, tl, obs).map_err(|e| e.to_string())?;
         qemu.console()
             .wait_for(follow.seen, Duration::from_millis(250), |_| true);
     }
-    Err(format!(
-        "no PD line with '{want}' within {BALLOON_BACK_WAIT:?} after the balloon came back"
-    ))
 }
 
 fn balloon_check(
@@ -515,19 +525,7 @@ fn balloon_check(
     // The driver inflates in steps; give it a bounded time.
     while asked.elapsed() < Duration::from_secs(30) {
         after = follow.qmp.query_balloon()?;
-        let t = start.elapsed();
-        let (_, pd) = follow.next(qemu)?;
-        for l in pd {
-            for label in obs.line(&l, t) {
-                tl.mark(t, label);
-            }
-        }
-        tl.push(Sample {
-            t,
-            host: qemu.rss()?,
-            guest: Some(obs.guest_bytes()),
-            reported: obs.reported,
-        });
+        sample(qemu, follow, tl, obs)?;
         if there(after) {
             reached = Some(asked.elapsed());
             break;
