@@ -119,15 +119,16 @@ pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError
 }
 
 /// Build image `bin` (`system` or `pingpong`) of the `bare` crate for
-/// `arch`, release profile, in `target_dir` (not the target dir of a cargo
-/// that is running us: it holds the lock), and return the ELF's path. The
-/// `system` image holds the PDs of `system` (a description written for
-/// qemu_virt_aarch64, e.g. from [`description`]); bare/build.rs gets it
-/// through `SYSTEM_XML`. One target dir per variant saves rebuilds: the
-/// image follows the description either way.
+/// `arch`, release profile, in `target_dir` (shared by the builds of every
+/// description, [`crate::pd_build`]; not the target dir of a cargo that is
+/// running us: it holds the lock), and copy the ELF to `out_dir/<bin>`, the
+/// path returned. The `system` image holds the PDs of `system` (a
+/// description written for qemu_virt_aarch64, e.g. from [`description`]);
+/// bare/build.rs gets it through `SYSTEM_XML`.
 pub fn build(
     workspace: &Path,
     target_dir: &Path,
+    out_dir: &Path,
     arch: Arch,
     bin: &str,
     system: &str,
@@ -146,6 +147,8 @@ pub fn build(
         Arch::X86_64 => crate::image::board_sdf(system, crate::image::Board::X86_64Generic)
             .map_err(|e| BareError::Description(format!("its x86_64 variant: {e}")))?,
     };
+    // Until the ELF is copied out: the next build rewrites it.
+    let _lock = crate::pd_build::lock(target_dir).map_err(BareError::Cargo)?;
     let path = target_dir.join(format!("system-{}.xml", target(arch)));
     write_if_changed(&path, &xml).map_err(BareError::Description)?;
     cmd.env("SYSTEM_XML", &path);
@@ -163,7 +166,12 @@ pub fn build(
         let want = sdf::stamp::Stamp::of_file(&path).map_err(BareError::Description)?;
         sdf::stamp::check(&elf, "the bare image", &want).map_err(BareError::Description)?;
     }
-    Ok(elf)
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| BareError::Cargo(format!("{}: {e}", out_dir.display())))?;
+    let copy = out_dir.join(bin);
+    std::fs::copy(&elf, &copy)
+        .map_err(|e| BareError::Cargo(format!("copying {}: {e}", elf.display())))?;
+    Ok(copy)
 }
 
 /// Write `text` to `path` unless it holds it already: bare/build.rs reruns

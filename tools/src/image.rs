@@ -264,6 +264,8 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    // Until the ELFs are copied out: the next build rewrites them.
+    let lock = crate::pd_build::lock(&spec.target_dir).map_err(ImageError::Cargo)?;
     cargo_build(spec, &board_path, &programs)?;
     let bin_dir = spec.target_dir.join(spec.board.target()).join("release");
     // Every ELF must be built for the description the image is packed from
@@ -278,6 +280,7 @@ pub fn build(spec: &ImageSpec) -> Result<Image, ImageError> {
         let to = out_dir.join(image);
         std::fs::copy(&from, &to).map_err(io(&from))?;
     }
+    drop(lock);
 
     let loader = out_dir.join("loader.img");
     let report = out_dir.join("report.txt");

@@ -14,6 +14,7 @@ pub mod image;
 pub mod linux_guest;
 pub mod log_pages;
 pub mod nested_bench;
+pub mod pd_build;
 pub mod policy_bench;
 pub mod qemu;
 pub mod sel4;

@@ -158,6 +158,8 @@ pub fn hostile_guest(
 ) -> Result<PathBuf, String> {
     use object::read::elf::{ElfFile64, ProgramHeader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Until the ELF is read: the target dir may be shared (crate::pd_build).
+    let _lock = crate::pd_build::lock(target_dir)?;
     let status = std::process::Command::new(cargo)
         .current_dir(workspace)
         .args([

@@ -47,11 +47,11 @@ fn hostile(name: &str, arch: Arch) {
     let xml = bare::description(&workspace(), Variant::Hostile).unwrap();
     let kernel = {
         let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        // Its own target dir: bare_qemu.rs builds the normal image in
-        // `bare-build`, and each would rebuild the other's.
+        // Not the outer cargo's target dir: it holds the lock while we run.
         bare::build(
             &workspace(),
-            &tmp().join("bare-hostile-build"),
+            &tools::pd_build::target_dir(&tmp()),
+            &out,
             arch,
             "system",
             &xml,

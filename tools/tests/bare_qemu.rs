@@ -17,25 +17,26 @@
 mod common;
 
 use common::{BUILD, QEMU, tmp, workspace};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tools::bare;
 use tools::qemu::{self, Arch, BalloonDevice, Boot, Qemu, QemuConfig, RunReport};
 
 const MIB: u64 = 1 << 20;
 
-fn image(arch: Arch, bin: &str) -> PathBuf {
+/// The image `bin` for `arch`, copied to `out`.
+fn image(arch: Arch, bin: &str, out: &Path) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    // Not the outer cargo's target dir: it holds the lock while we run.
     let xml = bare::description(&workspace(), bare::Variant::System).unwrap();
-    bare::build(&workspace(), &tmp().join("bare-build"), arch, bin, &xml)
-        .unwrap_or_else(|e| panic!("{e}"))
+    // Not the outer cargo's target dir: it holds the lock while we run.
+    let target = tools::pd_build::target_dir(&tmp());
+    bare::build(&workspace(), &target, out, arch, bin, &xml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn boot(name: &str, arch: Arch, balloon: BalloonDevice, target: Option<u64>) -> RunReport {
     let out = tmp().join(format!("bare-{name}"));
     std::fs::create_dir_all(&out).unwrap();
-    let kernel = image(arch, "system");
+    let kernel = image(arch, "system", &out);
     let xml = std::fs::read_to_string(workspace().join("system.xml")).unwrap();
     let guests = bare::guests(&xml).unwrap();
     assert_eq!(guests, ["GUEST0", "GUEST1"]);
@@ -134,7 +135,7 @@ fn pingpong(arch: Arch, name: &str) {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let mut q = Qemu::spawn(&QemuConfig {
         arch,
-        boot: Boot::Kernel(image(arch, "pingpong")),
+        boot: Boot::Kernel(image(arch, "pingpong", &out)),
         memory_mib: bare::MEMORY_MIB,
         balloon: None,
         qmp: out.join("qmp.sock"),
@@ -194,7 +195,7 @@ fn conservation(console: &qemu::Console) -> Option<(u64, u64, u64)> {
 fn aarch64_qemu_guest_stats_show_the_memservers_figures() {
     let out = tmp().join("bare-guest-stats");
     std::fs::create_dir_all(&out).unwrap();
-    let kernel = image(Arch::Aarch64, "system");
+    let kernel = image(Arch::Aarch64, "system", &out);
     let xml = std::fs::read_to_string(workspace().join("system.xml")).unwrap();
     let guests = bare::guests(&xml).unwrap();
     let balloon = BalloonDevice {

@@ -192,12 +192,14 @@ fn descriptions_the_system_cannot_run_are_refused() {
 fn bare_run(file: &str, guests: usize) {
     let path = system(file);
     let xml = bare::description_of(&path, bare::Variant::System).unwrap();
+    let out = tmp().join(format!("bare-{file}"));
     let kernel = {
         let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        // Its own target dir: not the outer cargo's, locked while we run.
+        // Not the outer cargo's target dir: it holds the lock while we run.
         bare::build(
             &workspace(),
-            &tmp().join("bare-build-guests"),
+            &tools::pd_build::target_dir(&tmp()),
+            &out,
             Arch::Aarch64,
             "system",
             &xml,
@@ -206,8 +208,6 @@ fn bare_run(file: &str, guests: usize) {
     };
     let names = bare::guests(&xml).unwrap();
     assert_eq!(names.len(), guests);
-    let out = tmp().join(format!("bare-{file}"));
-    std::fs::create_dir_all(&out).unwrap();
     let balloon = BalloonDevice {
         reporting: true,
         modern_mmio: false,

@@ -99,7 +99,7 @@ fn build(
         Some(
             tools::vm_guest::hostile_guest(
                 &workspace(),
-                &tmp.join("vm-hostile-guest-build"),
+                &tools::pd_build::target_dir(tmp),
                 &img_dir.join("vm-guest"),
                 plan.ram_base,
             )
@@ -114,10 +114,9 @@ fn build(
         system,
         sdk,
         workspace: workspace(),
-        // Not the outer build's target dir: cargo holds its lock. One per
-        // variant: the PDs' generated code follows the description; the
-        // kernel config selects features, which cargo keeps apart.
-        target_dir: tmp.join(format!("pd-build-{variant}")),
+        // Not the outer build's target dir: cargo holds its lock. Shared
+        // by every variant and the bare tests (tools::pd_build).
+        target_dir: tools::pd_build::target_dir(tmp),
         out_dir: img_dir,
         vm_guest,
     })

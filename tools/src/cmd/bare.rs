@@ -75,9 +75,16 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         variant.name(),
         bare::target(args.arch)
     );
-    // A target dir of its own: `tools` may be running under cargo.
-    let kernel = bare::build(&workspace(), &out.join("build"), args.arch, "system", &xml)
-        .map_err(|e| e.to_string())?;
+    // Not cargo's target dir: `tools` may be running under cargo.
+    let kernel = bare::build(
+        &workspace(),
+        &tools::pd_build::target_dir(&target_dir()),
+        &out,
+        args.arch,
+        "system",
+        &xml,
+    )
+    .map_err(|e| e.to_string())?;
     let guests = bare::guests(&xml)?;
     let mut cfg = bare::run_config(
         args.arch,

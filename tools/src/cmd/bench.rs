@@ -281,8 +281,15 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
         let dir = out.join(bare::target(arch));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let kernel = bare::build(&workspace(), &dir.join("build"), arch, "system", &xml)
-            .map_err(|e| e.to_string())?;
+        let kernel = bare::build(
+            &workspace(),
+            &tools::pd_build::target_dir(&target_dir()),
+            &dir,
+            arch,
+            "system",
+            &xml,
+        )
+        .map_err(|e| e.to_string())?;
         let cfg = bare::run_config(
             arch,
             kernel,
@@ -319,7 +326,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 system: workspace().join("system.xml"),
                 sdk: sdk.clone(),
                 workspace: workspace(),
-                target_dir: out.join("pd-build"),
+                target_dir: tools::pd_build::target_dir(&target_dir()),
                 out_dir: dir.clone(),
                 vm_guest: None,
             })

@@ -38,13 +38,27 @@ fn step(name: &str, dir: &Path, program: &str, args: &[&str]) -> Result<(), Stri
         .status()
         .map_err(|e| format!("{name}: running {program}: {e}"))?;
     println!(
-        "==> {name}: {status} after {:.0} s",
-        t.elapsed().as_secs_f64()
+        "==> {name}: {status} after {:.0} s; {}",
+        t.elapsed().as_secs_f64(),
+        free_disk(dir)
     );
     if status.success() {
         Ok(())
     } else {
         Err(format!("{name} failed ({status})"))
+    }
+}
+
+/// The free space of the file system holding `dir` (the target dir's,
+/// in a clean clone): the builds and images fill it, and a small CI disk
+/// has run out.
+fn free_disk(dir: &Path) -> String {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => format!(
+            "{:.1} GiB free on disk",
+            (s.f_bavail * s.f_frsize) as f64 / (1u64 << 30) as f64
+        ),
+        Err(e) => format!("free disk unknown ({e})"),
     }
 }
 

@@ -1,0 +1,68 @@
+//! The cargo target dir that the bare-metal builds of the PD crates share.
+//!
+//! Every image (`tools image`, `tools bare`, the tests, the benches) builds
+//! the same crates for `*-unknown-none` in release, and differs only in the
+//! description its build scripts read (`SYSTEM_XML`, `VMM_GUEST_DIR`) and in
+//! the kernel's features. Most of a target dir is the host-built
+//! dependencies of those build scripts, so one dir per image would hold the
+//! same few hundred MiB many times over (a CI disk ran out that way). One
+//! shared dir rebuilds only the PD crates when the description changes.
+//!
+//! Its ELFs are rewritten by the next build, so a builder holds [`lock`]
+//! from `cargo build` until it has copied what it needs out of the dir:
+//! cargo's own lock ends with cargo, too early for that. The lock is a
+//! `flock` on a file in the dir, so it holds across threads and processes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The shared dir under `base` (a target dir's `tmp`, or the tools'
+/// output dir).
+pub fn target_dir(base: &Path) -> PathBuf {
+    base.join("pd-build-none")
+}
+
+/// Held while a build uses the target dir; unlocked on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+/// Wait for, then take, the build lock of `target_dir` (created if need
+/// be).
+pub fn lock(target_dir: &Path) -> Result<Lock, String> {
+    std::fs::create_dir_all(target_dir).map_err(|e| format!("{}: {e}", target_dir.display()))?;
+    let path = target_dir.join("tools-build.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.lock()
+        .map_err(|e| format!("locking {}: {e}", path.display()))?;
+    Ok(Lock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_excludes_another_open_of_its_file_until_dropped() {
+        let dir = std::env::temp_dir().join(format!("pd-build-lock-{}", std::process::id()));
+        let held = lock(&dir).unwrap();
+        // Another open file description, as another thread or process has.
+        let other = File::options()
+            .write(true)
+            .open(dir.join("tools-build.lock"))
+            .unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
