@@ -1,6 +1,6 @@
 //! The `adaptive` reporting policy: Linux's worker, isolation, drain and
-//! watermark (`reporting.rs`), with three rules of its own about *when* and
-//! *how much* to report.
+//! watermark (`reporting.rs`), Linux's pacing as a floor, and three rules
+//! of its own about *when* and *how much more* to report.
 //!
 //! Linux paces every zone the same way whatever it is doing: a full delay
 //! before each pass and 1/16 of each free list per pass, so 1 GiB freed at
@@ -14,28 +14,41 @@
 //! it arms is its clock, and a pass's own duration is not counted, so the
 //! quiet time is never overestimated).
 //!
+//! 0. **Never behind Linux, unless it churns.** A zone that no rule below
+//!    reports is still walked Linux's way once per `delay_ns` of the
+//!    worker's timer (its *paced* clock, restarted by every walk of the
+//!    zone): from `reporting_order`, 1/`budget_divisor` of each free list,
+//!    not stopped by allocations. A workload whose size moves slowly (a
+//!    build) is busy at almost every look; without this floor it would
+//!    keep its freed memory longer than under Linux. Only a zone backed
+//!    off for churn (rule 2) waits longer: `delay_ns << backoff`.
 //! 1. **Quiet for the delay: everything in one pass.** A zone quiet for at
 //!    least `delay_ns` gets no budget: the pass isolates every unreported
 //!    block of order >= `reporting_order`, paced only by the device's
 //!    completions (`max_in_flight` batches at a time).
-//! 2. **Busy: wait, and back off.** A zone that allocated more than
-//!    `busy_pages` since the last look is not visited, and the worker looks
-//!    again every `delay_ns / 4` until it has stayed quiet for the delay.
-//!    If a zone starts allocating during a pass, its walk stops at once
-//!    (as Linux's budget running out: the list is rotated and the state
-//!    stays REQUESTED). Memory a workload is cycling through is thus not
-//!    discarded only to be faulted back in.
+//! 2. **Busy: nothing beyond Linux's pass, and back off.** A zone that
+//!    allocated more than `busy_pages` since the last look gets rule 0 at
+//!    most, and the worker looks again every `delay_ns / 4` until it has
+//!    stayed quiet for the delay.
+//!    If a zone starts allocating during an unbudgeted pass, its walk
+//!    stops at once (as Linux's budget running out: the list is rotated
+//!    and the state stays REQUESTED). Memory a workload is cycling through
+//!    is thus not discarded only to be faulted back in, beyond what Linux
+//!    itself would discard.
 //!
 //!    **Hysteresis under churn.** A workload that cycles its memory can
 //!    still pause longer than the delay (touching, verifying) and get the
 //!    blocks it will reuse a moment later reported, so the host discards
-//!    them and the guest faults them back in. So a zone that turns busy
-//!    again after a batch of it was sent, before it stayed quiet for its
-//!    delay once more, doubles the quiet time it needs (`delay_ns <<
-//!    backoff`, `backoff` up to `backoff_max`); a report that sticks (the
-//!    zone stays quiet for that long after it) halves it again. Linux has
-//!    no such signal; the cost is bounded: a zone needs at most
-//!    `delay_ns << backoff_max` of quiet.
+//!    them and the guest faults them back in. The allocation path counts
+//!    the reported pages it takes back (the drop of the zone's reported
+//!    pages across an allocation: one subtract). A zone that takes more
+//!    than `busy_pages` of them back after a batch of it was sent, before
+//!    its needed time passed, doubles that time (`delay_ns << backoff`,
+//!    `backoff` up to `backoff_max`) for rules 0, 1 and 3; a report that
+//!    sticks that long halves it again. Allocation as such is not churn:
+//!    a zone growing into memory that was never reported keeps its pace.
+//!    Linux has no such signal; the cost is bounded: a zone needs at most
+//!    `delay_ns << backoff_max`.
 //! 3. **Ageing: quiet long enough, small blocks too.** Once a zone has
 //!    stayed quiet for `age_ns`, the walk starts at `quiet_order` instead
 //!    of `reporting_order`, so memory freed in small blocks (a fragmented
@@ -63,10 +76,18 @@ struct ZoneAge {
     quiet_ns: u64,
     /// Hysteresis: the zone needs `delay_ns << backoff` of quiet.
     backoff: u8,
-    /// `quiet_ns` when a batch of the zone was last sent, until the zone
-    /// turns busy (the report was churn: back off) or stays quiet for its
-    /// delay after it (the report stuck: come back).
-    reported_at: Option<u64>,
+    /// Time since the zone's last Linux-paced visit (rule 0), busy or not.
+    paced_ns: u64,
+    /// Reported pages the zone allocated since boot (wrapping): churn.
+    refaulted: u64,
+    /// `refaulted` at the worker's last look.
+    refault_mark: u64,
+    /// A batch of the zone was sent, and the zone has neither allocated
+    /// reported pages since (the report was churn: back off) nor gone its
+    /// needed quiet time without doing so (the report stuck: come back).
+    probation: bool,
+    /// Time since the batch that started the probation.
+    since_report_ns: u64,
 }
 
 /// Per-zone activity as the adaptive policy sees it.
@@ -80,8 +101,12 @@ pub(crate) struct Ages {
 /// What a pass does with a zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// Busy (or not quiet for the delay yet): skip it this pass.
+    /// Busy (or not quiet for the delay yet), and paced a moment ago: skip
+    /// it this pass.
     Defer,
+    /// Rule 0: not quiet, but a delay since its last paced visit: Linux's
+    /// pass (from `reporting_order`, 1/`budget_divisor` of each list).
+    Paced,
     /// Report every unreported block from this order up, without budget.
     Report { first_order: u8 },
 }
@@ -94,17 +119,23 @@ impl Ages {
                 mark: 0,
                 quiet_ns: 0,
                 backoff: 0,
-                reported_at: None,
+                paced_ns: 0,
+                refaulted: 0,
+                refault_mark: 0,
+                probation: false,
+                since_report_ns: 0,
             }; MAX_ZONES],
             armed_ns: 0,
         }
     }
 
-    /// The allocation path: `pages` left zone `z`'s free lists.
+    /// The allocation path: `pages` left zone `z`'s free lists, taking
+    /// the Reported flag off `refaulted` pages.
     #[inline(always)]
-    pub(crate) fn allocated(&mut self, z: usize, pages: u64) {
+    pub(crate) fn allocated(&mut self, z: usize, pages: u64, refaulted: u64) {
         let a = &mut self.zones[z];
         a.allocated = a.allocated.wrapping_add(pages);
+        a.refaulted = a.refaulted.wrapping_add(refaulted);
     }
 
     fn busy(&self, z: usize, tun: &Tunables) -> bool {
@@ -119,18 +150,17 @@ impl Ages {
         tun.delay_ns.saturating_mul(1u64 << shift)
     }
 
-    /// Is a report still on probation (its zone neither turned busy nor
-    /// stayed quiet for its delay since)? The worker keeps looking until
-    /// it knows: an allocation long after the report is not churn, and
-    /// the core has no clock but its timer.
+    /// Is a report still on probation? The worker keeps looking until it
+    /// knows: the core has no clock but its timer.
     fn watching(&self) -> bool {
-        self.zones.iter().any(|a| a.reported_at.is_some())
+        self.zones.iter().any(|a| a.probation)
     }
 
-    /// Look at every zone: a busy one restarts its quiet time (and backs
-    /// off if it was reported since it was last busy), a quiet one adds
-    /// `elapsed_ns` to it (and comes back one step once a report of it
-    /// stuck for its delay).
+    /// Look at every zone: a busy one restarts its quiet time; a quiet one
+    /// adds `elapsed_ns` to it. A zone on probation that allocated more
+    /// than `busy_pages` of reported pages since the last look backs off
+    /// one step (churn: the host discarded what the guest takes back); one
+    /// that went its needed time without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         for z in 0..MAX_ZONES {
             let busy = self.busy(z, tun);
@@ -138,26 +168,39 @@ impl Ages {
             let a = &mut self.zones[z];
             if busy {
                 a.quiet_ns = 0;
-                if a.reported_at.take().is_some() {
-                    a.backoff = (a.backoff + 1).min(tun.backoff_max);
-                }
             } else {
                 a.quiet_ns = a.quiet_ns.saturating_add(elapsed_ns);
-                if let Some(at) = a.reported_at
-                    && a.quiet_ns >= at.saturating_add(need)
-                {
-                    a.reported_at = None;
+            }
+            if a.probation {
+                a.since_report_ns = a.since_report_ns.saturating_add(elapsed_ns);
+                if a.refaulted.wrapping_sub(a.refault_mark) > tun.busy_pages {
+                    a.probation = false;
+                    a.backoff = (a.backoff + 1).min(tun.backoff_max);
+                } else if a.since_report_ns >= need {
+                    a.probation = false;
                     a.backoff = a.backoff.saturating_sub(1);
                 }
             }
+            a.paced_ns = a.paced_ns.saturating_add(elapsed_ns);
             a.mark = a.allocated;
+            a.refault_mark = a.refaulted;
         }
     }
 
-    /// A batch of zone `z`'s blocks goes to the device.
+    /// A batch of zone `z`'s blocks goes to the device: a probation starts
+    /// unless one runs.
     pub(crate) fn sent(&mut self, z: usize) {
         let a = &mut self.zones[z];
-        a.reported_at.get_or_insert(a.quiet_ns);
+        if !a.probation {
+            a.probation = true;
+            a.since_report_ns = 0;
+        }
+    }
+
+    /// A pass walks zone `z` (any plan but `Defer`): its paced clock
+    /// restarts, as Linux's delay does after a pass.
+    pub(crate) fn visited(&mut self, z: usize) {
+        self.zones[z].paced_ns = 0;
     }
 
     /// The timer is armed for `ns`. The time since the last look is not
@@ -173,11 +216,16 @@ impl Ages {
         self.look(tun, self.armed_ns);
     }
 
-    /// Rules 1-3 for zone `z` at the start of its walk.
+    /// Rules 0-3 for zone `z` at the start of its walk.
     pub(crate) fn plan(&self, z: usize, tun: &Tunables) -> Plan {
-        let q = self.zones[z].quiet_ns;
+        let a = &self.zones[z];
+        let q = a.quiet_ns;
         if q < self.need_ns(z, tun) {
-            Plan::Defer
+            if a.paced_ns >= self.need_ns(z, tun) {
+                Plan::Paced
+            } else {
+                Plan::Defer
+            }
         } else if q >= tun.age_ns {
             Plan::Report {
                 first_order: tun.lowest_order(),

@@ -454,9 +454,14 @@ impl<'m> MemCore<'m> {
         if order > MAX_ORDER {
             return Err(Error::BadOrder);
         }
+        let reported = self.zones[z].stats.reported_pages;
         let g = self.take_block(z, order, KIND_ALLOC)?;
-        self.zones[z].stats.allocated_pages += 1u64 << order;
-        self.worker.ages.allocated(z, 1u64 << order);
+        let s = &mut self.zones[z].stats;
+        s.allocated_pages += 1u64 << order;
+        // Reported pages the allocation took (a split block loses the
+        // flag whole, as in Linux): the adaptive policy's churn signal.
+        let refaulted = reported - s.reported_pages;
+        self.worker.ages.allocated(z, 1u64 << order, refaulted);
         Ok(self.zones[z].pfn(g))
     }
 

@@ -43,6 +43,7 @@ impl MemCore<'_> {
             order: 0,
             budget: None,
             failed: false,
+            paced: false,
         });
         self.advance(&mut acts);
         self.sync_notify();
@@ -236,6 +237,7 @@ impl MemCore<'_> {
                 }
                 p.in_zone = true;
                 p.order = tun.reporting_order;
+                p.paced = false;
                 if tun.policy == Policy::Adaptive {
                     match self.worker.ages.plan(p.zone, &tun) {
                         Plan::Defer => {
@@ -244,8 +246,10 @@ impl MemCore<'_> {
                             p.zone += 1;
                             continue;
                         }
+                        Plan::Paced => p.paced = true,
                         Plan::Report { first_order } => p.order = first_order,
                     }
+                    self.worker.ages.visited(p.zone);
                 }
                 p.budget = None;
                 self.worker.fill.zone = p.zone as u16;
@@ -316,7 +320,8 @@ impl MemCore<'_> {
                 let per = u64::from(tun.capacity) * u64::from(tun.budget_divisor);
                 match tun.policy {
                     Policy::Linux => nr.div_ceil(per) as i64,
-                    // Only quiet zones are walked: no budget (adaptive.rs).
+                    Policy::Adaptive if p.paced => nr.div_ceil(per) as i64,
+                    // A quiet zone: no budget (adaptive.rs).
                     Policy::Adaptive => i64::MAX,
                 }
             }
@@ -341,7 +346,8 @@ impl MemCore<'_> {
             debug_assert!(kind_of(st) == KIND_FREE && order_of(st) == o);
             // Adaptive: the zone allocates again, back off as from an
             // exhausted budget.
-            let resumed = tun.policy == Policy::Adaptive && self.worker.ages.resumed(z, tun);
+            let resumed =
+                tun.policy == Policy::Adaptive && !p.paced && self.worker.ages.resumed(z, tun);
             if resumed || p.budget.unwrap_or(0) < 0 {
                 // As Linux (`budget < 0`): out of budget, leave the rest for
                 // a later pass, starting at this block.

@@ -131,6 +131,9 @@ pub(crate) struct Pass {
     pub(crate) budget: Option<i64>,
     /// A report failed: isolate nothing more, end when the rest completes.
     pub(crate) failed: bool,
+    /// The adaptive policy walks the current zone Linux's way (rule 0,
+    /// `adaptive.rs`): budgeted, and not stopped by allocations.
+    pub(crate) paced: bool,
 }
 
 /// The worker's state, held by [`MemCore`](crate::MemCore); the pass that
