@@ -79,6 +79,8 @@ pub struct Comparison {
     /// 100 ms: the footprint below which no policy can go by much (host
     /// memory, MiB), and the replay's length then (s).
     pub trace_bound: Option<(f64, f64)>,
+    /// The scenarios that ran ([`SCENARIOS`]' names).
+    pub scenarios: Vec<String>,
 }
 
 /// Tunables that report every free block within ~100 ms, busy or not,
@@ -229,6 +231,11 @@ pub fn run(
     };
     let mut cmp = Comparison {
         churn_off_s: median(0),
+        scenarios: SCENARIOS
+            .iter()
+            .filter(|s| wanted(s))
+            .map(|s| s.to_string())
+            .collect(),
         ..Comparison::default()
     };
     // Each scenario's timelines of both policies, for the joint plots.
@@ -409,9 +416,15 @@ impl Comparison {
         let sec = |x: f64| format!("{x:.2} s");
         // Only the scenarios that ran (`--policy-scenarios`): a figure
         // that was not measured is not "never".
-        let main_table = self.figures.iter().any(|f| {
-            f.p50_s.is_some() || f.back_60s.is_some() || f.frag_10s.is_some() || f.churn_s.is_some()
-        }) || self.churn_off_s.is_some();
+        let ran = |name: &str| self.scenarios.iter().any(|s| s == name);
+        let main_table = ran("latency") || ran("fragmented") || ran("churn");
+        let cell = |name: &str, v: Option<f64>, f: &dyn Fn(f64) -> String| {
+            if ran(name) {
+                opt(v, f)
+            } else {
+                "not run".to_string()
+            }
+        };
         if main_table {
             let _ = writeln!(
                 s,
@@ -424,12 +437,15 @@ impl Comparison {
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 f.policy,
-                opt(f.p50_s, sec),
-                opt(f.p90_s, sec),
-                opt(f.back_60s, pct),
-                opt(f.frag_10s, pct),
-                opt(f.churn_s, sec),
-                opt(f.churn_vs_off, |x| format!("{:+.1} %", (x - 1.0) * 100.0)),
+                cell("latency", f.p50_s, &sec),
+                cell("latency", f.p90_s, &sec),
+                cell("latency", f.back_60s, &pct),
+                cell("fragmented", f.frag_10s, &pct),
+                cell("churn", f.churn_s, &sec),
+                cell("churn", f.churn_vs_off, &|x| format!(
+                    "{:+.1} %",
+                    (x - 1.0) * 100.0
+                )),
             );
         }
         if main_table {
@@ -437,7 +453,7 @@ impl Comparison {
                 s,
                 "\nchurn with reporting off: {}. Targets (issue 15): 90 % within 2.5 s, >= 99.5 % within 60 s, \
                  fragmented >= 90 % within 10 s, churn within 10 % of off.",
-                opt(self.churn_off_s, sec)
+                cell("churn", self.churn_off_s, &sec)
             );
         }
         let linux = self.figures.iter().find(|f| f.policy == "linux");
@@ -544,6 +560,7 @@ mod tests {
             figures: vec![f("linux", 1000.0, 100.0), f("adaptive", 800.0, 100.5)],
             churn_off_s: None,
             trace_bound: Some((750.0, 102.0)),
+            scenarios: vec!["trace".into()],
         };
         let md = c.markdown();
         assert!(
@@ -558,5 +575,16 @@ mod tests {
         );
         // Only the trace ran: no table of the other scenarios' "never"s.
         assert!(!md.contains("never") && !md.contains("fragmented"), "{md}");
+        // The churn ran too: the latency cells say they were not run.
+        let c = Comparison {
+            scenarios: vec!["churn".into(), "trace".into()],
+            churn_off_s: Some(4.0),
+            ..c
+        };
+        let md = c.markdown();
+        assert!(
+            md.contains("| linux | not run | not run | not run | not run | never | never |"),
+            "{md}"
+        );
     }
 }
