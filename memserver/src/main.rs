@@ -291,9 +291,14 @@ impl Handler for MemServer {
     }
 }
 
-/// The reporting tunables: the adaptive policy with Linux's numbers on
-/// Microkit; on the host
-/// platform `MEMSERVER_TUNABLES` may override them (see `memserver::params`).
+/// Tunables the PD was built with: `MEMSERVER_TUNABLES` in cargo's
+/// environment (`tools image --tunables`, `tools bare --tunables`, which
+/// check the text first), in `memserver::params`' syntax.
+const BUILT_WITH: Option<&str> = option_env!("MEMSERVER_TUNABLES");
+
+/// The reporting tunables: the adaptive policy with Linux's numbers, under
+/// those the PD was built with ([`BUILT_WITH`]); on the host platform
+/// `MEMSERVER_TUNABLES` in the PD's environment wins over both.
 fn tunables() -> Option<Tunables> {
     #[cfg(not(target_os = "none"))]
     if let Ok(text) = std::env::var("MEMSERVER_TUNABLES") {
@@ -303,6 +308,16 @@ fn tunables() -> Option<Tunables> {
                 LOG.error(format_args!("MEMSERVER_TUNABLES: {e}"));
                 std::process::exit(2);
             }
+        }
+    }
+    if let Some(text) = BUILT_WITH {
+        match memserver::params::parse_tunables(text) {
+            Ok(t) => return t,
+            // Only a build that bypassed the tools' check gets here; a PD
+            // on Microkit cannot exit, so it says so and keeps the defaults.
+            Err(e) => LOG.error(format_args!(
+                "built with MEMSERVER_TUNABLES \"{text}\": {e}; the defaults apply"
+            )),
         }
     }
     Some(Tunables::adaptive())

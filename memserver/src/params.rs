@@ -1,6 +1,9 @@
 //! Reporting tunables as text, `key=value` pairs separated by commas, for the
 //! host platform's command line (`tools demo --order 9 ...` passes them to
-//! the PD in `MEMSERVER_TUNABLES`). On Microkit the defaults apply.
+//! the PD in `MEMSERVER_TUNABLES`). On Microkit and the bare platform, where a
+//! PD has no environment, the same text is built in (`tools image
+//! --tunables`, `tools qemu --tunables`: `MEMSERVER_TUNABLES` in cargo's
+//! environment, read by the memserver's `option_env!`).
 //!
 //! Keys: `policy` (`adaptive`, the default, or `linux`), `order`,
 //! `delay_ms`, `capacity`, `budget_divisor`, `watermark_pages`, `in_flight`,

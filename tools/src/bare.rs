@@ -133,6 +133,20 @@ pub fn build(
     bin: &str,
     system: &str,
 ) -> Result<PathBuf, BareError> {
+    build_with(workspace, target_dir, out_dir, arch, bin, system, None)
+}
+
+/// As [`build`], with the memserver's reporting `tunables` built in
+/// (`memserver::params` syntax; checked first).
+pub fn build_with(
+    workspace: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    arch: Arch,
+    bin: &str,
+    system: &str,
+    tunables: Option<&str>,
+) -> Result<PathBuf, BareError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -140,6 +154,7 @@ pub fn build(
         .args(["--target", target(arch)])
         .arg("--target-dir")
         .arg(target_dir);
+    crate::image::built_in_tunables(&mut cmd, tunables).map_err(BareError::Cargo)?;
     let xml = match arch {
         Arch::Aarch64 => system.to_string(),
         // The PDs see the PC as on Microkit: the x86_64_generic variant

@@ -206,6 +206,9 @@ pub fn build_pds_from(
         // Not whatever the caller's environment says: the workspace's.
         cmd.env_remove("SYSTEM_XML");
     }
+    // The host PDs take their tunables at run time (the launcher sets
+    // MEMSERVER_TUNABLES for them); none are built in.
+    cmd.env_remove("MEMSERVER_TUNABLES");
     let status = cmd
         .current_dir(workspace)
         .args(["build", "--profile", profile, "--bins"])

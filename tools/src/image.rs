@@ -176,6 +176,9 @@ pub struct ImageSpec {
     pub workspace: PathBuf,
     /// cargo's target dir for the PD builds.
     pub target_dir: PathBuf,
+    /// The memserver's reporting tunables, built in (`memserver::params`
+    /// syntax, checked by [`build`]); `None`: its defaults.
+    pub tunables: Option<String>,
     /// Where the ELFs, the descriptions and the image go.
     pub out_dir: PathBuf,
     /// The Linux guest the VMM embeds (`tools::vm_guest::prepare`); `None`:
@@ -389,6 +392,7 @@ fn cargo_build(
         Some(dir) => cmd.env("VMM_GUEST_DIR", dir),
         None => cmd.env_remove("VMM_GUEST_DIR"),
     };
+    built_in_tunables(&mut cmd, spec.tunables.as_deref()).map_err(ImageError::Cargo)?;
     let out = cmd
         .output()
         .map_err(|e| ImageError::Cargo(format!("running cargo: {e}")))?;
@@ -396,6 +400,23 @@ fn cargo_build(
         return Err(ImageError::Cargo(
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ));
+    }
+    Ok(())
+}
+
+/// Give the memserver's build `tunables` (`MEMSERVER_TUNABLES`, read by
+/// its `option_env!`), or none whatever our own environment says, after
+/// checking them with the memserver's own parser: a PD on Microkit cannot
+/// refuse to start, so a bad text must stop the build.
+pub fn built_in_tunables(cmd: &mut Command, tunables: Option<&str>) -> Result<(), String> {
+    match tunables {
+        Some(t) => {
+            memserver::params::parse_tunables(t).map_err(|e| format!("--tunables \"{t}\": {e}"))?;
+            cmd.env("MEMSERVER_TUNABLES", t);
+        }
+        None => {
+            cmd.env_remove("MEMSERVER_TUNABLES");
+        }
     }
     Ok(())
 }

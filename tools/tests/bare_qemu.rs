@@ -26,17 +26,33 @@ const MIB: u64 = 1 << 20;
 
 /// The image `bin` for `arch`, copied to `out`.
 fn image(arch: Arch, bin: &str, out: &Path) -> PathBuf {
+    image_with(arch, bin, out, None)
+}
+
+/// As [`image`], with the memserver's `tunables` built in.
+fn image_with(arch: Arch, bin: &str, out: &Path, tunables: Option<&str>) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let xml = bare::description(&workspace(), bare::Variant::System).unwrap();
     // Not the outer cargo's target dir: it holds the lock while we run.
     let target = tools::pd_build::target_dir(&tmp());
-    bare::build(&workspace(), &target, out, arch, bin, &xml).unwrap_or_else(|e| panic!("{e}"))
+    bare::build_with(&workspace(), &target, out, arch, bin, &xml, tunables)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn boot(name: &str, arch: Arch, balloon: BalloonDevice, target: Option<u64>) -> RunReport {
+    boot_with(name, arch, balloon, target, None)
+}
+
+fn boot_with(
+    name: &str,
+    arch: Arch,
+    balloon: BalloonDevice,
+    target: Option<u64>,
+    tunables: Option<&str>,
+) -> RunReport {
     let out = tmp().join(format!("bare-{name}"));
     std::fs::create_dir_all(&out).unwrap();
-    let kernel = image(arch, "system", &out);
+    let kernel = image_with(arch, "system", &out, tunables);
     let xml = std::fs::read_to_string(workspace().join("system.xml")).unwrap();
     let guests = bare::guests(&xml).unwrap();
     assert_eq!(guests, ["GUEST0", "GUEST1"]);
@@ -90,6 +106,36 @@ fn aarch64_legacy_mmio_gives_freed_memory_back() {
 #[test]
 fn aarch64_modern_mmio_gives_freed_memory_back() {
     gives_memory_back("aarch64-modern", Arch::Aarch64, true);
+}
+
+/// Tunables built into the image (`tools qemu --platform bare --tunables`)
+/// reach the memserver on bare metal, where no environment can: it runs
+/// Linux's rules with a 500 ms delay, says so at boot, and the guests'
+/// frees come back under them.
+#[test]
+fn aarch64_built_in_tunables_reach_the_memserver() {
+    let balloon = BalloonDevice {
+        reporting: true,
+        modern_mmio: false,
+    };
+    let name = "aarch64-linux-policy";
+    let r = boot_with(
+        name,
+        Arch::Aarch64,
+        balloon,
+        None,
+        Some("policy=linux,delay_ms=500"),
+    );
+    let ctx = || format!("{name}:\n{}\n{}", bare::summary(&r), r.console);
+    assert!(
+        r.console
+            .contains("MEMSERVER|INFO: reporting: policy linux order 9 delay 500 ms"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(r.observed.freed, 512 * MIB, "{}", ctx());
+    assert!(r.observed.problems.is_empty(), "{}", ctx());
+    bare::verdict(&r, 0.9).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
 }
 
 /// The control: the same run without free page reporting keeps the memory.

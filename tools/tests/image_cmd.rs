@@ -1,5 +1,6 @@
 //! `tools image` without an SDK: a one-line error naming MICROKIT_SDK, and
-//! `--sdf-only` still derives the board descriptions.
+//! `--sdf-only` still derives the board descriptions; bad `--tunables` are
+//! refused before anything is built.
 
 use std::path::Path;
 use std::process::Command;
@@ -48,4 +49,34 @@ fn sdf_only_writes_both_descriptions_without_an_sdk() {
             .any(|l| l.contains("<protection_domain") && l.contains(" pp=")),
         "{mk}"
     );
+}
+
+/// The memserver's parser judges `--tunables` before anything is built
+/// (clap's usage error, exit status 2), for `tools image` and `tools qemu`
+/// on either platform.
+#[test]
+fn bad_tunables_are_refused_before_anything_is_built() {
+    for args in [
+        &["image", "--board", "qemu_virt_aarch64"][..],
+        &["qemu", "--platform", "bare", "--arch", "aarch64"][..],
+    ] {
+        for (bad, says) in [
+            ("policy=fast", "bad value 'fast' for 'policy'"),
+            ("order=11", "order"),
+            ("delay_ms", "'delay_ms' is not key=value"),
+        ] {
+            let out = tools()
+                .args(args)
+                .args(["--tunables", bad])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {bad}: {err}");
+            assert!(
+                err.contains("--tunables") && err.contains(says),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("building"), "{bad}: {err}");
+        }
+    }
 }

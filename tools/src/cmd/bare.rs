@@ -28,6 +28,8 @@ pub struct BareArgs {
     pub timeout_s: u64,
     /// The description (default: the workspace's system.xml).
     pub system: Option<PathBuf>,
+    /// The memserver's reporting tunables, built in.
+    pub tunables: Option<String>,
 }
 
 /// `aarch64` or `x86_64`.
@@ -76,13 +78,14 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         bare::target(args.arch)
     );
     // Not cargo's target dir: `tools` may be running under cargo.
-    let kernel = bare::build(
+    let kernel = bare::build_with(
         &workspace(),
         &tools::pd_build::target_dir(&target_dir()),
         &out,
         args.arch,
         "system",
         &xml,
+        args.tunables.as_deref(),
     )
     .map_err(|e| e.to_string())?;
     let guests = bare::guests(&xml)?;

@@ -269,44 +269,51 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 
 /// The system in QEMU with QEMU's virtio-balloon: the bare platform on
 /// both arches, then seL4 on both boards in both kernel configs (skipped,
-/// and said, without an SDK). One run each; the runs are the tests' runs
-/// (`tools::bare`, `tools::sel4`), measured the same way.
+/// and said, without an SDK), each also with Linux's policy built in (seL4:
+/// release). One run each; the runs are the tests' runs (`tools::bare`,
+/// `tools::sel4`), measured the same way.
 fn in_qemu(r: &mut Results) -> Result<(), String> {
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
+    // Each image with the default (adaptive) policy, then with Linux's
+    // rules built in (`--tunables policy=linux`), side by side.
+    let policies = [("", None), (", policy linux", Some("policy=linux"))];
     for arch in [Arch::Aarch64, Arch::X86_64] {
-        let name = format!("bare {}", bare::target(arch));
-        eprintln!("bench: {name}: building and booting");
-        let xml =
-            bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
-        let dir = out.join(bare::target(arch));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let kernel = bare::build(
-            &workspace(),
-            &tools::pd_build::target_dir(&target_dir()),
-            &dir,
-            arch,
-            "system",
-            &xml,
-        )
-        .map_err(|e| e.to_string())?;
-        let cfg = bare::run_config(
-            arch,
-            kernel,
-            BalloonDevice {
-                reporting: true,
-                modern_mmio: false,
-            },
-            dir.join("qmp.sock"),
-            bare::guests(&xml)?,
-            None,
-        );
-        let report =
-            qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
-        if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
-            failures.push(format!("{name}: {e}"));
+        for (label, tunables) in policies {
+            let name = format!("bare {}{label}", bare::target(arch));
+            eprintln!("bench: {name}: building and booting");
+            let xml = bare::description(&workspace(), bare::Variant::System)
+                .map_err(|e| e.to_string())?;
+            let dir = out.join(bare::target(arch));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let kernel = bare::build_with(
+                &workspace(),
+                &tools::pd_build::target_dir(&target_dir()),
+                &dir,
+                arch,
+                "system",
+                &xml,
+                tunables,
+            )
+            .map_err(|e| e.to_string())?;
+            let cfg = bare::run_config(
+                arch,
+                kernel,
+                BalloonDevice {
+                    reporting: true,
+                    modern_mmio: false,
+                },
+                dir.join("qmp.sock"),
+                bare::guests(&xml)?,
+                None,
+            );
+            let report =
+                qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
+            if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
+                failures.push(format!("{name}: {e}"));
+            }
+            r.platforms.push(PlatformRun::from_report(&name, &report));
         }
-        r.platforms.push(PlatformRun::from_report(&name, &report));
     }
     let sdk = match image::sdk_from_env() {
         Ok(sdk) => sdk,
@@ -316,8 +323,16 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         }
     };
     for board in Board::ALL {
-        for config in [KernelConfig::Debug, KernelConfig::Release] {
-            let name = format!("seL4 {board} {config}");
+        for (config, label, tunables) in [
+            (KernelConfig::Debug, "", None),
+            (KernelConfig::Release, "", None),
+            (
+                KernelConfig::Release,
+                ", policy linux",
+                Some("policy=linux"),
+            ),
+        ] {
+            let name = format!("seL4 {board} {config}{label}");
             eprintln!("bench: {name}: building and booting");
             let dir = out.join(format!("sel4-{board}-{config}"));
             let img = image::build(&ImageSpec {
@@ -328,6 +343,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 workspace: workspace(),
                 target_dir: tools::pd_build::target_dir(&target_dir()),
                 out_dir: dir.clone(),
+                tunables: tunables.map(String::from),
                 vm_guest: None,
             })
             .map_err(|e| e.to_string())?;

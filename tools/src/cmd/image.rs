@@ -30,6 +30,20 @@ pub struct Args {
     /// guest (four instructions) instead of Debian's Linux.
     #[arg(long)]
     pub smoke_vm: bool,
+    /// The memserver's reporting tunables, built into the image:
+    /// `key=value,...` as `tools demo --tunables` (e.g. `policy=linux` for
+    /// Linux's rules, `delay_ms=500`), or `off`. Default: the adaptive
+    /// policy with Linux's numbers.
+    #[arg(long, value_parser = parse_tunables)]
+    pub tunables: Option<String>,
+}
+
+/// `--tunables`: checked by the memserver's own parser before anything is
+/// built (a PD on Microkit cannot refuse them at boot).
+pub fn parse_tunables(s: &str) -> Result<String, String> {
+    memserver::params::parse_tunables(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The Linux guest of `system`'s VM, prepared in `<out>/vm-guest` (Debian's
@@ -95,6 +109,7 @@ pub fn build(
     system: PathBuf,
     out: Option<PathBuf>,
     vm_guest: Option<PathBuf>,
+    tunables: Option<String>,
 ) -> Result<Image, image::ImageError> {
     let sdk = image::sdk_from_env()?;
     let target_dir = target_dir();
@@ -112,6 +127,7 @@ pub fn build(
         target_dir,
         out_dir,
         vm_guest,
+        tunables,
     })
 }
 
@@ -139,7 +155,14 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match build(args.board, args.config, system, Some(out), guest) {
+    match build(
+        args.board,
+        args.config,
+        system,
+        Some(out),
+        guest,
+        args.tunables,
+    ) {
         Ok(img) => {
             println!("image: {}", img.loader.display());
             if let Some(k) = &img.kernel {

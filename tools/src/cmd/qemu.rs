@@ -58,6 +58,10 @@ pub struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout_s: u64,
+    /// The memserver's reporting tunables, built into the image (as `tools
+    /// image --tunables`).
+    #[arg(long, value_parser = super::image::parse_tunables)]
+    pub tunables: Option<String>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -71,6 +75,7 @@ pub fn main(args: Args) -> ExitCode {
             hostile: args.hostile,
             timeout_s: args.timeout_s,
             system: args.system,
+            tunables: args.tunables,
         });
     }
     let Some(board) = args.board else {
@@ -123,8 +128,15 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
     )
     .map_err(|e| e.to_string())?;
     let guest = super::image::vm_guest(&system, &out, args.smoke_vm)?;
-    let img = super::image::build(board, args.config, system, Some(out.clone()), guest)
-        .map_err(|e| e.to_string())?;
+    let img = super::image::build(
+        board,
+        args.config,
+        system,
+        Some(out.clone()),
+        guest,
+        args.tunables.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut cfg = sel4::run_config(&img, run, &out, Duration::from_secs(args.timeout_s))?;
     cfg.qemu.balloon = cfg.qemu.balloon.map(|b| BalloonDevice {
         modern_mmio: args.modern_mmio,
