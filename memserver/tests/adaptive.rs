@@ -39,6 +39,34 @@ fn booted_and_allocated(tun: Tunables, pages: u32) -> (MemCore<'static>, Vec<u64
     (c, held)
 }
 
+/// [`booted_and_allocated`], then half of the zone freed and reported in
+/// one pass (quiet for the delay); the blocks of the half still held.
+fn half_reported(tun: Tunables) -> (MemCore<'static>, Vec<u64>) {
+    let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+    let (keep, give) = held.split_at(held.len() / 2);
+    for &pfn in give {
+        c.free(Z0, pfn, MAX_ORDER).unwrap();
+    }
+    let (done, _) = run_pass(&mut c, true);
+    assert!(!done.is_empty(), "quiet for the delay: reported");
+    (c, keep.to_vec())
+}
+
+/// Fire the worker's timer until every free block of `reporting_order` and
+/// up is reported (at most `max` times); how many times it took.
+fn ticks_until_reported(c: &mut MemCore<'_>, tun: Tunables, max: u32) -> u32 {
+    let mut ticks = 0;
+    loop {
+        run_pass(c, true);
+        ticks += 1;
+        let (free, reported) = free_and_reported(c, tun.reporting_order);
+        if reported == free {
+            return ticks;
+        }
+        assert!(ticks < max, "never reported");
+    }
+}
+
 /// Rule 1: 1 GiB freed at once by a zone that then stays quiet comes back
 /// in the first pass, one delay after the free; Linux's budget needs four
 /// passes, a delay apart.
@@ -87,13 +115,7 @@ fn only_taking_reported_pages_back_is_churn() {
     let mut ticks_to_report = Vec::new();
     for take_reported in [false, true] {
         let tun = adaptive();
-        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
-        let (keep, give) = held.split_at(held.len() / 2);
-        for &pfn in give {
-            c.free(Z0, pfn, MAX_ORDER).unwrap();
-        }
-        let (done, _) = run_pass(&mut c, true);
-        assert!(!done.is_empty(), "quiet for the delay: reported");
+        let (mut c, keep) = half_reported(tun);
         if !take_reported {
             // Free 64 MiB more: at the heads of the lists, where the next
             // allocations come from.
@@ -108,17 +130,7 @@ fn only_taking_reported_pages_back_is_churn() {
         for pfn in cycle {
             c.free(Z0, pfn, MAX_ORDER).unwrap();
         }
-        let mut ticks = 0u32;
-        loop {
-            run_pass(&mut c, true);
-            ticks += 1;
-            let (free, reported) = free_and_reported(&c, tun.reporting_order);
-            if reported == free {
-                break;
-            }
-            assert!(ticks < 64, "never reported");
-        }
-        ticks_to_report.push(ticks);
+        ticks_to_report.push(ticks_until_reported(&mut c, tun, 64));
         c.check_invariants().unwrap();
     }
     // One delay is four ticks; backed off, eight.
@@ -140,13 +152,7 @@ fn churning_zone_backs_off_and_comes_back() {
             capacity: 4,
             ..adaptive()
         };
-        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
-        let (_keep, give) = held.split_at(held.len() / 2);
-        for &pfn in give {
-            c.free(Z0, pfn, MAX_ORDER).unwrap();
-        }
-        let (done, _) = run_pass(&mut c, true);
-        assert!(!done.is_empty(), "quiet for the delay: reported");
+        let (mut c, _keep) = half_reported(tun);
         // Three rounds of churn: each reallocates 256 MiB of what was just
         // reported and frees it, then stays quiet.
         for round in 1..=3u32 {
@@ -157,16 +163,7 @@ fn churning_zone_backs_off_and_comes_back() {
             // The report is on probation: the worker is still looking,
             // a quarter delay at a time.
             assert!(c.timer_armed(), "round {round}: still looking");
-            let mut ticks = 0u64;
-            loop {
-                run_pass(&mut c, true);
-                ticks += 1;
-                let (free, reported) = free_and_reported(&c, tun.reporting_order);
-                if reported == free {
-                    break;
-                }
-                assert!(ticks < 4 << 8, "never reported");
-            }
+            let ticks = ticks_until_reported(&mut c, tun, 4 << 8);
             // One tick that sees the churn, then quiet for `delay << step`.
             let step = round.min(u32::from(backoff_max));
             assert_eq!(
