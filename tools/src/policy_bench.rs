@@ -301,11 +301,9 @@ pub fn run(
                 &mut |_| {},
             )?;
             save(&format!("policy-trace-{policy}"), &r)?;
-            let start = marks_with(&r.timeline, " trace start").0;
-            let end = marks_with(&r.timeline, " trace end").1;
-            if let (Some(a), Some(b)) = (start, end) {
-                f.trace_avg_mib = average_host_mib(&r.timeline, a, b);
-                f.trace_s = Some((b - a).as_secs_f64());
+            if let Some((avg_mib, secs)) = trace_footprint(&r.timeline) {
+                f.trace_avg_mib = avg_mib;
+                f.trace_s = Some(secs);
             }
             f.problems.extend(problems(&r));
             both.push(("trace", policy, r.timeline.clone()));
@@ -319,12 +317,8 @@ pub fn run(
             &mut |_| {},
         )?;
         save("policy-trace-bound", &r)?;
-        let start = marks_with(&r.timeline, " trace start").0;
-        let end = marks_with(&r.timeline, " trace end").1;
-        if let (Some(a), Some(b)) = (start, end) {
-            cmp.trace_bound =
-                average_host_mib(&r.timeline, a, b).map(|m| (m, (b - a).as_secs_f64()));
-        }
+        cmp.trace_bound =
+            trace_footprint(&r.timeline).and_then(|(avg_mib, secs)| avg_mib.map(|m| (m, secs)));
         if let Some(f) = cmp.figures.last_mut() {
             f.problems
                 .extend(problems(&r).into_iter().map(|p| format!("bound: {p}")));
@@ -400,8 +394,27 @@ fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Result
     root.present().map_err(|e| err(&e))
 }
 
+/// The trace's footprint in a run: host memory averaged from the first
+/// guest's `trace start` to the last one's `trace end` (MiB), and that
+/// span (s); `None` without both marks.
+fn trace_footprint(t: &Timeline) -> Option<(Option<f64>, f64)> {
+    let start = marks_with(t, " trace start").0?;
+    let end = marks_with(t, " trace end").1?;
+    Some((average_host_mib(t, start, end), (end - start).as_secs_f64()))
+}
+
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "never".into(), f)
+}
+
+/// A ratio as a change: 1.042 -> "+4.2 %".
+fn change(ratio: f64) -> String {
+    format!("{:+.1} %", (ratio - 1.0) * 100.0)
+}
+
+/// `a` relative to `b`, as a change; "never" if either is missing.
+fn rel(a: Option<f64>, b: Option<f64>) -> String {
+    opt(a.zip(b).map(|(a, b)| a / b), change)
 }
 
 impl Comparison {
@@ -431,24 +444,19 @@ impl Comparison {
                 "| policy | 1 GiB/zone: 50 % back | 90 % back | back within 60 s | fragmented: back within 10 s | churn (250 ms delay): workload s, median of {CHURN_RUNS} | vs reporting off |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-        }
-        for f in self.figures.iter().filter(|_| main_table) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                f.policy,
-                cell("latency", f.p50_s, &sec),
-                cell("latency", f.p90_s, &sec),
-                cell("latency", f.back_60s, &pct),
-                cell("fragmented", f.frag_10s, &pct),
-                cell("churn", f.churn_s, &sec),
-                cell("churn", f.churn_vs_off, &|x| format!(
-                    "{:+.1} %",
-                    (x - 1.0) * 100.0
-                )),
-            );
-        }
-        if main_table {
+            for f in &self.figures {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    f.policy,
+                    cell("latency", f.p50_s, &sec),
+                    cell("latency", f.p90_s, &sec),
+                    cell("latency", f.back_60s, &pct),
+                    cell("fragmented", f.frag_10s, &pct),
+                    cell("churn", f.churn_s, &sec),
+                    cell("churn", f.churn_vs_off, &change),
+                );
+            }
             let _ = writeln!(
                 s,
                 "\nchurn with reporting off: {}. Targets (issue 15): 90 % within 2.5 s, >= 99.5 % within 60 s, \
@@ -468,11 +476,6 @@ impl Comparison {
             );
             let _ = writeln!(s, "|---|---|---|---|---|");
             for f in &self.figures {
-                let rel = |a: Option<f64>, b: Option<f64>| {
-                    opt(a.zip(b).map(|(a, b)| a / b), |x| {
-                        format!("{:+.1} %", (x - 1.0) * 100.0)
-                    })
-                };
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} | {} |",
@@ -484,19 +487,12 @@ impl Comparison {
                 );
             }
             if let Some((mib, secs)) = self.trace_bound {
-                let l = linux.and_then(|l| l.trace_avg_mib.zip(l.trace_s));
                 let _ = writeln!(
                     s,
                     "| bound: every free back within ~0.1 s | {mib:.0} MiB | {} | {} | {} |",
-                    opt(l.map(|l| mib / l.0), |x| format!(
-                        "{:+.1} %",
-                        (x - 1.0) * 100.0
-                    )),
+                    rel(Some(mib), linux.and_then(|l| l.trace_avg_mib)),
                     sec(secs),
-                    opt(l.map(|l| secs / l.1), |x| format!(
-                        "{:+.1} %",
-                        (x - 1.0) * 100.0
-                    )),
+                    rel(Some(secs), linux.and_then(|l| l.trace_s)),
                 );
             }
             let _ = writeln!(
