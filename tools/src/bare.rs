@@ -121,24 +121,13 @@ pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError
 /// Build image `bin` (`system` or `pingpong`) of the `bare` crate for
 /// `arch`, release profile, in `target_dir` (shared by the builds of every
 /// description, [`crate::pd_build`]; not the target dir of a cargo that is
-/// running us: it holds the lock), and copy the ELF to `out_dir/<bin>`, the
-/// path returned. The `system` image holds the PDs of `system` (a
-/// description written for qemu_virt_aarch64, e.g. from [`description`]);
-/// bare/build.rs gets it through `SYSTEM_XML`.
+/// running us: it holds the lock), with the memserver's reporting
+/// `tunables` built in (`memserver::params` syntax, checked first; `None`:
+/// its defaults), and copy the ELF to `out_dir/<bin>`, the path returned.
+/// The `system` image holds the PDs of `system` (a description written for
+/// qemu_virt_aarch64, e.g. from [`description`]); bare/build.rs gets it
+/// through `SYSTEM_XML`.
 pub fn build(
-    workspace: &Path,
-    target_dir: &Path,
-    out_dir: &Path,
-    arch: Arch,
-    bin: &str,
-    system: &str,
-) -> Result<PathBuf, BareError> {
-    build_with(workspace, target_dir, out_dir, arch, bin, system, None)
-}
-
-/// As [`build`], with the memserver's reporting `tunables` built in
-/// (`memserver::params` syntax; checked first).
-pub fn build_with(
     workspace: &Path,
     target_dir: &Path,
     out_dir: &Path,
@@ -154,7 +143,7 @@ pub fn build_with(
         .args(["--target", target(arch)])
         .arg("--target-dir")
         .arg(target_dir);
-    crate::image::built_in_tunables(&mut cmd, tunables).map_err(BareError::Cargo)?;
+    crate::pd_build::built_in_tunables(&mut cmd, tunables).map_err(BareError::Cargo)?;
     let xml = match arch {
         Arch::Aarch64 => system.to_string(),
         // The PDs see the PC as on Microkit: the x86_64_generic variant

@@ -392,7 +392,8 @@ fn cargo_build(
         Some(dir) => cmd.env("VMM_GUEST_DIR", dir),
         None => cmd.env_remove("VMM_GUEST_DIR"),
     };
-    built_in_tunables(&mut cmd, spec.tunables.as_deref()).map_err(ImageError::Cargo)?;
+    crate::pd_build::built_in_tunables(&mut cmd, spec.tunables.as_deref())
+        .map_err(ImageError::Cargo)?;
     let out = cmd
         .output()
         .map_err(|e| ImageError::Cargo(format!("running cargo: {e}")))?;
@@ -400,23 +401,6 @@ fn cargo_build(
         return Err(ImageError::Cargo(
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ));
-    }
-    Ok(())
-}
-
-/// Give the memserver's build `tunables` (`MEMSERVER_TUNABLES`, read by
-/// its `option_env!`), or none whatever our own environment says, after
-/// checking them with the memserver's own parser: a PD on Microkit cannot
-/// refuse to start, so a bad text must stop the build.
-pub fn built_in_tunables(cmd: &mut Command, tunables: Option<&str>) -> Result<(), String> {
-    match tunables {
-        Some(t) => {
-            memserver::params::parse_tunables(t).map_err(|e| format!("--tunables \"{t}\": {e}"))?;
-            cmd.env("MEMSERVER_TUNABLES", t);
-        }
-        None => {
-            cmd.env_remove("MEMSERVER_TUNABLES");
-        }
     }
     Ok(())
 }

@@ -12,9 +12,14 @@
 //! from `cargo build` until it has copied what it needs out of the dir:
 //! cargo's own lock ends with cargo, too early for that. The lock is a
 //! `flock` on a file in the dir, so it holds across threads and processes.
+//!
+//! The memserver's reporting tunables reach such a build through cargo's
+//! environment ([`built_in_tunables`]): a PD there has no environment of
+//! its own.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The shared dir under `base` (a target dir's `tmp`, or the tools'
 /// output dir).
@@ -42,6 +47,23 @@ pub fn lock(target_dir: &Path) -> Result<Lock, String> {
     file.lock()
         .map_err(|e| format!("locking {}: {e}", path.display()))?;
     Ok(Lock { _file: file })
+}
+
+/// Give the memserver's build `tunables` (`MEMSERVER_TUNABLES`, read by
+/// its `option_env!`), or none whatever our own environment says, after
+/// checking them with the memserver's own parser: a PD on Microkit cannot
+/// refuse to start, so a bad text must stop the build.
+pub fn built_in_tunables(cmd: &mut Command, tunables: Option<&str>) -> Result<(), String> {
+    match tunables {
+        Some(t) => {
+            memserver::params::parse_tunables(t).map_err(|e| format!("--tunables \"{t}\": {e}"))?;
+            cmd.env("MEMSERVER_TUNABLES", t);
+        }
+        None => {
+            cmd.env_remove("MEMSERVER_TUNABLES");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ fn hostile(name: &str, arch: Arch) {
             arch,
             "system",
             &xml,
+            None,
         )
         .unwrap_or_else(|e| panic!("{e}"))
     };

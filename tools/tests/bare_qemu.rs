@@ -35,7 +35,7 @@ fn image_with(arch: Arch, bin: &str, out: &Path, tunables: Option<&str>) -> Path
     let xml = bare::description(&workspace(), bare::Variant::System).unwrap();
     // Not the outer cargo's target dir: it holds the lock while we run.
     let target = tools::pd_build::target_dir(&tmp());
-    bare::build_with(&workspace(), &target, out, arch, bin, &xml, tunables)
+    bare::build(&workspace(), &target, out, arch, bin, &xml, tunables)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -203,6 +203,7 @@ fn bare_run(file: &str, guests: usize) {
             Arch::Aarch64,
             "system",
             &xml,
+            None,
         )
         .unwrap_or_else(|e| panic!("{e}"))
     };

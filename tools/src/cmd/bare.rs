@@ -78,7 +78,7 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         bare::target(args.arch)
     );
     // Not cargo's target dir: `tools` may be running under cargo.
-    let kernel = bare::build_with(
+    let kernel = bare::build(
         &workspace(),
         &tools::pd_build::target_dir(&target_dir()),
         &out,
