@@ -276,17 +276,17 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
     // Each image with the default (adaptive) policy, then with Linux's
-    // rules built in (`--tunables policy=linux`), side by side.
-    let policies = [("", None), (", policy linux", Some("policy=linux"))];
+    // rules built in (`--tunables policy=linux`), side by side; each run
+    // in a dir of its own (`<name><suffix>`).
+    const LINUX: (&str, &str, Option<&str>) = (", policy linux", "-linux", Some("policy=linux"));
+    let xml = bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
     for arch in [Arch::Aarch64, Arch::X86_64] {
-        for (label, tunables) in policies {
+        for (label, suffix, tunables) in [("", "", None), LINUX] {
             let name = format!("bare {}{label}", bare::target(arch));
             eprintln!("bench: {name}: building and booting");
-            let xml = bare::description(&workspace(), bare::Variant::System)
-                .map_err(|e| e.to_string())?;
-            let dir = out.join(bare::target(arch));
+            let dir = out.join(format!("{}{suffix}", bare::target(arch)));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let kernel = bare::build_with(
+            let kernel = bare::build(
                 &workspace(),
                 &tools::pd_build::target_dir(&target_dir()),
                 &dir,
@@ -323,18 +323,14 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         }
     };
     for board in Board::ALL {
-        for (config, label, tunables) in [
-            (KernelConfig::Debug, "", None),
-            (KernelConfig::Release, "", None),
-            (
-                KernelConfig::Release,
-                ", policy linux",
-                Some("policy=linux"),
-            ),
+        for (config, (label, suffix, tunables)) in [
+            (KernelConfig::Debug, ("", "", None)),
+            (KernelConfig::Release, ("", "", None)),
+            (KernelConfig::Release, LINUX),
         ] {
             let name = format!("seL4 {board} {config}{label}");
             eprintln!("bench: {name}: building and booting");
-            let dir = out.join(format!("sel4-{board}-{config}"));
+            let dir = out.join(format!("sel4-{board}-{config}{suffix}"));
             let img = image::build(&ImageSpec {
                 board,
                 config,
