@@ -220,8 +220,9 @@ impl Ages {
     pub(crate) fn plan(&self, z: usize, tun: &Tunables) -> Plan {
         let a = &self.zones[z];
         let q = a.quiet_ns;
-        if q < self.need_ns(z, tun) {
-            if a.paced_ns >= self.need_ns(z, tun) {
+        let need = self.need_ns(z, tun);
+        if q < need {
+            if a.paced_ns >= need {
                 Plan::Paced
             } else {
                 Plan::Defer
