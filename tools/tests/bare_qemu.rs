@@ -261,20 +261,17 @@ fn aarch64_qemu_guest_stats_show_the_memservers_figures() {
     let console = q.console().clone();
     let ctx = |c: &qemu::Console| c.text();
     // The guests are done.
-    let mut from = 0;
     for g in ["GUEST0", "GUEST1"] {
         let want = format!("{g}|INFO: phase=done");
-        let (i, _) = console
+        console
             .wait_for(0, Duration::from_secs(240), |l| {
                 qemu::segments(l).iter().any(|s| s.starts_with(&want))
             })
             .unwrap_or_else(|| panic!("{g} not done\n{}", ctx(&console)));
-        from = from.max(i);
     }
     // Their frees are reported by now or soon (a zone the policy backed
     // off waits up to 8 delays): the memserver says its figures in a
     // conservation line once reporting is idle, and nothing changes more.
-    let _ = from;
     let mut qmp = q.qmp(Duration::from_secs(10)).expect("QMP");
     qmp.poll_guest_stats(1).expect("qom-set polling");
     // Bounded wait for that line, and for QEMU to hold its figures.
