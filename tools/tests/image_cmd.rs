@@ -62,7 +62,7 @@ fn bad_tunables_are_refused_before_anything_is_built() {
     ] {
         for (bad, says) in [
             ("policy=fast", "bad value 'fast' for 'policy'"),
-            ("order=11", "order"),
+            ("order=11", "tunable out of range: order"),
             ("delay_ms", "'delay_ms' is not key=value"),
         ] {
             let out = tools()
