@@ -89,25 +89,18 @@ impl Sys {
 
     /// The nested report batches the balloon got (other messages skipped).
     pub fn batches(&mut self) -> Vec<(u32, Vec<Block>)> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; SLOT_SIZE];
-        while let Some(n) = self.to_balloon.pop(&mut buf).unwrap() {
-            if let ToBalloon::Report { batch, blocks } = api::decode(&buf[..n]).unwrap()
-                && batch & NESTED_BATCH != 0
-            {
-                out.push((batch, blocks.to_vec()));
+        drain(&mut self.to_balloon, |m| match api::decode(m).unwrap() {
+            ToBalloon::Report { batch, blocks } if batch & NESTED_BATCH != 0 => {
+                Some((batch, blocks.to_vec()))
             }
-        }
-        out
+            _ => None,
+        })
     }
 
     pub fn answers(&mut self) -> Vec<ToVmm> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; SLOT_SIZE];
-        while let Some(n) = self.from_server.pop(&mut buf).unwrap() {
-            out.push(api::decode_to_vmm(&buf[..n]).unwrap());
-        }
-        out
+        drain(&mut self.from_server, |m| {
+            Some(api::decode_to_vmm(m).unwrap())
+        })
     }
 
     /// Complete every nested batch the balloon holds, until none is left.
@@ -138,11 +131,16 @@ impl Sys {
 
     /// Every message the balloon got, in order.
     pub fn balloon_got(&mut self) -> Vec<ToBalloon> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; SLOT_SIZE];
-        while let Some(n) = self.to_balloon.pop(&mut buf).unwrap() {
-            out.push(api::decode(&buf[..n]).unwrap());
-        }
-        out
+        drain(&mut self.to_balloon, |m| Some(api::decode(m).unwrap()))
     }
+}
+
+/// Pop every message of `ring`, keeping what `keep` makes of each.
+fn drain<T>(ring: &mut Consumer<'_>, mut keep: impl FnMut(&[u8]) -> Option<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; SLOT_SIZE];
+    while let Some(n) = ring.pop(&mut buf).unwrap() {
+        out.extend(keep(&buf[..n]));
+    }
+    out
 }
