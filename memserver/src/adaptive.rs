@@ -22,6 +22,15 @@
 //!    build) is busy at almost every look; without this floor it would
 //!    keep its freed memory longer than under Linux. Only a zone backed
 //!    off for churn (rule 2) waits longer: `delay_ns << backoff`.
+//!    Unlike Linux, the walk passes over blocks freed since the zone's
+//!    previous visit: the free path stamps each block with the worker's
+//!    epoch (a count of its looks, kept in a tail frame's unused links,
+//!    `meta.rs`), and a busy zone's freshest free blocks are the ones it
+//!    allocates next (the lists are LIFO). Linux's walk starts at the
+//!    heads, so it reports exactly those, and a workload cycling its
+//!    memory faults them back in; what stayed free through a whole visit
+//!    interval while the zone allocated is cold, and that is what the
+//!    paced walk reports.
 //! 1. **Quiet for the delay: everything in one pass.** A zone quiet for at
 //!    least `delay_ns` gets no budget: the pass isolates every unreported
 //!    block of order >= `reporting_order`, paced only by the device's
@@ -48,7 +57,9 @@
 //!    sticks that long halves it again. Allocation as such is not churn:
 //!    a zone growing into memory that was never reported keeps its pace.
 //!    Linux has no such signal; the cost is bounded: a zone needs at most
-//!    `delay_ns << backoff_max`.
+//!    `delay_ns << backoff_max`. While backed off, every walk of the zone
+//!    (not only rule 0's) passes over blocks freed since its previous
+//!    visit.
 //! 3. **Ageing: quiet long enough, small blocks too.** Once a zone has
 //!    stayed quiet for `age_ns`, the walk starts at `quiet_order` instead
 //!    of `reporting_order`, so memory freed in small blocks (a fragmented
@@ -88,6 +99,8 @@ struct ZoneAge {
     probation: bool,
     /// Time since the batch that started the probation.
     since_report_ns: u64,
+    /// The epoch of the zone's last visit (any plan but `Defer`).
+    visit_epoch: u32,
 }
 
 /// Per-zone activity as the adaptive policy sees it.
@@ -96,6 +109,9 @@ pub(crate) struct Ages {
     zones: [ZoneAge; MAX_ZONES],
     /// The interval the armed timer measures.
     armed_ns: u64,
+    /// The worker's looks so far: the clock of the free path's stamps
+    /// (meta.rs). Starts at 1; blocks seeded at boot carry 0.
+    epoch: u32,
 }
 
 /// What a pass does with a zone.
@@ -124,8 +140,10 @@ impl Ages {
                 refault_mark: 0,
                 probation: false,
                 since_report_ns: 0,
+                visit_epoch: 0,
             }; MAX_ZONES],
             armed_ns: 0,
+            epoch: 1,
         }
     }
 
@@ -162,6 +180,7 @@ impl Ages {
     /// one step (churn: the host discarded what the guest takes back); one
     /// that went its needed time without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
+        self.epoch = self.epoch.wrapping_add(1);
         for z in 0..MAX_ZONES {
             let busy = self.busy(z, tun);
             let need = self.need_ns(z, tun);
@@ -199,8 +218,29 @@ impl Ages {
 
     /// A pass walks zone `z` (any plan but `Defer`): its paced clock
     /// restarts, as Linux's delay does after a pass.
-    pub(crate) fn visited(&mut self, z: usize) {
-        self.zones[z].paced_ns = 0;
+    /// Returns from which epoch on a block freed in the zone is too young
+    /// to report: `Some` for a busy zone's paced walk (rule 0) and for a
+    /// zone backed off for churn (rule 2), whose walks then skip blocks
+    /// freed since the zone's previous visit.
+    pub(crate) fn visited(&mut self, z: usize, paced: bool) -> Option<u32> {
+        let a = &mut self.zones[z];
+        a.paced_ns = 0;
+        let young_from = (paced || a.backoff > 0).then_some(a.visit_epoch);
+        a.visit_epoch = self.epoch;
+        young_from
+    }
+
+    /// The free path's clock (meta.rs).
+    #[inline(always)]
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Was a block freed at `freed` too young for a walk that skips
+    /// blocks from `young_from` on? (Wrapping: epochs advance once per
+    /// look, so 2^31 looks apart never meet.)
+    pub(crate) fn too_young(freed: u32, young_from: u32) -> bool {
+        (freed.wrapping_sub(young_from) as i32) >= 0
     }
 
     /// The timer is armed for `ns`. The time since the last look is not

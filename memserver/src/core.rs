@@ -4,8 +4,8 @@
 //! reports (`reporting.rs`) builds on this module, not the reverse.
 
 use crate::meta::{
-    KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot, get_next,
-    get_prev, kind_of, order_of, set_next, set_prev, state,
+    KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot,
+    get_epoch, get_next, get_prev, kind_of, order_of, set_epoch, set_next, set_prev, state,
 };
 use crate::worker::{Actions, Worker};
 use crate::{
@@ -243,6 +243,7 @@ impl<'m> MemCore<'m> {
                 }
                 let g = core.zones[i].gidx(pfn);
                 core.meta[g as usize][8] = state(KIND_FREE, o);
+                core.stamp(g, o, 0);
                 core.list_add(i, o, g, true);
                 pfn += 1u64 << o;
             }
@@ -300,6 +301,22 @@ impl<'m> MemCore<'m> {
     #[inline(always)]
     pub(crate) fn next_of(&self, g: u32) -> u32 {
         get_next(&self.meta[g as usize])
+    }
+
+    /// Record that free block `g` of order `o` was freed at worker epoch
+    /// `epoch` (meta.rs; nothing for order 0).
+    #[inline(always)]
+    fn stamp(&mut self, g: u32, o: u8, epoch: u32) {
+        if o >= 1 {
+            set_epoch(&mut self.meta[g as usize + 1], epoch);
+        }
+    }
+
+    /// The worker epoch at which free block `g` of order `o` was freed;
+    /// `None` for order 0.
+    #[inline(always)]
+    pub(crate) fn freed_epoch(&self, g: u32, o: u8) -> Option<u32> {
+        (o >= 1).then(|| get_epoch(&self.meta[g as usize + 1]))
     }
 
     /// Put free block `g` (state already FREE, order `o`) on its list.
@@ -394,11 +411,14 @@ impl<'m> MemCore<'m> {
         // ones go to the tail.
         let g = zone.lists[usize::from(o)].head;
         self.list_del(z, o, g);
+        // A split half was free as long as the block it came from.
+        let epoch = self.freed_epoch(g, o).unwrap_or(0);
         while o > order {
             // Split: the upper half goes back as a free, unreported block.
             o -= 1;
             let b = g + (1u32 << o);
             self.set_st(b, state(KIND_FREE, o));
+            self.stamp(b, o, epoch);
             self.list_add(z, o, b, false);
         }
         self.set_st(g, state(kind, order));
@@ -439,6 +459,8 @@ impl<'m> MemCore<'m> {
             o += 1;
         }
         self.set_st(g, state(KIND_FREE, o));
+        let epoch = self.worker.ages.epoch();
+        self.stamp(g, o, epoch);
         self.list_add(z, o, g, tail);
         (g, o)
     }

@@ -5,6 +5,11 @@
 //! first frame (head) of a block carries its state; the other frames are
 //! `TAIL`. Transitions touch O(1) slots (split sets one new head, merge turns
 //! one head into a tail), never the whole block.
+//!
+//! A TAIL frame's links are unused, so a free block of order >= 1 keeps in
+//! its second frame's `next` bytes the worker's epoch at which it was freed
+//! (`adaptive.rs`: a churning zone reports only blocks that stayed free
+//! through a whole paced interval). Order-0 blocks carry no epoch.
 
 use crate::ZoneSpec;
 
@@ -68,4 +73,14 @@ pub(crate) fn set_next(s: &mut Slot, v: u32) {
 #[inline(always)]
 pub(crate) fn set_prev(s: &mut Slot, v: u32) {
     s[4..8].copy_from_slice(&v.to_ne_bytes());
+}
+
+#[inline(always)]
+pub(crate) fn get_epoch(s: &Slot) -> u32 {
+    get_next(s)
+}
+
+#[inline(always)]
+pub(crate) fn set_epoch(s: &mut Slot, v: u32) {
+    set_next(s, v);
 }

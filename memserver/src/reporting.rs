@@ -44,6 +44,7 @@ impl MemCore<'_> {
             budget: None,
             failed: false,
             paced: false,
+            young_from: None,
         });
         self.advance(&mut acts);
         self.sync_notify();
@@ -238,6 +239,7 @@ impl MemCore<'_> {
                 p.in_zone = true;
                 p.order = tun.reporting_order;
                 p.paced = false;
+                p.young_from = None;
                 if tun.policy == Policy::Adaptive {
                     match self.worker.ages.plan(p.zone, &tun) {
                         Plan::Defer => {
@@ -249,7 +251,7 @@ impl MemCore<'_> {
                         Plan::Paced => p.paced = true,
                         Plan::Report { first_order } => p.order = first_order,
                     }
-                    self.worker.ages.visited(p.zone);
+                    p.young_from = self.worker.ages.visited(p.zone, p.paced);
                 }
                 p.budget = None;
                 self.worker.fill.zone = p.zone as u16;
@@ -340,6 +342,19 @@ impl MemCore<'_> {
             let next = self.next_of(g);
             let st = self.st(g);
             if st & REPORTED != 0 {
+                g = next;
+                continue;
+            }
+            // Adaptive, a busy zone's paced walk or a zone backed off for
+            // churn: a block freed since the zone's previous visit is the
+            // likeliest to be allocated again (the lists are LIFO, and
+            // Linux's walk starts at their heads); reporting it would only
+            // have it faulted back in. What stayed free through a whole
+            // visit interval while the zone allocated is cold.
+            if let (Some(y), Some(freed)) = (p.young_from, self.freed_epoch(g, o))
+                && Ages::too_young(freed, y)
+            {
+                self.worker.stats.young_skips += 1;
                 g = next;
                 continue;
             }

@@ -101,6 +101,9 @@ pub struct ReportingStats {
     /// Adaptive: free lists whose walk stopped because the zone allocated
     /// again during the pass.
     pub back_offs: u64,
+    /// Adaptive: free blocks a zone backed off for churn kept, because
+    /// they were freed since its previous visit.
+    pub young_skips: u64,
 }
 
 /// One report batch: the one being filled, or one in flight.
@@ -134,6 +137,9 @@ pub(crate) struct Pass {
     /// The adaptive policy walks the current zone Linux's way (rule 0,
     /// `adaptive.rs`): budgeted, and not stopped by allocations.
     pub(crate) paced: bool,
+    /// The adaptive policy skips blocks freed from this epoch on in the
+    /// current zone (a zone backed off for churn, `adaptive.rs`).
+    pub(crate) young_from: Option<u32>,
 }
 
 /// The worker's state, held by [`MemCore`](crate::MemCore); the pass that
