@@ -411,13 +411,13 @@ impl<'m> MemCore<'m> {
         // ones go to the tail.
         let g = zone.lists[usize::from(o)].head;
         self.list_del(z, o, g);
-        // A split half was free as long as the block it came from.
-        let epoch = self.freed_epoch(g, o).unwrap_or(0);
         while o > order {
             // Split: the upper half goes back as a free, unreported block.
             o -= 1;
             let b = g + (1u32 << o);
             self.set_st(b, state(KIND_FREE, o));
+            // The half was free as long as the block it came from.
+            let epoch = get_epoch(&self.meta[g as usize + 1]);
             self.stamp(b, o, epoch);
             self.list_add(z, o, b, false);
         }
