@@ -86,9 +86,11 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest.join("..");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
-    // The memserver's source, compiled in here, looks for it (its own
-    // build script sets it when the description has a VMM).
+    // The memserver's source, compiled in here, looks for them (its own
+    // build script sets them when the description has a VMM, or a control
+    // port; the bare platform's descriptions have neither).
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
+    println!("cargo::rustc-check-cfg=cfg(has_control)");
     println!("cargo:rerun-if-changed=src/layout.rs");
     println!("cargo:rerun-if-changed=src/memmap.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {

@@ -6,9 +6,14 @@
 //! serves the VMM's rings (nested reporting), which the description must
 //! give it as `vmm_req`, `vmm_resp` and the VM's RAM as setvar
 //! `vm_ram_paddr`.
+//!
+//! `cfg(has_control)` when the memserver maps `control_req` and
+//! `control_resp` and has one `<irq>`: the operator's control port
+//! (`memserver::server::ControlPort`).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
+    println!("cargo::rustc-check-cfg=cfg(has_control)");
     let xml = sdf::build::system_xml();
     if let Err(e) = sdf::build::pd(&xml, "memserver") {
         panic!("{e}");
@@ -25,5 +30,22 @@ fn main() {
     });
     if to_vmm {
         println!("cargo::rustc-cfg=has_vmm");
+    }
+    // The operator's control port: the rings `control_req` and
+    // `control_resp`, and the console device's `<irq>` that says "look"
+    // (on the host platform the launcher is that console).
+    let me = sys
+        .pds
+        .iter()
+        .find(|p| p.name == "memserver")
+        .unwrap_or_else(|| panic!("{}: no PD 'memserver'", xml.display()));
+    let maps = |mr: &str| me.maps.iter().any(|m| m.mr == mr);
+    match (maps("control_req"), maps("control_resp"), me.irqs.len()) {
+        (false, false, 0) => {}
+        (true, true, 1) => println!("cargo::rustc-cfg=has_control"),
+        _ => panic!(
+            "{}: the memserver's control port needs both maps control_req and control_resp and one <irq>",
+            xml.display()
+        ),
     }
 }

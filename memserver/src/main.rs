@@ -16,6 +16,8 @@ mod config {
     }
 }
 
+#[cfg(has_control)]
+use config::irq;
 #[cfg(has_vmm)]
 use config::paddr;
 use config::{channel, guests, region};
@@ -87,9 +89,40 @@ struct MemServer {
     /// line.
     logged_nested: (u64, u64, u64),
     logged_vm_balloon: [u64; 5],
+    /// The operator's control port (a description with `control_req`,
+    /// `control_resp` and the console's `<irq>`).
+    #[cfg(has_control)]
+    control: memserver::server::ControlPort<'static>,
 }
 
 impl MemServer {
+    /// Answer the operator's requests, saying each answer.
+    #[cfg(has_control)]
+    fn serve_control(&mut self) {
+        use memserver_api::ToControl;
+        // The operator's mistakes are answered, not the system's problems:
+        // every answer is an INFO line.
+        self.server
+            .serve_control(&mut self.control, &mut |a| match a {
+                ToControl::TunableSet {
+                    key,
+                    value,
+                    refused: None,
+                } => LOG.info(format_args!("control: tunable {} set", key.pair(*value))),
+                ToControl::TunableSet {
+                    key,
+                    value,
+                    refused: Some(why),
+                } => LOG.info(format_args!(
+                    "control: tunable {} refused: {why}",
+                    key.pair(*value)
+                )),
+                ToControl::Refused { reason } => {
+                    LOG.info(format_args!("control: request refused: {reason}"))
+                }
+            });
+    }
+
     fn apply(&mut self, wake: Wake) {
         if let Some(ns) = wake.arm_timer_ns {
             // A timer that fails is not fatal: the server runs the worker
@@ -276,6 +309,12 @@ impl Handler for MemServer {
         if channels.contains(channel::VMM) {
             self.server.vmm_notified();
         }
+        #[cfg(has_control)]
+        if channels.contains(irq::IRQ) {
+            self.serve_control();
+            // The console reads the answers once it sees the ack.
+            irq::IRQ.irq_ack();
+        }
         for (i, ch) in guests::CHANNEL.iter().enumerate() {
             if channels.contains(*ch) {
                 self.server.client_notified(i);
@@ -438,6 +477,13 @@ fn init() -> MemServer {
         logged_cap: None,
         logged_nested: (0, 0, 0),
         logged_vm_balloon: [0; 5],
+        #[cfg(has_control)]
+        control: memserver::server::ControlPort::new(
+            // SAFETY: the rings are mapped rw for the PD's lifetime (the description).
+            unsafe { consumer(region::CONTROL_REQ.get()) },
+            // SAFETY: as above.
+            unsafe { producer(region::CONTROL_RESP.get()) },
+        ),
     };
     // The boot-time request: everything free is reported after the delay.
     let wake = pd.server.take_wake();

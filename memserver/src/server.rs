@@ -26,7 +26,9 @@ use memserver_api::{
 };
 use pd_ring::{Consumer, Misbehaviour, Producer, RingError};
 
+mod control;
 mod vmm;
+pub use control::ControlPort;
 pub use vmm::{NESTED_BATCH, VmmCounters, VmmPort};
 
 /// Most clients one server has (one zone each).

@@ -1,11 +1,11 @@
 //! The memory server behind real rings: clients and a balloon played by the
 //! test, well-behaved and hostile.
 
-use memserver::server::{BalloonPort, ClientPort, Server};
+use memserver::server::{BalloonPort, ClientPort, ControlPort, Server};
 use memserver::{MemCore, Tunables, ZoneId, ZoneSpec, metadata_bytes};
 use memserver_api::{
-    self as api, Block, ClientError, ClientRequest, ClientResponse, FromBalloon, RefuseReason,
-    Request, Response, SLOT_SIZE, ToBalloon, TunableKey, TunableRefusal,
+    self as api, Block, ClientError, ClientRequest, ClientResponse, FromBalloon, FromControl,
+    RefuseReason, Request, Response, SLOT_SIZE, ToBalloon, ToControl, TunableKey, TunableRefusal,
 };
 use pd_ring::{Consumer, Producer, RingMemory, ring_words};
 
@@ -942,5 +942,100 @@ fn tunables_change_while_running_from_the_next_pass() {
     s.server.timer_expired();
     let sent = reports(&s.read_balloon_ring());
     assert!(!sent.is_empty() && sent.iter().all(|(_, b)| b.len() <= 2));
+    s.check();
+}
+
+/// The operator's control port: every request is answered in order, a
+/// good value is configured, an out-of-range one and a malformed slot
+/// change nothing; with the response ring full, requests wait in their
+/// ring (nothing is dropped) and are answered once there is room.
+#[test]
+fn control_port_answers_every_request_and_changes_only_good_values() {
+    let mut s = sys();
+    let (req_ring, resp_ring) = (ring(), ring());
+    let mut port = ControlPort::new(
+        req_ring.consumer(SLOT_SIZE).unwrap(),
+        resp_ring.producer(SLOT_SIZE).unwrap(),
+    );
+    let mut operator = req_ring.producer(SLOT_SIZE).unwrap();
+    let mut answers = resp_ring.consumer(SLOT_SIZE).unwrap();
+    let mut send = |bytes: &[u8]| operator.push(bytes).unwrap();
+    let mut buf = [0u8; SLOT_SIZE];
+    let set = |key, value| {
+        let mut out = [0u8; SLOT_SIZE];
+        let n = api::encode(&FromControl::SetTunable { key, value }, &mut out)
+            .unwrap()
+            .len();
+        (out, n)
+    };
+    let (good, n_good) = set(TunableKey::DelayMs, 500);
+    let (bad, n_bad) = set(TunableKey::Order, 11);
+    send(&good[..n_good]);
+    send(&bad[..n_bad]);
+    send(&[api::VERSION, 0xff, 0xff]);
+    send(&[api::VERSION + 1, 0]);
+    let mut seen = Vec::new();
+    s.server.serve_control(&mut port, &mut |a| seen.push(*a));
+    let mut got = Vec::new();
+    while let Some(n) = answers.pop(&mut buf).unwrap() {
+        got.push(api::decode_to_control(&buf[..n]).unwrap());
+    }
+    let want = [
+        ToControl::TunableSet {
+            key: TunableKey::DelayMs,
+            value: 500,
+            refused: None,
+        },
+        ToControl::TunableSet {
+            key: TunableKey::Order,
+            value: 11,
+            refused: Some(TunableRefusal::OutOfRange),
+        },
+        ToControl::Refused {
+            reason: RefuseReason::Malformed,
+        },
+        ToControl::Refused {
+            reason: RefuseReason::UnsupportedVersion,
+        },
+    ];
+    assert_eq!(got, want);
+    assert_eq!(seen, want);
+    assert_eq!(
+        s.server.configured_tunables(),
+        Some(Tunables {
+            delay_ns: 500_000_000,
+            ..tunables()
+        })
+    );
+    assert_eq!(s.server.counters().tunables_set, 1);
+    assert_eq!(s.server.counters().tunables_refused, 1);
+    // A full response ring: nothing is taken until the operator reads.
+    for _ in 0..CAP {
+        send(&good[..n_good]);
+    }
+    s.server.serve_control(&mut port, &mut |_| {});
+    let (more, n_more) = set(TunableKey::Capacity, 2);
+    send(&more[..n_more]);
+    s.server.serve_control(&mut port, &mut |_| {});
+    assert_eq!(s.server.counters().tunables_set, 1 + CAP as u64);
+    let mut drained = 0;
+    while answers.pop(&mut buf).unwrap().is_some() {
+        drained += 1;
+    }
+    assert_eq!(drained, CAP);
+    s.server.serve_control(&mut port, &mut |_| {});
+    let n = answers
+        .pop(&mut buf)
+        .unwrap()
+        .expect("answered once there was room");
+    assert_eq!(
+        api::decode_to_control(&buf[..n]).unwrap(),
+        ToControl::TunableSet {
+            key: TunableKey::Capacity,
+            value: 2,
+            refused: None
+        }
+    );
+    assert_eq!(port.misbehaviour, 0);
     s.check();
 }

@@ -479,6 +479,30 @@ impl TunableKey {
     pub fn from_name(name: &str) -> Option<TunableKey> {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
+
+    /// `key=value` as a command line writes it (`policy` by name:
+    /// `policy=linux`, `delay_ms=250`).
+    pub const fn pair(self, value: u64) -> TunablePair {
+        TunablePair { key: self, value }
+    }
+}
+
+/// A tunable and its value, shown as `key=value` ([`TunableKey::pair`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunablePair {
+    key: TunableKey,
+    value: u64,
+}
+
+impl fmt::Display for TunablePair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.key.name();
+        match (self.key, self.value) {
+            (TunableKey::Policy, 0) => write!(f, "{name}=linux"),
+            (TunableKey::Policy, 1) => write!(f, "{name}=adaptive"),
+            (_, value) => write!(f, "{name}={value}"),
+        }
+    }
 }
 
 /// Why the memserver refused a [`FromBalloon::SetTunable`].
@@ -640,7 +664,7 @@ mod sealed {
 }
 
 /// A protocol message: one of [`Request`], [`Response`], [`ToBalloon`],
-/// [`FromBalloon`], [`FromVmm`], [`ToVmm`].
+/// [`FromBalloon`], [`FromVmm`], [`ToVmm`], [`FromControl`], [`ToControl`].
 pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
     /// Checks the values postcard cannot (see the crate docs).
     fn check(&self) -> Result<(), RangeError>;
@@ -1045,6 +1069,72 @@ pub fn decode_from_vmm(bytes: &[u8]) -> Result<FromVmm, DecodeError> {
 
 /// [`decode`] for a memory server → VMM message.
 pub fn decode_to_vmm(bytes: &[u8]) -> Result<ToVmm, DecodeError> {
+    decode(bytes)
+}
+
+/// Operator → memory server, on the control port (a description's
+/// `control_req` ring; the memory server answers on `control_resp`). The
+/// operator's console drives it: on the host platform the launcher is
+/// that console (`tools demo --set-tunable`). The same range checks as
+/// the balloon's [`FromBalloon::SetTunable`] apply, and every request is
+/// answered, a malformed one included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromControl {
+    /// Set one reporting tunable while the system runs (as Linux's
+    /// `page_reporting_order` module parameter); the worker uses it from
+    /// its next pass; a refused value changes nothing.
+    SetTunable {
+        /// Which tunable.
+        key: TunableKey,
+        /// Its new value, in the unit the key's name says (`policy`: 0
+        /// linux, 1 adaptive).
+        value: u64,
+    },
+}
+
+/// Memory server → operator: one answer per [`FromControl`] request, in
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToControl {
+    /// The answer to [`FromControl::SetTunable`]: `refused` is `None`
+    /// when the value is in force from the next pass.
+    TunableSet {
+        /// The key of the request.
+        key: TunableKey,
+        /// The value of the request.
+        value: u64,
+        /// Why nothing changed, if it did not.
+        refused: Option<TunableRefusal>,
+    },
+    /// The request could not be decoded (`Malformed` or
+    /// `UnsupportedVersion`); nothing changed.
+    Refused {
+        /// Why.
+        reason: RefuseReason,
+    },
+}
+
+impl sealed::Sealed for FromControl {}
+impl Message for FromControl {
+    fn check(&self) -> Result<(), RangeError> {
+        Ok(())
+    }
+}
+
+impl sealed::Sealed for ToControl {}
+impl Message for ToControl {
+    fn check(&self) -> Result<(), RangeError> {
+        Ok(())
+    }
+}
+
+/// [`decode`] for an operator → memory server message.
+pub fn decode_from_control(bytes: &[u8]) -> Result<FromControl, DecodeError> {
+    decode(bytes)
+}
+
+/// [`decode`] for a memory server → operator message.
+pub fn decode_to_control(bytes: &[u8]) -> Result<ToControl, DecodeError> {
     decode(bytes)
 }
 

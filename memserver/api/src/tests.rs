@@ -154,6 +154,35 @@ fn from_balloon() -> impl Strategy<Value = FromBalloon> {
     ]
 }
 
+fn from_control() -> impl Strategy<Value = FromControl> {
+    (0..TunableKey::ALL.len(), any::<u64>()).prop_map(|(k, value)| FromControl::SetTunable {
+        key: TunableKey::ALL[k],
+        value,
+    })
+}
+
+fn to_control() -> impl Strategy<Value = ToControl> {
+    let refusal = prop_oneof![
+        Just(None),
+        Just(Some(TunableRefusal::OutOfRange)),
+        Just(Some(TunableRefusal::ReportingOff)),
+    ];
+    prop_oneof![
+        (0..TunableKey::ALL.len(), any::<u64>(), refusal).prop_map(|(k, value, refused)| {
+            ToControl::TunableSet {
+                key: TunableKey::ALL[k],
+                value,
+                refused,
+            }
+        }),
+        prop_oneof![
+            Just(RefuseReason::Malformed),
+            Just(RefuseReason::UnsupportedVersion)
+        ]
+        .prop_map(|reason| ToControl::Refused { reason }),
+    ]
+}
+
 fn roundtrip<M: Message + PartialEq + core::fmt::Debug>(m: &M) -> Result<(), TestCaseError> {
     let mut buf = [0u8; SLOT_SIZE];
     let bytes = encode(m, &mut buf).map_err(|e| TestCaseError::fail(std::format!("{e}")))?;
@@ -191,6 +220,10 @@ proptest! {
     fn to_balloon_roundtrips(m in to_balloon()) { roundtrip(&m)?; }
     #[test]
     fn from_balloon_roundtrips(m in from_balloon()) { roundtrip(&m)?; }
+    #[test]
+    fn from_control_roundtrips(m in from_control()) { roundtrip(&m)?; }
+    #[test]
+    fn to_control_roundtrips(m in to_control()) { roundtrip(&m)?; }
 
     #[test]
     fn garbage_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..600), version in prop_oneof![Just(VERSION), any::<u8>()]) {
@@ -201,6 +234,7 @@ proptest! {
         garbage::<Response>(&bytes)?;
         garbage::<ToBalloon>(&bytes)?;
         garbage::<FromBalloon>(&bytes)?;
+        garbage::<FromControl>(&bytes)?;
         // The error answers are always encodable.
         if let Err(e) = decode_request(&bytes) {
             let r = Response::to_malformed(&bytes, e);
