@@ -11,12 +11,13 @@
 //! model's counters (bytes reported), and the guests' `phase=` console lines
 //! (memory the guests hold, phase marks).
 
-use crate::host::Launcher;
+use crate::host::{ControlConsole, Launcher, describe_answer};
 use crate::qemu::Observed;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use balloon::model::DeviceConfig;
 use balloon::model::host::{HostDevice, Memfd};
 pub use guest::params::Pattern;
+use memserver_api::TunableKey;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +50,70 @@ pub struct DemoConfig {
     /// Keep sampling until this long after the first free, even when the
     /// memory looks settled (to see how much comes back in the end).
     pub watch: Option<Duration>,
+    /// Tunables to change while the system runs, through the memserver's
+    /// control port (the description must have one).
+    pub set_tunables: Vec<TunableChange>,
+}
+
+/// A tunable change at a time of the run: `SECS:key=value` on the command
+/// line (`tools demo --set-tunable 3:delay_ms=250`), `policy` by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunableChange {
+    /// When, from the start of the PDs.
+    pub after: Duration,
+    /// Which tunable.
+    pub key: TunableKey,
+    /// Its value, in the unit its name says (`policy`: 0 linux, 1 adaptive).
+    pub value: u64,
+}
+
+impl std::str::FromStr for TunableChange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TunableChange, String> {
+        let (at, pair) = text
+            .split_once(':')
+            .ok_or_else(|| format!("'{text}' is not SECS:key=value"))?;
+        let secs: f64 = at
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| format!("'{at}' is not a time in seconds (0 to 86400)"))?;
+        let (key, value) = parse_tunable_pair(pair)?;
+        Ok(TunableChange {
+            after: Duration::from_secs_f64(secs),
+            key,
+            value,
+        })
+    }
+}
+
+/// One `key=value` as the control port takes it (`policy` by name); the
+/// range is the memserver's to check.
+fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("'{pair}' is not key=value"))?;
+    let (key, value) = (key.trim(), value.trim());
+    let known = || {
+        TunableKey::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key = TunableKey::from_name(key)
+        .ok_or_else(|| format!("unknown tunable '{key}' (known: {})", known()))?;
+    let value = match (key, value) {
+        (TunableKey::Policy, "linux") => 0,
+        (TunableKey::Policy, "adaptive") => 1,
+        (TunableKey::Policy, _) => return Err(format!("bad policy '{value}' (linux or adaptive)")),
+        _ => value
+            .parse()
+            .map_err(|_| format!("bad value '{value}' for '{}'", key.name()))?,
+    };
+    Ok((key, value))
 }
 
 /// What happened.
@@ -77,6 +142,9 @@ pub struct DemoReport {
     pub last_freed: u64,
     /// Bytes the host held for guest RAM at the end.
     pub host_end: u64,
+    /// The memserver's answers to [`DemoConfig::set_tunables`], in order
+    /// (`delay_ms=250 set`, `order=11 refused: value out of range`).
+    pub control: Vec<String>,
     /// Error and warning lines of the PDs, and PD exits.
     pub problems: Vec<String>,
     /// Every console line of every PD.
@@ -254,6 +322,13 @@ pub fn check(cfg: &DemoConfig) -> Result<(), String> {
             .check_fits(g.ram.size)
             .map_err(|e| format!("{}: {e}", g.pd.name))?;
     }
+    if !cfg.set_tunables.is_empty() && crate::host::port_irq(&sys).is_none() {
+        return Err(format!(
+            "--set-tunable: {}: {}",
+            cfg.system.display(),
+            crate::host::ControlError::NoPort
+        ));
+    }
     Ok(())
 }
 
@@ -328,6 +403,17 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     .map_err(|e| format!("starting the device model: {e}"))?;
     drop(ram);
 
+    // The operator's console, opened before the PDs start so that no
+    // change waits on it.
+    let mut control = match cfg.set_tunables.is_empty() {
+        true => None,
+        false => Some(ControlConsole::open(&launcher).map_err(|e| e.to_string())?),
+    };
+    let mut changes = cfg.set_tunables.clone();
+    changes.sort_by_key(|c| c.after);
+    let mut changes = changes.into_iter().peekable();
+    let mut answers = Vec::new();
+
     launcher.start().map_err(|e| format!("launcher: {e}"))?;
     let console = launcher.console();
 
@@ -352,6 +438,17 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             }
         }
         seen = lines.len();
+        if let Some(c) = control.as_mut() {
+            while let Some(change) = changes.next_if(|c| c.after <= t) {
+                c.set(change.key, change.value)
+                    .map_err(|e| format!("setting {}: {e}", change.key.name()))?;
+            }
+            for a in c.answers().map_err(|e| e.to_string())? {
+                let line = describe_answer(&a);
+                timeline.mark(t, &line);
+                answers.push(line);
+            }
+        }
         let host: u64 = device.held_bytes().unwrap_or(0);
         let counters = device.counters();
         timeline.push(Sample {
@@ -401,6 +498,19 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             }
         }
     }
+    if let Some(c) = control.as_mut() {
+        for a in c.answers().map_err(|e| e.to_string())? {
+            answers.push(describe_answer(&a));
+        }
+    }
+    for late in changes {
+        problems.push(format!(
+            "tunable change {}={} at {:?} not sent: the run ended first",
+            late.key.name(),
+            late.value,
+            late.after
+        ));
+    }
     let exits = launcher.stop(Duration::from_secs(2));
     let counters = device.counters();
     device.stop();
@@ -430,6 +540,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         last_freed: guests.latest_freed.iter().map(|(_, b)| b).sum(),
         host_end,
         problems,
+        control: answers,
         console: console.lines(),
     })
 }

@@ -178,6 +178,7 @@ pub fn run(
             timeout: Duration::from_secs(timeout_s),
             period: Duration::from_millis(50),
             watch: watch.map(Duration::from_secs),
+            set_tunables: Vec::new(),
             device: balloon::model::DeviceConfig::default(),
         }
     };

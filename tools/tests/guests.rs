@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{BUILD, QEMU, tmp, workspace};
+use common::{BUILD, QEMU, host_pds_built_from, tmp, workspace};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tools::bare;
@@ -34,22 +34,13 @@ fn config(system: &Path, bin_dir: &Path) -> DemoConfig {
         settle: Duration::from_secs(8),
         device: Default::default(),
         watch: None,
+        set_tunables: Vec::new(),
     }
-}
-
-/// Build the PDs' host binaries from `system` in this test's target dir
-/// (a different description rebuilds them: their config is generated).
-fn build_for(system: &Path) -> PathBuf {
-    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let target = tmp().join("pds-guests");
-    demo::build_pds_from(&workspace(), &target, "dev", Some(system))
-        .unwrap_or_else(|e| panic!("{e}"));
-    target.join("debug")
 }
 
 fn host_run(file: &str, guests: usize) -> PathBuf {
     let system = system(file);
-    let bins = build_for(&system);
+    let bins = host_pds_built_from(&system);
     let cfg = config(&system, &bins);
     let r = demo::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{file}: {e}"));
     let ctx = || format!("{file}:\n{}\n{}", r.summary(), r.console.join("\n"));

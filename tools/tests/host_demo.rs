@@ -41,6 +41,7 @@ fn run_on(guest_params: &str, tunables: &str, device: DeviceConfig) -> DemoRepor
         period: Duration::from_millis(50),
         settle: Duration::from_secs(8),
         watch: None,
+        set_tunables: Vec::new(),
     };
     let report = demo::run(&cfg, &mut |_| {}).expect("the demo runs");
     println!("{}", report.summary());

@@ -241,6 +241,7 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
                 settle: Duration::from_millis(delay_ms * 12) + Duration::from_secs(5),
                 device: balloon::model::DeviceConfig::default(),
                 watch: None,
+                set_tunables: Vec::new(),
             };
             let report = demo::run(&cfg, &mut |_| {})?;
             let run = ReclaimRun::from_report(&report);

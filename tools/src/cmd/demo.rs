@@ -83,6 +83,13 @@ pub struct Args {
     /// when the memory looks settled.
     #[arg(long)]
     pub watch: Option<f64>,
+    /// Change a tunable while the system runs, SECS seconds after the PDs
+    /// start, through the memserver's control port (repeatable; e.g.
+    /// `3:delay_ms=250`, `5:policy=linux`). The memserver range-checks it
+    /// and answers; the description needs the port
+    /// (tools/systems/host-2x1g.xml has it).
+    #[arg(long, value_name = "SECS:KEY=VALUE")]
+    pub set_tunable: Vec<demo::TunableChange>,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
     pub no_reporting: bool,
@@ -172,6 +179,7 @@ fn run(args: &Args) -> Result<bool, String> {
         settle: Duration::from_secs_f64(args.delay_ms as f64 / 1000.0 * 4.0 + 10.0),
         device: DeviceConfig::profile(&args.device).unwrap_or_default(),
         watch: args.watch.map(Duration::from_secs_f64),
+        set_tunables: args.set_tunable.clone(),
     };
     // Refuse what cannot run (a workload larger than a guest's RAM) before
     // building or starting anything.
@@ -200,6 +208,9 @@ fn run(args: &Args) -> Result<bool, String> {
     })?;
     if tty {
         println!();
+    }
+    for answer in &report.control {
+        println!("control: {answer}");
     }
     println!("\n{}", report.summary());
     std::fs::create_dir_all(&args.out)

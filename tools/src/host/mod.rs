@@ -10,7 +10,9 @@
 //! - each PPC channel is a `SOCK_SEQPACKET` socketpair;
 //! - each `<irq>` is a pair of eventfds (raise, ack) whose launcher ends a
 //!   device model gets with [`Launcher::irq_line`];
-//! - PD console output is collected by [`Console`] and echoed.
+//! - PD console output is collected by [`Console`] and echoed;
+//! - the memserver's control port, where the description has one, is
+//!   driven by [`ControlConsole`] (the operator's console).
 //!
 //! PDs get `PR_SET_PDEATHSIG(SIGKILL)`, are watched through pidfds and are
 //! stopped with SIGTERM then SIGKILL after a bounded wait, so no process
@@ -18,9 +20,11 @@
 //! launcher: the death signal follows the thread that forked.
 
 mod console;
+mod control;
 mod launcher;
 
 pub use console::Console;
+pub use control::{ControlConsole, ControlError, describe as describe_answer, port_irq};
 pub use launcher::{Event, IrqLine, LaunchError, Launcher, PdExit, SharedMapping, host_binary};
 
 /// Where regions without a `phys_addr` get their pseudo-physical addresses

@@ -63,3 +63,16 @@ pub fn microkit_elf(target: &str, bin: &str) -> PathBuf {
     build_pd(&["--target", target]);
     target_dir().join(target).join("debug").join(bin)
 }
+
+/// The PDs' host binaries built from description `system` (their zones,
+/// rings and channels are generated from it). Every test binary that runs
+/// PDs from a description of its own builds them in this one target dir:
+/// cargo runs test binaries one after another, so the dependencies are
+/// built once and a new description rebuilds only the PD crates.
+pub fn host_pds_built_from(system: &Path) -> PathBuf {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let target = tmp().join("pds-descriptions");
+    tools::demo::build_pds_from(&workspace(), &target, "dev", Some(system))
+        .unwrap_or_else(|e| panic!("{e}"));
+    target.join("debug")
+}

@@ -1,0 +1,120 @@
+//! The memserver's control port, driven as an operator would: `tools demo
+//! --set-tunable` on the host platform (tools/systems/host-2x1g.xml). A
+//! change sent while the system runs is answered and takes effect; a
+//! refused one changes nothing; a description without the port, and bad
+//! text on the command line, are refused before anything starts. Every
+//! wait is bounded; nothing sleeps for timing.
+
+mod common;
+
+use common::{host_pds_built_from, workspace};
+use std::process::Command;
+use std::time::Duration;
+use tools::demo::{self, DemoConfig, TunableChange};
+
+const MIB: u64 = 1 << 20;
+
+fn change(text: &str) -> TunableChange {
+    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// Built with a delay (60 s) longer than the whole run: what the guests
+/// free comes back only because the operator shortens the delay through
+/// the control port while the system runs. A refused value is answered
+/// with its reason and changes nothing; the policy is switched by name.
+#[test]
+fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
+    let system = workspace().join("tools/systems/host-2x1g.xml");
+    let bins = host_pds_built_from(&system);
+    let cfg = DemoConfig {
+        system,
+        bin_dir: bins,
+        guest_params: "pattern=bulk,mib=64,hold_ms=500,live_mib=8".into(),
+        tunables: "delay_ms=60000".into(),
+        timeout: Duration::from_secs(50),
+        period: Duration::from_millis(50),
+        settle: Duration::from_secs(20),
+        device: Default::default(),
+        watch: None,
+        set_tunables: vec![
+            change("0:delay_ms=250"),
+            change("0:order=11"),
+            change("0:policy=linux"),
+        ],
+    };
+    let r = demo::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = || format!("{}\n{}", r.summary(), r.console.join("\n"));
+    assert_eq!(
+        r.control,
+        [
+            "delay_ms=250 set",
+            "order=11 refused: value out of range",
+            "policy=linux set"
+        ],
+        "{}",
+        ctx()
+    );
+    for line in [
+        "MEMSERVER|INFO: control: tunable delay_ms=250 set",
+        "MEMSERVER|INFO: control: tunable order=11 refused: value out of range",
+        "MEMSERVER|INFO: control: tunable policy=linux set",
+    ] {
+        assert!(
+            r.console.iter().any(|l| l == line),
+            "no '{line}'\n{}",
+            ctx()
+        );
+    }
+    assert!(r.guests_ok, "{}", ctx());
+    assert_eq!(r.freed, 2 * 64 * MIB, "{}", ctx());
+    // The 60 s delay would have kept all of it until after the run.
+    assert!(r.memory_came_back(0.9), "{}", ctx());
+    assert!(r.problems.is_empty(), "{}", ctx());
+}
+
+fn demo_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tools"))
+        .arg("demo")
+        .args(["--no-build", "--timeout", "5"])
+        .args(args)
+        .output()
+        .expect("run tools demo")
+}
+
+/// Bad text is refused by the command line's parser, and a description
+/// without the port before anything is built or started: exit status 2,
+/// the reason in one line.
+#[test]
+fn bad_changes_and_a_description_without_the_port_are_refused_up_front() {
+    for (arg, needle) in [
+        ("delay_ms=250", "is not SECS:key=value"),
+        ("x:delay_ms=250", "is not a time in seconds"),
+        ("-1:delay_ms=250", "is not a time in seconds"),
+        ("1e9:delay_ms=250", "is not a time in seconds"),
+        ("3:delay_ms", "is not key=value"),
+        (
+            "3:nope=1",
+            "unknown tunable 'nope' (known: order, delay_ms,",
+        ),
+        ("3:policy=fast", "bad policy 'fast' (linux or adaptive)"),
+        ("3:delay_ms=soon", "bad value 'soon' for 'delay_ms'"),
+    ] {
+        let out = demo_cli(&[&format!("--set-tunable={arg}")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
+        assert!(stderr.contains(needle), "{arg}: no '{needle}' in\n{stderr}");
+    }
+    // system.xml (QEMU's shape) has no operator console.
+    let out = demo_cli(&["--set-tunable", "1:delay_ms=250"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("demo: 2 guests"), "started\n{stdout}");
+    assert!(
+        stderr.contains("--set-tunable")
+            && stderr.contains("system.xml")
+            && stderr.contains("no control port"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
