@@ -7,8 +7,7 @@
 
 mod common;
 
-use common::{host_pds_built_from, workspace};
-use std::process::Command;
+use common::{demo_no_build, host_pds_built_from, workspace};
 use std::time::Duration;
 use tools::demo::{self, DemoConfig, TunableChange};
 
@@ -72,15 +71,6 @@ fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
     assert!(r.problems.is_empty(), "{}", ctx());
 }
 
-fn demo_cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tools"))
-        .arg("demo")
-        .args(["--no-build", "--timeout", "5"])
-        .args(args)
-        .output()
-        .expect("run tools demo")
-}
-
 /// Bad text is refused by the command line's parser, and a description
 /// without the port before anything is built or started: exit status 2,
 /// the reason in one line.
@@ -99,13 +89,13 @@ fn bad_changes_and_a_description_without_the_port_are_refused_up_front() {
         ("3:policy=fast", "bad policy 'fast' (linux or adaptive)"),
         ("3:delay_ms=soon", "bad value 'soon' for 'delay_ms'"),
     ] {
-        let out = demo_cli(&[&format!("--set-tunable={arg}")]);
+        let out = demo_no_build(&[&format!("--set-tunable={arg}")]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
         assert!(stderr.contains(needle), "{arg}: no '{needle}' in\n{stderr}");
     }
     // system.xml (QEMU's shape) has no operator console.
-    let out = demo_cli(&["--set-tunable", "1:delay_ms=250"]);
+    let out = demo_no_build(&["--set-tunable", "1:delay_ms=250"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");

@@ -3,16 +3,9 @@
 //! PD is built or launched: `--no-build`, and a failure that got as far as
 //! launching would print the `demo: 2 guests` line and take seconds.
 
-use std::process::{Command, Output};
+mod common;
 
-fn demo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tools"))
-        .arg("demo")
-        .args(["--no-build", "--timeout", "5"])
-        .args(args)
-        .output()
-        .expect("run tools demo")
-}
+use common::demo_no_build as demo;
 
 /// Refused with exit status 2, before the launch line, with `needle` in
 /// the message.

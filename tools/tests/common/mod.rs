@@ -76,3 +76,14 @@ pub fn host_pds_built_from(system: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("{e}"));
     target.join("debug")
 }
+
+/// `tools demo --no-build --timeout 5 ARGS`: for tests of what the command
+/// line refuses before anything is built or launched.
+pub fn demo_no_build(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tools"))
+        .arg("demo")
+        .args(["--no-build", "--timeout", "5"])
+        .args(args)
+        .output()
+        .expect("run tools demo")
+}
