@@ -11,6 +11,7 @@
 //! model's counters (bytes reported), and the guests' `phase=` console lines
 //! (memory the guests hold, phase marks).
 
+use crate::control_socket::{Client, ControlSocket};
 use crate::host::{ControlConsole, Launcher, describe_answer};
 use crate::qemu::Observed;
 use crate::timeline::{Reclaim, Sample, Timeline};
@@ -18,6 +19,7 @@ use balloon::model::DeviceConfig;
 use balloon::model::host::{HostDevice, Memfd};
 pub use guest::params::Pattern;
 use memserver_api::TunableKey;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +55,9 @@ pub struct DemoConfig {
     /// Tunables to change while the system runs, through the memserver's
     /// control port (the description must have one).
     pub set_tunables: Vec<TunableChange>,
+    /// Listen here for changes typed while the system runs (`tools
+    /// tunable`; see [`crate::control_socket`]), passed to the same port.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A tunable change at a time of the run: `SECS:key=value` on the command
@@ -91,7 +96,7 @@ impl std::str::FromStr for TunableChange {
 
 /// One `key=value` as the control port takes it (`policy` by name); the
 /// range is the memserver's to check.
-fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
+pub fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
     let (key, value) = pair
         .split_once('=')
         .ok_or_else(|| format!("'{pair}' is not key=value"))?;
@@ -114,6 +119,13 @@ fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
             .map_err(|_| format!("bad value '{value}' for '{}'", key.name()))?,
     };
     Ok((key, value))
+}
+
+/// Give a typed change's answer to the client that asked for it.
+fn answer_asker(asker: Option<Option<Client>>, socket: Option<&mut ControlSocket>, line: &str) {
+    if let (Some(Some(client)), Some(s)) = (asker, socket) {
+        s.reply(client, line);
+    }
 }
 
 /// What happened.
@@ -322,9 +334,15 @@ pub fn check(cfg: &DemoConfig) -> Result<(), String> {
             .check_fits(g.ram.size)
             .map_err(|e| format!("{}: {e}", g.pd.name))?;
     }
-    if !cfg.set_tunables.is_empty() && crate::host::port_irq(&sys).is_none() {
+    let wants_port = [
+        (!cfg.set_tunables.is_empty(), "--set-tunable"),
+        (cfg.control_socket.is_some(), "--control-socket"),
+    ];
+    if let Some((_, flag)) = wants_port.iter().find(|(wants, _)| *wants)
+        && crate::host::port_irq(&sys).is_none()
+    {
         return Err(format!(
-            "--set-tunable: {}: {}",
+            "{flag}: {}: {}",
             cfg.system.display(),
             crate::host::ControlError::NoPort
         ));
@@ -405,14 +423,21 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
 
     // The operator's console, opened before the PDs start so that no
     // change waits on it.
-    let mut control = match cfg.set_tunables.is_empty() {
+    let mut control = match cfg.set_tunables.is_empty() && cfg.control_socket.is_none() {
         true => None,
         false => Some(ControlConsole::open(&launcher).map_err(|e| e.to_string())?),
+    };
+    let mut socket = match &cfg.control_socket {
+        Some(path) => Some(ControlSocket::bind(path)?),
+        None => None,
     };
     let mut changes = cfg.set_tunables.clone();
     changes.sort_by_key(|c| c.after);
     let mut changes = changes.into_iter().peekable();
     let mut answers = Vec::new();
+    // Who asked for each change still unanswered, in the port's order:
+    // `None` for `set_tunables`, a socket client otherwise.
+    let mut askers = VecDeque::new();
 
     launcher.start().map_err(|e| format!("launcher: {e}"))?;
     let console = launcher.console();
@@ -442,10 +467,24 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             while let Some(change) = changes.next_if(|c| c.after <= t) {
                 c.set(change.key, change.value)
                     .map_err(|e| format!("setting {}: {e}", change.key.name()))?;
+                askers.push_back(None);
+            }
+            if let Some(s) = socket.as_mut() {
+                for (client, line) in s.poll() {
+                    // A typed request that cannot reach the memserver is the
+                    // client's error, never the run's.
+                    let sent = parse_tunable_pair(&line)
+                        .and_then(|(key, value)| c.set(key, value).map_err(|e| e.to_string()));
+                    match sent {
+                        Ok(()) => askers.push_back(Some(client)),
+                        Err(e) => s.reply(client, &format!("error: {e}")),
+                    }
+                }
             }
             for a in c.answers().map_err(|e| e.to_string())? {
                 let line = describe_answer(&a);
                 timeline.mark(t, &line);
+                answer_asker(askers.pop_front(), socket.as_mut(), &line);
                 answers.push(line);
             }
         }
@@ -500,7 +539,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     }
     if let Some(c) = control.as_mut() {
         for a in c.answers().map_err(|e| e.to_string())? {
-            answers.push(describe_answer(&a));
+            let line = describe_answer(&a);
+            answer_asker(askers.pop_front(), socket.as_mut(), &line);
+            answers.push(line);
         }
     }
     for late in changes {

@@ -7,6 +7,7 @@
 
 pub mod bare;
 pub mod bench;
+pub mod control_socket;
 pub mod demo;
 pub mod dtb;
 pub mod host;

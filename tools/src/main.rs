@@ -35,6 +35,9 @@ enum Command {
     Guest(cmd::guest::Args),
     /// Run every check and test of the project (the command CI runs).
     Test(cmd::test::Args),
+    /// Change a tunable of a running `tools demo --control-socket` and
+    /// print the memserver's answer.
+    Tunable(cmd::tunable::Args),
     /// Run the benchmarks (allocator, balloon driver, reclaim on the host
     /// platform) and write tables and a plot.
     Bench(cmd::bench::Args),
@@ -50,5 +53,6 @@ fn main() -> ExitCode {
         Command::Image(a) => cmd::image::main(a),
         Command::Qemu(a) => cmd::qemu::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Tunable(a) => cmd::tunable::main(a),
     }
 }

@@ -179,6 +179,7 @@ pub fn run(
             period: Duration::from_millis(50),
             watch: watch.map(Duration::from_secs),
             set_tunables: Vec::new(),
+            control_socket: None,
             device: balloon::model::DeviceConfig::default(),
         }
     };

@@ -1,14 +1,17 @@
 //! The memserver's control port, driven as an operator would: `tools demo
-//! --set-tunable` on the host platform (tools/systems/host-2x1g.xml). A
-//! change sent while the system runs is answered and takes effect; a
-//! refused one changes nothing; a description without the port, and bad
-//! text on the command line, are refused before anything starts. Every
-//! wait is bounded; nothing sleeps for timing.
+//! --set-tunable`, and `tools tunable` typed while `tools demo
+//! --control-socket` runs, on the host platform
+//! (tools/systems/host-2x1g.xml). A change sent while the system runs is
+//! answered and takes effect; a refused one changes nothing; a description
+//! without the port, and bad text on the command line, are refused before
+//! anything starts. Every wait is bounded; nothing sleeps for timing.
 
 mod common;
 
 use common::{demo_no_build, host_pds_built_from, workspace};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
 use tools::demo::{self, DemoConfig, TunableChange};
 
 const MIB: u64 = 1 << 20;
@@ -40,6 +43,7 @@ fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
             change("0:order=11"),
             change("0:policy=linux"),
         ],
+        control_socket: None,
     };
     let r = demo::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
     let ctx = || format!("{}\n{}", r.summary(), r.console.join("\n"));
@@ -69,6 +73,108 @@ fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
     // The 60 s delay would have kept all of it until after the run.
     assert!(r.memory_came_back(0.9), "{}", ctx());
     assert!(r.problems.is_empty(), "{}", ctx());
+}
+
+/// As above, but typed: `tools tunable` talks to the running demo through
+/// its socket and prints the memserver's answers, and its exit status says
+/// whether every change was set.
+#[test]
+fn a_change_typed_while_running_is_answered_to_its_client_and_takes_effect() {
+    let system = workspace().join("tools/systems/host-2x1g.xml");
+    let bins = host_pds_built_from(&system);
+    let socket = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("control-typed.sock");
+    let _ = std::fs::remove_file(&socket);
+    let cfg = DemoConfig {
+        system,
+        bin_dir: bins,
+        guest_params: "pattern=bulk,mib=64,hold_ms=500,live_mib=8".into(),
+        tunables: "delay_ms=60000".into(),
+        timeout: Duration::from_secs(50),
+        period: Duration::from_millis(50),
+        settle: Duration::from_secs(20),
+        device: Default::default(),
+        watch: None,
+        set_tunables: Vec::new(),
+        control_socket: Some(socket.clone()),
+    };
+    let demo = std::thread::spawn(move || demo::run(&cfg, &mut |_| {}));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(!demo.is_finished(), "the demo ended before it listened");
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tools"))
+        .arg("tunable")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["order=11", "delay_ms=250"])
+        .output()
+        .expect("run tools tunable");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout, "order=11 refused: value out of range\ndelay_ms=250 set\n",
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one change was refused\n{stderr}"
+    );
+    let r = demo
+        .join()
+        .expect("demo thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ctx = || format!("{}\n{}", r.summary(), r.console.join("\n"));
+    assert_eq!(
+        r.control,
+        ["order=11 refused: value out of range", "delay_ms=250 set"],
+        "{}",
+        ctx()
+    );
+    assert!(r.guests_ok, "{}", ctx());
+    assert_eq!(r.freed, 2 * 64 * MIB, "{}", ctx());
+    assert!(r.memory_came_back(0.9), "{}", ctx());
+    assert!(r.problems.is_empty(), "{}", ctx());
+    assert!(!socket.exists(), "the demo left its socket behind");
+}
+
+/// `tools tunable` refuses text the memserver could never take before it
+/// connects, and says so when no demo listens: exit status 2.
+#[test]
+fn tunable_refuses_bad_text_and_says_when_no_demo_listens() {
+    let socket = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("control-nobody.sock");
+    let _ = std::fs::remove_file(&socket);
+    for (args, needle) in [
+        (vec!["nope=1"], "unknown tunable 'nope'"),
+        (vec!["delay_ms"], "is not key=value"),
+        (vec!["delay_ms=250", "policy=fast"], "bad policy 'fast'"),
+        (vec![], "KEY=VALUE"),
+        (
+            vec!["delay_ms=250"],
+            "is `tools demo --control-socket` running?",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tools"))
+            .arg("tunable")
+            .arg("--socket")
+            .arg(&socket)
+            .args(&args)
+            .output()
+            .expect("run tools tunable");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: no '{needle}' in\n{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }
 
 /// Bad text is refused by the command line's parser, and a description
@@ -107,4 +213,12 @@ fn bad_changes_and_a_description_without_the_port_are_refused_up_front() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Nor a socket for typed changes.
+    let out = demo_no_build(&["--control-socket"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--control-socket") && stderr.contains("no control port"),
+        "{stderr}"
+    );
 }

@@ -35,6 +35,7 @@ fn config(system: &Path, bin_dir: &Path) -> DemoConfig {
         device: Default::default(),
         watch: None,
         set_tunables: Vec::new(),
+        control_socket: None,
     }
 }
 

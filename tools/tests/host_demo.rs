@@ -42,6 +42,7 @@ fn run_on(guest_params: &str, tunables: &str, device: DeviceConfig) -> DemoRepor
         settle: Duration::from_secs(8),
         watch: None,
         set_tunables: Vec::new(),
+        control_socket: None,
     };
     let report = demo::run(&cfg, &mut |_| {}).expect("the demo runs");
     println!("{}", report.summary());

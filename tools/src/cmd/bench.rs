@@ -242,6 +242,7 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
                 device: balloon::model::DeviceConfig::default(),
                 watch: None,
                 set_tunables: Vec::new(),
+                control_socket: None,
             };
             let report = demo::run(&cfg, &mut |_| {})?;
             let run = ReclaimRun::from_report(&report);

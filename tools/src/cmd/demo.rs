@@ -11,6 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use tools::control_socket;
 use tools::demo::{self, DemoConfig};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -90,6 +91,12 @@ pub struct Args {
     /// (tools/systems/host-2x1g.xml has it).
     #[arg(long, value_name = "SECS:KEY=VALUE")]
     pub set_tunable: Vec<demo::TunableChange>,
+    /// Take tunable changes typed while the system runs: listen on this
+    /// Unix socket (default target/demo/control.sock) for `tools tunable
+    /// KEY=VALUE`, passed to the memserver's control port as
+    /// --set-tunable's are. The description needs the port.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = control_socket::DEFAULT_PATH)]
+    pub control_socket: Option<PathBuf>,
     /// Turn reporting off (the control run: the memory stays with the host).
     #[arg(long)]
     pub no_reporting: bool,
@@ -180,6 +187,7 @@ fn run(args: &Args) -> Result<bool, String> {
         device: DeviceConfig::profile(&args.device).unwrap_or_default(),
         watch: args.watch.map(Duration::from_secs_f64),
         set_tunables: args.set_tunable.clone(),
+        control_socket: args.control_socket.clone(),
     };
     // Refuse what cannot run (a workload larger than a guest's RAM) before
     // building or starting anything.
@@ -194,6 +202,12 @@ fn run(args: &Args) -> Result<bool, String> {
         args.guest_mib,
         cfg.tunables
     );
+    if let Some(path) = &cfg.control_socket {
+        println!(
+            "demo: tunables change while it runs: tools tunable --socket {} KEY=VALUE",
+            path.display()
+        );
+    }
     let tty = std::io::stdout().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(1);
     let report = demo::run(&cfg, &mut |line| {

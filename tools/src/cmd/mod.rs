@@ -9,3 +9,4 @@ pub mod image;
 pub mod qemu;
 pub mod run;
 pub mod test;
+pub mod tunable;
