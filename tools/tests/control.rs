@@ -12,12 +12,41 @@ use common::{demo_no_build, host_pds_built_from, workspace};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tools::demo::{self, DemoConfig, TunableChange};
+use tools::demo::{self, DemoConfig, DemoReport, TunableChange};
 
 const MIB: u64 = 1 << 20;
 
 fn change(text: &str) -> TunableChange {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// Two guests free 64 MiB each under PDs built with a delay (60 s)
+/// longer than the whole run, and no change asked for.
+fn delay_longer_than_the_run() -> DemoConfig {
+    let system = workspace().join("tools/systems/host-2x1g.xml");
+    DemoConfig {
+        bin_dir: host_pds_built_from(&system),
+        system,
+        guest_params: "pattern=bulk,mib=64,hold_ms=500,live_mib=8".into(),
+        tunables: "delay_ms=60000".into(),
+        timeout: Duration::from_secs(50),
+        period: Duration::from_millis(50),
+        settle: Duration::from_secs(20),
+        device: Default::default(),
+        watch: None,
+        set_tunables: Vec::new(),
+        control_socket: None,
+    }
+}
+
+/// The guests ran, and what they freed came back: the 60 s delay would
+/// have kept all of it until after the run, had the port not shortened it.
+fn came_back_through_the_port(r: &DemoReport) {
+    let ctx = || format!("{}\n{}", r.summary(), r.console.join("\n"));
+    assert!(r.guests_ok, "{}", ctx());
+    assert_eq!(r.freed, 2 * 64 * MIB, "{}", ctx());
+    assert!(r.memory_came_back(0.9), "{}", ctx());
+    assert!(r.problems.is_empty(), "{}", ctx());
 }
 
 /// Built with a delay (60 s) longer than the whole run: what the guests
@@ -26,24 +55,13 @@ fn change(text: &str) -> TunableChange {
 /// with its reason and changes nothing; the policy is switched by name.
 #[test]
 fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
-    let system = workspace().join("tools/systems/host-2x1g.xml");
-    let bins = host_pds_built_from(&system);
     let cfg = DemoConfig {
-        system,
-        bin_dir: bins,
-        guest_params: "pattern=bulk,mib=64,hold_ms=500,live_mib=8".into(),
-        tunables: "delay_ms=60000".into(),
-        timeout: Duration::from_secs(50),
-        period: Duration::from_millis(50),
-        settle: Duration::from_secs(20),
-        device: Default::default(),
-        watch: None,
         set_tunables: vec![
             change("0:delay_ms=250"),
             change("0:order=11"),
             change("0:policy=linux"),
         ],
-        control_socket: None,
+        ..delay_longer_than_the_run()
     };
     let r = demo::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
     let ctx = || format!("{}\n{}", r.summary(), r.console.join("\n"));
@@ -68,11 +86,7 @@ fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
             ctx()
         );
     }
-    assert!(r.guests_ok, "{}", ctx());
-    assert_eq!(r.freed, 2 * 64 * MIB, "{}", ctx());
-    // The 60 s delay would have kept all of it until after the run.
-    assert!(r.memory_came_back(0.9), "{}", ctx());
-    assert!(r.problems.is_empty(), "{}", ctx());
+    came_back_through_the_port(&r);
 }
 
 /// As above, but typed: `tools tunable` talks to the running demo through
@@ -80,22 +94,11 @@ fn a_tunable_changed_while_running_takes_effect_and_a_bad_one_is_refused() {
 /// whether every change was set.
 #[test]
 fn a_change_typed_while_running_is_answered_to_its_client_and_takes_effect() {
-    let system = workspace().join("tools/systems/host-2x1g.xml");
-    let bins = host_pds_built_from(&system);
     let socket = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("control-typed.sock");
     let _ = std::fs::remove_file(&socket);
     let cfg = DemoConfig {
-        system,
-        bin_dir: bins,
-        guest_params: "pattern=bulk,mib=64,hold_ms=500,live_mib=8".into(),
-        tunables: "delay_ms=60000".into(),
-        timeout: Duration::from_secs(50),
-        period: Duration::from_millis(50),
-        settle: Duration::from_secs(20),
-        device: Default::default(),
-        watch: None,
-        set_tunables: Vec::new(),
         control_socket: Some(socket.clone()),
+        ..delay_longer_than_the_run()
     };
     let demo = std::thread::spawn(move || demo::run(&cfg, &mut |_| {}));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -137,10 +140,7 @@ fn a_change_typed_while_running_is_answered_to_its_client_and_takes_effect() {
         "{}",
         ctx()
     );
-    assert!(r.guests_ok, "{}", ctx());
-    assert_eq!(r.freed, 2 * 64 * MIB, "{}", ctx());
-    assert!(r.memory_came_back(0.9), "{}", ctx());
-    assert!(r.problems.is_empty(), "{}", ctx());
+    came_back_through_the_port(&r);
     assert!(!socket.exists(), "the demo left its socket behind");
 }
 
