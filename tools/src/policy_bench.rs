@@ -104,7 +104,10 @@ fn marks_with(t: &Timeline, what: &str) -> (Option<Duration>, Option<Duration>) 
 
 /// Host bytes given back between the last sample before `from` and the
 /// last sample at or before `from + within`, over the guest bytes freed in
-/// the second after `from` (the guests' frees of one phase are that close).
+/// the second after `from` (the guests' frees of one phase are that close),
+/// at most all of it: the host falling further (other free memory reported
+/// in the same window) is not more of this free coming back, as
+/// `Reclaim::back` counts it.
 fn fraction_back(t: &Timeline, from: Duration, within: Duration) -> Option<f64> {
     let s = t.samples();
     let i = s.partition_point(|x| x.t < from).checked_sub(1)?;
@@ -115,7 +118,7 @@ fn fraction_back(t: &Timeline, from: Duration, within: Duration) -> Option<f64> 
     if freed == 0 {
         return None;
     }
-    Some(before.host.saturating_sub(after.host) as f64 / freed as f64)
+    Some((before.host.saturating_sub(after.host) as f64 / freed as f64).min(1.0))
 }
 
 /// Host memory averaged over time from `from` to `to`, in MiB (each
@@ -544,6 +547,31 @@ mod tests {
             average_host_mib(&t, Duration::from_secs(2), Duration::from_secs(2)),
             None
         );
+    }
+
+    /// What the guests freed in the second after the mark, against what
+    /// the host gave back by the end of the window; never more than all.
+    #[test]
+    fn fraction_back_is_of_what_was_freed_and_at_most_all_of_it() {
+        let sample = |ms, host: u64, guest: u64| Sample {
+            guest: Some(guest << 20),
+            ..at(ms, host)
+        };
+        let mut t = Timeline::new();
+        // 400 MiB freed at 1 s; the host gives back 200 MiB by 5 s, and
+        // 410 MiB (other free memory reported too) by 12 s.
+        for s in [
+            sample(900, 1000, 500),
+            sample(1500, 1000, 100),
+            sample(5000, 800, 100),
+            sample(12_000, 590, 100),
+        ] {
+            t.push(s);
+        }
+        let back = |secs| fraction_back(&t, Duration::from_secs(1), Duration::from_secs(secs));
+        assert_eq!(back(3), Some(0.0));
+        assert_eq!(back(5), Some(0.5));
+        assert_eq!(back(11), Some(1.0));
     }
 
     #[test]
