@@ -34,18 +34,9 @@ fn main() {
     // The operator's control port: the rings `control_req` and
     // `control_resp`, and the console device's `<irq>` that says "look"
     // (on the host platform the launcher is that console).
-    let me = sys
-        .pds
-        .iter()
-        .find(|p| p.name == "memserver")
-        .unwrap_or_else(|| panic!("{}: no PD 'memserver'", xml.display()));
-    let maps = |mr: &str| me.maps.iter().any(|m| m.mr == mr);
-    match (maps("control_req"), maps("control_resp"), me.irqs.len()) {
-        (false, false, 0) => {}
-        (true, true, 1) => println!("cargo::rustc-cfg=has_control"),
-        _ => panic!(
-            "{}: the memserver's control port needs both maps control_req and control_resp and one <irq>",
-            xml.display()
-        ),
+    match sys.control_port() {
+        Ok(None) => {}
+        Ok(Some(_)) => println!("cargo::rustc-cfg=has_control"),
+        Err(e) => panic!("{}: {e}", xml.display()),
     }
 }

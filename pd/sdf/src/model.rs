@@ -293,6 +293,30 @@ impl System {
         Ok(VmRam { vm, map, region })
     }
 
+    /// The memserver's control port: `Some` with the operator console's
+    /// `<irq>` when the memserver maps both `control_req` and
+    /// `control_resp` and has exactly one `<irq>`, `None` when it has none
+    /// of the three, an error for anything in between or no memserver. One
+    /// rule for the memserver's build (`cfg(has_control)`) and for tools,
+    /// which play the console on the host platform.
+    pub fn control_port(&self) -> Result<Option<&Irq>, String> {
+        let me = self
+            .pd("memserver")
+            .ok_or_else(|| String::from("no PD 'memserver'"))?;
+        let maps = |mr: &str| me.maps.iter().any(|m| m.mr == mr);
+        match (
+            maps("control_req"),
+            maps("control_resp"),
+            me.irqs.as_slice(),
+        ) {
+            (false, false, []) => Ok(None),
+            (true, true, [irq]) => Ok(Some(irq)),
+            _ => Err(String::from(
+                "the memserver's control port needs both maps control_req and control_resp and one <irq>",
+            )),
+        }
+    }
+
     /// Every channel end that belongs to `pd`, with the other end.
     pub fn ends_of<'s>(&'s self, pd: &'s str) -> impl Iterator<Item = (&'s End, &'s End)> + 's {
         self.channels.iter().filter_map(move |c| {

@@ -483,3 +483,34 @@ fn a_vm_needs_a_board_with_hypervisor_support() {
         "{e:?}"
     );
 }
+
+/// The memserver's control port: both rings and one `<irq>`, or none of
+/// them; anything in between is an error, not a port.
+#[test]
+fn the_control_port_is_both_rings_and_one_irq_or_nothing() {
+    let memserver = |inner: &str| {
+        sys(&format!(
+            r#"<memory_region name="control_req" size="0x1000"/>
+<memory_region name="control_resp" size="0x1000"/>
+<protection_domain name="memserver" priority="200"><program_image path="m.elf"/>
+{inner}
+</protection_domain>"#
+        ))
+    };
+    const REQ: &str = r#"<map mr="control_req" vaddr="0x1000000" perms="rw"/>"#;
+    const RESP: &str = r#"<map mr="control_resp" vaddr="0x1001000" perms="rw"/>"#;
+    const IRQ: &str = r#"<irq irq="100" id="4" trigger="edge"/>"#;
+    let s = memserver(&format!("{REQ}{RESP}{IRQ}"));
+    assert_eq!(s.control_port().unwrap().map(|i| i.id), Some(4));
+    assert_eq!(memserver("").control_port(), Ok(None));
+    for partial in [
+        format!("{REQ}{RESP}"),
+        format!("{REQ}{IRQ}"),
+        IRQ.to_string(),
+        format!("{REQ}{RESP}{IRQ}<irq irq=\"101\" id=\"5\" trigger=\"edge\"/>"),
+    ] {
+        let e = memserver(&partial).control_port().unwrap_err();
+        assert!(e.contains("needs both maps"), "{partial}: {e}");
+    }
+    assert_eq!(sys(TWO_PDS).control_port(), Err("no PD 'memserver'".into()));
+}

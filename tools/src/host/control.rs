@@ -10,15 +10,9 @@ use memserver_api::{self as api, FromControl, SLOT_SIZE, ToControl, TunableKey};
 use pd_ring::{Consumer, Producer};
 
 /// The id of the memserver's control `<irq>` when `sys` gives it the
-/// control port (maps `control_req` and `control_resp`, and one `<irq>`:
-/// the memserver's build.rs rule).
+/// control port (`sdf::System::control_port`, the memserver build's rule).
 pub fn port_irq(sys: &sdf::System) -> Option<u64> {
-    let me = sys.pd("memserver")?;
-    let maps = |mr: &str| me.maps.iter().any(|m| m.mr == mr);
-    match me.irqs.as_slice() {
-        [irq] if maps("control_req") && maps("control_resp") => Some(irq.id),
-        _ => None,
-    }
+    sys.control_port().ok().flatten().map(|irq| irq.id)
 }
 
 /// The console's ends of the control rings and the memserver's IRQ.
