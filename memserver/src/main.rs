@@ -104,22 +104,8 @@ impl MemServer {
         // every answer is an INFO line.
         self.server
             .serve_control(&mut self.control, &mut |a| match a {
-                ToControl::TunableSet {
-                    key,
-                    value,
-                    refused: None,
-                } => LOG.info(format_args!("control: tunable {} set", key.pair(*value))),
-                ToControl::TunableSet {
-                    key,
-                    value,
-                    refused: Some(why),
-                } => LOG.info(format_args!(
-                    "control: tunable {} refused: {why}",
-                    key.pair(*value)
-                )),
-                ToControl::Refused { reason } => {
-                    LOG.info(format_args!("control: request refused: {reason}"))
-                }
+                ToControl::TunableSet { .. } => LOG.info(format_args!("control: tunable {a}")),
+                ToControl::Refused { .. } => LOG.info(format_args!("control: {a}")),
             });
     }
 

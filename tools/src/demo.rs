@@ -12,7 +12,7 @@
 //! (memory the guests hold, phase marks).
 
 use crate::control_socket::{Client, ControlSocket};
-use crate::host::{ControlConsole, Launcher, describe_answer};
+use crate::host::{ControlConsole, Launcher};
 use crate::qemu::Observed;
 use crate::timeline::{Reclaim, Sample, Timeline};
 use balloon::model::DeviceConfig;
@@ -482,7 +482,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
                 }
             }
             for a in c.answers().map_err(|e| e.to_string())? {
-                let line = describe_answer(&a);
+                let line = a.to_string();
                 timeline.mark(t, &line);
                 answer_asker(askers.pop_front(), socket.as_mut(), &line);
                 answers.push(line);
@@ -539,7 +539,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     }
     if let Some(c) = control.as_mut() {
         for a in c.answers().map_err(|e| e.to_string())? {
-            let line = describe_answer(&a);
+            let line = a.to_string();
             answer_asker(askers.pop_front(), socket.as_mut(), &line);
             answers.push(line);
         }

@@ -1114,6 +1114,26 @@ pub enum ToControl {
     },
 }
 
+/// One line, as the operator reads it: `delay_ms=250 set`, `order=11
+/// refused: value out of range`, `request refused: malformed message`.
+impl fmt::Display for ToControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ToControl::TunableSet {
+                key,
+                value,
+                refused: None,
+            } => write!(f, "{} set", key.pair(*value)),
+            ToControl::TunableSet {
+                key,
+                value,
+                refused: Some(why),
+            } => write!(f, "{} refused: {why}", key.pair(*value)),
+            ToControl::Refused { reason } => write!(f, "request refused: {reason}"),
+        }
+    }
+}
+
 impl sealed::Sealed for FromControl {}
 impl Message for FromControl {
     fn check(&self) -> Result<(), RangeError> {

@@ -730,3 +730,33 @@ fn tunable_keys_round_trip_their_names() {
     }
     assert_eq!(TunableKey::from_name("speed"), None);
 }
+
+/// A control answer reads as one line, tunables by name (`policy=linux`).
+#[test]
+fn control_answers_read_as_one_line() {
+    use std::string::ToString;
+    let set = |key, value, refused| ToControl::TunableSet {
+        key,
+        value,
+        refused,
+    };
+    assert_eq!(
+        set(TunableKey::DelayMs, 250, None).to_string(),
+        "delay_ms=250 set"
+    );
+    assert_eq!(
+        set(TunableKey::Policy, 0, None).to_string(),
+        "policy=linux set"
+    );
+    assert_eq!(
+        set(TunableKey::Order, 11, Some(TunableRefusal::OutOfRange)).to_string(),
+        "order=11 refused: value out of range"
+    );
+    assert_eq!(
+        ToControl::Refused {
+            reason: RefuseReason::Malformed
+        }
+        .to_string(),
+        "request refused: malformed message"
+    );
+}

@@ -114,21 +114,3 @@ impl ControlConsole {
         Ok(out)
     }
 }
-
-/// One answer as a line: `delay_ms=250 set`, `order=11 refused: value
-/// out of range`.
-pub fn describe(answer: &ToControl) -> String {
-    match answer {
-        ToControl::TunableSet {
-            key,
-            value,
-            refused: None,
-        } => format!("{} set", key.pair(*value)),
-        ToControl::TunableSet {
-            key,
-            value,
-            refused: Some(why),
-        } => format!("{} refused: {why}", key.pair(*value)),
-        ToControl::Refused { reason } => format!("request refused: {reason}"),
-    }
-}

@@ -24,7 +24,7 @@ mod control;
 mod launcher;
 
 pub use console::Console;
-pub use control::{ControlConsole, ControlError, describe as describe_answer, port_irq};
+pub use control::{ControlConsole, ControlError, port_irq};
 pub use launcher::{Event, IrqLine, LaunchError, Launcher, PdExit, SharedMapping, host_binary};
 
 /// Where regions without a `phys_addr` get their pseudo-physical addresses
