@@ -101,8 +101,9 @@ pub struct ReportingStats {
     /// Adaptive: free lists whose walk stopped because the zone allocated
     /// again during the pass.
     pub back_offs: u64,
-    /// Adaptive: free blocks a zone backed off for churn kept, because
-    /// they were freed since its previous visit.
+    /// Adaptive: free blocks a walk passed over because they were freed
+    /// since the zone's previous visit (a busy zone's paced walk, or any
+    /// walk of a zone backed off for churn).
     pub young_skips: u64,
 }
 
@@ -138,7 +139,8 @@ pub(crate) struct Pass {
     /// `adaptive.rs`): budgeted, and not stopped by allocations.
     pub(crate) paced: bool,
     /// The adaptive policy skips blocks freed from this epoch on in the
-    /// current zone (a zone backed off for churn, `adaptive.rs`).
+    /// current zone (a busy zone's paced walk, or a zone backed off for
+    /// churn: `Ages::visited`).
     pub(crate) young_from: Option<u32>,
 }
 
