@@ -60,6 +60,19 @@ pub struct DemoConfig {
     pub control_socket: Option<PathBuf>,
 }
 
+impl DemoConfig {
+    /// The first option that needs the memserver's control port, if any.
+    fn control_port_wanted_by(&self) -> Option<&'static str> {
+        if !self.set_tunables.is_empty() {
+            Some("--set-tunable")
+        } else if self.control_socket.is_some() {
+            Some("--control-socket")
+        } else {
+            None
+        }
+    }
+}
+
 /// A tunable change at a time of the run: `SECS:key=value` on the command
 /// line (`tools demo --set-tunable 3:delay_ms=250`), `policy` by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +134,24 @@ pub fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
     Ok((key, value))
 }
 
-/// Give a typed change's answer to the client that asked for it.
-fn answer_asker(asker: Option<Option<Client>>, socket: Option<&mut ControlSocket>, line: &str) {
-    if let (Some(Some(client)), Some(s)) = (asker, socket) {
-        s.reply(client, line);
+/// Take the memserver's answers that arrived, in order: each goes to
+/// the client that asked (a typed change; `None` in `askers` for
+/// `set_tunables`) and onto `answers`. Returns how many came.
+fn take_answers(
+    console: &mut ControlConsole,
+    askers: &mut VecDeque<Option<Client>>,
+    mut socket: Option<&mut ControlSocket>,
+    answers: &mut Vec<String>,
+) -> Result<usize, String> {
+    let arrived = console.answers().map_err(|e| e.to_string())?;
+    for a in &arrived {
+        let line = a.to_string();
+        if let (Some(Some(client)), Some(s)) = (askers.pop_front(), socket.as_deref_mut()) {
+            s.reply(client, &line);
+        }
+        answers.push(line);
     }
+    Ok(arrived.len())
 }
 
 /// What happened.
@@ -334,11 +360,7 @@ pub fn check(cfg: &DemoConfig) -> Result<(), String> {
             .check_fits(g.ram.size)
             .map_err(|e| format!("{}: {e}", g.pd.name))?;
     }
-    let wants_port = [
-        (!cfg.set_tunables.is_empty(), "--set-tunable"),
-        (cfg.control_socket.is_some(), "--control-socket"),
-    ];
-    if let Some((_, flag)) = wants_port.iter().find(|(wants, _)| *wants)
+    if let Some(flag) = cfg.control_port_wanted_by()
         && crate::host::port_irq(&sys).is_none()
     {
         return Err(format!(
@@ -423,9 +445,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
 
     // The operator's console, opened before the PDs start so that no
     // change waits on it.
-    let mut control = match cfg.set_tunables.is_empty() && cfg.control_socket.is_none() {
-        true => None,
-        false => Some(ControlConsole::open(&launcher).map_err(|e| e.to_string())?),
+    let mut control = match cfg.control_port_wanted_by() {
+        None => None,
+        Some(_) => Some(ControlConsole::open(&launcher).map_err(|e| e.to_string())?),
     };
     let mut socket = match &cfg.control_socket {
         Some(path) => Some(ControlSocket::bind(path)?),
@@ -481,11 +503,9 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
                     }
                 }
             }
-            for a in c.answers().map_err(|e| e.to_string())? {
-                let line = a.to_string();
-                timeline.mark(t, &line);
-                answer_asker(askers.pop_front(), socket.as_mut(), &line);
-                answers.push(line);
+            let new = take_answers(c, &mut askers, socket.as_mut(), &mut answers)?;
+            for line in &answers[answers.len() - new..] {
+                timeline.mark(t, line);
             }
         }
         let host: u64 = device.held_bytes().unwrap_or(0);
@@ -538,11 +558,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         }
     }
     if let Some(c) = control.as_mut() {
-        for a in c.answers().map_err(|e| e.to_string())? {
-            let line = a.to_string();
-            answer_asker(askers.pop_front(), socket.as_mut(), &line);
-            answers.push(line);
-        }
+        take_answers(c, &mut askers, socket.as_mut(), &mut answers)?;
     }
     for late in changes {
         problems.push(format!(
