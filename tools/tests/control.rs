@@ -9,7 +9,7 @@
 mod common;
 
 use common::{demo_no_build, host_pds_built_from, workspace};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tools::demo::{self, DemoConfig, DemoReport, TunableChange};
@@ -18,6 +18,17 @@ const MIB: u64 = 1 << 20;
 
 fn change(text: &str) -> TunableChange {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// `tools tunable --socket SOCKET CHANGES`, run to its end.
+fn tunable(socket: &Path, changes: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tools"))
+        .arg("tunable")
+        .arg("--socket")
+        .arg(socket)
+        .args(changes)
+        .output()
+        .expect("run tools tunable")
 }
 
 /// Two guests free 64 MiB each under PDs built with a delay (60 s)
@@ -111,13 +122,7 @@ fn a_change_typed_while_running_is_answered_to_its_client_and_takes_effect() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_tools"))
-        .arg("tunable")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["order=11", "delay_ms=250"])
-        .output()
-        .expect("run tools tunable");
+    let out = tunable(&socket, &["order=11", "delay_ms=250"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -160,13 +165,7 @@ fn tunable_refuses_bad_text_and_says_when_no_demo_listens() {
             "is `tools demo --control-socket` running?",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tools"))
-            .arg("tunable")
-            .arg("--socket")
-            .arg(&socket)
-            .args(&args)
-            .output()
-            .expect("run tools tunable");
+        let out = tunable(&socket, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
