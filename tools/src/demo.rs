@@ -562,9 +562,8 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
     }
     for late in changes {
         problems.push(format!(
-            "tunable change {}={} at {:?} not sent: the run ended first",
-            late.key.name(),
-            late.value,
+            "tunable change {} at {:?} not sent: the run ended first",
+            late.key.pair(late.value),
             late.after
         ));
     }
