@@ -37,14 +37,11 @@ impl Server<'_, '_> {
     /// Answer every control request that has room for its answer, in
     /// order; `seen` is shown each answer (the PD logs them). A request
     /// whose answer finds the response ring full stays in its ring until
-    /// the next call. Returns whether the operator asked to be signalled.
-    pub fn serve_control(
-        &mut self,
-        port: &mut ControlPort<'_>,
-        seen: &mut dyn FnMut(&ToControl),
-    ) -> bool {
+    /// the next call. The operator is not signalled: the port has no
+    /// channel back, and the console reads the answers once the memserver
+    /// acks its `<irq>`.
+    pub fn serve_control(&mut self, port: &mut ControlPort<'_>, seen: &mut dyn FnMut(&ToControl)) {
         let mut buf = [0u8; SLOT_SIZE];
-        let mut answered = false;
         loop {
             match port.resp.free_slots() {
                 Ok(0) => break,
@@ -92,10 +89,8 @@ impl Server<'_, '_> {
             if let Ok(bytes) = api::encode(&answer, &mut out)
                 && port.resp.push(bytes).is_ok()
             {
-                answered = true;
                 seen(&answer);
             }
         }
-        answered && port.resp.needs_notify()
     }
 }
