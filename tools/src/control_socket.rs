@@ -82,11 +82,6 @@ impl ControlSocket {
         })
     }
 
-    /// Where it listens.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Accept new connections and return every whole, non-empty line that
     /// arrived since the last call, with its client, in arrival order per
     /// client. Each must get one [`Self::reply`].
