@@ -1,7 +1,8 @@
 //! The guest workload PD (`guest.elf`, runs as guest0 and guest1). It finds
 //! its layout by its PD name, reads its parameters (host platform:
-//! `GUEST0_PARAMS` or `GUEST_PARAMS`, see `guest::params`; Microkit: the
-//! defaults), and runs the workload, advancing it on every notification.
+//! `GUEST0_PARAMS` or `GUEST_PARAMS`, see `guest::params`; Microkit and the
+//! bare platform: those it was built with, else the defaults), and runs the
+//! workload, advancing it on every notification.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 // The generated layout table, shared with the hostile PD (src/bin/hostile.rs).
@@ -158,10 +159,13 @@ fn params_text(layout: &Layout) -> Option<(&'static str, std::string::String)> {
     })
 }
 
-/// On Microkit there is no environment: the defaults apply.
+/// On Microkit and the bare platform a PD has no environment: the text
+/// the PD was built with, `GUEST_PARAMS` in cargo's environment (`tools
+/// image --guest-params`, which checks it first; every guest of the image
+/// runs it), or none (the defaults).
 #[cfg(target_os = "none")]
 fn params_text(_: &Layout) -> Option<(&'static str, &'static str)> {
-    None
+    option_env!("GUEST_PARAMS").map(|t| ("built-in GUEST_PARAMS", t))
 }
 
 fn start(layout: &Layout, log: pd::Log) -> Result<&'static mut Guest, ()> {

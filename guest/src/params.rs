@@ -2,7 +2,9 @@
 //!
 //! Text form (the host launcher passes it in the environment variable
 //! `GUEST_PARAMS`, or `GUEST0_PARAMS` / `GUEST1_PARAMS` for one guest, which
-//! wins; on Microkit the defaults apply): comma-separated `key=value` pairs,
+//! wins; on Microkit and the bare platform, the text the image was built
+//! with, `--guest-params` of `tools image`, `tools qemu` and `tools bare`,
+//! else the defaults): comma-separated `key=value` pairs,
 //! each key at most once, any subset, e.g.
 //! `pattern=fragmented,mib=128,hold_ms=1000,rounds=3,live_mib=8`.
 //!

@@ -121,9 +121,8 @@ pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError
 /// Build image `bin` (`system` or `pingpong`) of the `bare` crate for
 /// `arch`, release profile, in `target_dir` (shared by the builds of every
 /// description, [`crate::pd_build`]; not the target dir of a cargo that is
-/// running us: it holds the lock), with the memserver's reporting
-/// `tunables` built in (`memserver::params` syntax, checked first; `None`:
-/// its defaults), and copy the ELF to `out_dir/<bin>`, the path returned.
+/// running us: it holds the lock), with the memserver's reporting tunables
+/// and the guests' workload `built_in` (checked first), and copy the ELF to `out_dir/<bin>`, the path returned.
 /// The `system` image holds the PDs of `system` (a description written for
 /// qemu_virt_aarch64, e.g. from [`description`]); bare/build.rs gets it
 /// through `SYSTEM_XML`.
@@ -134,7 +133,7 @@ pub fn build(
     arch: Arch,
     bin: &str,
     system: &str,
-    tunables: Option<&str>,
+    built_in: &crate::pd_build::BuiltIn,
 ) -> Result<PathBuf, BareError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -143,7 +142,7 @@ pub fn build(
         .args(["--target", target(arch)])
         .arg("--target-dir")
         .arg(target_dir);
-    crate::pd_build::built_in_tunables(&mut cmd, tunables).map_err(BareError::Cargo)?;
+    built_in.apply(&mut cmd).map_err(BareError::Cargo)?;
     let xml = match arch {
         Arch::Aarch64 => system.to_string(),
         // The PDs see the PC as on Microkit: the x86_64_generic variant

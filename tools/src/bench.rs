@@ -279,6 +279,72 @@ impl PlatformRun {
     }
 }
 
+/// The workload of the fragmented runs in QEMU (issue 15): every guest
+/// allocates 256 MiB in blocks of orders 0-3, frees every other block (all
+/// below the reporting order), and holds the rest for longer than
+/// [`FRAGMENTED_WINDOW`] before freeing it.
+pub const QEMU_FRAGMENTED: &str = "pattern=fragmented,mib=256,hold_ms=15000,live_mib=8";
+
+/// How long after the guests' first free the fragmented runs look.
+pub const FRAGMENTED_WINDOW: Duration = Duration::from_secs(10);
+
+/// One fragmented run in QEMU: what of the guests' first free (every other
+/// small block) came back within [`FRAGMENTED_WINDOW`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentedRun {
+    /// As [`PlatformRun::platform`].
+    pub platform: String,
+    /// The bytes of the guests' first free.
+    pub freed_half: u64,
+    /// The fraction of those back within the window, or why the run does
+    /// not tell.
+    pub back: Result<f64, String>,
+}
+
+impl FragmentedRun {
+    /// The figure of run `r`, `window` after the last guest's first free
+    /// (a console line read a little after the free itself, so the window
+    /// is if anything longer): the host's fall from its highest stand since
+    /// the guests touched their memory, over the bytes of that free, at
+    /// most all of it.
+    pub fn from_report(platform: &str, r: &crate::qemu::RunReport, window: Duration) -> Self {
+        Self {
+            platform: platform.to_string(),
+            freed_half: r.observed.freed_half,
+            back: Self::fraction(r, window),
+        }
+    }
+
+    fn fraction(r: &crate::qemu::RunReport, window: Duration) -> Result<f64, String> {
+        let o = &r.observed;
+        let (first, last) = o
+            .half_frees
+            .filter(|_| o.freed_half > 0)
+            .ok_or("the guests freed no half of their memory: not the fragmented pattern")?;
+        let end = last + window;
+        if let Some(w) = o.first_whole_free.filter(|&w| w < end) {
+            return Err(format!(
+                "a guest freed the rest {:.1} s after the first free, inside the window",
+                w.saturating_sub(first).as_secs_f64()
+            ));
+        }
+        let tl = &r.timeline;
+        if tl.samples().last().is_none_or(|s| s.t < end) {
+            return Err("the run ended inside the window".into());
+        }
+        let touched = tl
+            .marks()
+            .iter()
+            .filter(|m| m.label.contains("touched") && m.t <= first)
+            .map(|m| m.t)
+            .max()
+            .ok_or("no guest touched its memory before the free")?;
+        let before = tl.peak_within(first, first.saturating_sub(touched));
+        let after = tl.at(end).map_or(before, |s| s.host);
+        Ok((before.saturating_sub(after) as f64 / o.freed_half as f64).min(1.0))
+    }
+}
+
 /// Everything one `tools bench` measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -292,6 +358,8 @@ pub struct Results {
     pub reclaim_workload: String,
     /// The system in QEMU: bare platform and seL4, per arch and config.
     pub platforms: Vec<PlatformRun>,
+    /// The same platforms with the fragmented workload.
+    pub fragmented: Vec<FragmentedRun>,
     /// Errors of parts that did not run through.
     pub errors: Vec<String>,
 }
@@ -412,6 +480,30 @@ impl Results {
                 );
             }
         }
+        if !self.fragmented.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Fragmented, in QEMU (system.xml, built in: `{QEMU_FRAGMENTED}`)\n"
+            );
+            let _ = writeln!(
+                s,
+                "| platform | first free (every other block, orders 0-3) | back within {} s |",
+                FRAGMENTED_WINDOW.as_secs()
+            );
+            let _ = writeln!(s, "|---|---|---|");
+            for f in &self.fragmented {
+                let back = match &f.back {
+                    Ok(x) => format!("{:.1} %", x * 100.0),
+                    Err(e) => format!("- ({e})"),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} MiB | {back} |",
+                    f.platform,
+                    f.freed_half >> 20
+                );
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(s, "\nFAILED: {e}");
         }
@@ -459,6 +551,14 @@ impl Results {
                 "p90_s": p.p90.map(|d| d.as_secs_f64()),
                 "p99_s": p.p99.map(|d| d.as_secs_f64()),
             })).collect::<Vec<_>>(),
+            "fragmented": {
+                "workload": QEMU_FRAGMENTED,
+                "window_s": FRAGMENTED_WINDOW.as_secs_f64(),
+                "runs": self.fragmented.iter().map(|f| json!({
+                    "platform": f.platform, "freed_half_bytes": f.freed_half,
+                    "back": f.back.as_ref().ok(), "why_none": f.back.as_ref().err(),
+                })).collect::<Vec<_>>(),
+            },
             "errors": self.errors,
         })
     }
@@ -656,6 +756,81 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         );
     }
 
+    /// A fragmented run in QEMU: touched at 1 s (host at 600 MiB), first
+    /// frees of 100 + 100 MiB at 3 and 4 s; `host_at_14s` is what the host
+    /// holds from 13.5 s on; the rest freed at `whole_at`.
+    fn fragmented_report(host_at_14s: u64, whole_at: u64) -> crate::qemu::RunReport {
+        use crate::timeline::{Sample, Timeline};
+        let s = Duration::from_secs;
+        let mut o = crate::qemu::Observed::default();
+        let mut tl = Timeline::new();
+        for m in o.line("GUEST0|INFO: phase=touched mib=200 blocks=9 t_ns=1", s(1)) {
+            tl.mark(s(1), m);
+        }
+        o.line(
+            "GUEST0|INFO: phase=freed_half mib=100 blocks=9 t_ns=1",
+            s(3),
+        );
+        o.line(
+            "GUEST1|INFO: phase=freed_half mib=100 blocks=9 t_ns=1",
+            s(4),
+        );
+        o.line(
+            "GUEST0|INFO: phase=freed mib=100 blocks=9 t_ns=1",
+            s(whole_at),
+        );
+        for (t_ms, mib) in [
+            (0, 100),
+            (1000, 600),
+            (2500, 600),
+            (13_500, host_at_14s),
+            (20_000, 100),
+        ] {
+            tl.push(Sample {
+                t: Duration::from_millis(t_ms),
+                host: mib << 20,
+                guest: None,
+                reported: None,
+            });
+        }
+        crate::qemu::RunReport {
+            timeline: tl,
+            observed: o,
+            boot: None,
+            reclaim: Default::default(),
+            balloon: None,
+            balloon_back: None,
+            console: String::new(),
+            log: String::new(),
+            guest_stats: None,
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn a_fragmented_run_counts_what_came_back_of_its_first_free_in_the_window() {
+        let f = |host, whole| {
+            FragmentedRun::from_report("bare", &fragmented_report(host, whole), FRAGMENTED_WINDOW)
+        };
+        // 600 -> 420 MiB of 200 freed: 90 %.
+        let r = f(420, 19);
+        assert_eq!(r.freed_half, 200 << 20);
+        assert!((r.back.clone().unwrap() - 0.9).abs() < 1e-9, "{r:?}");
+        // Nothing back; more than freed (other memory reported) is all.
+        assert_eq!(f(600, 19).back, Ok(0.0));
+        assert_eq!(f(100, 19).back, Ok(1.0));
+        // The rest freed at 12 s, inside the window that ends at 14 s.
+        assert!(f(420, 12).back.unwrap_err().contains("inside the window"));
+        // A bulk run has no first half to measure.
+        let mut bulk = fragmented_report(420, 19);
+        bulk.observed.half_frees = None;
+        assert!(
+            FragmentedRun::from_report("bare", &bulk, FRAGMENTED_WINDOW)
+                .back
+                .is_err()
+        );
+    }
+
     #[test]
     fn results_render_as_tables_json_and_a_plot() {
         let r = Results {
@@ -677,6 +852,11 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
                 p99: None,
                 freed: 512 << 20,
             }],
+            fragmented: vec![FragmentedRun {
+                platform: "bare aarch64, policy linux".into(),
+                freed_half: 250 << 20,
+                back: Ok(0.0),
+            }],
             errors: vec!["report: cargo bench failed".into()],
         };
         let md = r.markdown();
@@ -697,8 +877,13 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             ),
             "{md}"
         );
+        assert!(
+            md.contains("| bare aarch64, policy linux | 250 MiB | 0.0 % |"),
+            "{md}"
+        );
         let j = r.json();
         assert_eq!(j["platforms"][0]["p90_s"], 1.25);
+        assert_eq!(j["fragmented"]["runs"][0]["back"], 0.0);
         assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
         assert_eq!(j["metadata_bytes_per_page"], 9.0);
         let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));

@@ -176,9 +176,9 @@ pub struct ImageSpec {
     pub workspace: PathBuf,
     /// cargo's target dir for the PD builds.
     pub target_dir: PathBuf,
-    /// The memserver's reporting tunables, built in (`memserver::params`
-    /// syntax, checked by [`build`]); `None`: its defaults.
-    pub tunables: Option<String>,
+    /// The memserver's reporting tunables and the guests' workload, built
+    /// in (checked by [`build`]).
+    pub built_in: crate::pd_build::BuiltIn,
     /// Where the ELFs, the descriptions and the image go.
     pub out_dir: PathBuf,
     /// The Linux guest the VMM embeds (`tools::vm_guest::prepare`); `None`:
@@ -392,8 +392,7 @@ fn cargo_build(
         Some(dir) => cmd.env("VMM_GUEST_DIR", dir),
         None => cmd.env_remove("VMM_GUEST_DIR"),
     };
-    crate::pd_build::built_in_tunables(&mut cmd, spec.tunables.as_deref())
-        .map_err(ImageError::Cargo)?;
+    spec.built_in.apply(&mut cmd).map_err(ImageError::Cargo)?;
     let out = cmd
         .output()
         .map_err(|e| ImageError::Cargo(format!("running cargo: {e}")))?;

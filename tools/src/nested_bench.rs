@@ -62,7 +62,7 @@ pub fn run(
         workspace: workspace.to_path_buf(),
         target_dir: out.join("pd-build"),
         out_dir: out.join("image"),
-        tunables: None,
+        built_in: Default::default(),
         vm_guest,
     })
     .map_err(|e| e.to_string())?;

@@ -13,9 +13,9 @@
 //! cargo's own lock ends with cargo, too early for that. The lock is a
 //! `flock` on a file in the dir, so it holds across threads and processes.
 //!
-//! The memserver's reporting tunables reach such a build through cargo's
-//! environment ([`built_in_tunables`]): a PD there has no environment of
-//! its own.
+//! The memserver's reporting tunables and the guests' workload reach such a
+//! build through cargo's environment ([`BuiltIn`]): a PD there has no
+//! environment of its own.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -49,26 +49,97 @@ pub fn lock(target_dir: &Path) -> Result<Lock, String> {
     Ok(Lock { _file: file })
 }
 
-/// Give the memserver's build `tunables` (`MEMSERVER_TUNABLES`, read by
-/// its `option_env!`), or none whatever our own environment says, after
-/// checking them with the memserver's own parser: a PD on Microkit cannot
-/// refuse to start, so a bad text must stop the build.
-pub fn built_in_tunables(cmd: &mut Command, tunables: Option<&str>) -> Result<(), String> {
-    match tunables {
-        Some(t) => {
-            memserver::params::parse_tunables(t).map_err(|e| format!("--tunables \"{t}\": {e}"))?;
-            cmd.env("MEMSERVER_TUNABLES", t);
-        }
-        None => {
-            cmd.env_remove("MEMSERVER_TUNABLES");
+/// What a PD on Microkit or the bare platform would read from its
+/// environment on the host platform, built into the image instead (read by
+/// the PDs' `option_env!`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltIn {
+    /// The memserver's reporting tunables (`MEMSERVER_TUNABLES`,
+    /// `memserver::params` syntax); `None`: its defaults.
+    pub tunables: Option<String>,
+    /// Every guest PD's workload (`GUEST_PARAMS`, `guest::params` syntax);
+    /// `None`: the defaults for its RAM.
+    pub guest_params: Option<String>,
+}
+
+impl BuiltIn {
+    /// Just the memserver's `tunables`.
+    pub fn tunables(tunables: Option<&str>) -> Self {
+        Self {
+            tunables: tunables.map(String::from),
+            guest_params: None,
         }
     }
-    Ok(())
+
+    /// Give `cmd` (a cargo build of the PDs) these texts, and nothing that
+    /// our own environment says, after checking each with its PD's own
+    /// parser: a PD on Microkit cannot refuse to start, so a bad text must
+    /// stop the build.
+    pub fn apply(&self, cmd: &mut Command) -> Result<(), String> {
+        match &self.tunables {
+            Some(t) => {
+                memserver::params::parse_tunables(t)
+                    .map_err(|e| format!("--tunables \"{t}\": {e}"))?;
+                cmd.env("MEMSERVER_TUNABLES", t);
+            }
+            None => {
+                cmd.env_remove("MEMSERVER_TUNABLES");
+            }
+        }
+        match &self.guest_params {
+            Some(p) => {
+                guest::params::Params::parse(p)
+                    .map_err(|e| format!("--guest-params \"{p}\": {e}"))?;
+                cmd.env("GUEST_PARAMS", p);
+            }
+            None => {
+                cmd.env_remove("GUEST_PARAMS");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_texts_reach_cargo_checked_and_none_clears_ours() {
+        let mut cmd = Command::new("cargo");
+        cmd.env("GUEST_PARAMS", "inherited");
+        BuiltIn::tunables(Some("policy=linux"))
+            .apply(&mut cmd)
+            .unwrap();
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&("MEMSERVER_TUNABLES".as_ref(), Some("policy=linux".as_ref()))));
+        // Not ours to pass on: the guests get their defaults.
+        assert!(envs.contains(&("GUEST_PARAMS".as_ref(), None)));
+
+        let both = BuiltIn {
+            tunables: None,
+            guest_params: Some("pattern=fragmented,mib=64".into()),
+        };
+        let mut cmd = Command::new("cargo");
+        both.apply(&mut cmd).unwrap();
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&(
+            "GUEST_PARAMS".as_ref(),
+            Some("pattern=fragmented,mib=64".as_ref())
+        )));
+        assert!(envs.contains(&("MEMSERVER_TUNABLES".as_ref(), None)));
+
+        for bad in [
+            BuiltIn::tunables(Some("policy=nonsense")),
+            BuiltIn {
+                tunables: None,
+                guest_params: Some("pattern=nonsense".into()),
+            },
+        ] {
+            let e = bad.apply(&mut Command::new("cargo")).unwrap_err();
+            assert!(e.contains("nonsense"), "{e}");
+        }
+    }
 
     #[test]
     fn the_lock_excludes_another_open_of_its_file_until_dropped() {

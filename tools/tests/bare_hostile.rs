@@ -55,7 +55,7 @@ fn hostile(name: &str, arch: Arch) {
             arch,
             "system",
             &xml,
-            None,
+            &tools::pd_build::BuiltIn::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"))
     };

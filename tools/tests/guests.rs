@@ -195,7 +195,7 @@ fn bare_run(file: &str, guests: usize) {
             Arch::Aarch64,
             "system",
             &xml,
-            None,
+            &tools::pd_build::BuiltIn::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"))
     };

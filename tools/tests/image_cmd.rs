@@ -80,3 +80,27 @@ fn bad_tunables_are_refused_before_anything_is_built() {
         }
     }
 }
+
+/// As are `--guest-params`, by the guests' own parser.
+#[test]
+fn bad_guest_params_are_refused_before_anything_is_built() {
+    for args in [
+        &["image", "--board", "qemu_virt_aarch64"][..],
+        &["qemu", "--platform", "bare", "--arch", "aarch64"][..],
+    ] {
+        for (bad, says) in [("pattern=spiral", "spiral"), ("mib=0", "mib")] {
+            let out = tools()
+                .args(args)
+                .args(["--guest-params", bad])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {bad}: {err}");
+            assert!(
+                err.contains("--guest-params") && err.contains(says),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("building"), "{bad}: {err}");
+        }
+    }
+}

@@ -118,7 +118,7 @@ fn build(
         // by every variant and the bare tests (tools::pd_build).
         target_dir: tools::pd_build::target_dir(tmp),
         out_dir: img_dir,
-        tunables: None,
+        built_in: Default::default(),
         vm_guest,
     })
     .unwrap_or_else(|e| panic!("tools image for {board} {config}: {e}"));

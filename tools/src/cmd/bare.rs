@@ -28,8 +28,9 @@ pub struct BareArgs {
     pub timeout_s: u64,
     /// The description (default: the workspace's system.xml).
     pub system: Option<PathBuf>,
-    /// The memserver's reporting tunables, built in.
-    pub tunables: Option<String>,
+    /// The memserver's reporting tunables and the guests' workload, built
+    /// in.
+    pub built_in: tools::pd_build::BuiltIn,
 }
 
 /// `aarch64` or `x86_64`.
@@ -85,7 +86,7 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         args.arch,
         "system",
         &xml,
-        args.tunables.as_deref(),
+        &args.built_in,
     )
     .map_err(|e| e.to_string())?;
     let guests = bare::guests(&xml)?;

@@ -14,6 +14,7 @@ use tools::bare;
 use tools::bench::{self, PlatformRun, ReclaimPoint, ReclaimRun, Results, Tunables};
 use tools::demo::{self, DemoConfig};
 use tools::image::{self, Board, ImageSpec, KernelConfig};
+use tools::pd_build::BuiltIn;
 use tools::qemu::{self, Arch, BalloonDevice};
 use tools::sel4::{self, Sel4Run};
 
@@ -273,7 +274,9 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 /// both arches, then seL4 on both boards in both kernel configs (skipped,
 /// and said, without an SDK), each also with Linux's policy built in (seL4:
 /// release). One run each; the runs are the tests' runs (`tools::bare`,
-/// `tools::sel4`), measured the same way.
+/// `tools::sel4`), measured the same way. Then the fragmented workload
+/// ([`bench::QEMU_FRAGMENTED`]) on the bare platform and seL4 release, both
+/// policies side by side.
 fn in_qemu(r: &mut Results) -> Result<(), String> {
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
@@ -281,40 +284,49 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
     // rules built in (`--tunables policy=linux`), side by side; each run
     // in a dir of its own (`<name><suffix>`).
     const LINUX: (&str, &str, Option<&str>) = (", policy linux", "-linux", Some("policy=linux"));
+    const POLICIES: [(&str, &str, Option<&str>); 2] = [("", "", None), LINUX];
     let xml = bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
-    for arch in [Arch::Aarch64, Arch::X86_64] {
-        for (label, suffix, tunables) in [("", "", None), LINUX] {
-            let name = format!("bare {}{label}", bare::target(arch));
-            eprintln!("bench: {name}: building and booting");
-            let dir = out.join(format!("{}{suffix}", bare::target(arch)));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let kernel = bare::build(
-                &workspace(),
-                &tools::pd_build::target_dir(&target_dir()),
-                &dir,
-                arch,
-                "system",
-                &xml,
-                tunables,
-            )
-            .map_err(|e| e.to_string())?;
-            let cfg = bare::run_config(
-                arch,
-                kernel,
-                BalloonDevice {
-                    reporting: true,
-                    modern_mmio: false,
-                },
-                dir.join("qmp.sock"),
-                bare::guests(&xml)?,
-                None,
-            );
-            let report =
-                qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
-            if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
-                failures.push(format!("{name}: {e}"));
+    let fragmented = [(", fragmented", "-fragmented", Some(bench::QEMU_FRAGMENTED))];
+    let bulk = [("", "", None)];
+    for (workload, wsuffix, guest_params) in bulk.into_iter().chain(fragmented) {
+        for arch in [Arch::Aarch64, Arch::X86_64] {
+            for (label, suffix, tunables) in POLICIES {
+                let name = format!("bare {}{label}{workload}", bare::target(arch));
+                eprintln!("bench: {name}: building and booting");
+                let dir = out.join(format!("{}{suffix}{wsuffix}", bare::target(arch)));
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let built_in = BuiltIn {
+                    tunables: tunables.map(String::from),
+                    guest_params: guest_params.map(String::from),
+                };
+                let kernel = bare::build(
+                    &workspace(),
+                    &tools::pd_build::target_dir(&target_dir()),
+                    &dir,
+                    arch,
+                    "system",
+                    &xml,
+                    &built_in,
+                )
+                .map_err(|e| e.to_string())?;
+                let cfg = bare::run_config(
+                    arch,
+                    kernel,
+                    BalloonDevice {
+                        reporting: true,
+                        modern_mmio: false,
+                    },
+                    dir.join("qmp.sock"),
+                    bare::guests(&xml)?,
+                    None,
+                );
+                let report = qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}"))
+                    .map_err(|e| e.to_string())?;
+                if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
+                    failures.push(format!("{name}: {e}"));
+                }
+                record(r, &name, &report, guest_params.is_some());
             }
-            r.platforms.push(PlatformRun::from_report(&name, &report));
         }
     }
     let sdk = match image::sdk_from_env() {
@@ -324,37 +336,67 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             return finish(failures);
         }
     };
-    for board in Board::ALL {
-        for (config, (label, suffix, tunables)) in [
-            (KernelConfig::Debug, ("", "", None)),
-            (KernelConfig::Release, ("", "", None)),
-            (KernelConfig::Release, LINUX),
-        ] {
-            let name = format!("seL4 {board} {config}{label}");
-            eprintln!("bench: {name}: building and booting");
-            let dir = out.join(format!("sel4-{board}-{config}{suffix}"));
-            let img = image::build(&ImageSpec {
-                board,
-                config,
-                system: workspace().join("system.xml"),
-                sdk: sdk.clone(),
-                workspace: workspace(),
-                target_dir: tools::pd_build::target_dir(&target_dir()),
-                out_dir: dir.clone(),
+    let runs = Board::ALL.into_iter().flat_map(|board| {
+        [
+            (board, KernelConfig::Debug, ("", "", None), bulk[0]),
+            (board, KernelConfig::Release, POLICIES[0], bulk[0]),
+            (board, KernelConfig::Release, LINUX, bulk[0]),
+        ]
+    });
+    let fragmented_runs = Board::ALL.into_iter().flat_map(|board| {
+        POLICIES.map(|policy| (board, KernelConfig::Release, policy, fragmented[0]))
+    });
+    for (board, config, (label, suffix, tunables), (workload, wsuffix, guest_params)) in
+        runs.chain(fragmented_runs)
+    {
+        let name = format!("seL4 {board} {config}{label}{workload}");
+        eprintln!("bench: {name}: building and booting");
+        let dir = out.join(format!("sel4-{board}-{config}{suffix}{wsuffix}"));
+        let img = image::build(&ImageSpec {
+            board,
+            config,
+            system: workspace().join("system.xml"),
+            sdk: sdk.clone(),
+            workspace: workspace(),
+            target_dir: tools::pd_build::target_dir(&target_dir()),
+            out_dir: dir.clone(),
+            built_in: BuiltIn {
                 tunables: tunables.map(String::from),
-                vm_guest: None,
-            })
-            .map_err(|e| e.to_string())?;
-            let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;
-            let report =
-                qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
-            if let Err(e) = sel4::verdict(&img, Sel4Run::Reporting, &report) {
-                failures.push(format!("{name}: {e}"));
-            }
-            r.platforms.push(PlatformRun::from_report(&name, &report));
+                guest_params: guest_params.map(String::from),
+            },
+            vm_guest: None,
+        })
+        .map_err(|e| e.to_string())?;
+        let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;
+        let report =
+            qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
+        if let Err(e) = sel4::verdict(&img, Sel4Run::Reporting, &report) {
+            failures.push(format!("{name}: {e}"));
         }
+        record(r, &name, &report, guest_params.is_some());
     }
     finish(failures)
+}
+
+/// Add run `report` to the QEMU rows of `r`: the fragmented table for a
+/// run of the fragmented workload, else the platforms table.
+fn record(r: &mut Results, name: &str, report: &qemu::RunReport, fragmented: bool) {
+    if fragmented {
+        let f = bench::FragmentedRun::from_report(name, report, bench::FRAGMENTED_WINDOW);
+        eprintln!(
+            "bench: {name}: {}",
+            match &f.back {
+                Ok(x) => format!(
+                    "{:.1} % of the first free back within the window",
+                    x * 100.0
+                ),
+                Err(e) => e.clone(),
+            }
+        );
+        r.fragmented.push(f);
+    } else {
+        r.platforms.push(PlatformRun::from_report(name, report));
+    }
 }
 
 fn finish(failures: Vec<String>) -> Result<(), String> {

@@ -62,10 +62,25 @@ pub struct Args {
     /// image --tunables`).
     #[arg(long, value_parser = super::image::parse_tunables)]
     pub tunables: Option<String>,
+    /// The workload every guest PD runs, built into the image (as `tools
+    /// image --guest-params`).
+    #[arg(long, value_parser = super::image::parse_guest_params)]
+    pub guest_params: Option<String>,
+}
+
+impl Args {
+    /// What the image's PDs are built with.
+    fn built_in(&self) -> tools::pd_build::BuiltIn {
+        tools::pd_build::BuiltIn {
+            tunables: self.tunables.clone(),
+            guest_params: self.guest_params.clone(),
+        }
+    }
 }
 
 pub fn main(args: Args) -> ExitCode {
     if let (Some(_), Some(arch)) = (&args.platform, args.arch) {
+        let built_in = args.built_in();
         return super::bare::main(super::bare::BareArgs {
             arch,
             out: args.out,
@@ -74,8 +89,8 @@ pub fn main(args: Args) -> ExitCode {
             modern_mmio: args.modern_mmio,
             hostile: args.hostile,
             timeout_s: args.timeout_s,
+            built_in,
             system: args.system,
-            tunables: args.tunables,
         });
     }
     let Some(board) = args.board else {
@@ -134,7 +149,7 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
         system,
         Some(out.clone()),
         guest,
-        args.tunables.clone(),
+        args.built_in(),
     )
     .map_err(|e| e.to_string())?;
     let mut cfg = sel4::run_config(&img, run, &out, Duration::from_secs(args.timeout_s))?;

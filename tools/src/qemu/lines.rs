@@ -98,6 +98,14 @@ pub struct Observed {
     /// When the guests' first and last frees (of any memory) were seen.
     pub first_free: Option<Duration>,
     pub last_free: Option<Duration>,
+    /// Of those, the bytes of the `freed_half` lines (the fragmented
+    /// pattern's first free: every other block), and when the first and
+    /// the last of those lines were seen.
+    pub freed_half: u64,
+    pub half_frees: Option<(Duration, Duration)>,
+    /// When the first `freed` line (a guest freeing the rest, or all) was
+    /// seen.
+    pub first_whole_free: Option<Duration>,
     /// Bytes each guest freed in its latest `freed` line (the last round
     /// of a churn), by prefix.
     pub latest_freed: Vec<(String, u64)>,
@@ -192,7 +200,12 @@ impl Observed {
                 let h = self.hold(guest);
                 *h = h.saturating_sub(bytes);
                 self.freed += bytes;
-                if phase == "freed" {
+                if phase == "freed_half" {
+                    self.freed_half += bytes;
+                    let (first, _) = self.half_frees.get_or_insert((t, t));
+                    self.half_frees = Some((*first, t));
+                } else {
+                    self.first_whole_free.get_or_insert(t);
                     match self.latest_freed.iter_mut().find(|(g, _)| g == guest) {
                         Some((_, b)) => *b = bytes,
                         None => self.latest_freed.push((guest.to_string(), bytes)),
@@ -301,6 +314,26 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(o.reported, Some(1050 * MIB));
+    }
+
+    #[test]
+    fn the_fragmented_patterns_first_free_is_told_from_the_rest() {
+        let mut o = Observed::default();
+        let s = Duration::from_secs;
+        o.line("GUEST0|INFO: phase=freed_half mib=60 blocks=9 t_ns=1", s(1));
+        o.line("GUEST1|INFO: phase=freed_half mib=61 blocks=9 t_ns=1", s(2));
+        assert_eq!(
+            (o.freed_half, o.half_frees),
+            (121 * MIB, Some((s(1), s(2))))
+        );
+        assert_eq!(o.first_whole_free, None);
+        o.line("GUEST0|INFO: phase=freed mib=68 blocks=9 t_ns=1", s(15));
+        o.line("GUEST1|INFO: phase=freed mib=67 blocks=9 t_ns=1", s(16));
+        assert_eq!(
+            (o.freed, o.freed_half, o.first_whole_free),
+            (256 * MIB, 121 * MIB, Some(s(15)))
+        );
+        assert_eq!((o.first_free, o.last_free), (Some(s(1)), Some(s(16))));
     }
 
     #[test]
