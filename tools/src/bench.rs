@@ -285,6 +285,75 @@ impl PlatformRun {
 /// [`FRAGMENTED_WINDOW`] before freeing it.
 pub const QEMU_FRAGMENTED: &str = "pattern=fragmented,mib=256,hold_ms=15000,live_mib=8";
 
+/// The workload of the trace runs in QEMU: every guest replays the
+/// recorded `cargo build` curve (`guest/traces/`) with its peak at 384 MiB
+/// of its 512, 4 times faster than recorded.
+pub const QEMU_TRACE: &str = "pattern=trace,mib=384,live_mib=8,hold_ms=2000,speed=4";
+
+/// What the guests of a QEMU run do, built into its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QemuWorkload {
+    /// Their default: free 256 MiB each in 4 MiB blocks.
+    Bulk,
+    /// [`QEMU_FRAGMENTED`].
+    Fragmented,
+    /// [`QEMU_TRACE`].
+    Trace,
+}
+
+impl QemuWorkload {
+    /// Said after the platform's name (`, fragmented`), and after its
+    /// output dir's (`-fragmented`).
+    pub fn label(self) -> &'static str {
+        match self {
+            QemuWorkload::Bulk => "",
+            QemuWorkload::Fragmented => ", fragmented",
+            QemuWorkload::Trace => ", trace",
+        }
+    }
+
+    pub fn dir_suffix(self) -> &'static str {
+        match self {
+            QemuWorkload::Bulk => "",
+            QemuWorkload::Fragmented => "-fragmented",
+            QemuWorkload::Trace => "-trace",
+        }
+    }
+
+    /// The guests' parameters built in; `None`: their defaults.
+    pub fn guest_params(self) -> Option<&'static str> {
+        match self {
+            QemuWorkload::Bulk => None,
+            QemuWorkload::Fragmented => Some(QEMU_FRAGMENTED),
+            QemuWorkload::Trace => Some(QEMU_TRACE),
+        }
+    }
+}
+
+/// One trace run in QEMU: QEMU's memory averaged over the replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceRun {
+    /// As [`PlatformRun::platform`].
+    pub platform: String,
+    /// QEMU's RSS averaged from the first guest's `trace start` to the last
+    /// one's `trace end` (MiB), and that span (s); `None` without both.
+    pub avg_mib: Option<f64>,
+    pub replay_s: Option<f64>,
+}
+
+impl TraceRun {
+    /// The figures of run `r` ([`crate::policy_bench::trace_footprint`], as
+    /// on the host platform).
+    pub fn from_report(platform: &str, r: &crate::qemu::RunReport) -> Self {
+        let f = crate::policy_bench::trace_footprint(&r.timeline);
+        Self {
+            platform: platform.to_string(),
+            avg_mib: f.and_then(|(avg, _)| avg),
+            replay_s: f.map(|(_, s)| s),
+        }
+    }
+}
+
 /// How long after the guests' first free the fragmented runs look.
 pub const FRAGMENTED_WINDOW: Duration = Duration::from_secs(10);
 
@@ -345,6 +414,46 @@ impl FragmentedRun {
     }
 }
 
+/// The workload of the churn runs in QEMU (issue 15): every guest
+/// allocates, touches, verifies and frees 256 MiB 16 times, holding 500 ms
+/// between phases, longer than the runs' 250 ms reporting delay.
+pub const QEMU_CHURN: &str = "pattern=churn,mib=256,rounds=16,hold_ms=500,live_mib=8";
+
+/// The churn runs' memserver: reporting off (the baseline), then each
+/// policy at a 250 ms delay; (name, tunables built in).
+pub const QEMU_CHURN_VARIANTS: [(&str, &str); 3] = [
+    ("off", "off"),
+    ("linux", "policy=linux,delay_ms=250"),
+    ("adaptive", "policy=adaptive,delay_ms=250"),
+];
+
+/// Runs of each churn variant in QEMU, taking turns (a run's time moves
+/// with the machine's load).
+pub const QEMU_CHURN_RUNS: usize = 3;
+
+/// The churn runs of one platform in QEMU: the workload's time on the
+/// guests' clock (first start to last done, [`crate::qemu::Observed::workload_time`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChurnRuns {
+    /// As [`PlatformRun::platform`].
+    pub platform: String,
+    /// Seconds of each run, by [`QEMU_CHURN_VARIANTS`] name.
+    pub times: Vec<(String, Vec<f64>)>,
+}
+
+impl ChurnRuns {
+    /// The median seconds of `variant`'s runs.
+    pub fn median_s(&self, variant: &str) -> Option<f64> {
+        let (_, t) = self.times.iter().find(|(v, _)| v == variant)?;
+        median(t.clone())
+    }
+
+    /// `variant`'s median over reporting off's (1.0: as fast).
+    pub fn vs_off(&self, variant: &str) -> Option<f64> {
+        Some(self.median_s(variant)? / self.median_s("off")?)
+    }
+}
+
 /// Everything one `tools bench` measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -360,6 +469,9 @@ pub struct Results {
     pub platforms: Vec<PlatformRun>,
     /// The same platforms with the fragmented workload.
     pub fragmented: Vec<FragmentedRun>,
+    /// And with the trace and the churn workloads.
+    pub trace: Vec<TraceRun>,
+    pub churn: Vec<ChurnRuns>,
     /// Errors of parts that did not run through.
     pub errors: Vec<String>,
 }
@@ -504,6 +616,52 @@ impl Results {
                 );
             }
         }
+        if !self.trace.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Trace, in QEMU (system.xml, built in: `{QEMU_TRACE}`)\n"
+            );
+            let _ = writeln!(
+                s,
+                "| platform | QEMU's memory averaged over the replay | replay |"
+            );
+            let _ = writeln!(s, "|---|---|---|");
+            for t in &self.trace {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} MiB | {} s |",
+                    t.platform,
+                    opt(t.avg_mib, 0),
+                    opt(t.replay_s, 1)
+                );
+            }
+        }
+        if !self.churn.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Churn, in QEMU (system.xml, built in: `{QEMU_CHURN}`; median of {QEMU_CHURN_RUNS} runs)\n"
+            );
+            let _ = writeln!(
+                s,
+                "| platform | reporting off | linux, 250 ms | vs off | adaptive, 250 ms | vs off |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            let pct = |x: Option<f64>| {
+                x.map_or_else(|| "-".into(), |x| format!("{:+.1} %", (x - 1.0) * 100.0))
+            };
+            for c in &self.churn {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} s | {} s | {} | {} s | {} |",
+                    c.platform,
+                    opt(c.median_s("off"), 2),
+                    opt(c.median_s("linux"), 2),
+                    pct(c.vs_off("linux")),
+                    opt(c.median_s("adaptive"), 2),
+                    pct(c.vs_off("adaptive")),
+                );
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(s, "\nFAILED: {e}");
         }
@@ -557,6 +715,20 @@ impl Results {
                 "runs": self.fragmented.iter().map(|f| json!({
                     "platform": f.platform, "freed_half_bytes": f.freed_half,
                     "back": f.back.as_ref().ok(), "why_none": f.back.as_ref().err(),
+                })).collect::<Vec<_>>(),
+            },
+            "trace": {
+                "workload": QEMU_TRACE,
+                "runs": self.trace.iter().map(|t| json!({
+                    "platform": t.platform, "avg_mib": t.avg_mib, "replay_s": t.replay_s,
+                })).collect::<Vec<_>>(),
+            },
+            "churn": {
+                "workload": QEMU_CHURN,
+                "platforms": self.churn.iter().map(|c| json!({
+                    "platform": c.platform,
+                    "runs_s": c.times.iter().map(|(v, t)| (v.clone(), json!(t))).collect::<serde_json::Map<_, _>>(),
+                    "median_s": QEMU_CHURN_VARIANTS.iter().map(|(v, _)| (v.to_string(), json!(c.median_s(v)))).collect::<serde_json::Map<_, _>>(),
                 })).collect::<Vec<_>>(),
             },
             "errors": self.errors,
@@ -857,6 +1029,19 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
                 freed_half: 250 << 20,
                 back: Ok(0.0),
             }],
+            trace: vec![TraceRun {
+                platform: "bare aarch64, trace".into(),
+                avg_mib: Some(612.4),
+                replay_s: Some(50.25),
+            }],
+            churn: vec![ChurnRuns {
+                platform: "bare aarch64".into(),
+                times: vec![
+                    ("off".into(), vec![10.0, 12.0, 11.0]),
+                    ("linux".into(), vec![15.0, 16.5, 14.0]),
+                    ("adaptive".into(), vec![11.5]),
+                ],
+            }],
             errors: vec!["report: cargo bench failed".into()],
         };
         let md = r.markdown();
@@ -884,6 +1069,16 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         let j = r.json();
         assert_eq!(j["platforms"][0]["p90_s"], 1.25);
         assert_eq!(j["fragmented"]["runs"][0]["back"], 0.0);
+        assert!(
+            md.contains("| bare aarch64 | 11.00 s | 15.00 s | +36.4 % | 11.50 s | +4.5 % |"),
+            "{md}"
+        );
+        assert_eq!(j["churn"]["platforms"][0]["median_s"]["linux"], 15.0);
+        assert!(
+            md.contains("| bare aarch64, trace | 612 MiB | 50.2 s |"),
+            "{md}"
+        );
+        assert_eq!(j["trace"]["runs"][0]["avg_mib"], 612.4);
         assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
         assert_eq!(j["metadata_bytes_per_page"], 9.0);
         let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));

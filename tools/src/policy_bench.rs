@@ -402,7 +402,7 @@ fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Result
 /// The trace's footprint in a run: host memory averaged from the first
 /// guest's `trace start` to the last one's `trace end` (MiB), and that
 /// span (s); `None` without both marks.
-fn trace_footprint(t: &Timeline) -> Option<(Option<f64>, f64)> {
+pub fn trace_footprint(t: &Timeline) -> Option<(Option<f64>, f64)> {
     let start = marks_with(t, " trace start").0?;
     let end = marks_with(t, " trace end").1?;
     Some((average_host_mib(t, start, end), (end - start).as_secs_f64()))

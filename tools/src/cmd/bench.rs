@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tools::bare;
+use tools::bench::QemuWorkload::{self, Bulk, Fragmented, Trace};
 use tools::bench::{self, PlatformRun, ReclaimPoint, ReclaimRun, Results, Tunables};
 use tools::demo::{self, DemoConfig};
 use tools::image::{self, Board, ImageSpec, KernelConfig};
@@ -276,7 +277,8 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 /// release). One run each; the runs are the tests' runs (`tools::bare`,
 /// `tools::sel4`), measured the same way. Then the fragmented workload
 /// ([`bench::QEMU_FRAGMENTED`]) on the bare platform and seL4 release, both
-/// policies side by side.
+/// policies side by side. Last the churn workload ([`bench::QEMU_CHURN`])
+/// against reporting off, on the bare platform and seL4 release, aarch64.
 fn in_qemu(r: &mut Results) -> Result<(), String> {
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
@@ -286,18 +288,20 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
     const LINUX: (&str, &str, Option<&str>) = (", policy linux", "-linux", Some("policy=linux"));
     const POLICIES: [(&str, &str, Option<&str>); 2] = [("", "", None), LINUX];
     let xml = bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
-    let fragmented = [(", fragmented", "-fragmented", Some(bench::QEMU_FRAGMENTED))];
-    let bulk = [("", "", None)];
-    for (workload, wsuffix, guest_params) in bulk.into_iter().chain(fragmented) {
+    for workload in [Bulk, Fragmented, Trace] {
         for arch in [Arch::Aarch64, Arch::X86_64] {
             for (label, suffix, tunables) in POLICIES {
-                let name = format!("bare {}{label}{workload}", bare::target(arch));
+                let name = format!("bare {}{label}{}", bare::target(arch), workload.label());
                 eprintln!("bench: {name}: building and booting");
-                let dir = out.join(format!("{}{suffix}{wsuffix}", bare::target(arch)));
+                let dir = out.join(format!(
+                    "{}{suffix}{}",
+                    bare::target(arch),
+                    workload.dir_suffix()
+                ));
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let built_in = BuiltIn {
                     tunables: tunables.map(String::from),
-                    guest_params: guest_params.map(String::from),
+                    guest_params: workload.guest_params().map(String::from),
                 };
                 let kernel = bare::build(
                     &workspace(),
@@ -325,10 +329,48 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
                     failures.push(format!("{name}: {e}"));
                 }
-                record(r, &name, &report, guest_params.is_some());
+                record(r, &name, &report, workload);
             }
         }
     }
+    let arch = Arch::Aarch64;
+    let platform = format!("bare {}", bare::target(arch));
+    let churn = churn_runs(
+        &platform,
+        &mut |variant, tunables| {
+            let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let built_in = BuiltIn {
+                tunables: Some(tunables.into()),
+                guest_params: Some(bench::QEMU_CHURN.into()),
+            };
+            let kernel = bare::build(
+                &workspace(),
+                &tools::pd_build::target_dir(&target_dir()),
+                &dir,
+                arch,
+                "system",
+                &xml,
+                &built_in,
+            )
+            .map_err(|e| e.to_string())?;
+            let balloon = BalloonDevice {
+                reporting: true,
+                modern_mmio: false,
+            };
+            let guests = bare::guests(&xml)?;
+            Ok(bare::run_config(
+                arch,
+                kernel,
+                balloon,
+                dir.join("qmp.sock"),
+                guests,
+                None,
+            ))
+        },
+        &mut failures,
+    )?;
+    r.churn.push(churn);
     let sdk = match image::sdk_from_env() {
         Ok(sdk) => sdk,
         Err(e) => {
@@ -336,22 +378,27 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             return finish(failures);
         }
     };
+    // Bulk: both kernel configs, Linux's policy in release; the other
+    // workloads: both policies in release.
     let runs = Board::ALL.into_iter().flat_map(|board| {
         [
-            (board, KernelConfig::Debug, ("", "", None), bulk[0]),
-            (board, KernelConfig::Release, POLICIES[0], bulk[0]),
-            (board, KernelConfig::Release, LINUX, bulk[0]),
+            (board, KernelConfig::Debug, POLICIES[0], Bulk),
+            (board, KernelConfig::Release, POLICIES[0], Bulk),
+            (board, KernelConfig::Release, LINUX, Bulk),
         ]
     });
-    let fragmented_runs = Board::ALL.into_iter().flat_map(|board| {
-        POLICIES.map(|policy| (board, KernelConfig::Release, policy, fragmented[0]))
+    let other_runs = [Fragmented, Trace].into_iter().flat_map(|workload| {
+        Board::ALL.into_iter().flat_map(move |board| {
+            POLICIES.map(|policy| (board, KernelConfig::Release, policy, workload))
+        })
     });
-    for (board, config, (label, suffix, tunables), (workload, wsuffix, guest_params)) in
-        runs.chain(fragmented_runs)
-    {
-        let name = format!("seL4 {board} {config}{label}{workload}");
+    for (board, config, (label, suffix, tunables), workload) in runs.chain(other_runs) {
+        let name = format!("seL4 {board} {config}{label}{}", workload.label());
         eprintln!("bench: {name}: building and booting");
-        let dir = out.join(format!("sel4-{board}-{config}{suffix}{wsuffix}"));
+        let dir = out.join(format!(
+            "sel4-{board}-{config}{suffix}{}",
+            workload.dir_suffix()
+        ));
         let img = image::build(&ImageSpec {
             board,
             config,
@@ -362,7 +409,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             out_dir: dir.clone(),
             built_in: BuiltIn {
                 tunables: tunables.map(String::from),
-                guest_params: guest_params.map(String::from),
+                guest_params: workload.guest_params().map(String::from),
             },
             vm_guest: None,
         })
@@ -373,15 +420,102 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         if let Err(e) = sel4::verdict(&img, Sel4Run::Reporting, &report) {
             failures.push(format!("{name}: {e}"));
         }
-        record(r, &name, &report, guest_params.is_some());
+        record(r, &name, &report, workload);
     }
+    let (board, config) = (Board::QemuVirtAarch64, KernelConfig::Release);
+    let churn = churn_runs(
+        &format!("seL4 {board} {config}"),
+        &mut |variant, tunables| {
+            let dir = out.join(format!("sel4-{board}-{config}-churn-{variant}"));
+            let img = image::build(&ImageSpec {
+                board,
+                config,
+                system: workspace().join("system.xml"),
+                sdk: sdk.clone(),
+                workspace: workspace(),
+                target_dir: tools::pd_build::target_dir(&target_dir()),
+                out_dir: dir.clone(),
+                built_in: BuiltIn {
+                    tunables: Some(tunables.into()),
+                    guest_params: Some(bench::QEMU_CHURN.into()),
+                },
+                vm_guest: None,
+            })
+            .map_err(|e| e.to_string())?;
+            sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))
+        },
+        &mut failures,
+    )?;
+    r.churn.push(churn);
     finish(failures)
 }
 
-/// Add run `report` to the QEMU rows of `r`: the fragmented table for a
-/// run of the fragmented workload, else the platforms table.
-fn record(r: &mut Results, name: &str, report: &qemu::RunReport, fragmented: bool) {
-    if fragmented {
+/// The churn runs of one platform in QEMU: each of
+/// [`bench::QEMU_CHURN_VARIANTS`] built once (`build` makes its image and
+/// gives its run's config), then run [`bench::QEMU_CHURN_RUNS`] times,
+/// taking turns. A run whose guests did not verify, or that failed, adds to
+/// `failures` instead of to the figures.
+fn churn_runs(
+    platform: &str,
+    build: &mut dyn FnMut(&str, &str) -> Result<qemu::RunConfig, String>,
+    failures: &mut Vec<String>,
+) -> Result<bench::ChurnRuns, String> {
+    let mut configs = Vec::new();
+    for (variant, tunables) in bench::QEMU_CHURN_VARIANTS {
+        eprintln!("bench: {platform}, churn, {variant}: building");
+        configs.push((variant, build(variant, tunables)?));
+    }
+    let mut times: Vec<(String, Vec<f64>)> = bench::QEMU_CHURN_VARIANTS
+        .iter()
+        .map(|(v, _)| (v.to_string(), Vec::new()))
+        .collect();
+    for i in 0..bench::QEMU_CHURN_RUNS {
+        for (k, (variant, cfg)) in configs.iter().enumerate() {
+            let name = format!(
+                "{platform}, churn, {variant}, run {}/{}",
+                i + 1,
+                bench::QEMU_CHURN_RUNS
+            );
+            eprintln!("bench: {name}: booting");
+            let report =
+                qemu::run(cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
+            let o = &report.observed;
+            let bad = report
+                .failure
+                .clone()
+                .or_else(|| o.problems.first().cloned())
+                .or_else(|| {
+                    (!o.all_verified(&cfg.guests))
+                        .then(|| format!("guests verified: {:?}", o.verified))
+                });
+            match (bad, o.workload_time()) {
+                (None, Some(t)) => {
+                    eprintln!("bench: {name}: {:.2} s", t.as_secs_f64());
+                    times[k].1.push(t.as_secs_f64());
+                }
+                (bad, _) => failures.push(format!(
+                    "{name}: {}",
+                    bad.unwrap_or_else(|| "no workload time on the console".into())
+                )),
+            }
+        }
+    }
+    Ok(bench::ChurnRuns {
+        platform: platform.to_string(),
+        times,
+    })
+}
+
+/// Add run `report` of `workload` to its table of QEMU runs in `r`.
+fn record(r: &mut Results, name: &str, report: &qemu::RunReport, workload: QemuWorkload) {
+    if workload == Trace {
+        let t = bench::TraceRun::from_report(name, report);
+        eprintln!(
+            "bench: {name}: {} MiB averaged over the replay",
+            t.avg_mib.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+        r.trace.push(t);
+    } else if workload == Fragmented {
         let f = bench::FragmentedRun::from_report(name, report, bench::FRAGMENTED_WINDOW);
         eprintln!(
             "bench: {name}: {}",

@@ -115,6 +115,10 @@ pub struct Observed {
     pub reported: Option<u64>,
     /// The first `reported_mib` and when: the boot-time free memory.
     pub boot_report: Option<(Duration, u64)>,
+    /// The guests' workload on their own clock (`t_ns`, since the timer
+    /// started): the earliest `phase=start` and the latest `phase=done`.
+    pub started_ns: Option<u64>,
+    pub done_ns: Option<u64>,
     /// Guests that printed `phase=done`, and `phase=verified ok`.
     pub done: Vec<String>,
     pub verified: Vec<String>,
@@ -129,6 +133,13 @@ impl Observed {
         }
         self.holding.push((guest.to_string(), 0));
         &mut self.holding.last_mut().expect("just pushed").1
+    }
+
+    /// From the first guest's start to the last one's `done`, on the
+    /// guests' clock: how long the workload took.
+    pub fn workload_time(&self) -> Option<Duration> {
+        let (s, d) = (self.started_ns?, self.done_ns?);
+        d.checked_sub(s).map(Duration::from_nanos)
     }
 
     /// Bytes all guests hold.
@@ -225,8 +236,17 @@ impl Observed {
                 }
                 None
             }
+            "start" => {
+                if let Some(t) = field(line, "t_ns") {
+                    self.started_ns = Some(self.started_ns.map_or(t, |s| s.min(t)));
+                }
+                None
+            }
             "done" => {
                 self.done.push(guest.to_string());
+                if let Some(t) = field(line, "t_ns") {
+                    self.done_ns = Some(self.done_ns.map_or(t, |d| d.max(t)));
+                }
                 None
             }
             _ => None,
@@ -334,6 +354,25 @@ mod tests {
             (256 * MIB, 121 * MIB, Some(s(15)))
         );
         assert_eq!((o.first_free, o.last_free), (Some(s(1)), Some(s(16))));
+    }
+
+    #[test]
+    fn the_workload_time_runs_from_the_first_start_to_the_last_done() {
+        let mut o = Observed::default();
+        let t = Duration::from_secs(1);
+        assert_eq!(o.workload_time(), None);
+        o.line(
+            "GUEST1|INFO: phase=start pattern=churn,mib=8 ram_mib=16 t_ns=3000",
+            t,
+        );
+        o.line(
+            "GUEST0|INFO: phase=start pattern=churn,mib=8 ram_mib=16 t_ns=2000",
+            t,
+        );
+        o.line("GUEST0|INFO: phase=done allocs=1 freed_mib=8 t_ns=9000", t);
+        assert_eq!(o.workload_time(), Some(Duration::from_nanos(7000)));
+        o.line("GUEST1|INFO: phase=done allocs=1 freed_mib=8 t_ns=12000", t);
+        assert_eq!(o.workload_time(), Some(Duration::from_nanos(10_000)));
     }
 
     #[test]
