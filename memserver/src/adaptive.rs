@@ -30,7 +30,12 @@
 //!    heads, so it reports exactly those, and a workload cycling its
 //!    memory faults them back in; what stayed free through a whole visit
 //!    interval while the zone allocated is cold, and that is what the
-//!    paced walk reports.
+//!    paced walk reports. A block freed next to a reported buddy merges
+//!    with it (the merged block is unreported, as in Linux) but goes to
+//!    the tail of its list instead of the head: part of it is discarded,
+//!    and the allocator then takes its order's fully resident blocks
+//!    first, so a cycling workload keeps to the pages it has instead of
+//!    wandering, merge by merge, into the cold ones (`merge_insert`).
 //! 1. **Quiet for the delay: everything in one pass.** A zone quiet for at
 //!    least `delay_ns` gets no budget: the pass isolates every unreported
 //!    block of order >= `reporting_order`, paced only by the device's

@@ -437,6 +437,7 @@ impl<'m> MemCore<'m> {
     ) -> (u32, u8) {
         let zone = self.zones[z];
         let mut pfn = zone.pfn(g);
+        let mut took_reported = false;
         while o < MAX_ORDER {
             let bpfn = pfn ^ (1u64 << o);
             if !zone.contains(bpfn, o) {
@@ -447,6 +448,7 @@ impl<'m> MemCore<'m> {
             if kind_of(bst) != KIND_FREE || order_of(bst) != o {
                 break;
             }
+            took_reported |= bst & REPORTED != 0;
             // Merging takes the buddy off its list, which clears its Reported.
             self.list_del(z, o, bg);
             if bg < g {
@@ -461,6 +463,13 @@ impl<'m> MemCore<'m> {
         self.set_st(g, state(KIND_FREE, o));
         let epoch = self.worker.ages.epoch();
         self.stamp(g, o, epoch);
+        // Adaptive: a block that took in a reported buddy is partly
+        // discarded by the host. At the tail, the allocator takes its
+        // order's fully resident blocks first, so a workload cycling its
+        // memory keeps to the pages it has instead of wandering into
+        // discarded ones (faulting them back in) whenever a free merges
+        // with a cold buddy. Linux keeps it at the head (the control).
+        let tail = tail || (took_reported && self.worker.cold_merges_to_tail());
         self.list_add(z, o, g, tail);
         (g, o)
     }

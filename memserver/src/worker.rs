@@ -9,7 +9,7 @@
 //! neither.
 
 use crate::adaptive::Ages;
-use crate::{Block, InvariantViolation, MAX_CAPACITY, MAX_IN_FLIGHT, Tunables};
+use crate::{Block, InvariantViolation, MAX_CAPACITY, MAX_IN_FLIGHT, Policy, Tunables};
 
 /// Identifies one report batch until its completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -175,6 +175,12 @@ impl Worker {
             stats: ReportingStats::default(),
             ages: Ages::new(),
         }
+    }
+
+    /// Does a freed block that merged with a reported buddy go to the tail
+    /// of its list (the adaptive policy, `MemCore::merge_insert`)?
+    pub(crate) fn cold_merges_to_tail(&self) -> bool {
+        self.tun.is_some_and(|t| t.policy == Policy::Adaptive)
     }
 
     pub(crate) fn low_watermark(&self) -> u64 {

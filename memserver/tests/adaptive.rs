@@ -406,3 +406,54 @@ fn adaptive_defaults() {
     assert_eq!(t.age_ns, 2 * t.delay_ns);
     assert!(t.validate().is_ok());
 }
+
+/// A free that merges with a reported buddy makes a block the host has
+/// partly discarded. The adaptive policy puts it at the tail of its list,
+/// so the next allocation of that order takes a fully resident block and
+/// faults nothing back in; Linux puts it at the head and the allocation
+/// takes it (a churning workload wanders into discarded memory that way).
+#[test]
+fn a_block_merged_with_a_reported_buddy_is_allocated_last() {
+    for (tun, takes_merged) in [(adaptive(), false), (linux(), true)] {
+        let (mut c, _) = core(&[zone(0x40000, GIB_PAGES)], Some(tun));
+        let mut held = Vec::new();
+        while let Ok(pfn) = c.alloc(Z0, MAX_ORDER - 1) {
+            held.push(pfn);
+        }
+        run_until_idle(&mut c, 64);
+        held.sort_unstable();
+        // Order-9 buddies: (lower, upper) halves of each order-10 block.
+        let pairs: Vec<(u64, u64)> = held.chunks(2).map(|p| (p[0], p[1])).collect();
+        assert!(
+            pairs
+                .iter()
+                .all(|&(lo, hi)| hi == lo + 512 && lo % 1024 == 0)
+        );
+        // The lower halves of the first 128 pairs are freed and reported
+        // (the zone quiet for the delay); their buddies stay allocated.
+        for &(lo, _) in &pairs[..128] {
+            c.free(Z0, lo, MAX_ORDER - 1).unwrap();
+        }
+        while c.timer_armed() {
+            run_pass(&mut c, true);
+        }
+        assert_eq!(c.zone_stats(Z0).unwrap().reported_pages, 128 * 512);
+        // A fully resident order-10 block: both halves of pair 200 freed.
+        let (lo, hi) = pairs[200];
+        c.free(Z0, lo, MAX_ORDER - 1).unwrap();
+        c.free(Z0, hi, MAX_ORDER - 1).unwrap();
+        // Then pair 0's upper half, which merges with its reported buddy.
+        c.free(Z0, pairs[0].1, MAX_ORDER - 1).unwrap();
+        c.check_invariants().unwrap();
+        let got = c.alloc(Z0, MAX_ORDER).unwrap();
+        let merged = pairs[0].0;
+        assert_eq!(
+            got == merged,
+            takes_merged,
+            "{:?}: took {got:#x}",
+            tun.policy
+        );
+        assert_eq!(got, if takes_merged { merged } else { lo });
+        c.check_invariants().unwrap();
+    }
+}
