@@ -59,6 +59,22 @@ pub struct QemuConfig {
 /// The balloon device's QOM id, for QMP's `qom-get` / `qom-set`.
 pub const BALLOON_ID: &str = "balloon0";
 
+/// `path` as the value in one of QEMU's `key=value,...` option lists,
+/// where a comma ends the value unless doubled (QemuOpts, keyval): a path
+/// with a comma in it (an output dir named after tunables, say) would
+/// otherwise be cut there, and the rest read as options.
+fn option_value(path: &std::path::Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut v = Vec::with_capacity(path.as_os_str().len());
+    for &b in path.as_os_str().as_bytes() {
+        v.push(b);
+        if b == b',' {
+            v.push(b',');
+        }
+    }
+    OsString::from_vec(v)
+}
+
 /// The QEMU command line for `cfg` (DESIGN §4: verified by booting).
 pub fn command(cfg: &QemuConfig) -> Command {
     let mut c;
@@ -83,7 +99,7 @@ pub fn command(cfg: &QemuConfig) -> Command {
     match (&cfg.boot, cfg.arch) {
         (Boot::Microkit { loader, .. }, Arch::Aarch64) => {
             let mut a = OsString::from("loader,file=");
-            a.push(loader);
+            a.push(option_value(loader));
             a.push(",addr=0x70000000,cpu-num=0");
             c.arg("-device").arg(a);
         }
@@ -130,7 +146,7 @@ pub fn command(cfg: &QemuConfig) -> Command {
         }
     }
     let mut q = OsString::from("unix:");
-    q.push(&cfg.qmp);
+    q.push(option_value(&cfg.qmp));
     q.push(",server=on,wait=off");
     c.arg("-qmp").arg(q);
     c.args(&cfg.extra);
@@ -184,5 +200,33 @@ mod tests {
         assert!(line.contains("-kernel /b/sel4_32.elf -initrd /b/loader.img"));
         assert!(line.contains("-device virtio-balloon-pci,id=balloon0,free-page-reporting=on"));
         assert!(!line.contains("force-legacy"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled_inside_option_lists() {
+        let cfg = QemuConfig {
+            arch: Arch::Aarch64,
+            boot: Boot::Microkit {
+                loader: "/b/policy=linux,delay_ms=250/loader.img".into(),
+                kernel: None,
+            },
+            memory_mib: 2048,
+            balloon: None,
+            qmp: "/t/a,b/q.sock".into(),
+            extra: vec![],
+        };
+        let line: Vec<String> = command(&cfg)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        assert!(
+            line.contains("loader,file=/b/policy=linux,,delay_ms=250/loader.img,addr="),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("-qmp unix:/t/a,,b/q.sock,server=on,wait=off"),
+            "{line}"
+        );
     }
 }
