@@ -1,6 +1,6 @@
 //! `tools image` without an SDK: a one-line error naming MICROKIT_SDK, and
-//! `--sdf-only` still derives the board descriptions; bad `--tunables` are
-//! refused before anything is built.
+//! `--sdf-only` still derives the board descriptions; bad `--tunables` and
+//! `--guest-params` are refused before anything is built.
 
 use std::path::Path;
 use std::process::Command;
@@ -51,55 +51,27 @@ fn sdf_only_writes_both_descriptions_without_an_sdk() {
     );
 }
 
-/// The memserver's parser judges `--tunables` before anything is built
-/// (clap's usage error, exit status 2), for `tools image` and `tools qemu`
-/// on either platform.
+/// The memserver's parser judges `--tunables`, and the guests' parser
+/// `--guest-params`, before anything is built (clap's usage error, exit
+/// status 2), for `tools image` and `tools qemu` on either platform.
 #[test]
-fn bad_tunables_are_refused_before_anything_is_built() {
+fn bad_built_in_texts_are_refused_before_anything_is_built() {
+    let cases = [
+        ("--tunables", "policy=fast", "bad value 'fast' for 'policy'"),
+        ("--tunables", "order=11", "tunable out of range: order"),
+        ("--tunables", "delay_ms", "'delay_ms' is not key=value"),
+        ("--guest-params", "pattern=spiral", "spiral"),
+        ("--guest-params", "mib=0", "mib"),
+    ];
     for args in [
         &["image", "--board", "qemu_virt_aarch64"][..],
         &["qemu", "--platform", "bare", "--arch", "aarch64"][..],
     ] {
-        for (bad, says) in [
-            ("policy=fast", "bad value 'fast' for 'policy'"),
-            ("order=11", "tunable out of range: order"),
-            ("delay_ms", "'delay_ms' is not key=value"),
-        ] {
-            let out = tools()
-                .args(args)
-                .args(["--tunables", bad])
-                .output()
-                .unwrap();
+        for (flag, bad, says) in cases {
+            let out = tools().args(args).args([flag, bad]).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{args:?} {bad}: {err}");
-            assert!(
-                err.contains("--tunables") && err.contains(says),
-                "{bad}: {err}"
-            );
-            assert!(!err.contains("building"), "{bad}: {err}");
-        }
-    }
-}
-
-/// As are `--guest-params`, by the guests' own parser.
-#[test]
-fn bad_guest_params_are_refused_before_anything_is_built() {
-    for args in [
-        &["image", "--board", "qemu_virt_aarch64"][..],
-        &["qemu", "--platform", "bare", "--arch", "aarch64"][..],
-    ] {
-        for (bad, says) in [("pattern=spiral", "spiral"), ("mib=0", "mib")] {
-            let out = tools()
-                .args(args)
-                .args(["--guest-params", bad])
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{args:?} {bad}: {err}");
-            assert!(
-                err.contains("--guest-params") && err.contains(says),
-                "{bad}: {err}"
-            );
+            assert_eq!(out.status.code(), Some(2), "{args:?} {flag} {bad}: {err}");
+            assert!(err.contains(flag) && err.contains(says), "{bad}: {err}");
             assert!(!err.contains("building"), "{bad}: {err}");
         }
     }

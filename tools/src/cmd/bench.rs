@@ -298,32 +298,11 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                     bare::target(arch),
                     workload.dir_suffix()
                 ));
-                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let built_in = BuiltIn {
                     tunables: tunables.map(String::from),
                     guest_params: workload.guest_params().map(String::from),
                 };
-                let kernel = bare::build(
-                    &workspace(),
-                    &tools::pd_build::target_dir(&target_dir()),
-                    &dir,
-                    arch,
-                    "system",
-                    &xml,
-                    &built_in,
-                )
-                .map_err(|e| e.to_string())?;
-                let cfg = bare::run_config(
-                    arch,
-                    kernel,
-                    BalloonDevice {
-                        reporting: true,
-                        modern_mmio: false,
-                    },
-                    dir.join("qmp.sock"),
-                    bare::guests(&xml)?,
-                    None,
-                );
+                let cfg = bare_run(&dir, arch, &xml, &built_in)?;
                 let report = qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}"))
                     .map_err(|e| e.to_string())?;
                 if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
@@ -339,34 +318,11 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         &platform,
         &mut |variant, tunables| {
             let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let built_in = BuiltIn {
                 tunables: Some(tunables.into()),
                 guest_params: Some(bench::QEMU_CHURN.into()),
             };
-            let kernel = bare::build(
-                &workspace(),
-                &tools::pd_build::target_dir(&target_dir()),
-                &dir,
-                arch,
-                "system",
-                &xml,
-                &built_in,
-            )
-            .map_err(|e| e.to_string())?;
-            let balloon = BalloonDevice {
-                reporting: true,
-                modern_mmio: false,
-            };
-            let guests = bare::guests(&xml)?;
-            Ok(bare::run_config(
-                arch,
-                kernel,
-                balloon,
-                dir.join("qmp.sock"),
-                guests,
-                None,
-            ))
+            bare_run(&dir, arch, &xml, &built_in)
         },
         &mut failures,
     )?;
@@ -399,21 +355,11 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             "sel4-{board}-{config}{suffix}{}",
             workload.dir_suffix()
         ));
-        let img = image::build(&ImageSpec {
-            board,
-            config,
-            system: workspace().join("system.xml"),
-            sdk: sdk.clone(),
-            workspace: workspace(),
-            target_dir: tools::pd_build::target_dir(&target_dir()),
-            out_dir: dir.clone(),
-            built_in: BuiltIn {
-                tunables: tunables.map(String::from),
-                guest_params: workload.guest_params().map(String::from),
-            },
-            vm_guest: None,
-        })
-        .map_err(|e| e.to_string())?;
+        let built_in = BuiltIn {
+            tunables: tunables.map(String::from),
+            guest_params: workload.guest_params().map(String::from),
+        };
+        let img = sel4_image(&sdk, board, config, &dir, built_in)?;
         let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;
         let report =
             qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
@@ -427,27 +373,74 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         &format!("seL4 {board} {config}"),
         &mut |variant, tunables| {
             let dir = out.join(format!("sel4-{board}-{config}-churn-{variant}"));
-            let img = image::build(&ImageSpec {
-                board,
-                config,
-                system: workspace().join("system.xml"),
-                sdk: sdk.clone(),
-                workspace: workspace(),
-                target_dir: tools::pd_build::target_dir(&target_dir()),
-                out_dir: dir.clone(),
-                built_in: BuiltIn {
-                    tunables: Some(tunables.into()),
-                    guest_params: Some(bench::QEMU_CHURN.into()),
-                },
-                vm_guest: None,
-            })
-            .map_err(|e| e.to_string())?;
+            let built_in = BuiltIn {
+                tunables: Some(tunables.into()),
+                guest_params: Some(bench::QEMU_CHURN.into()),
+            };
+            let img = sel4_image(&sdk, board, config, &dir, built_in)?;
             sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))
         },
         &mut failures,
     )?;
     r.churn.push(churn);
     finish(failures)
+}
+
+/// Build the bare image of `xml` for `arch` with `built_in` into `dir`;
+/// the config of its run against QEMU's balloon with reporting.
+fn bare_run(
+    dir: &Path,
+    arch: Arch,
+    xml: &str,
+    built_in: &BuiltIn,
+) -> Result<qemu::RunConfig, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let kernel = bare::build(
+        &workspace(),
+        &tools::pd_build::target_dir(&target_dir()),
+        dir,
+        arch,
+        "system",
+        xml,
+        built_in,
+    )
+    .map_err(|e| e.to_string())?;
+    let balloon = BalloonDevice {
+        reporting: true,
+        modern_mmio: false,
+    };
+    let guests = bare::guests(xml)?;
+    Ok(bare::run_config(
+        arch,
+        kernel,
+        balloon,
+        dir.join("qmp.sock"),
+        guests,
+        None,
+    ))
+}
+
+/// Build the Microkit image of system.xml for `board` in `config` with
+/// `built_in` into `dir`.
+fn sel4_image(
+    sdk: &Path,
+    board: Board,
+    config: KernelConfig,
+    dir: &Path,
+    built_in: BuiltIn,
+) -> Result<image::Image, String> {
+    image::build(&ImageSpec {
+        board,
+        config,
+        system: workspace().join("system.xml"),
+        sdk: sdk.to_path_buf(),
+        workspace: workspace(),
+        target_dir: tools::pd_build::target_dir(&target_dir()),
+        out_dir: dir.to_path_buf(),
+        built_in,
+        vm_guest: None,
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// The churn runs of one platform in QEMU: each of
