@@ -122,7 +122,8 @@ pub fn description_of(path: &Path, variant: Variant) -> Result<String, BareError
 /// `arch`, release profile, in `target_dir` (shared by the builds of every
 /// description, [`crate::pd_build`]; not the target dir of a cargo that is
 /// running us: it holds the lock), with the memserver's reporting tunables
-/// and the guests' workload `built_in` (checked first), and copy the ELF to `out_dir/<bin>`, the path returned.
+/// and the guests' workload `built_in` (checked first), and copy the ELF to
+/// `out_dir/<bin>`, the path returned.
 /// The `system` image holds the PDs of `system` (a description written for
 /// qemu_virt_aarch64, e.g. from [`description`]); bare/build.rs gets it
 /// through `SYSTEM_XML`.

@@ -51,49 +51,69 @@ pub fn lock(target_dir: &Path) -> Result<Lock, String> {
 
 /// What a PD on Microkit or the bare platform would read from its
 /// environment on the host platform, built into the image instead (read by
-/// the PDs' `option_env!`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// the PDs' `option_env!`). Also the `--tunables` and `--guest-params`
+/// options of `tools image` and `tools qemu`, checked when parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct BuiltIn {
-    /// The memserver's reporting tunables (`MEMSERVER_TUNABLES`,
-    /// `memserver::params` syntax); `None`: its defaults.
+    /// The memserver's reporting tunables, built into the image:
+    /// `key=value,...` as `tools demo --tunables` (e.g. `policy=linux` for
+    /// Linux's rules, `delay_ms=500`), or `off`. Default: the adaptive
+    /// policy with Linux's numbers.
+    #[arg(long, value_parser = checked_tunables)]
     pub tunables: Option<String>,
-    /// Every guest PD's workload (`GUEST_PARAMS`, `guest::params` syntax);
-    /// `None`: the defaults for its RAM.
+    /// The workload every guest PD runs, built into the image: `key=value,...`
+    /// as `GUEST_PARAMS` of `tools demo` (e.g. `pattern=fragmented,mib=128`).
+    /// Default: the bulk pattern sized to the guest's RAM.
+    #[arg(long, value_parser = checked_guest_params)]
     pub guest_params: Option<String>,
 }
 
-impl BuiltIn {
-    /// Just the memserver's `tunables`.
-    pub fn tunables(tunables: Option<&str>) -> Self {
-        Self {
-            tunables: tunables.map(String::from),
-            guest_params: None,
-        }
-    }
+/// `s` if the memserver's own parser takes it as tunables.
+pub fn checked_tunables(s: &str) -> Result<String, String> {
+    memserver::params::parse_tunables(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
 
+/// `s` if the guests' own parser takes it as their parameters.
+pub fn checked_guest_params(s: &str) -> Result<String, String> {
+    guest::params::Params::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A text's check: [`checked_tunables`] or [`checked_guest_params`].
+type Checked = fn(&str) -> Result<String, String>;
+
+impl BuiltIn {
     /// Give `cmd` (a cargo build of the PDs) these texts, and nothing that
     /// our own environment says, after checking each with its PD's own
     /// parser: a PD on Microkit cannot refuse to start, so a bad text must
     /// stop the build.
     pub fn apply(&self, cmd: &mut Command) -> Result<(), String> {
-        match &self.tunables {
-            Some(t) => {
-                memserver::params::parse_tunables(t)
-                    .map_err(|e| format!("--tunables \"{t}\": {e}"))?;
-                cmd.env("MEMSERVER_TUNABLES", t);
-            }
-            None => {
-                cmd.env_remove("MEMSERVER_TUNABLES");
-            }
-        }
-        match &self.guest_params {
-            Some(p) => {
-                guest::params::Params::parse(p)
-                    .map_err(|e| format!("--guest-params \"{p}\": {e}"))?;
-                cmd.env("GUEST_PARAMS", p);
-            }
-            None => {
-                cmd.env_remove("GUEST_PARAMS");
+        let texts: [(&str, &str, &Option<String>, Checked); 2] = [
+            (
+                "MEMSERVER_TUNABLES",
+                "--tunables",
+                &self.tunables,
+                checked_tunables,
+            ),
+            (
+                "GUEST_PARAMS",
+                "--guest-params",
+                &self.guest_params,
+                checked_guest_params,
+            ),
+        ];
+        for (var, flag, text, check) in texts {
+            match text {
+                Some(t) => {
+                    check(t).map_err(|e| format!("{flag} \"{t}\": {e}"))?;
+                    cmd.env(var, t);
+                }
+                None => {
+                    cmd.env_remove(var);
+                }
             }
         }
         Ok(())
@@ -108,9 +128,12 @@ mod tests {
     fn built_in_texts_reach_cargo_checked_and_none_clears_ours() {
         let mut cmd = Command::new("cargo");
         cmd.env("GUEST_PARAMS", "inherited");
-        BuiltIn::tunables(Some("policy=linux"))
-            .apply(&mut cmd)
-            .unwrap();
+        BuiltIn {
+            tunables: Some("policy=linux".into()),
+            guest_params: None,
+        }
+        .apply(&mut cmd)
+        .unwrap();
         let envs: Vec<_> = cmd.get_envs().collect();
         assert!(envs.contains(&("MEMSERVER_TUNABLES".as_ref(), Some("policy=linux".as_ref()))));
         // Not ours to pass on: the guests get their defaults.
@@ -130,7 +153,10 @@ mod tests {
         assert!(envs.contains(&("MEMSERVER_TUNABLES".as_ref(), None)));
 
         for bad in [
-            BuiltIn::tunables(Some("policy=nonsense")),
+            BuiltIn {
+                tunables: Some("policy=nonsense".into()),
+                guest_params: None,
+            },
             BuiltIn {
                 tunables: None,
                 guest_params: Some("pattern=nonsense".into()),

@@ -501,28 +501,30 @@ fn churn_runs(
 
 /// Add run `report` of `workload` to its table of QEMU runs in `r`.
 fn record(r: &mut Results, name: &str, report: &qemu::RunReport, workload: QemuWorkload) {
-    if workload == Trace {
-        let t = bench::TraceRun::from_report(name, report);
-        eprintln!(
-            "bench: {name}: {} MiB averaged over the replay",
-            t.avg_mib.map_or("-".into(), |m| format!("{m:.0}"))
-        );
-        r.trace.push(t);
-    } else if workload == Fragmented {
-        let f = bench::FragmentedRun::from_report(name, report, bench::FRAGMENTED_WINDOW);
-        eprintln!(
-            "bench: {name}: {}",
-            match &f.back {
-                Ok(x) => format!(
-                    "{:.1} % of the first free back within the window",
-                    x * 100.0
-                ),
-                Err(e) => e.clone(),
-            }
-        );
-        r.fragmented.push(f);
-    } else {
-        r.platforms.push(PlatformRun::from_report(name, report));
+    match workload {
+        Trace => {
+            let t = bench::TraceRun::from_report(name, report);
+            eprintln!(
+                "bench: {name}: {} MiB averaged over the replay",
+                t.avg_mib.map_or("-".into(), |m| format!("{m:.0}"))
+            );
+            r.trace.push(t);
+        }
+        Fragmented => {
+            let f = bench::FragmentedRun::from_report(name, report, bench::FRAGMENTED_WINDOW);
+            eprintln!(
+                "bench: {name}: {}",
+                match &f.back {
+                    Ok(x) => format!(
+                        "{:.1} % of the first free back within the window",
+                        x * 100.0
+                    ),
+                    Err(e) => e.clone(),
+                }
+            );
+            r.fragmented.push(f);
+        }
+        Bulk => r.platforms.push(PlatformRun::from_report(name, report)),
     }
 }
 

@@ -31,43 +31,9 @@ pub struct Args {
     /// guest (four instructions) instead of Debian's Linux.
     #[arg(long)]
     pub smoke_vm: bool,
-    /// The memserver's reporting tunables, built into the image:
-    /// `key=value,...` as `tools demo --tunables` (e.g. `policy=linux` for
-    /// Linux's rules, `delay_ms=500`), or `off`. Default: the adaptive
-    /// policy with Linux's numbers.
-    #[arg(long, value_parser = parse_tunables)]
-    pub tunables: Option<String>,
-    /// The workload every guest PD runs, built into the image: `key=value,...`
-    /// as `GUEST_PARAMS` of `tools demo` (e.g. `pattern=fragmented,mib=128`).
-    /// Default: the bulk pattern sized to the guest's RAM.
-    #[arg(long, value_parser = parse_guest_params)]
-    pub guest_params: Option<String>,
-}
-
-impl Args {
-    /// What the image's PDs are built with.
-    pub fn built_in(&self) -> BuiltIn {
-        BuiltIn {
-            tunables: self.tunables.clone(),
-            guest_params: self.guest_params.clone(),
-        }
-    }
-}
-
-/// `--tunables`: checked by the memserver's own parser before anything is
-/// built (a PD on Microkit cannot refuse them at boot).
-pub fn parse_tunables(s: &str) -> Result<String, String> {
-    memserver::params::parse_tunables(s)
-        .map(|_| s.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// `--guest-params`: checked by the guests' own parser before anything is
-/// built (a guest PD on Microkit that cannot read them does not run).
-pub fn parse_guest_params(s: &str) -> Result<String, String> {
-    guest::params::Params::parse(s)
-        .map(|_| s.to_string())
-        .map_err(|e| e.to_string())
+    /// What the PDs are built with.
+    #[command(flatten)]
+    pub built_in: BuiltIn,
 }
 
 /// The Linux guest of `system`'s VM, prepared in `<out>/vm-guest` (Debian's
@@ -170,7 +136,6 @@ pub fn main(args: Args) -> ExitCode {
             }
         };
     }
-    let built_in = args.built_in();
     let system = system_or_default(args.system);
     let out = out_dir(args.board, args.config, args.out.clone());
     let guest = match vm_guest(&system, &out, args.smoke_vm) {
@@ -180,7 +145,14 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match build(args.board, args.config, system, Some(out), guest, built_in) {
+    match build(
+        args.board,
+        args.config,
+        system,
+        Some(out),
+        guest,
+        args.built_in,
+    ) {
         Ok(img) => {
             println!("image: {}", img.loader.display());
             if let Some(k) = &img.kernel {

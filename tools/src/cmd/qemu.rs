@@ -58,29 +58,13 @@ pub struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout_s: u64,
-    /// The memserver's reporting tunables, built into the image (as `tools
-    /// image --tunables`).
-    #[arg(long, value_parser = super::image::parse_tunables)]
-    pub tunables: Option<String>,
-    /// The workload every guest PD runs, built into the image (as `tools
-    /// image --guest-params`).
-    #[arg(long, value_parser = super::image::parse_guest_params)]
-    pub guest_params: Option<String>,
-}
-
-impl Args {
-    /// What the image's PDs are built with.
-    fn built_in(&self) -> tools::pd_build::BuiltIn {
-        tools::pd_build::BuiltIn {
-            tunables: self.tunables.clone(),
-            guest_params: self.guest_params.clone(),
-        }
-    }
+    /// What the PDs are built with.
+    #[command(flatten)]
+    pub built_in: tools::pd_build::BuiltIn,
 }
 
 pub fn main(args: Args) -> ExitCode {
     if let (Some(_), Some(arch)) = (&args.platform, args.arch) {
-        let built_in = args.built_in();
         return super::bare::main(super::bare::BareArgs {
             arch,
             out: args.out,
@@ -89,7 +73,7 @@ pub fn main(args: Args) -> ExitCode {
             modern_mmio: args.modern_mmio,
             hostile: args.hostile,
             timeout_s: args.timeout_s,
-            built_in,
+            built_in: args.built_in,
             system: args.system,
         });
     }
@@ -149,7 +133,7 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
         system,
         Some(out.clone()),
         guest,
-        args.built_in(),
+        args.built_in.clone(),
     )
     .map_err(|e| e.to_string())?;
     let mut cfg = sel4::run_config(&img, run, &out, Duration::from_secs(args.timeout_s))?;
