@@ -402,11 +402,7 @@ impl FragmentedRun {
             return Err("the run ended inside the window".into());
         }
         let touched = tl
-            .marks()
-            .iter()
-            .filter(|m| m.label.contains("touched") && m.t <= first)
-            .map(|m| m.t)
-            .max()
+            .last_mark_before("touched", first)
             .ok_or("no guest touched its memory before the free")?;
         let before = tl.peak_within(first, first.saturating_sub(touched));
         let after = tl.at(end).map_or(before, |s| s.host);

@@ -119,6 +119,16 @@ impl Timeline {
         &self.marks
     }
 
+    /// When the latest mark at or before `t` whose label holds `what` was
+    /// made.
+    pub fn last_mark_before(&self, what: &str, t: Duration) -> Option<Duration> {
+        self.marks
+            .iter()
+            .filter(|m| m.label.contains(what) && m.t <= t)
+            .map(|m| m.t)
+            .max()
+    }
+
     /// The last sample taken at or before `t`.
     pub fn at(&self, t: Duration) -> Option<&Sample> {
         let i = self.samples.partition_point(|s| s.t <= t);
@@ -408,6 +418,19 @@ mod tests {
             guest: None,
             reported: None,
         }
+    }
+
+    #[test]
+    fn the_last_mark_before_a_time_is_found_by_its_label() {
+        let mut tl = Timeline::new();
+        let s = Duration::from_secs;
+        tl.mark(s(1), "GUEST0 touched 8 MiB");
+        tl.mark(s(2), "GUEST0 freed 8 MiB");
+        tl.mark(s(3), "GUEST1 touched 8 MiB");
+        assert_eq!(tl.last_mark_before("touched", s(2)), Some(s(1)));
+        assert_eq!(tl.last_mark_before("touched", s(3)), Some(s(3)));
+        assert_eq!(tl.last_mark_before("touched", Duration::ZERO), None);
+        assert_eq!(tl.last_mark_before("verified", s(9)), None);
     }
 
     #[test]

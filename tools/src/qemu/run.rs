@@ -407,12 +407,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     // The highest stand since the guests touched their memory (they hold
     // it until the free; nothing else raises the host's memory meanwhile),
     // or within four copy periods when no touch was seen.
-    let touched = tl
-        .marks()
-        .iter()
-        .filter(|m| m.label.contains("touched") && m.t <= from)
-        .map(|m| m.t)
-        .max();
+    let touched = tl.last_mark_before("touched", from);
     let lag = touched.map_or(4 * cfg.period, |t| from.saturating_sub(t));
     let reclaim = tl.reclaim_from(tl.peak_within(from, lag), from, obs.freed, Some(settled));
     let first_touch = tl
