@@ -254,6 +254,35 @@ impl<'m> MemCore<'m> {
         Ok((core, acts))
     }
 
+    /// The platform leaves the zones' RAM untouched at boot (the host
+    /// platform's fresh memfds, QEMU's RAM on the bare platform; not
+    /// seL4, whose kernel zeroes every frame it hands out), so the host
+    /// backs none of it yet. Under the adaptive policy, flag every free
+    /// block Reported, as a report would: allocation then knows the
+    /// memory a guest freed (resident) from memory nobody has touched, and
+    /// reuses the former first (`take_block`). Linux, the control, cannot
+    /// know this and reports the untouched memory at boot; so does this
+    /// core under `linux`, or when called after anything was allocated
+    /// (then it does nothing).
+    pub fn boot_memory_untouched(&mut self) {
+        if !self.worker.keeps_reported_exact() {
+            return;
+        }
+        for z in 0..self.nr_zones {
+            let s = &self.zones[z].stats;
+            if s.free_pages != s.total_pages || s.reported_pages != 0 {
+                continue;
+            }
+            for o in 0..=MAX_ORDER {
+                let mut g = self.zones[z].lists[usize::from(o)].head;
+                while g != NIL {
+                    self.mark_reported(z, g, o);
+                    g = self.next_of(g);
+                }
+            }
+        }
+    }
+
     /// Number of zones.
     pub fn nr_zones(&self) -> usize {
         self.nr_zones
@@ -397,11 +426,26 @@ impl<'m> MemCore<'m> {
 
     /// Take a block of exactly `order` from zone `z`, splitting a larger one
     /// if needed, and give its head the state `kind`.
+    ///
+    /// `resident_first` (allocation under the adaptive policy): when the
+    /// fitting list's head is Reported (no fully resident block of that
+    /// order), split the smallest larger block whose head is unreported
+    /// instead, or else take the list's tail if it is unreported (a block
+    /// merged with a discarded buddy, partly resident), so the guest reuses
+    /// memory the host still backs before it faults discarded memory back
+    /// in. Linux takes the smallest fitting block's head whatever it is.
     #[inline]
-    fn take_block(&mut self, z: usize, order: u8, kind: u8) -> Result<u32, Error> {
+    fn take_block(
+        &mut self,
+        z: usize,
+        order: u8,
+        kind: u8,
+        resident_first: bool,
+    ) -> Result<u32, Error> {
         let zone = &self.zones[z];
+        let head = |o: u8| zone.lists[usize::from(o)].head;
         let mut o = order;
-        while zone.lists[usize::from(o)].head == NIL {
+        while head(o) == NIL {
             if o == MAX_ORDER {
                 return Err(Error::NoMemory);
             }
@@ -409,24 +453,56 @@ impl<'m> MemCore<'m> {
         }
         // Allocation takes the head: unreported blocks are there, as drained
         // ones go to the tail.
-        let g = zone.lists[usize::from(o)].head;
+        let mut g = head(o);
+        if resident_first && self.st(g) & REPORTED != 0 {
+            let tail = zone.lists[usize::from(o)].tail;
+            if let Some(r) = (o + 1..=MAX_ORDER).find(|&r| {
+                let h = head(r);
+                h != NIL && self.st(h) & REPORTED == 0
+            }) {
+                o = r;
+                g = head(r);
+            } else if self.st(tail) & REPORTED == 0 {
+                // A block merged with a discarded buddy waits at the tail
+                // (`merge_insert`): part of it is resident.
+                g = tail;
+            }
+        }
+        let discarded = self.st(g) & REPORTED != 0 && self.worker.keeps_reported_exact();
         self.list_del(z, o, g);
         while o > order {
-            // Split: the upper half goes back as a free, unreported block.
+            // Split: the upper half goes back as a free block. Linux's
+            // halves are unreported (the flag is lost with the block); the
+            // adaptive policy keeps it, at the tail: the host still has
+            // the half discarded, and it is not reported again.
             o -= 1;
             let b = g + (1u32 << o);
             self.set_st(b, state(KIND_FREE, o));
             // The half was free as long as the block it came from.
             let epoch = get_epoch(&self.meta[g as usize + 1]);
             self.stamp(b, o, epoch);
-            self.list_add(z, o, b, false);
+            self.list_add(z, o, b, discarded);
+            if discarded {
+                self.mark_reported(z, b, o);
+            }
         }
         self.set_st(g, state(kind, order));
         Ok(g)
     }
 
+    /// Flag free block `g` of order `o`, on its list, Reported.
+    #[inline]
+    pub(crate) fn mark_reported(&mut self, z: usize, g: u32, o: u8) {
+        self.set_st(g, state(KIND_FREE, o) | REPORTED);
+        let s = &mut self.zones[z].stats;
+        s.reported_pages += 1u64 << o;
+        s.reported_blocks[usize::from(o)] += 1;
+    }
+
     /// Free block `g` of order `o` into zone `z`, merging with free buddies.
-    /// Returns the merged block. `tail`: see [`Self::list_add`].
+    /// Returns the merged block and whether every buddy it took in was
+    /// Reported (true when it took in none). `tail`: see
+    /// [`Self::list_add`].
     #[inline]
     pub(crate) fn merge_insert(
         &mut self,
@@ -434,10 +510,11 @@ impl<'m> MemCore<'m> {
         mut g: u32,
         mut o: u8,
         tail: bool,
-    ) -> (u32, u8) {
+    ) -> (u32, u8, bool) {
         let zone = self.zones[z];
         let mut pfn = zone.pfn(g);
         let mut took_reported = false;
+        let mut all_reported = true;
         while o < MAX_ORDER {
             let bpfn = pfn ^ (1u64 << o);
             if !zone.contains(bpfn, o) {
@@ -449,6 +526,7 @@ impl<'m> MemCore<'m> {
                 break;
             }
             took_reported |= bst & REPORTED != 0;
+            all_reported &= bst & REPORTED != 0;
             // Merging takes the buddy off its list, which clears its Reported.
             self.list_del(z, o, bg);
             if bg < g {
@@ -469,9 +547,9 @@ impl<'m> MemCore<'m> {
         // memory keeps to the pages it has instead of wandering into
         // discarded ones (faulting them back in) whenever a free merges
         // with a cold buddy. Linux keeps it at the head (the control).
-        let tail = tail || (took_reported && self.worker.cold_merges_to_tail());
+        let tail = tail || (took_reported && self.worker.keeps_reported_exact());
         self.list_add(z, o, g, tail);
-        (g, o)
+        (g, o, all_reported)
     }
 
     /// Recompute the free path's notify order from the worker's state.
@@ -486,7 +564,8 @@ impl<'m> MemCore<'m> {
             return Err(Error::BadOrder);
         }
         let reported = self.zones[z].stats.reported_pages;
-        let g = self.take_block(z, order, KIND_ALLOC)?;
+        let resident_first = self.worker.keeps_reported_exact();
+        let g = self.take_block(z, order, KIND_ALLOC, resident_first)?;
         let s = &mut self.zones[z].stats;
         s.allocated_pages += 1u64 << order;
         // Reported pages the allocation took (a split block loses the
@@ -529,7 +608,7 @@ impl<'m> MemCore<'m> {
             _ => return Err(Error::NotBlockHead),
         }
         self.zones[z].stats.allocated_pages -= 1u64 << order;
-        let (_, merged) = self.merge_insert(z, g, order, false);
+        let (_, merged, _) = self.merge_insert(z, g, order, false);
         let mut acts = Actions::default();
         if merged >= self.notify_order {
             self.worker.freed(merged, &mut acts);
@@ -571,7 +650,7 @@ impl<'m> MemCore<'m> {
                     None => break,
                 }
             };
-            let g = self.take_block(z, order, KIND_BALLOONED)?;
+            let g = self.take_block(z, order, KIND_BALLOONED, false)?;
             self.zones[z].stats.ballooned_pages += 1u64 << order;
             out[n] = Block {
                 pfn: self.zones[z].pfn(g),
@@ -628,7 +707,7 @@ impl<'m> MemCore<'m> {
             }
         }
         self.zones[z].stats.ballooned_pages -= block.pages();
-        let (_, merged) = self.merge_insert(z, zone_c.gidx(block.pfn), block.order, false);
+        let (_, merged, _) = self.merge_insert(z, zone_c.gidx(block.pfn), block.order, false);
         let mut acts = Actions::default();
         if merged >= self.notify_order {
             self.worker.freed(merged, &mut acts);

@@ -390,8 +390,12 @@ fn init() -> MemServer {
     // this one reference from here on.
     let meta: &'static mut [u8] = unsafe { &mut *meta_ptr };
     debug_assert_eq!(meta.len(), metadata_bytes(&zones));
-    let (core, boot) = MemCore::new(&zones, meta, tunables)
+    let (mut core, boot) = MemCore::new(&zones, meta, tunables)
         .unwrap_or_else(|e| panic!("building the allocator: {e}"));
+    if pd::REGIONS_UNTOUCHED_AT_BOOT {
+        // The host backs none of the guests' RAM yet (adaptive only).
+        core.boot_memory_untouched();
+    }
     match tunables {
         Some(t) => LOG.info(format_args!(
             "reporting: policy {} order {} delay {} ms capacity {} in flight {} watermark {} pages; metadata {} bytes ({} per page)",

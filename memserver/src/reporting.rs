@@ -179,13 +179,14 @@ impl MemCore<'_> {
         for b in &slot.entries[..usize::from(slot.len)] {
             let g = self.zones[z].gidx(b.pfn);
             self.zones[z].stats.isolated_pages -= b.pages();
-            let (mg, mo) = self.merge_insert(z, g, b.order, true);
-            // Mark only if the block did not merge: a merged block is a new,
-            // larger block the host has not seen as a whole.
-            if ok && mg == g && mo == b.order {
-                self.set_st(g, state(KIND_FREE, b.order) | REPORTED);
-                self.zones[z].stats.reported_pages += b.pages();
-                self.zones[z].stats.reported_blocks[usize::from(b.order)] += 1;
+            let (mg, mo, all_reported) = self.merge_insert(z, g, b.order, true);
+            // Linux marks only a block that did not merge: a merged block
+            // is a new, larger block the host has not seen as a whole. The
+            // adaptive policy also marks one whose every buddy was
+            // Reported: the host has discarded all of it.
+            let merged = mg != g || mo != b.order;
+            if ok && (!merged || (all_reported && self.worker.keeps_reported_exact())) {
+                self.mark_reported(z, mg, mo);
                 self.worker.stats.blocks_marked += 1;
             }
         }

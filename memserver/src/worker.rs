@@ -177,9 +177,14 @@ impl Worker {
         }
     }
 
-    /// Does a freed block that merged with a reported buddy go to the tail
-    /// of its list (the adaptive policy, `MemCore::merge_insert`)?
-    pub(crate) fn cold_merges_to_tail(&self) -> bool {
+    /// Does the allocator keep track of what the host has discarded beyond
+    /// Linux's rule (the adaptive policy)? Then a freed block that merged
+    /// with a reported buddy goes to the tail of its list
+    /// (`MemCore::merge_insert`), a split Reported block's halves stay
+    /// Reported, a drained block whose buddies were all Reported is marked
+    /// whole, and allocation splits resident memory before it takes a
+    /// discarded block (`MemCore::take_block`).
+    pub(crate) fn keeps_reported_exact(&self) -> bool {
         self.tun.is_some_and(|t| t.policy == Policy::Adaptive)
     }
 

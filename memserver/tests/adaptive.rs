@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use memserver::{Actions, MAX_ORDER, MemCore, Policy, ReportingState, Tunables};
+use memserver::{Actions, Block, BlockState, MAX_ORDER, MemCore, Policy, ReportingState, Tunables};
 
 const GIB_PAGES: u32 = 262_144;
 
@@ -454,6 +454,103 @@ fn a_block_merged_with_a_reported_buddy_is_allocated_last() {
             tun.policy
         );
         assert_eq!(got, if takes_merged { merged } else { lo });
+        c.check_invariants().unwrap();
+    }
+}
+
+/// The adaptive policy keeps the Reported flag through a split: the halves
+/// the allocation did not take are still discarded by the host, so they
+/// stay Reported and are not reported again, and only the allocated page
+/// counts as taken back (the churn signal). Linux drops the flag with the
+/// block: its halves look resident.
+#[test]
+fn the_halves_of_a_split_reported_block_stay_reported() {
+    for (tun, kept) in [(adaptive(), true), (linux(), false)] {
+        // Every free block Reported, the rest allocated.
+        let (mut c, _) = half_reported(tun);
+        while c.timer_armed() {
+            run_pass(&mut c, true);
+        }
+        let s = c.zone_stats(Z0).unwrap();
+        assert_eq!(s.reported_pages, s.free_pages);
+        let pfn = c.alloc(Z0, 0).unwrap();
+        let taken = s.reported_pages - c.zone_stats(Z0).unwrap().reported_pages;
+        assert_eq!(taken, if kept { 1 } else { 1024 }, "{:?}", tun.policy);
+        let (b, st) = c.block_of(pfn ^ 1).unwrap();
+        assert_eq!(
+            b,
+            Block {
+                pfn: pfn ^ 1,
+                order: 0
+            }
+        );
+        assert_eq!(st, BlockState::Free { reported: kept }, "{:?}", tun.policy);
+        c.check_invariants().unwrap();
+    }
+}
+
+/// When an order has only Reported blocks, the adaptive policy splits a
+/// larger resident block rather than fault discarded memory back in;
+/// Linux takes the smallest fitting block, whatever the host did with it.
+#[test]
+fn allocation_splits_resident_memory_before_it_takes_discarded_memory() {
+    for (tun, resident) in [(adaptive(), true), (linux(), false)] {
+        let (mut c, keep) = half_reported(tun);
+        // A split leaves one block on every order below 10: the page
+        // beside the allocated one is discarded (Reported under adaptive).
+        let first = c.alloc(Z0, 0).unwrap();
+        // One order-10 block the guest used comes back: resident.
+        c.free(Z0, keep[0], MAX_ORDER).unwrap();
+        let reported = c.zone_stats(Z0).unwrap().reported_pages;
+        let got = c.alloc(Z0, 0).unwrap();
+        if resident {
+            assert_eq!(got, keep[0], "the resident block is split");
+            assert_eq!(c.zone_stats(Z0).unwrap().reported_pages, reported);
+        } else {
+            assert_eq!(got, first ^ 1, "Linux takes the discarded page");
+        }
+        c.check_invariants().unwrap();
+    }
+}
+
+/// On a platform that leaves RAM untouched at boot (the host platform's
+/// memfds; `pd::REGIONS_UNTOUCHED_AT_BOOT`), the adaptive core starts with
+/// every block Reported: its boot pass has nothing to report, and memory a
+/// guest frees is allocated again before memory the host never backed.
+/// Linux, the control, cannot know and reports all of it at boot.
+#[test]
+fn untouched_boot_memory_starts_reported_and_is_allocated_after_freed_memory() {
+    for (tun, untouched) in [(adaptive(), true), (linux(), false)] {
+        let (mut c, _) = core(&[zone(0x40000, GIB_PAGES)], Some(tun));
+        c.boot_memory_untouched();
+        let reported = c.zone_stats(Z0).unwrap().reported_pages;
+        assert_eq!(reported, if untouched { u64::from(GIB_PAGES) } else { 0 });
+        // The guest touches one page and frees it: it merges back with its
+        // (discarded) buddies into a block that is partly resident.
+        let page = c.alloc(Z0, 0).unwrap();
+        c.free(Z0, page, 0).unwrap();
+        c.check_invariants().unwrap();
+        // Its next allocation takes that block again, not untouched memory
+        // (under Linux, LIFO does the same here).
+        assert_eq!(c.alloc(Z0, 0).unwrap(), page);
+        let (done, _) = run_pass(&mut c, true);
+        let boot_report: u64 = done.iter().map(|b| b.pages()).sum();
+        if untouched {
+            // Only what the split of the partly resident block left of the
+            // reporting order: its upper half (its smaller halves are below
+            // the order, and unreported, as the block was).
+            assert_eq!(
+                done,
+                [Block {
+                    pfn: page + 512,
+                    order: 9
+                }]
+            );
+        } else {
+            // Linux's first pass: a budget's worth of the untouched
+            // memory, sent to the host for nothing.
+            assert!(boot_report >= u64::from(GIB_PAGES) / 16, "{boot_report}");
+        }
         c.check_invariants().unwrap();
     }
 }

@@ -2,7 +2,11 @@
 //! report completion (ok or failed) / inflate / deflate against a per-page
 //! model. After every step: the core's conservation check, every frame's
 //! state equal to the model's, counters equal to the model's counts, and
-//! Reported only on blocks a successful report drained unmerged.
+//! Reported only on memory the host has discarded: under `linux`, only on
+//! blocks a successful report drained unmerged; under `adaptive`, on any
+//! block every page of which a successful report drained and that has not
+//! left the free lists since (the policy keeps the flag through splits and
+//! merges of discarded memory).
 
 mod common;
 
@@ -96,6 +100,9 @@ struct Model {
     /// lists since (as far as the model can tell): the only blocks that may
     /// be Reported.
     may_be_reported: HashSet<(usize, Block)>,
+    /// Per page: a successful report drained it and it has not left the
+    /// free lists since (the host has it discarded).
+    discarded: Vec<Vec<bool>>,
     tun: Option<Tunables>,
 }
 
@@ -106,11 +113,26 @@ impl Model {
             self.pages[z][(pfn - base) as usize] = p;
         }
         if p != P::Free {
+            for pfn in b.pfn..b.pfn + b.pages() {
+                self.discarded[z][(pfn - base) as usize] = false;
+            }
             // Pages leaving the free lists drop any Reported block they are in.
             self.may_be_reported.retain(|(rz, rb)| {
                 *rz != z || rb.pfn + rb.pages() <= b.pfn || b.pfn + b.pages() <= rb.pfn
             });
         }
+    }
+
+    /// Has the host discarded every page of `b`?
+    fn all_discarded(&self, z: usize, b: Block) -> bool {
+        let base = self.zones[z].base_pfn;
+        (b.pfn..b.pfn + b.pages()).all(|pfn| self.discarded[z][(pfn - base) as usize])
+    }
+
+    /// Does the policy keep Reported only on blocks drained unmerged
+    /// (Linux's rule)?
+    fn linux_rule(&self) -> bool {
+        self.tun.is_none_or(|t| t.policy == Policy::Linux)
     }
 
     fn all(&self, z: usize, b: Block, p: P) -> bool {
@@ -196,8 +218,12 @@ fn check(c: &MemCore<'_>, m: &Model) {
             assert_eq!(*p, want, "pfn {pfn:#x} in zone {z}");
             if let BlockState::Free { reported: true } = s {
                 assert!(
-                    m.may_be_reported.contains(&(z, b)),
-                    "{b:?} Reported without a report"
+                    m.all_discarded(z, b),
+                    "{b:?} Reported, but not all of it was reported since it was last used"
+                );
+                assert!(
+                    !m.linux_rule() || m.may_be_reported.contains(&(z, b)),
+                    "{b:?} Reported without a report of it whole"
                 );
             }
             *counts
@@ -237,6 +263,10 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
         pages: zones
             .iter()
             .map(|z| vec![P::Free; z.pages as usize])
+            .collect(),
+        discarded: zones
+            .iter()
+            .map(|z| vec![false; z.pages as usize])
             .collect(),
         zones,
         allocs: Vec::new(),
@@ -302,6 +332,12 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 let acts = c.report_completed(id, ok).unwrap();
                 for b in &entries {
                     m.set(z, *b, P::Free);
+                    if ok {
+                        let base = m.zones[z].base_pfn;
+                        for pfn in b.pfn..b.pfn + b.pages() {
+                            m.discarded[z][(pfn - base) as usize] = true;
+                        }
+                    }
                 }
                 // A failed completion also returns the half-filled batch:
                 // every isolated page not in a batch still in flight is free.
@@ -337,10 +373,14 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                         if ok {
                             m.may_be_reported.insert((z, *b));
                         }
-                    } else {
+                    } else if m.linux_rule() {
                         // Merged (or, with in-flight > 1, taken by the pass
                         // again only if unreported): never Reported.
                         assert_ne!(s, BlockState::Free { reported: true });
+                    } else if let BlockState::Free { reported: true } = s {
+                        // Adaptive: a merged block is Reported only when the
+                        // host has discarded all of it.
+                        assert!(m.all_discarded(z, cb), "{cb:?} merged Reported");
                     }
                 }
                 // Later batches in this step's actions come from the

@@ -442,6 +442,11 @@ fn halt() -> ! {
 pub(crate) mod sys {
     use super::*;
 
+    /// QEMU backs guest RAM on first write, but what else writes the
+    /// regions before a PD runs (the DTB QEMU loads, SeaBIOS's tables on
+    /// x86_64) has not been checked page by page: assume touched.
+    pub(crate) const REGIONS_UNTOUCHED_AT_BOOT: bool = false;
+
     pub(crate) fn pd_name() -> &'static str {
         current_desc().map_or("bare", |d| d.name)
     }

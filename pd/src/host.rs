@@ -344,6 +344,10 @@ fn signal(fd: BorrowedFd<'_>) {
 pub(crate) mod sys {
     use super::*;
 
+    /// Every region is a fresh memfd: no page has memory behind it until
+    /// a PD writes it.
+    pub(crate) const REGIONS_UNTOUCHED_AT_BOOT: bool = true;
+
     pub(crate) fn pd_name() -> &'static str {
         STATE.get().map_or("pd", |s| s.name.as_str())
     }

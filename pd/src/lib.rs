@@ -110,6 +110,13 @@ pub fn pd_name() -> &'static str {
     sys::pd_name()
 }
 
+/// Does the platform hand the PDs their memory regions untouched, so that
+/// the host behind it backs none of their pages until a PD writes one?
+/// True on the host platform (fresh memfds); false under Microkit (seL4
+/// zeroes every frame of a region) and on the bare platform (QEMU's DTB
+/// and firmware may write RAM before the image runs).
+pub const REGIONS_UNTOUCHED_AT_BOOT: bool = sys::REGIONS_UNTOUCHED_AT_BOOT;
+
 /// Include the configuration module `sdf::build` generated for PD `$pd`:
 /// `mod config { pd::config!("memserver"); }`.
 #[macro_export]

@@ -8,6 +8,8 @@ use core::fmt;
 const NO_PLATFORM: &str =
     "pd: no platform backend (enable feature `host` or build for target_os = \"none\")";
 
+pub(crate) const REGIONS_UNTOUCHED_AT_BOOT: bool = false;
+
 pub(crate) fn pd_name() -> &'static str {
     "pd"
 }

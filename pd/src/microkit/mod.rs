@@ -188,6 +188,9 @@ fn invalid(what: &str, ch: usize) {
 pub(crate) mod sys {
     use super::*;
 
+    /// seL4 zeroes every frame it retypes for a region: all touched.
+    pub(crate) const REGIONS_UNTOUCHED_AT_BOOT: bool = false;
+
     pub(crate) fn pd_name() -> &'static str {
         super::pd_name()
     }
