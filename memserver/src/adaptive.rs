@@ -14,15 +14,15 @@
 //! it arms is its clock, and a pass's own duration is not counted, so the
 //! quiet time is never overestimated).
 //!
-//! 0. **Never behind Linux, unless it churns.** A zone that no rule below
-//!    reports is still walked Linux's way once per `delay_ns` of the
-//!    worker's timer (its *paced* clock, restarted by every walk of the
-//!    zone): from `reporting_order`, 1/`budget_divisor` of each free list,
-//!    not stopped by allocations. A workload whose size moves slowly (a
-//!    build) is busy at almost every look; without this floor it would
-//!    keep its freed memory longer than under Linux. Only a zone backed
-//!    off for churn (rule 2) waits longer: `delay_ns << backoff`.
-//!    Unlike Linux, the walk passes over blocks freed since the zone's
+//! 0. **Never behind Linux's pace.** A zone that no rule below reports is
+//!    still walked Linux's way once per `delay_ns` of the worker's timer
+//!    (its *paced* clock, restarted by every walk of the zone): from
+//!    `reporting_order`, 1/`budget_divisor` of each free list, not stopped
+//!    by allocations. A workload whose size moves slowly (a build) is busy
+//!    at almost every look; without this floor it would keep its freed
+//!    memory longer than under Linux. A zone backed off for churn (rule 2)
+//!    keeps this pace too: what the walk reports is cold (below), so
+//!    backing it off would only keep cold memory longer. Unlike Linux, the walk passes over blocks freed since the zone's
 //!    previous visit: the free path stamps each block with the worker's
 //!    epoch (a count of its looks, kept in a tail frame's unused links,
 //!    `meta.rs`), and a busy zone's freshest free blocks are the ones it
@@ -58,7 +58,7 @@
 //!    pages across an allocation: one subtract). A zone that takes more
 //!    than `busy_pages` of them back after a batch of it was sent, before
 //!    its needed time passed, doubles that time (`delay_ns << backoff`,
-//!    `backoff` up to `backoff_max`) for rules 0, 1 and 3; a report that
+//!    `backoff` up to `backoff_max`) for rules 1 and 3; a report that
 //!    sticks that long halves it again. Allocation as such is not churn:
 //!    a zone growing into memory that was never reported keeps its pace.
 //!    Linux has no such signal; the cost is bounded: a zone needs at most
@@ -72,12 +72,34 @@
 //!    notify order is `quiet_order`, still one compare), and the worker
 //!    keeps ticking while a zone above its watermark holds unreported
 //!    blocks, so nothing free is left behind.
+//! 4. **Know what the host holds, and reuse it first.** Linux's Reported
+//!    flag is lost whenever a block leaves its list: a split Reported
+//!    block's halves look resident, so the allocator hands them out as
+//!    readily as memory the guest just freed, and a workload faults
+//!    discarded memory back in while resident free memory waits (and is
+//!    reported again later, for nothing). Under this policy the flag means
+//!    "the host has discarded all of it" and stays exact where the core
+//!    can know it (`MemCore::take_block`, `merge_insert`, `drain`):
+//!    a split Reported block's halves stay Reported at their lists' tails;
+//!    a drained block whose buddies were all Reported is marked whole; and
+//!    when the fitting order has only Reported blocks at its head,
+//!    allocation splits the smallest larger unreported block, or takes its
+//!    own list's tail when that is a block merged with a discarded buddy
+//!    (partly resident), before it takes discarded memory. On a platform
+//!    that leaves RAM untouched at boot (the host platform,
+//!    `pd::REGIONS_UNTOUCHED_AT_BOOT`) every block starts Reported
+//!    (`MemCore::boot_memory_untouched`), so memory nobody has touched is
+//!    taken last too. A churning workload then keeps to the pages it has:
+//!    it faults in nothing after its first round.
 //!
-//! Safety is Linux's, unchanged: blocks are isolated and drained by the
-//! same code, so isolated blocks are never allocatable, drained blocks go
-//! back at the tail and are marked Reported only when unmerged, and a zone
-//! below its watermark is skipped. The policy only decides which zones and
-//! orders a pass visits and how many batches it may send.
+//! Safety is Linux's: blocks are isolated and drained by the same code, so
+//! isolated blocks are never allocatable, drained blocks go back at the
+//! tail, and a zone below its watermark is skipped. The Reported flag is
+//! only ever on free memory the host has discarded (rule 4 keeps more of
+//! it than Linux, never less precise: `memserver/tests/model.rs` checks it
+//! page by page). The policy decides which zones and orders a pass
+//! visits, how many batches it may send, and which free block an
+//! allocation takes.
 
 use crate::core::MemCore;
 use crate::{MAX_ORDER, MAX_ZONES, Tunables};
@@ -267,7 +289,7 @@ impl Ages {
         let q = a.quiet_ns;
         let need = self.need_ns(z, tun);
         if q < need {
-            if a.paced_ns >= need {
+            if a.paced_ns >= tun.delay_ns {
                 Plan::Paced
             } else {
                 Plan::Defer
