@@ -254,10 +254,10 @@ impl<'m> MemCore<'m> {
         Ok((core, acts))
     }
 
-    /// The platform leaves the zones' RAM untouched at boot (the host
-    /// platform's fresh memfds, QEMU's RAM on the bare platform; not
-    /// seL4, whose kernel zeroes every frame it hands out), so the host
-    /// backs none of it yet. Under the adaptive policy, flag every free
+    /// The platform leaves the zones' RAM untouched at boot
+    /// (`pd::REGIONS_UNTOUCHED_AT_BOOT`: the host platform's fresh memfds;
+    /// not seL4, whose kernel zeroes every frame it hands out, nor the bare
+    /// platform, unchecked), so the host backs none of it yet. Under the adaptive policy, flag every free
     /// block Reported, as a report would: allocation then knows the
     /// memory a guest freed (resident) from memory nobody has touched, and
     /// reuses the former first (`take_block`). Linux, the control, cannot
@@ -568,8 +568,9 @@ impl<'m> MemCore<'m> {
         let g = self.take_block(z, order, KIND_ALLOC, resident_first)?;
         let s = &mut self.zones[z].stats;
         s.allocated_pages += 1u64 << order;
-        // Reported pages the allocation took (a split block loses the
-        // flag whole, as in Linux): the adaptive policy's churn signal.
+        // Reported pages the allocation took: the adaptive policy's churn
+        // signal (under linux a split Reported block loses the flag whole;
+        // under adaptive only the allocated part does, `take_block`).
         let refaulted = reported - s.reported_pages;
         self.worker.ages.allocated(z, 1u64 << order, refaulted);
         Ok(self.zones[z].pfn(g))

@@ -113,13 +113,19 @@ impl Model {
             self.pages[z][(pfn - base) as usize] = p;
         }
         if p != P::Free {
-            for pfn in b.pfn..b.pfn + b.pages() {
-                self.discarded[z][(pfn - base) as usize] = false;
-            }
+            self.set_discarded(z, b, false);
             // Pages leaving the free lists drop any Reported block they are in.
             self.may_be_reported.retain(|(rz, rb)| {
                 *rz != z || rb.pfn + rb.pages() <= b.pfn || b.pfn + b.pages() <= rb.pfn
             });
+        }
+    }
+
+    /// Record whether the host has discarded the pages of `b`.
+    fn set_discarded(&mut self, z: usize, b: Block, discarded: bool) {
+        let base = self.zones[z].base_pfn;
+        for pfn in b.pfn..b.pfn + b.pages() {
+            self.discarded[z][(pfn - base) as usize] = discarded;
         }
     }
 
@@ -333,10 +339,7 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
                 for b in &entries {
                     m.set(z, *b, P::Free);
                     if ok {
-                        let base = m.zones[z].base_pfn;
-                        for pfn in b.pfn..b.pfn + b.pages() {
-                            m.discarded[z][(pfn - base) as usize] = true;
-                        }
+                        m.set_discarded(z, *b, true);
                     }
                 }
                 // A failed completion also returns the half-filled batch:

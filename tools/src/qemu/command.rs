@@ -157,6 +157,14 @@ pub fn command(cfg: &QemuConfig) -> Command {
 mod tests {
     use super::*;
 
+    /// The command's arguments, as one line.
+    fn args_line(c: &std::process::Command) -> String {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn command_lines_follow_the_verified_ones() {
         let cfg = QemuConfig {
@@ -173,11 +181,7 @@ mod tests {
             qmp: "/t/q.sock".into(),
             extra: vec![],
         };
-        let args: Vec<String> = command(&cfg)
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = args.join(" ");
+        let line = args_line(&command(&cfg));
         assert!(line.contains("-machine virt,virtualization=on -cpu cortex-a53 -m 2048M"));
         assert!(line.contains("-device loader,file=/b/loader.img,addr=0x70000000,cpu-num=0"));
         assert!(line.contains("-global virtio-mmio.force-legacy=false -device virtio-balloon-device,id=balloon0,free-page-reporting=on"));
@@ -192,11 +196,7 @@ mod tests {
         };
         let c = command(&x86);
         assert_eq!(c.get_program(), "qemu-system-x86_64");
-        let line: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = line.join(" ");
+        let line = args_line(&c);
         assert!(line.contains("-kernel /b/sel4_32.elf -initrd /b/loader.img"));
         assert!(line.contains("-device virtio-balloon-pci,id=balloon0,free-page-reporting=on"));
         assert!(!line.contains("force-legacy"));
@@ -215,11 +215,7 @@ mod tests {
             qmp: "/t/a,b/q.sock".into(),
             extra: vec![],
         };
-        let line: Vec<String> = command(&cfg)
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = line.join(" ");
+        let line = args_line(&command(&cfg));
         assert!(
             line.contains("loader,file=/b/policy=linux,,delay_ms=250/loader.img,addr="),
             "{line}"
