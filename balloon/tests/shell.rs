@@ -1168,8 +1168,10 @@ fn more_to_inflate_resumes_a_stalled_inflate() {
 }
 
 /// A release window: every ballooned block inside it leaves the device and
-/// goes back in one `Deflate`; blocks outside stay; an empty window is
-/// answered with an empty `Deflate`, so the memserver never waits forever.
+/// goes back in one `Released`; blocks outside stay; an empty window is
+/// answered with an empty `Released`, so the memserver never waits forever.
+/// The host's own deflate that follows is a `Deflate`: the memserver must
+/// not take it for the answer to a release.
 #[test]
 fn a_release_gives_back_exactly_the_blocks_in_its_window() {
     let mut r = raw();
@@ -1192,8 +1194,8 @@ fn a_release_gives_back_exactly_the_blocks_in_its_window() {
         first_pfn: 0x40000,
         end_pfn: 0x40400,
     });
-    let FromBalloon::Deflate { req, blocks } = r.until_message() else {
-        panic!("no deflate for the release");
+    let FromBalloon::Released { req, blocks } = r.until_message() else {
+        panic!("no answer to the release");
     };
     let mut got: Vec<Block> = blocks.to_vec();
     got.sort_by_key(|b| b.pfn);
@@ -1219,7 +1221,7 @@ fn a_release_gives_back_exactly_the_blocks_in_its_window() {
         first_pfn: 0x40000,
         end_pfn: 0x40400,
     });
-    let FromBalloon::Deflate { req, blocks } = r.until_message() else {
+    let FromBalloon::Released { req, blocks } = r.until_message() else {
         panic!("no answer to an empty release");
     };
     assert!(blocks.is_empty());
@@ -1227,4 +1229,15 @@ fn a_release_gives_back_exactly_the_blocks_in_its_window() {
     r.run_for(2);
     assert_eq!(r.pd.ballooned_pages(), 1024);
     assert_eq!(r.pd.counters().releases, 2);
+    // The host wants its memory back: a deflate, not a release's answer.
+    r.d.dev.set_target(0);
+    let FromBalloon::Deflate { req, blocks } = r.until_message() else {
+        panic!("no deflate for the host's target");
+    };
+    let mut got: Vec<Block> = blocks.to_vec();
+    got.sort_by_key(|b| b.pfn);
+    assert_eq!(got, batch(0x40400, 2).to_vec());
+    r.send(&ToBalloon::Deflated { req, pages: 1024 });
+    r.run_for(2);
+    assert_eq!(r.pd.ballooned_pages(), 0);
 }

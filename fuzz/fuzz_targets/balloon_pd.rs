@@ -166,8 +166,11 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 // The memserver reads the balloon's messages.
                 while let Ok(Some(n)) = from.pop(&mut buf) {
-                    if let Ok(FromBalloon::Inflate { req, .. } | FromBalloon::Deflate { req, .. }) =
-                        api::decode_from_balloon(&buf[..n])
+                    if let Ok(
+                        FromBalloon::Inflate { req, .. }
+                        | FromBalloon::Deflate { req, .. }
+                        | FromBalloon::Released { req, .. },
+                    ) = api::decode_from_balloon(&buf[..n])
                     {
                         reqs.push(req);
                     }

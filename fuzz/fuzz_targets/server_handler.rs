@@ -237,9 +237,12 @@ fuzz_target!(|data: &[u8]| {
                             };
                             let _ = v.push(b);
                         }
-                        FromBalloon::Deflate {
-                            req: input.u32(),
-                            blocks: v,
+                        // A host's deflate, or the answer to a release.
+                        let req = input.u32();
+                        if a & 0x20 != 0 {
+                            FromBalloon::Released { req, blocks: v }
+                        } else {
+                            FromBalloon::Deflate { req, blocks: v }
                         }
                     }
                     3 => FromBalloon::StatsRequest,

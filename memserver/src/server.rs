@@ -494,8 +494,9 @@ impl<'a, 'm> Server<'a, 'm> {
             }
             Ok(FromBalloon::Deflate { req, blocks }) => {
                 self.reclaim_asked = false;
-                self.deflate(req, &blocks);
+                self.deflate(req, &blocks, false);
             }
+            Ok(FromBalloon::Released { req, blocks }) => self.deflate(req, &blocks, true),
             Ok(FromBalloon::StatsRequest) => {
                 let s = self.mem_stats();
                 let _ = self.send_balloon(&ToBalloon::Stats(s));
@@ -595,8 +596,9 @@ impl<'a, 'm> Server<'a, 'm> {
         let _ = self.send_balloon(&ToBalloon::Inflated { req, blocks, last });
     }
 
-    /// Deflate: all or nothing, so a bad entry changes nothing.
-    fn deflate(&mut self, req: u32, blocks: &[api::Block]) {
+    /// Deflate (`released`: the answer to a [`ToBalloon::Release`], not the
+    /// host's deflate): all or nothing, so a bad entry changes nothing.
+    fn deflate(&mut self, req: u32, blocks: &[api::Block], released: bool) {
         for (i, b) in blocks.iter().enumerate() {
             // The range must be an aligned part of one ballooned block (or
             // pages of a VM the outer balloon holds), and no two entries
@@ -612,7 +614,7 @@ impl<'a, 'm> Server<'a, 'm> {
                 return self.refuse(Some(req), RefuseReason::NotBallooned);
             }
         }
-        let mut pages = self.vm_returned(blocks);
+        let mut pages = self.vm_returned(blocks, released);
         let mut acts = Actions::default();
         for b in blocks {
             let Some(z) = self.core.zone_of(b.pfn) else {

@@ -35,10 +35,17 @@ fn in_vm(b: &Block) -> bool {
 
 /// Inflate the outer balloon past what the native zone has: the VM is
 /// asked for the rest, its pages go to the balloon when it asks again.
+/// The VM's blocks the balloon got.
 fn inflate_into_the_vm(s: &mut Sys, vm_pages: u64) -> Vec<Block> {
+    inflate_native_and_vm(s, vm_pages).1
+}
+
+/// As [`inflate_into_the_vm`]: the native blocks and the VM's.
+fn inflate_native_and_vm(s: &mut Sys, vm_pages: u64) -> (Vec<Block>, Vec<Block>) {
     let native_free = s.server.core().stats().free_pages;
     let want = native_free + vm_pages;
     let mut got = 0;
+    let mut native = Vec::new();
     let mut req = 1;
     // The native zone first (a message holds at most 32 blocks).
     loop {
@@ -51,6 +58,7 @@ fn inflate_into_the_vm(s: &mut Sys, vm_pages: u64) -> Vec<Block> {
         let (blocks, last) = inflated(&msgs);
         assert!(blocks.iter().all(|b| !in_vm(b)), "the VM gave nothing yet");
         got += blocks.iter().map(Block::pages).sum::<u64>();
+        native.extend(blocks.iter().copied());
         if last || blocks.is_empty() {
             break;
         }
@@ -91,7 +99,7 @@ fn inflate_into_the_vm(s: &mut Sys, vm_pages: u64) -> Vec<Block> {
     assert!(last);
     assert!(blocks.iter().all(in_vm));
     assert_eq!(blocks.iter().map(Block::pages).sum::<u64>(), vm_pages);
-    blocks
+    (native, blocks)
 }
 
 #[test]
@@ -161,7 +169,7 @@ fn an_outer_deflate_lowers_the_vms_target_and_owed_pages_are_released_first() {
         (768, 512, 256)
     );
     // The balloon releases what it holds in the window: pages 0..512.
-    s.balloon(FromBalloon::Deflate {
+    s.balloon(FromBalloon::Released {
         req: 51,
         blocks: [Block {
             pfn: VM.pfn,
@@ -215,13 +223,71 @@ fn a_release_the_balloon_answers_empty_forgets_the_window() {
         s.balloon_got().as_slice(),
         [ToBalloon::Release { .. }]
     ));
-    s.balloon(FromBalloon::Deflate {
+    s.balloon(FromBalloon::Released {
         req: 60,
         blocks: heapless::Vec::new(),
     });
     assert_eq!(s.answers(), [ToVmm::DeflateDone { id: 4 }]);
     let b = s.server.vm_balloon().unwrap();
     assert_eq!((b.passed_pages(), b.counters.forgotten_pages), (0, 256));
+    b.check_invariants().unwrap();
+}
+
+/// The host's deflate of native blocks that comes while a release is out
+/// is not its answer (seen on seL4: taken for an empty answer, it made the
+/// server forget the window's pages the balloon still held, and the real
+/// answer was refused as "not in the balloon").
+#[test]
+fn a_hosts_deflate_while_a_release_is_out_is_not_its_answer() {
+    let mut s = sys(true);
+    let (native, _) = inflate_native_and_vm(&mut s, 256);
+    s.vmm(&FromVmm::Deflated {
+        id: 5,
+        ranges: ranges(&[(0, 16)]),
+    });
+    let [ToBalloon::Release { first_pfn, end_pfn }] = s.balloon_got()[..] else {
+        panic!("no release");
+    };
+    // The host lowers its target: a native block comes back first.
+    let first = native[0];
+    s.balloon(FromBalloon::Deflate {
+        req: 70,
+        blocks: [first].into_iter().collect(),
+    });
+    assert_eq!(
+        s.balloon_got(),
+        [ToBalloon::Deflated {
+            req: 70,
+            pages: first.pages() as u32
+        }]
+    );
+    assert!(s.answers().is_empty(), "the VM's deflate still waits");
+    let b = s.server.vm_balloon().unwrap();
+    assert_eq!(
+        (b.passed_pages(), b.counters.forgotten_pages),
+        (256, 0),
+        "the window's pages are still the balloon's"
+    );
+    // The answer: the VM's block in the window, accepted.
+    let vm_block = Block {
+        pfn: VM.pfn,
+        order: 8,
+    };
+    assert!(vm_block.pfn >= first_pfn && vm_block.pfn + vm_block.pages() <= end_pfn);
+    s.balloon(FromBalloon::Released {
+        req: 71,
+        blocks: [vm_block].into_iter().collect(),
+    });
+    assert_eq!(
+        s.balloon_got(),
+        [ToBalloon::Deflated {
+            req: 71,
+            pages: 256
+        }]
+    );
+    assert_eq!(s.answers(), [ToVmm::DeflateDone { id: 5 }]);
+    let b = s.server.vm_balloon().unwrap();
+    assert_eq!((b.passed_pages(), b.owed_pages()), (0, 0));
     b.check_invariants().unwrap();
 }
 

@@ -38,6 +38,9 @@ pub(super) struct Deflation {
     pub(super) sent: bool,
     /// Why the host is told (the balloon target, or the guest's OOM).
     pub(super) reason: DeflateReason,
+    /// It answers the memserver's `Release` of a window: said as
+    /// `Released`, not as the host's `Deflate`.
+    pub(super) release: bool,
 }
 
 /// A block the inflate/deflate queues can carry: valid, with le32 PFNs.
@@ -225,6 +228,10 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             if !self.start_deflate(pages, DeflateReason::Target, Some((first, end))) {
                 self.begin_deflation(Vec::new(), 0, DeflateReason::Target);
             }
+            // The message is built when it is sent (`flush`).
+            if let Some(d) = self.deflation.as_mut() {
+                d.release = true;
+            }
             return;
         }
         if self.oom_pages > 0 && !self.ballooned.is_empty() {
@@ -337,6 +344,7 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             queued: false,
             sent: false,
             reason,
+            release: false,
         });
         self.pump_deflate();
     }

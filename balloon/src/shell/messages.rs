@@ -156,9 +156,11 @@ impl<'a, H: Hal, T: Transport> BalloonPd<'a, H, T> {
             } else if let (true, Some((req, pages))) = (self.ask_queued, self.ask) {
                 FromBalloon::Inflate { req, pages }
             } else if let Some(d) = self.deflation.as_ref().filter(|d| d.queued) {
-                FromBalloon::Deflate {
-                    req: d.req,
-                    blocks: d.blocks.clone(),
+                let (req, blocks) = (d.req, d.blocks.clone());
+                if d.release {
+                    FromBalloon::Released { req, blocks }
+                } else {
+                    FromBalloon::Deflate { req, blocks }
                 }
             } else if self.stats_queued {
                 FromBalloon::StatsRequest

@@ -411,6 +411,17 @@ pub enum FromBalloon {
         /// linux, 1 adaptive).
         value: u64,
     },
+    /// The answer to [`ToBalloon::Release`]: the ballooned blocks of its
+    /// window, off the device (none when the balloon held none there).
+    /// Answered as a [`FromBalloon::Deflate`] is; unlike one, it is not the
+    /// host's deflate, and it tells the memserver what the balloon no
+    /// longer holds in the window.
+    Released {
+        /// Request id, echoed by the answer.
+        req: u32,
+        /// Blocks previously sent in [`ToBalloon::Inflated`].
+        blocks: Vec<Block, BATCH>,
+    },
 }
 
 /// A reporting tunable, by the name the memserver's command line uses
@@ -714,7 +725,7 @@ impl sealed::Sealed for FromBalloon {}
 impl Message for FromBalloon {
     fn check(&self) -> Result<(), RangeError> {
         match self {
-            Self::Deflate { blocks, .. } => check_blocks(blocks),
+            Self::Deflate { blocks, .. } | Self::Released { blocks, .. } => check_blocks(blocks),
             Self::ReportDone { .. }
             | Self::Inflate { .. }
             | Self::StatsRequest

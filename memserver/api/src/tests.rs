@@ -144,6 +144,7 @@ fn from_balloon() -> impl Strategy<Value = FromBalloon> {
         (any::<u32>(), any::<bool>()).prop_map(|(batch, ok)| FromBalloon::ReportDone { batch, ok }),
         (any::<u32>(), any::<u32>()).prop_map(|(req, pages)| FromBalloon::Inflate { req, pages }),
         (any::<u32>(), blocks()).prop_map(|(req, blocks)| FromBalloon::Deflate { req, blocks }),
+        (any::<u32>(), blocks()).prop_map(|(req, blocks)| FromBalloon::Released { req, blocks }),
         Just(FromBalloon::StatsRequest),
         Just(FromBalloon::DeviceReset),
         any::<u16>().prop_map(|report_capacity| FromBalloon::DeviceLimits { report_capacity }),
@@ -370,6 +371,10 @@ fn largest_messages_fit_a_slot() {
             pages: u32::MAX,
         },
         FromBalloon::Deflate {
+            req: u32::MAX,
+            blocks: full_batch(),
+        },
+        FromBalloon::Released {
             req: u32::MAX,
             blocks: full_batch(),
         },

@@ -424,23 +424,19 @@ impl<'a> Server<'a, '_> {
     }
 
     /// The outer balloon returned `blocks` of the VM (each checked with
-    /// [`Server::vm_can_return`]): the VM's target follows, and owed pages
-    /// are asked for again while some remain. Returns the pages.
-    pub(super) fn vm_returned(&mut self, blocks: &[Block]) -> u64 {
+    /// [`Server::vm_can_return`]), as the answer to the release out when
+    /// `released`, else for the host's target: the VM's target follows,
+    /// and owed pages are asked for again while some remain. Returns the
+    /// pages.
+    ///
+    /// Only a `Released` answers the release: a host's deflate that comes
+    /// meanwhile, even one of no page of the VM, says nothing of what the
+    /// balloon holds in the window.
+    pub(super) fn vm_returned(&mut self, blocks: &[Block], released: bool) -> u64 {
         let Some(l) = self.vmm.as_mut() else { return 0 };
         let Some(b) = l.balloon.as_mut() else {
             return 0;
         };
-        let zone = b.zone();
-        let in_vm = |blk: &&Block| blk.pfn >= zone.pfn && blk.pfn < zone.pfn + zone.pages;
-        // The answer to the release out: every block of the VM in it lies
-        // in its window (the balloon picks only those).
-        let release = l.release_out.filter(|w| {
-            blocks
-                .iter()
-                .filter(in_vm)
-                .all(|blk| blk.pfn >= w.pfn && blk.pfn + blk.pages() <= w.pfn + w.pages)
-        });
         let mut pages = 0;
         for blk in blocks {
             if b.can_return(blk) {
@@ -448,8 +444,8 @@ impl<'a> Server<'a, '_> {
                 pages += blk.pages();
             }
         }
-        match release {
-            Some(w) => {
+        match (released, l.release_out) {
+            (true, Some(w)) => {
                 l.release_out = None;
                 if pages == 0 {
                     // The balloon holds nothing there (it answers a
@@ -459,14 +455,16 @@ impl<'a> Server<'a, '_> {
                     b.forget_passed(&w);
                 }
             }
-            None if pages > 0 => {
+            (false, _) if pages > 0 => {
                 // A deflate for the host's target: the VM keeps in its
                 // balloon only what the outer one still holds.
                 if let Some(t) = b.settle() {
                     l.target_out = Some(t);
                 }
             }
-            None => {}
+            // Nothing of the VM's, or a `Released` with no release out
+            // (its pages, checked, are back; nothing else follows).
+            _ => {}
         }
         self.vm_finish_deflates();
         self.flush_vmm_notices();
