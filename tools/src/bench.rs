@@ -17,7 +17,7 @@
 use crate::demo::DemoReport;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -290,11 +290,23 @@ pub const QEMU_FRAGMENTED: &str = "pattern=fragmented,mib=256,hold_ms=15000,live
 /// of its 512, 4 times faster than recorded.
 pub const QEMU_TRACE: &str = "pattern=trace,mib=384,live_mib=8,hold_ms=2000,speed=4";
 
+/// The workload of the latency runs in QEMU (issue 15): one guest of
+/// 1 GiB ([`QEMU_LATENCY_SYSTEM`]) touches all of it, holds 2 s and frees
+/// it, as each guest of the host platform's latency scenario does
+/// ([`crate::policy_bench`]).
+pub const QEMU_LATENCY: &str = "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0";
+
+/// The description of the latency runs, in the workspace: a QEMU board of
+/// 2 GiB holds one 1 GiB guest, not two.
+pub const QEMU_LATENCY_SYSTEM: &str = "tools/systems/qemu-1g.xml";
+
 /// What the guests of a QEMU run do, built into its image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QemuWorkload {
     /// Their default: free 256 MiB each in 4 MiB blocks.
     Bulk,
+    /// [`QEMU_LATENCY`], on [`QEMU_LATENCY_SYSTEM`].
+    Latency,
     /// [`QEMU_FRAGMENTED`].
     Fragmented,
     /// [`QEMU_TRACE`].
@@ -307,6 +319,7 @@ impl QemuWorkload {
     pub fn label(self) -> &'static str {
         match self {
             QemuWorkload::Bulk => "",
+            QemuWorkload::Latency => ", 1 GiB",
             QemuWorkload::Fragmented => ", fragmented",
             QemuWorkload::Trace => ", trace",
         }
@@ -315,6 +328,7 @@ impl QemuWorkload {
     pub fn dir_suffix(self) -> &'static str {
         match self {
             QemuWorkload::Bulk => "",
+            QemuWorkload::Latency => "-1g",
             QemuWorkload::Fragmented => "-fragmented",
             QemuWorkload::Trace => "-trace",
         }
@@ -324,8 +338,17 @@ impl QemuWorkload {
     pub fn guest_params(self) -> Option<&'static str> {
         match self {
             QemuWorkload::Bulk => None,
+            QemuWorkload::Latency => Some(QEMU_LATENCY),
             QemuWorkload::Fragmented => Some(QEMU_FRAGMENTED),
             QemuWorkload::Trace => Some(QEMU_TRACE),
+        }
+    }
+
+    /// The description it runs, in the workspace.
+    pub fn system(self) -> &'static str {
+        match self {
+            QemuWorkload::Latency => QEMU_LATENCY_SYSTEM,
+            _ => "system.xml",
         }
     }
 }
@@ -450,6 +473,28 @@ impl ChurnRuns {
     }
 }
 
+/// The host's memory over one QEMU run, one line of its scenario's plot.
+#[derive(Debug, Clone)]
+pub struct MemoryRun {
+    /// The plot it belongs to: platform and workload, without the policy
+    /// (`bare aarch64-unknown-none, trace`).
+    pub scenario: String,
+    /// Its line's label: the policy, or `off` (reporting off).
+    pub variant: String,
+    pub timeline: crate::timeline::Timeline,
+}
+
+/// The file name of `scenario`'s plot: `qemu-` and its words in lower
+/// case, joined by `-` (`qemu-bare-aarch64-unknown-none-trace.svg`).
+pub fn memory_plot_name(scenario: &str) -> String {
+    let words: Vec<String> = scenario
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    format!("qemu-{}.svg", words.join("-"))
+}
+
 /// Everything one `tools bench` measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -468,6 +513,9 @@ pub struct Results {
     /// And with the trace and the churn workloads.
     pub trace: Vec<TraceRun>,
     pub churn: Vec<ChurnRuns>,
+    /// The host's memory over time of the QEMU runs, for the plots of each
+    /// scenario with its policies side by side ([`Results::plot_memory`]).
+    pub memory: Vec<MemoryRun>,
     /// Errors of parts that did not run through.
     pub errors: Vec<String>,
 }
@@ -729,6 +777,39 @@ impl Results {
             },
             "errors": self.errors,
         })
+    }
+
+    /// One SVG in `dir` per scenario of [`Results::memory`] that ran with
+    /// more than one variant: the host's memory over time, a line each
+    /// ([`crate::policy_bench::plot_policies`]). The paths written, in the
+    /// order the scenarios first ran.
+    pub fn plot_memory(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut scenarios: Vec<&str> = Vec::new();
+        for m in &self.memory {
+            if !scenarios.contains(&m.scenario.as_str()) {
+                scenarios.push(&m.scenario);
+            }
+        }
+        let mut written = Vec::new();
+        for scenario in scenarios {
+            let runs: Vec<(&str, &crate::timeline::Timeline)> = self
+                .memory
+                .iter()
+                .filter(|m| m.scenario == scenario)
+                .map(|m| (m.variant.as_str(), &m.timeline))
+                .collect();
+            if runs.len() < 2 {
+                continue;
+            }
+            let path = dir.join(memory_plot_name(scenario));
+            crate::policy_bench::plot_policies(
+                &path,
+                &format!("tools bench: QEMU's memory, {scenario}"),
+                &runs,
+            )?;
+            written.push(path);
+        }
+        Ok(written)
     }
 
     /// One SVG: allocator throughput (left) and time to 90 % back per
@@ -1039,6 +1120,7 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
                 ],
             }],
             errors: vec!["report: cargo bench failed".into()],
+            memory: Vec::new(),
         };
         let md = r.markdown();
         assert!(
@@ -1084,6 +1166,55 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.contains("allocator: best of interleaved rounds"));
         assert!(text.contains("cap 32 x 1 in flight"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A run of `variant` in `scenario` whose host held `mib` MiB, a sample
+    /// a second.
+    fn memory_run(scenario: &str, variant: &str, mib: &[u64]) -> MemoryRun {
+        use crate::timeline::{Sample, Timeline};
+        let mut timeline = Timeline::new();
+        for (i, &m) in mib.iter().enumerate() {
+            timeline.push(Sample {
+                t: Duration::from_secs(i as u64),
+                host: m << 20,
+                guest: None,
+                reported: None,
+            });
+        }
+        MemoryRun {
+            scenario: scenario.into(),
+            variant: variant.into(),
+            timeline,
+        }
+    }
+
+    #[test]
+    fn memory_plots_put_the_policies_of_a_scenario_side_by_side() {
+        assert_eq!(
+            memory_plot_name("seL4 qemu_virt_aarch64 release, trace"),
+            "qemu-sel4-qemu_virt_aarch64-release-trace.svg"
+        );
+        let r = Results {
+            memory: vec![
+                memory_run("bare aarch64, trace", "adaptive", &[600, 300, 100]),
+                memory_run("seL4 qemu_virt_aarch64 debug", "adaptive", &[500, 90]),
+                memory_run("bare aarch64, trace", "linux", &[600, 500, 400]),
+            ],
+            ..Results::default()
+        };
+        let dir = std::env::temp_dir().join(format!("bench-memory-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The seL4 scenario ran with one policy only: no plot of it.
+        let written = r.plot_memory(&dir).unwrap();
+        assert_eq!(written, vec![dir.join("qemu-bare-aarch64-trace.svg")]);
+        let text = std::fs::read_to_string(&written[0]).unwrap();
+        assert!(text.contains("memory, bare aarch64, trace"), "{text}");
+        assert!(
+            text.contains("\nadaptive\n") && text.contains("\nlinux\n"),
+            "{text}"
+        );
+        assert!(!dir.join("qemu-sel4-qemu_virt_aarch64-debug.svg").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -348,7 +348,7 @@ pub fn run(
 }
 
 /// Host memory over time of each policy's run, one line each.
-fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Result<(), String> {
+pub fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;

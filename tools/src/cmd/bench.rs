@@ -1,6 +1,7 @@
 //! `tools bench`: run the project's benchmarks and show the figures (see
 //! `tools::bench`): tables on stdout and in `summary.md`, `summary.json`,
-//! and a plot, `bench.svg`, in `--out`.
+//! and plots in `--out`: `bench.svg`, the host's memory under each policy
+//! (`policy-*.svg`, `qemu-*.svg`).
 //!
 //! Exit status: 0 when every part ran (and each reclaim run got at least
 //! 90 % back), 1 when a part failed, 2 on bad arguments.
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tools::bare;
-use tools::bench::QemuWorkload::{self, Bulk, Fragmented, Trace};
+use tools::bench::QemuWorkload::{self, Bulk, Fragmented, Latency, Trace};
 use tools::bench::{self, PlatformRun, ReclaimPoint, ReclaimRun, Results, Tunables};
 use tools::demo::{self, DemoConfig};
 use tools::image::{self, Board, ImageSpec, KernelConfig};
@@ -275,20 +276,35 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 /// both arches, then seL4 on both boards in both kernel configs (skipped,
 /// and said, without an SDK), each also with Linux's policy built in (seL4:
 /// release). One run each; the runs are the tests' runs (`tools::bare`,
-/// `tools::sel4`), measured the same way. Then the fragmented workload
-/// ([`bench::QEMU_FRAGMENTED`]) on the bare platform and seL4 release, both
-/// policies side by side. Last the churn workload ([`bench::QEMU_CHURN`])
-/// against reporting off, on the bare platform and seL4 release, aarch64.
+/// `tools::sel4`), measured the same way. Then 1 GiB freed by one guest
+/// ([`bench::QEMU_LATENCY`], on its own description), the fragmented
+/// ([`bench::QEMU_FRAGMENTED`]) and the trace ([`bench::QEMU_TRACE`])
+/// workloads, on the bare platform and seL4 release, both policies side by
+/// side. Last the churn workload ([`bench::QEMU_CHURN`]) against reporting
+/// off, on the bare platform and seL4 release, aarch64.
 fn in_qemu(r: &mut Results) -> Result<(), String> {
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
     // Each image with the default (adaptive) policy, then with Linux's
     // rules built in (`--tunables policy=linux`), side by side; each run
     // in a dir of its own (`<name><suffix>`).
+    // The plots of the host's memory put each run beside the others of its
+    // scenario (`r.memory`), labelled by policy.
     const LINUX: (&str, &str, Option<&str>) = (", policy linux", "-linux", Some("policy=linux"));
     const POLICIES: [(&str, &str, Option<&str>); 2] = [("", "", None), LINUX];
-    let xml = bare::description(&workspace(), bare::Variant::System).map_err(|e| e.to_string())?;
-    for workload in [Bulk, Fragmented, Trace] {
+    let policy = |tunables: Option<&str>| {
+        if tunables.is_some() {
+            "linux"
+        } else {
+            "adaptive"
+        }
+    };
+    let description = |workload: QemuWorkload| {
+        bare::description_of(&workspace().join(workload.system()), bare::Variant::System)
+            .map_err(|e| e.to_string())
+    };
+    for workload in [Bulk, Latency, Fragmented, Trace] {
+        let xml = description(workload)?;
         for arch in [Arch::Aarch64, Arch::X86_64] {
             for (label, suffix, tunables) in POLICIES {
                 let name = format!("bare {}{label}{}", bare::target(arch), workload.label());
@@ -308,12 +324,14 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 if let Err(e) = bare::verdict(&report, sel4::FRACTION) {
                     failures.push(format!("{name}: {e}"));
                 }
-                record(r, &name, &report, workload);
+                let scenario = format!("bare {}{}", bare::target(arch), workload.label());
+                record(r, &name, &report, workload, (&scenario, policy(tunables)));
             }
         }
     }
     let arch = Arch::Aarch64;
     let platform = format!("bare {}", bare::target(arch));
+    let xml = description(Bulk)?;
     let churn = churn_runs(
         &platform,
         &mut |variant, tunables| {
@@ -325,6 +343,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             bare_run(&dir, arch, &xml, &built_in)
         },
         &mut failures,
+        &mut r.memory,
     )?;
     r.churn.push(churn);
     let sdk = match image::sdk_from_env() {
@@ -343,11 +362,13 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             (board, KernelConfig::Release, LINUX, Bulk),
         ]
     });
-    let other_runs = [Fragmented, Trace].into_iter().flat_map(|workload| {
-        Board::ALL.into_iter().flat_map(move |board| {
-            POLICIES.map(|policy| (board, KernelConfig::Release, policy, workload))
-        })
-    });
+    let other_runs = [Latency, Fragmented, Trace]
+        .into_iter()
+        .flat_map(|workload| {
+            Board::ALL.into_iter().flat_map(move |board| {
+                POLICIES.map(|policy| (board, KernelConfig::Release, policy, workload))
+            })
+        });
     for (board, config, (label, suffix, tunables), workload) in runs.chain(other_runs) {
         let name = format!("seL4 {board} {config}{label}{}", workload.label());
         eprintln!("bench: {name}: building and booting");
@@ -359,14 +380,15 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
             tunables: tunables.map(String::from),
             guest_params: workload.guest_params().map(String::from),
         };
-        let img = sel4_image(&sdk, board, config, &dir, built_in)?;
+        let img = sel4_image(&sdk, board, config, workload.system(), &dir, built_in)?;
         let cfg = sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))?;
         let report =
             qemu::run(&cfg, &mut |l| eprintln!("  {name}| {l}")).map_err(|e| e.to_string())?;
         if let Err(e) = sel4::verdict(&img, Sel4Run::Reporting, &report) {
             failures.push(format!("{name}: {e}"));
         }
-        record(r, &name, &report, workload);
+        let scenario = format!("seL4 {board} {config}{}", workload.label());
+        record(r, &name, &report, workload, (&scenario, policy(tunables)));
     }
     let (board, config) = (Board::QemuVirtAarch64, KernelConfig::Release);
     let churn = churn_runs(
@@ -377,10 +399,11 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
                 tunables: Some(tunables.into()),
                 guest_params: Some(bench::QEMU_CHURN.into()),
             };
-            let img = sel4_image(&sdk, board, config, &dir, built_in)?;
+            let img = sel4_image(&sdk, board, config, Bulk.system(), &dir, built_in)?;
             sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))
         },
         &mut failures,
+        &mut r.memory,
     )?;
     r.churn.push(churn);
     finish(failures)
@@ -420,19 +443,20 @@ fn bare_run(
     ))
 }
 
-/// Build the Microkit image of system.xml for `board` in `config` with
-/// `built_in` into `dir`.
+/// Build the Microkit image of `system` (in the workspace) for `board` in
+/// `config` with `built_in` into `dir`.
 fn sel4_image(
     sdk: &Path,
     board: Board,
     config: KernelConfig,
+    system: &str,
     dir: &Path,
     built_in: BuiltIn,
 ) -> Result<image::Image, String> {
     image::build(&ImageSpec {
         board,
         config,
-        system: workspace().join("system.xml"),
+        system: workspace().join(system),
         sdk: sdk.to_path_buf(),
         workspace: workspace(),
         target_dir: tools::pd_build::target_dir(&target_dir()),
@@ -447,11 +471,13 @@ fn sel4_image(
 /// [`bench::QEMU_CHURN_VARIANTS`] built once (`build` makes its image and
 /// gives its run's config), then run [`bench::QEMU_CHURN_RUNS`] times,
 /// taking turns. A run whose guests did not verify, or that failed, adds to
-/// `failures` instead of to the figures.
+/// `failures` instead of to the figures. The first good run of each variant
+/// goes to `memory`, for the scenario's plot.
 fn churn_runs(
     platform: &str,
     build: &mut dyn FnMut(&str, &str) -> Result<qemu::RunConfig, String>,
     failures: &mut Vec<String>,
+    memory: &mut Vec<bench::MemoryRun>,
 ) -> Result<bench::ChurnRuns, String> {
     let mut configs = Vec::new();
     for (variant, tunables) in bench::QEMU_CHURN_VARIANTS {
@@ -484,6 +510,13 @@ fn churn_runs(
             match (bad, o.workload_time()) {
                 (None, Some(t)) => {
                     eprintln!("bench: {name}: {:.2} s", t.as_secs_f64());
+                    if times[k].1.is_empty() {
+                        memory.push(bench::MemoryRun {
+                            scenario: format!("{platform}, churn"),
+                            variant: variant.to_string(),
+                            timeline: report.timeline.clone(),
+                        });
+                    }
                     times[k].1.push(t.as_secs_f64());
                 }
                 (bad, _) => failures.push(format!(
@@ -499,8 +532,20 @@ fn churn_runs(
     })
 }
 
-/// Add run `report` of `workload` to its table of QEMU runs in `r`.
-fn record(r: &mut Results, name: &str, report: &qemu::RunReport, workload: QemuWorkload) {
+/// Add run `report` of `workload` to its table of QEMU runs in `r`, and its
+/// timeline to the plot of `scenario`, labelled `variant`.
+fn record(
+    r: &mut Results,
+    name: &str,
+    report: &qemu::RunReport,
+    workload: QemuWorkload,
+    (scenario, variant): (&str, &str),
+) {
+    r.memory.push(bench::MemoryRun {
+        scenario: scenario.to_string(),
+        variant: variant.to_string(),
+        timeline: report.timeline.clone(),
+    });
     match workload {
         Trace => {
             let t = bench::TraceRun::from_report(name, report);
@@ -524,7 +569,7 @@ fn record(r: &mut Results, name: &str, report: &qemu::RunReport, workload: QemuW
             );
             r.fragmented.push(f);
         }
-        Bulk => r.platforms.push(PlatformRun::from_report(name, report)),
+        Bulk | Latency => r.platforms.push(PlatformRun::from_report(name, report)),
     }
 }
 
@@ -592,7 +637,15 @@ fn write(
         if args.quick { " --quick" } else { "" },
         took.as_secs_f64()
     );
+    let memory_plots = r.plot_memory(out)?;
     let mut md = format!("{header}{}", r.markdown());
+    if !memory_plots.is_empty() {
+        md.push_str("\nQEMU's memory over each scenario's runs, a line per policy:");
+        for p in &memory_plots {
+            md.push_str(&format!(" `{}`", p.display()));
+        }
+        md.push('\n');
+    }
     if let Some(c) = policies {
         md.push('\n');
         md.push_str(&c.markdown());
@@ -617,5 +670,6 @@ fn write(
         out.join("summary.json").display(),
         svg.display()
     );
+
     Ok(())
 }
