@@ -59,12 +59,16 @@
 //!    blocks it will reuse a moment later reported, so the host discards
 //!    them and the guest faults them back in. The allocation path counts
 //!    the reported pages it takes back (the drop of the zone's reported
-//!    pages across an allocation: one subtract). A zone that takes more
-//!    than `busy_pages` of them back after a batch of it was sent, before
-//!    its needed time passed, doubles that time (`delay_ns << backoff`,
+//!    pages across an allocation: one subtract). A zone that, after a
+//!    batch of it was sent and before its needed time passed, takes back
+//!    more than `busy_pages` of them *and* at least half of what it
+//!    reported meanwhile doubles that time (`delay_ns << backoff`,
 //!    `backoff` up to `backoff_max`) for rules 0, 1 and 3; a report that
 //!    sticks that long halves it again. Allocation as such is not churn:
-//!    a zone growing into memory that was never reported keeps its pace.
+//!    a zone growing into memory that was never reported keeps its pace,
+//!    and so does one that takes back a small part of a large report (a
+//!    build's next step after a steep fall: the report saved most of what
+//!    it discarded). A cycle takes back all it had reported.
 //!    Linux has no such signal; the cost is bounded: a zone needs at most
 //!    `delay_ns << backoff_max`. While backed off, every walk of the zone
 //!    (not only rule 0's) passes over blocks freed since its previous
@@ -122,14 +126,16 @@ struct ZoneAge {
     paced_ns: u64,
     /// Reported pages the zone allocated since boot (wrapping): churn.
     refaulted: u64,
-    /// `refaulted` at the worker's last look.
-    refault_mark: u64,
     /// A batch of the zone was sent, and the zone has neither allocated
     /// reported pages since (the report was churn: back off) nor gone its
     /// needed quiet time without doing so (the report stuck: come back).
     probation: bool,
     /// Time since the batch that started the probation.
     since_report_ns: u64,
+    /// Pages of the batches sent since the probation started.
+    probation_reported: u64,
+    /// `refaulted` when the probation started.
+    probation_mark: u64,
     /// The epoch of the zone's last visit (any plan but `Defer`).
     visit_epoch: u32,
 }
@@ -168,9 +174,10 @@ impl Ages {
                 backoff: 0,
                 paced_ns: 0,
                 refaulted: 0,
-                refault_mark: 0,
                 probation: false,
                 since_report_ns: 0,
+                probation_reported: 0,
+                probation_mark: 0,
                 visit_epoch: 0,
             }; MAX_ZONES],
             armed_ns: 0,
@@ -206,10 +213,11 @@ impl Ages {
     }
 
     /// Look at every zone: a busy one restarts its quiet time; a quiet one
-    /// adds `elapsed_ns` to it. A zone on probation that allocated more
-    /// than `busy_pages` of reported pages since the last look backs off
-    /// one step (churn: the host discarded what the guest takes back); one
-    /// that went its needed time without doing so comes back one step.
+    /// adds `elapsed_ns` to it. A zone on probation that took back more
+    /// than `busy_pages` reported pages since it started, and at least
+    /// half of what it reported since, backs off one step (churn: the host
+    /// discarded what the guest takes back); one that went its needed time
+    /// without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         self.epoch = self.epoch.wrapping_add(1);
         for z in 0..MAX_ZONES {
@@ -223,7 +231,8 @@ impl Ages {
             }
             if a.probation {
                 a.since_report_ns = a.since_report_ns.saturating_add(elapsed_ns);
-                if a.refaulted.wrapping_sub(a.refault_mark) > tun.busy_pages {
+                let taken = a.refaulted.wrapping_sub(a.probation_mark);
+                if taken > tun.busy_pages && taken.saturating_mul(2) >= a.probation_reported {
                     a.probation = false;
                     a.backoff = (a.backoff + 1).min(tun.backoff_max);
                 } else if a.since_report_ns >= need {
@@ -233,18 +242,20 @@ impl Ages {
             }
             a.paced_ns = a.paced_ns.saturating_add(elapsed_ns);
             a.mark = a.allocated;
-            a.refault_mark = a.refaulted;
         }
     }
 
-    /// A batch of zone `z`'s blocks goes to the device: a probation starts
-    /// unless one runs.
-    pub(crate) fn sent(&mut self, z: usize) {
+    /// A batch of `pages` of zone `z` goes to the device: a probation
+    /// starts unless one runs, and counts them.
+    pub(crate) fn sent(&mut self, z: usize, pages: u64) {
         let a = &mut self.zones[z];
         if !a.probation {
             a.probation = true;
             a.since_report_ns = 0;
+            a.probation_reported = 0;
+            a.probation_mark = a.refaulted;
         }
+        a.probation_reported = a.probation_reported.saturating_add(pages);
     }
 
     /// A pass walks zone `z` (any plan but `Defer`): its paced clock

@@ -200,7 +200,11 @@ impl MemCore<'_> {
         };
         let id = BatchId(w.next_id);
         w.next_id = w.next_id.wrapping_add(1).max(1);
-        w.ages.sent(usize::from(w.fill.zone));
+        let pages = w.fill.entries[..usize::from(w.fill.len)]
+            .iter()
+            .map(Block::pages)
+            .sum();
+        w.ages.sent(usize::from(w.fill.zone), pages);
         w.slots[si] = w.fill;
         w.slots[si].id = id;
         w.slots[si].in_flight = true;
