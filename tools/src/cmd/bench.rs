@@ -40,6 +40,33 @@ pub enum Part {
     Nested,
 }
 
+/// The scenarios of the QEMU part ([`in_qemu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QemuScenario {
+    /// Each guest's default workload, every platform and kernel config.
+    Bulk,
+    /// 1 GiB freed by one guest ([`bench::QEMU_LATENCY`]).
+    Latency,
+    /// [`bench::QEMU_FRAGMENTED`].
+    Fragmented,
+    /// [`bench::QEMU_TRACE`].
+    Trace,
+    /// [`bench::QEMU_CHURN`] against reporting off.
+    Churn,
+}
+
+impl QemuScenario {
+    fn workload(self) -> Option<QemuWorkload> {
+        match self {
+            QemuScenario::Bulk => Some(Bulk),
+            QemuScenario::Latency => Some(Latency),
+            QemuScenario::Fragmented => Some(Fragmented),
+            QemuScenario::Trace => Some(Trace),
+            QemuScenario::Churn => None,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A short run: criterion's --quick, one run per reclaim point with
@@ -63,6 +90,9 @@ pub struct Args {
     /// churn, trace; default all).
     #[arg(long, value_delimiter = ',')]
     pub policy_scenarios: Vec<String>,
+    /// The QEMU part's scenarios (comma-separated; default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub qemu_scenarios: Vec<QemuScenario>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -86,7 +116,7 @@ pub fn main(args: Args) -> ExitCode {
             Part::Alloc => alloc(&args, &mut r),
             Part::Report => report(&args, &mut r),
             Part::Reclaim => reclaim(&args, &mut r),
-            Part::Qemu => in_qemu(&mut r),
+            Part::Qemu => in_qemu(&args.qemu_scenarios, &mut r),
             Part::Policy => policy(&args).map(|c| policies = Some(c)),
             Part::Nested => nested_vs_direct(&args).map(|c| nested = Some(c)),
         };
@@ -281,8 +311,20 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 /// ([`bench::QEMU_FRAGMENTED`]) and the trace ([`bench::QEMU_TRACE`])
 /// workloads, on the bare platform and seL4 release, both policies side by
 /// side. Last the churn workload ([`bench::QEMU_CHURN`]) against reporting
-/// off, on the bare platform and seL4 release, aarch64.
-fn in_qemu(r: &mut Results) -> Result<(), String> {
+/// off, on the bare platform and seL4 release, aarch64. Only `scenarios`,
+/// when some are named.
+fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
+    let wanted = |s: QemuScenario| scenarios.is_empty() || scenarios.contains(&s);
+    let workloads: Vec<QemuWorkload> = [
+        QemuScenario::Bulk,
+        QemuScenario::Latency,
+        QemuScenario::Fragmented,
+        QemuScenario::Trace,
+    ]
+    .into_iter()
+    .filter(|&s| wanted(s))
+    .filter_map(QemuScenario::workload)
+    .collect();
     let out = target_dir().join("bench").join("qemu");
     let mut failures = Vec::new();
     // Each image with the default (adaptive) policy, then with Linux's
@@ -303,7 +345,7 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         bare::description_of(&workspace().join(workload.system()), bare::Variant::System)
             .map_err(|e| e.to_string())
     };
-    for workload in [Bulk, Latency, Fragmented, Trace] {
+    for &workload in &workloads {
         let xml = description(workload)?;
         for arch in [Arch::Aarch64, Arch::X86_64] {
             for (label, suffix, tunables) in POLICIES {
@@ -330,22 +372,24 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         }
     }
     let arch = Arch::Aarch64;
-    let platform = format!("bare {}", bare::target(arch));
-    let xml = description(Bulk)?;
-    let churn = churn_runs(
-        &platform,
-        &mut |variant, tunables| {
-            let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
-            let built_in = BuiltIn {
-                tunables: Some(tunables.into()),
-                guest_params: Some(bench::QEMU_CHURN.into()),
-            };
-            bare_run(&dir, arch, &xml, &built_in)
-        },
-        &mut failures,
-        &mut r.memory,
-    )?;
-    r.churn.push(churn);
+    if wanted(QemuScenario::Churn) {
+        let platform = format!("bare {}", bare::target(arch));
+        let xml = description(Bulk)?;
+        let churn = churn_runs(
+            &platform,
+            &mut |variant, tunables| {
+                let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
+                let built_in = BuiltIn {
+                    tunables: Some(tunables.into()),
+                    guest_params: Some(bench::QEMU_CHURN.into()),
+                };
+                bare_run(&dir, arch, &xml, &built_in)
+            },
+            &mut failures,
+            &mut r.memory,
+        )?;
+        r.churn.push(churn);
+    }
     let sdk = match image::sdk_from_env() {
         Ok(sdk) => sdk,
         Err(e) => {
@@ -355,15 +399,20 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
     };
     // Bulk: both kernel configs, Linux's policy in release; the other
     // workloads: both policies in release.
-    let runs = Board::ALL.into_iter().flat_map(|board| {
-        [
-            (board, KernelConfig::Debug, POLICIES[0], Bulk),
-            (board, KernelConfig::Release, POLICIES[0], Bulk),
-            (board, KernelConfig::Release, LINUX, Bulk),
-        ]
-    });
-    let other_runs = [Latency, Fragmented, Trace]
+    let runs = Board::ALL
         .into_iter()
+        .filter(|_| workloads.contains(&Bulk))
+        .flat_map(|board| {
+            [
+                (board, KernelConfig::Debug, POLICIES[0], Bulk),
+                (board, KernelConfig::Release, POLICIES[0], Bulk),
+                (board, KernelConfig::Release, LINUX, Bulk),
+            ]
+        });
+    let other_runs = workloads
+        .iter()
+        .copied()
+        .filter(|&w| w != Bulk)
         .flat_map(|workload| {
             Board::ALL.into_iter().flat_map(move |board| {
                 POLICIES.map(|policy| (board, KernelConfig::Release, policy, workload))
@@ -389,6 +438,9 @@ fn in_qemu(r: &mut Results) -> Result<(), String> {
         }
         let scenario = format!("seL4 {board} {config}{}", workload.label());
         record(r, &name, &report, workload, (&scenario, policy(tunables)));
+    }
+    if !wanted(QemuScenario::Churn) {
+        return finish(failures);
     }
     let (board, config) = (Board::QemuVirtAarch64, KernelConfig::Release);
     let churn = churn_runs(
