@@ -461,7 +461,42 @@ const HPET_PIN: u64 = 2;
 /// Where fixed physical addresses start on x86_64: above the kernel and
 /// boot modules, in the RAM of a 2 GiB PC.
 const X86_PHYS_BASE: u64 = 0x1000_0000;
-const X86_PHYS_END: u64 = 0x8000_0000;
+/// The log pages start here ([`log_page_base`]).
+const X86_PHYS_END: u64 = 0x7f00_0000;
+/// The most a region is aligned to: the largest buddy block (order
+/// `MAX_ORDER`, 4 MiB), so that every block of a guest's RAM is aligned in
+/// physical memory too, which also covers the 2 MiB pages a region may be
+/// mapped with.
+const X86_ALIGN_MAX: u64 = 0x1000 << memserver::MAX_ORDER;
+
+/// Physical addresses in `X86_PHYS_BASE..X86_PHYS_END` for regions of
+/// these sizes: each naturally aligned up to [`X86_ALIGN_MAX`], the
+/// largest alignment first, each at the lowest address that overlaps none
+/// placed before.
+fn x86_placement<'a>(sizes: &[(&'a str, u64)]) -> Result<Vec<(&'a str, u64)>, ImageError> {
+    let align = |size: u64| size.next_power_of_two().clamp(0x1000, X86_ALIGN_MAX);
+    let mut order: Vec<&(&str, u64)> = sizes.iter().collect();
+    // Stable: equal alignments keep the description's order.
+    order.sort_by_key(|(_, size)| core::cmp::Reverse(align(*size)));
+    let mut placed: Vec<(&'a str, u64, u64)> = Vec::new();
+    for &&(name, size) in &order {
+        let mut at = X86_PHYS_BASE.next_multiple_of(align(size));
+        // Past every placed region it would overlap; each step moves up.
+        while let Some(&(_, _, end)) = placed
+            .iter()
+            .find(|&&(_, start, end)| at < end && start < at + size)
+        {
+            at = end.next_multiple_of(align(size));
+        }
+        if at + size > X86_PHYS_END {
+            return Err(ImageError::Sdf(format!(
+                "region '{name}' ({size:#x} bytes) does not fit below {X86_PHYS_END:#x}"
+            )));
+        }
+        placed.push((name, at, at + size));
+    }
+    Ok(placed.into_iter().map(|(n, at, _)| (n, at)).collect())
+}
 
 /// The system description for `board`, derived from `text` (written for
 /// qemu_virt_aarch64): see the module docs.
@@ -497,7 +532,20 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
         .collect();
     told.sort_unstable();
     told.dedup();
-    let mut next = X86_PHYS_BASE;
+    let sizes: Vec<(&str, u64)> = regions
+        .iter()
+        .filter(|r| {
+            let name = r.attribute("name").unwrap_or_default();
+            r.attribute("phys_addr").is_none() && told.contains(&name)
+        })
+        .map(|r| {
+            let name = r.attribute("name").unwrap_or_default();
+            let size = r.attribute("size").and_then(num);
+            size.map(|s| (name, s))
+                .ok_or_else(|| ImageError::Sdf(format!("region '{name}' has no size")))
+        })
+        .collect::<Result<_, _>>()?;
+    let placed = x86_placement(&sizes)?;
     let mut virtio = Vec::new();
     for r in &regions {
         let name = r.attribute("name").unwrap_or_default();
@@ -524,20 +572,9 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
         if phys.is_some() || !told.contains(&name) {
             continue;
         }
-        let size = r
-            .attribute("size")
-            .and_then(num)
-            .ok_or_else(|| ImageError::Sdf(format!("region '{name}' has no size")))?;
-        // Natural alignment (up to 1 GiB) keeps every buddy block of the
-        // region aligned in physical memory too.
-        let align = size.next_power_of_two().clamp(0x1000, 1 << 30);
-        let at = next.next_multiple_of(align);
-        if at + size > X86_PHYS_END {
-            return Err(ImageError::Sdf(format!(
-                "region '{name}' ({size:#x} bytes) does not fit below {X86_PHYS_END:#x}"
-            )));
-        }
-        next = at + size;
+        let Some(&(_, at)) = placed.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
         let last = r
             .attributes()
             .next_back()
@@ -806,6 +843,43 @@ mod tests {
         assert_eq!(board_sdf(&x, Board::QemuVirtAarch64).unwrap(), x);
     }
 
+    /// A 1 GiB guest (tools/systems/qemu-1g.xml) fits with the rest below
+    /// the log pages: regions are aligned to 4 MiB at most (a 1 GiB
+    /// alignment left it only 0x4000_0000, over the log pages), the largest
+    /// first; what does not fit is refused by name.
+    #[test]
+    fn x86_placement_aligns_to_the_largest_block_and_stays_below_the_log_pages() {
+        let placed = x86_placement(&[
+            ("rings", 0x1_0000),
+            ("guest0_ram", 1 << 30),
+            ("balloon_dma", 0x20_0000),
+        ])
+        .unwrap();
+        assert_eq!(
+            placed,
+            [
+                ("guest0_ram", 0x1000_0000),
+                ("balloon_dma", 0x5000_0000),
+                ("rings", 0x5020_0000)
+            ]
+        );
+        let e = x86_placement(&[("a", 1 << 30), ("b", 1 << 30)]).unwrap_err();
+        assert!(e.to_string().contains("'b'"), "{e}");
+        let desc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("systems/qemu-1g.xml"),
+        )
+        .unwrap();
+        let (out, pages) = with_log_pages(
+            &board_sdf(&desc, Board::X86_64Generic).unwrap(),
+            Board::X86_64Generic,
+        )
+        .unwrap();
+        let sys = System::parse(&out).unwrap();
+        let ram = sys.region("guest0_ram").unwrap();
+        let end = ram.phys_addr.unwrap() + ram.size;
+        assert!(pages.iter().all(|p| p.paddr >= end), "{pages:x?}");
+    }
+
     #[test]
     fn x86_variant_swaps_devices_and_fixes_physical_addresses() {
         let x = workspace_xml();
@@ -820,7 +894,12 @@ mod tests {
                 let p = r
                     .phys_addr
                     .unwrap_or_else(|| panic!("{} has no phys_addr", r.name));
-                assert_eq!(p % r.size.next_power_of_two().min(1 << 30), 0, "{}", r.name);
+                assert_eq!(
+                    p % r.size.next_power_of_two().min(X86_ALIGN_MAX),
+                    0,
+                    "{}",
+                    r.name
+                );
                 assert!((X86_PHYS_BASE..X86_PHYS_END).contains(&p));
                 fixed.push((p, p + r.size));
             }

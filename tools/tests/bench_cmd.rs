@@ -79,12 +79,21 @@ fn bench_quick_reclaim_writes_tables_data_and_a_plot() {
 #[test]
 fn bench_refuses_an_unknown_qemu_scenario() {
     let run = Command::new(env!("CARGO_BIN_EXE_tools"))
-        .args(["bench", "--only", "qemu", "--qemu-scenarios", "churn,nonsense"])
+        .args([
+            "bench",
+            "--only",
+            "qemu",
+            "--qemu-scenarios",
+            "churn,nonsense",
+        ])
         .output()
         .expect("run tools bench");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("'nonsense'"), "{stderr}");
-    assert!(stderr.contains("latency") && stderr.contains("churn"), "{stderr}");
+    assert!(
+        stderr.contains("latency") && stderr.contains("churn"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
 }
