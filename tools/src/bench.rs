@@ -613,7 +613,8 @@ impl Results {
         if !self.platforms.is_empty() {
             let _ = writeln!(
                 s,
-                "\n## In QEMU, against QEMU's virtio-balloon (system.xml: 2 guests free 256 MiB each)\n"
+                "\n## In QEMU, against QEMU's virtio-balloon (system.xml: 2 guests free 256 MiB each; \
+                 rows \"1 GiB\": {QEMU_LATENCY_SYSTEM}, 1 guest frees 1 GiB, `{QEMU_LATENCY}`)\n"
             );
             let _ = writeln!(
                 s,
