@@ -257,13 +257,13 @@ impl<'m> MemCore<'m> {
     /// The platform leaves the zones' RAM untouched at boot
     /// (`pd::REGIONS_UNTOUCHED_AT_BOOT`: the host platform's fresh memfds;
     /// not seL4, whose kernel zeroes every frame it hands out, nor the bare
-    /// platform, unchecked), so the host backs none of it yet. Under the adaptive policy, flag every free
-    /// block Reported, as a report would: allocation then knows the
-    /// memory a guest freed (resident) from memory nobody has touched, and
-    /// reuses the former first (`take_block`). Linux, the control, cannot
-    /// know this and reports the untouched memory at boot; so does this
-    /// core under `linux`, or when called after anything was allocated
-    /// (then it does nothing).
+    /// platform, unchecked), so the host backs none of it yet. Under the
+    /// adaptive policy, flag every free block Reported, as a report would:
+    /// allocation then knows the memory a guest freed (resident) from
+    /// memory nobody has touched, and reuses the former first
+    /// (`take_block`). Linux, the control, cannot know this and reports
+    /// the untouched memory at boot; so does this core under `linux`, or
+    /// when called after anything was allocated (then it does nothing).
     pub fn boot_memory_untouched(&mut self) {
         if !self.worker.keeps_reported_exact() {
             return;

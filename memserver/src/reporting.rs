@@ -72,10 +72,7 @@ impl MemCore<'_> {
         let w = &mut self.worker;
         if ok {
             w.stats.blocks_reported += u64::from(slot.len);
-            w.stats.pages_reported += slot.entries[..usize::from(slot.len)]
-                .iter()
-                .map(Block::pages)
-                .sum::<u64>();
+            w.stats.pages_reported += slot.pages();
         } else {
             w.stats.batches_failed += 1;
             if let Some(p) = &mut w.pass {
@@ -109,7 +106,7 @@ impl MemCore<'_> {
             .slots
             .iter()
             .find(|s| s.in_flight && s.id == id)
-            .map(|s| &s.entries[..usize::from(s.len)])
+            .map(Slot::blocks)
     }
 
     /// Batches in flight, oldest id first not guaranteed.
@@ -176,7 +173,7 @@ impl MemCore<'_> {
     /// Put a batch's blocks back (Linux `page_reporting_drain`).
     fn drain(&mut self, slot: &Slot, ok: bool) {
         let z = usize::from(slot.zone);
-        for b in &slot.entries[..usize::from(slot.len)] {
+        for b in slot.blocks() {
             let g = self.zones[z].gidx(b.pfn);
             self.zones[z].stats.isolated_pages -= b.pages();
             let (mg, mo, all_reported) = self.merge_insert(z, g, b.order, true);
@@ -200,11 +197,7 @@ impl MemCore<'_> {
         };
         let id = BatchId(w.next_id);
         w.next_id = w.next_id.wrapping_add(1).max(1);
-        let pages = w.fill.entries[..usize::from(w.fill.len)]
-            .iter()
-            .map(Block::pages)
-            .sum();
-        w.ages.sent(usize::from(w.fill.zone), pages);
+        w.ages.sent(usize::from(w.fill.zone), w.fill.pages());
         w.slots[si] = w.fill;
         w.slots[si].id = id;
         w.slots[si].in_flight = true;
@@ -453,7 +446,7 @@ impl MemCore<'_> {
             .chain(core::iter::once(&w.fill));
         for s in batches {
             let z = usize::from(s.zone);
-            for b in &s.entries[..usize::from(s.len)] {
+            for b in s.blocks() {
                 if z >= self.nr_zones {
                     return bad("batch names no zone", z, b.pfn);
                 }

@@ -117,6 +117,18 @@ pub(crate) struct Slot {
     pub(crate) entries: [Block; MAX_CAPACITY],
 }
 
+impl Slot {
+    /// The blocks of the batch.
+    pub(crate) fn blocks(&self) -> &[Block] {
+        &self.entries[..usize::from(self.len)]
+    }
+
+    /// The pages of the batch's blocks.
+    pub(crate) fn pages(&self) -> u64 {
+        self.blocks().iter().map(Block::pages).sum()
+    }
+}
+
 const EMPTY_SLOT: Slot = Slot {
     id: BatchId(0),
     zone: 0,
