@@ -461,8 +461,8 @@ const HPET_PIN: u64 = 2;
 /// Where fixed physical addresses start on x86_64: above the kernel and
 /// boot modules, in the RAM of a 2 GiB PC.
 const X86_PHYS_BASE: u64 = 0x1000_0000;
-/// The log pages start here ([`log_page_base`]).
-const X86_PHYS_END: u64 = 0x7f00_0000;
+/// Where the log pages start ([`log_page_base`]).
+const X86_PHYS_END: u64 = log_page_base(Board::X86_64Generic);
 /// The most a region is aligned to: the largest buddy block (order
 /// `MAX_ORDER`, 4 MiB), so that every block of a guest's RAM is aligned in
 /// physical memory too, which also covers the 2 MiB pages a region may be
@@ -744,7 +744,7 @@ pub const LOG_PAGE_SIZE: u64 = 0x1_0000;
 /// else of the image uses (aarch64 virt: RAM is 0x4000_0000..0xc000_0000,
 /// the kernel and loader sit at 0x6000_0000 and 0x7000_0000; x86_64 pc:
 /// below the BIOS's tables at the top of a 2 GiB PC's RAM).
-fn log_page_base(board: Board) -> u64 {
+const fn log_page_base(board: Board) -> u64 {
     match board {
         Board::QemuVirtAarch64 => 0xbf00_0000,
         Board::X86_64Generic => 0x7f00_0000,

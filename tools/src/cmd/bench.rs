@@ -330,7 +330,7 @@ fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
     // Each image with the default (adaptive) policy, then with Linux's
     // rules built in (`--tunables policy=linux`), side by side; each run
     // in a dir of its own (`<name><suffix>`).
-    // The plots of the host's memory put each run beside the others of its
+    // The plots of QEMU's memory put each run beside the others of its
     // scenario (`r.memory`), labelled by policy.
     const LINUX: (&str, &str, Option<&str>) = (", policy linux", "-linux", Some("policy=linux"));
     const POLICIES: [(&str, &str, Option<&str>); 2] = [("", "", None), LINUX];
@@ -722,6 +722,5 @@ fn write(
         out.join("summary.json").display(),
         svg.display()
     );
-
     Ok(())
 }
