@@ -294,7 +294,7 @@ pub const QEMU_TRACE: &str = "pattern=trace,mib=384,live_mib=8,hold_ms=2000,spee
 /// 1 GiB ([`QEMU_LATENCY_SYSTEM`]) touches all of it, holds 2 s and frees
 /// it, as each guest of the host platform's latency scenario does
 /// ([`crate::policy_bench`]).
-pub const QEMU_LATENCY: &str = "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0";
+pub const QEMU_LATENCY: &str = crate::policy_bench::LATENCY_WORKLOAD;
 
 /// The description of the latency runs, in the workspace: a QEMU board of
 /// 2 GiB holds one 1 GiB guest, not two.
@@ -348,7 +348,7 @@ impl QemuWorkload {
     pub fn system(self) -> &'static str {
         match self {
             QemuWorkload::Latency => QEMU_LATENCY_SYSTEM,
-            _ => "system.xml",
+            QemuWorkload::Bulk | QemuWorkload::Fragmented | QemuWorkload::Trace => "system.xml",
         }
     }
 }

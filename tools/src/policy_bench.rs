@@ -41,6 +41,10 @@ pub const SCENARIOS: [&str; 4] = ["latency", "fragmented", "churn", "trace"];
 /// How much faster than recorded the trace is replayed (196 s recorded).
 pub const TRACE_SPEED: u32 = 2;
 
+/// The latency scenario's guest workload: touch 1 GiB, hold 2 s, free it
+/// all (the QEMU runs use it too, [`crate::bench::QEMU_LATENCY`]).
+pub const LATENCY_WORKLOAD: &str = "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0";
+
 /// The trace scenario's guest workload.
 pub fn trace_workload() -> String {
     format!("pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed={TRACE_SPEED}")
@@ -256,7 +260,7 @@ pub fn run(
             ));
             let r = demo::run(
                 &cfg(
-                    "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0".into(),
+                    LATENCY_WORKLOAD.into(),
                     format!("policy={policy}"),
                     Some(60),
                 ),
