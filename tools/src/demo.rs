@@ -108,30 +108,10 @@ impl std::str::FromStr for TunableChange {
 }
 
 /// One `key=value` as the control port takes it (`policy` by name); the
-/// range is the memserver's to check.
+/// range is the memserver's to check (`memserver_api::parse_tunable_pair`,
+/// the parser every console shares).
 pub fn parse_tunable_pair(pair: &str) -> Result<(TunableKey, u64), String> {
-    let (key, value) = pair
-        .split_once('=')
-        .ok_or_else(|| format!("'{pair}' is not key=value"))?;
-    let (key, value) = (key.trim(), value.trim());
-    let known = || {
-        TunableKey::ALL
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let key = TunableKey::from_name(key)
-        .ok_or_else(|| format!("unknown tunable '{key}' (known: {})", known()))?;
-    let value = match (key, value) {
-        (TunableKey::Policy, "linux") => 0,
-        (TunableKey::Policy, "adaptive") => 1,
-        (TunableKey::Policy, _) => return Err(format!("bad policy '{value}' (linux or adaptive)")),
-        _ => value
-            .parse()
-            .map_err(|_| format!("bad value '{value}' for '{}'", key.name()))?,
-    };
-    Ok((key, value))
+    memserver_api::parse_tunable_pair(pair).map_err(|e| e.to_string())
 }
 
 /// Take the memserver's answers that arrived, in order: each goes to

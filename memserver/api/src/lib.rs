@@ -498,6 +498,59 @@ impl TunableKey {
     }
 }
 
+/// Why a `key=value` text is not a tunable ([`parse_tunable_pair`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairError<'a> {
+    /// No `=` in it.
+    NotAPair(&'a str),
+    /// No tunable has this name.
+    UnknownKey(&'a str),
+    /// The value is not a number (or, for `policy`, not a policy's name).
+    BadValue { key: TunableKey, value: &'a str },
+}
+
+impl fmt::Display for PairError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAPair(text) => write!(f, "'{text}' is not key=value"),
+            Self::UnknownKey(key) => {
+                write!(f, "unknown tunable '{key}' (known:")?;
+                for (i, k) in TunableKey::ALL.iter().enumerate() {
+                    let sep = if i == 0 { " " } else { ", " };
+                    write!(f, "{sep}{}", k.name())?;
+                }
+                f.write_str(")")
+            }
+            Self::BadValue {
+                key: TunableKey::Policy,
+                value,
+            } => write!(f, "bad policy '{value}' (linux or adaptive)"),
+            Self::BadValue { key, value } => {
+                write!(f, "bad value '{value}' for '{}'", key.name())
+            }
+        }
+    }
+}
+
+/// One `key=value` as an operator types it (`policy` by name:
+/// `policy=linux`; every other value a decimal number). Only the syntax is
+/// checked here: the range is the memserver's to check, against the other
+/// tunables. One parser for every console (the host platform's launcher
+/// and `tools tunable`, the console PD on seL4 and the bare platform).
+pub fn parse_tunable_pair(text: &str) -> Result<(TunableKey, u64), PairError<'_>> {
+    let (key, value) = text.split_once('=').ok_or(PairError::NotAPair(text))?;
+    let (key, value) = (key.trim(), value.trim());
+    let key = TunableKey::from_name(key).ok_or(PairError::UnknownKey(key))?;
+    let bad = PairError::BadValue { key, value };
+    let value = match (key, value) {
+        (TunableKey::Policy, "linux") => 0,
+        (TunableKey::Policy, "adaptive") => 1,
+        (TunableKey::Policy, _) => return Err(bad),
+        _ => value.parse().map_err(|_| bad)?,
+    };
+    Ok((key, value))
+}
+
 /// A tunable and its value, shown as `key=value` ([`TunableKey::pair`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunablePair {

@@ -736,6 +736,32 @@ fn tunable_keys_round_trip_their_names() {
     assert_eq!(TunableKey::from_name("speed"), None);
 }
 
+/// The one `key=value` parser of every console: the syntax only, each
+/// mistake named; what it prints, it parses back.
+#[test]
+fn a_tunable_pair_parses_and_every_mistake_is_named() {
+    use std::string::ToString;
+    assert_eq!(
+        parse_tunable_pair(" delay_ms = 250 "),
+        Ok((TunableKey::DelayMs, 250))
+    );
+    assert_eq!(
+        parse_tunable_pair("policy=adaptive"),
+        Ok((TunableKey::Policy, 1))
+    );
+    for k in TunableKey::ALL {
+        let text = k.pair(1).to_string();
+        assert_eq!(parse_tunable_pair(&text), Ok((k, 1)), "{text}");
+    }
+    let said = |t: &str| parse_tunable_pair(t).unwrap_err().to_string();
+    assert_eq!(said("delay_ms"), "'delay_ms' is not key=value");
+    assert!(said("speed=1").starts_with("unknown tunable 'speed' (known: order, delay_ms, "));
+    assert!(said("speed=1").ends_with(", backoff_max)"));
+    assert_eq!(said("order=nine"), "bad value 'nine' for 'order'");
+    assert_eq!(said("policy=fast"), "bad policy 'fast' (linux or adaptive)");
+    assert_eq!(said("policy=2"), "bad policy '2' (linux or adaptive)");
+}
+
 /// A control answer reads as one line, tunables by name (`policy=linux`).
 #[test]
 fn control_answers_read_as_one_line() {
