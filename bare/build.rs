@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 /// Program image -> source of the PD, relative to the workspace root.
 const SOURCES: &[(&str, &str)] = &[
     ("timer.elf", "timer/src/main.rs"),
+    ("console.elf", "console/src/main.rs"),
     ("balloon.elf", "balloon/src/main.rs"),
     ("memserver.elf", "memserver/src/main.rs"),
     ("guest.elf", "guest/src/main.rs"),
@@ -78,6 +79,8 @@ fn x86_irq(aarch64_irq: u64) -> (u32, bool) {
     match aarch64_irq {
         30 => (2, false),
         79 => (11, true),
+        // The PL011's SPI: COM1's ISA IRQ 4, edge.
+        33 => (4, false),
         _ => (u32::MAX, false),
     }
 }
@@ -88,9 +91,12 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     // The memserver's source, compiled in here, looks for them (its own
     // build script sets them when the description has a VMM, or a control
-    // port; the bare platform's descriptions have neither).
+    // port; the bare platform has no VMM, and `generate` sets the control
+    // port's as memserver/build.rs does).
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
     println!("cargo::rustc-check-cfg=cfg(has_control)");
+    println!("cargo::rustc-check-cfg=cfg(control_irq)");
+    println!("cargo::rustc-check-cfg=cfg(control_console)");
     println!("cargo:rerun-if-changed=src/layout.rs");
     println!("cargo:rerun-if-changed=src/memmap.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
@@ -184,6 +190,22 @@ fn generate(
     let diags = sdf::check(&sys);
     if sdf::check::has_errors(&diags) {
         return Err(diags.iter().map(|d| format!("{d}\n")).collect());
+    }
+    // The memserver's control port, as memserver/build.rs tells its crate
+    // (one image holds a memserver: `system`).
+    if sys.pd("memserver").is_some() {
+        match sys.control_port()? {
+            None => {}
+            Some(port) => {
+                println!("cargo::rustc-cfg=has_control");
+                match port {
+                    sdf::model::ControlPort::Irq(_) => println!("cargo::rustc-cfg=control_irq"),
+                    sdf::model::ControlPort::Console(_) => {
+                        println!("cargo::rustc-cfg=control_console")
+                    }
+                }
+            }
+        }
     }
 
     // Every region gets an address: its phys_addr or a piece of the pool.

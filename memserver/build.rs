@@ -8,12 +8,16 @@
 //! `vm_ram_paddr`.
 //!
 //! `cfg(has_control)` when the memserver maps `control_req` and
-//! `control_resp` and has one `<irq>`: the operator's control port
-//! (`memserver::server::ControlPort`).
+//! `control_resp`: the operator's control port
+//! (`memserver::server::ControlPort`); with `cfg(control_irq)` when its
+//! one `<irq>` says "look" (the host platform's launcher), with
+//! `cfg(control_console)` when the console PD does, on their channel.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
     println!("cargo::rustc-check-cfg=cfg(has_control)");
+    println!("cargo::rustc-check-cfg=cfg(control_irq)");
+    println!("cargo::rustc-check-cfg=cfg(control_console)");
     let xml = sdf::build::system_xml();
     if let Err(e) = sdf::build::pd(&xml, "memserver") {
         panic!("{e}");
@@ -32,11 +36,19 @@ fn main() {
         println!("cargo::rustc-cfg=has_vmm");
     }
     // The operator's control port: the rings `control_req` and
-    // `control_resp`, and the console device's `<irq>` that says "look"
-    // (on the host platform the launcher is that console).
+    // `control_resp`, and who says "look": an `<irq>` (on the host platform
+    // the launcher is that console) or the console PD's channel.
     match sys.control_port() {
         Ok(None) => {}
-        Ok(Some(_)) => println!("cargo::rustc-cfg=has_control"),
+        Ok(Some(port)) => {
+            println!("cargo::rustc-cfg=has_control");
+            match port {
+                sdf::model::ControlPort::Irq(_) => println!("cargo::rustc-cfg=control_irq"),
+                sdf::model::ControlPort::Console(_) => {
+                    println!("cargo::rustc-cfg=control_console")
+                }
+            }
+        }
         Err(e) => panic!("{}: {e}", xml.display()),
     }
 }

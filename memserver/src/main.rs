@@ -16,7 +16,7 @@ mod config {
     }
 }
 
-#[cfg(has_control)]
+#[cfg(control_irq)]
 use config::irq;
 #[cfg(has_vmm)]
 use config::paddr;
@@ -90,7 +90,7 @@ struct MemServer {
     logged_nested: (u64, u64, u64),
     logged_vm_balloon: [u64; 5],
     /// The operator's control port (a description with `control_req`,
-    /// `control_resp` and the console's `<irq>`).
+    /// `control_resp`, and the console's `<irq>` or the console PD).
     #[cfg(has_control)]
     control: memserver::server::ControlPort<'static>,
 }
@@ -295,11 +295,17 @@ impl Handler for MemServer {
         if channels.contains(channel::VMM) {
             self.server.vmm_notified();
         }
-        #[cfg(has_control)]
+        #[cfg(control_irq)]
         if channels.contains(irq::IRQ) {
             self.serve_control();
             // The console reads the answers once it sees the ack.
             irq::IRQ.irq_ack();
+        }
+        #[cfg(control_console)]
+        if channels.contains(channel::CONSOLE) {
+            self.serve_control();
+            // The console PD prints the answers when told.
+            channel::CONSOLE.notify();
         }
         for (i, ch) in guests::CHANNEL.iter().enumerate() {
             if channels.contains(*ch) {

@@ -306,6 +306,8 @@ pub fn build_pds_from(
             "-p",
             "timer",
             "-p",
+            "console",
+            "-p",
             "guest",
         ])
         .arg("--target-dir")

@@ -142,10 +142,11 @@ impl fmt::Display for ImageError {
 impl std::error::Error for ImageError {}
 
 /// `program_image` file -> (package, binary).
-const PROGRAMS: [(&str, &str, &str); 9] = [
+const PROGRAMS: [(&str, &str, &str); 10] = [
     ("memserver.elf", "memserver", "memserver"),
     ("balloon.elf", "balloon", "balloon"),
     ("timer.elf", "timer", "timer"),
+    ("console.elf", "console", "console"),
     ("guest.elf", "guest", "guest"),
     ("vmm.elf", "vmm", "vmm"),
     // Test-only (issue 8): the hostile variant's guest1.
@@ -458,6 +459,13 @@ pub const PCI_CONFIG_PORT: u64 = 0xcf8;
 const VIRTIO_PCI_PIN: u64 = 11;
 pub const HPET_PADDR: u64 = 0xfed0_0000;
 const HPET_PIN: u64 = 2;
+/// QEMU virt's PL011 and its SPI (GIC 33): the console's UART on aarch64.
+pub const PL011_PADDR: u64 = 0x0900_0000;
+const PL011_IRQ: u64 = 33;
+/// COM1, the PC's counterpart: ports 0x3f8..0x400, ISA IRQ 4 (IOAPIC pin
+/// 4, edge).
+pub const COM1_PORT: u64 = 0x3f8;
+const COM1_PIN: u64 = 4;
 /// Where fixed physical addresses start on x86_64: above the kernel and
 /// boot modules, in the RAM of a 2 GiB PC.
 const X86_PHYS_BASE: u64 = 0x1000_0000;
@@ -547,9 +555,19 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
         .collect::<Result<_, _>>()?;
     let placed = x86_placement(&sizes)?;
     let mut virtio = Vec::new();
+    let mut uarts = Vec::new();
     for r in &regions {
         let name = r.attribute("name").unwrap_or_default();
         let phys = r.attribute("phys_addr").and_then(num);
+        if phys == Some(PL011_PADDR) {
+            // The PC has no PL011: its maps become COM1's ports (below).
+            uarts.push(name);
+            edits.0.push((
+                r.range(),
+                format!("<!-- x86_64: COM1's ports replace the PL011 '{name}'. -->"),
+            ));
+            continue;
+        }
         if phys.is_some_and(|p| VIRTIO_MMIO.contains(&p)) {
             virtio.push(name);
             // Same name (maps and setvar_vaddr stay), the BAR's size.
@@ -595,22 +613,40 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
                 && c.attribute("mr").is_some_and(|m| virtio.contains(&m))
         });
         let mut add = String::new();
-        if maps_virtio {
-            // Ioport ids share the id space of channels and irqs.
-            let used: Vec<u64> = sys
-                .ends_of(pd_name)
-                .map(|(end, _)| end.id)
-                .chain(sys.pd(pd_name).into_iter().flat_map(|p| {
-                    p.irqs
-                        .iter()
-                        .map(|i| i.id)
-                        .chain(p.ioports.iter().map(|i| i.id))
-                }))
-                .collect();
+        // Ioport ids share the id space of channels and irqs.
+        let mut used: Vec<u64> = sys
+            .ends_of(pd_name)
+            .map(|(end, _)| end.id)
+            .chain(sys.pd(pd_name).into_iter().flat_map(|p| {
+                p.irqs
+                    .iter()
+                    .map(|i| i.id)
+                    .chain(p.ioports.iter().map(|i| i.id))
+            }))
+            .collect();
+        let mut next_id = || {
             let id = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+            used.push(id);
+            id
+        };
+        if maps_virtio {
+            let id = next_id();
             add += &format!(
                 "{indent}    <!-- x86_64: PCI configuration space (mechanism #1). -->{indent}    <ioport id=\"{id}\" addr=\"{PCI_CONFIG_PORT:#x}\" size=\"8\" />"
             );
+        }
+        for map in pd.children().filter(|c| {
+            c.is_element()
+                && c.tag_name().name() == "map"
+                && c.attribute("mr").is_some_and(|m| uarts.contains(&m))
+        }) {
+            let id = next_id();
+            edits.0.push((
+                map.range(),
+                format!(
+                    "<!-- x86_64: COM1 instead of the PL011. --><ioport id=\"{id}\" addr=\"{COM1_PORT:#x}\" size=\"8\" />"
+                ),
+            ));
         }
         for irq in pd
             .children()
@@ -623,6 +659,10 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
             let new = if VIRTIO_MMIO_IRQS.contains(&n) {
                 format!(
                     "<irq id=\"{id}\" ioapic=\"0\" pin=\"{VIRTIO_PCI_PIN}\" trigger=\"level\" polarity=\"high\" vector=\"{VIRTIO_PCI_PIN}\" />"
+                )
+            } else if n == PL011_IRQ {
+                format!(
+                    "<irq id=\"{id}\" ioapic=\"0\" pin=\"{COM1_PIN}\" trigger=\"edge\" polarity=\"high\" vector=\"{COM1_PIN}\" />"
                 )
             } else if n == GENERIC_TIMER_IRQ {
                 if hpet_added {
@@ -640,7 +680,7 @@ fn x86_sdf(text: &str) -> Result<String, ImageError> {
                 )
             } else {
                 return Err(ImageError::Sdf(format!(
-                    "PD '{pd_name}': irq {n} has no x86_64 counterpart (known: virtio-mmio 48..=79, generic timer 30)"
+                    "PD '{pd_name}': irq {n} has no x86_64 counterpart (known: virtio-mmio 48..=79, generic timer 30, PL011 33)"
                 )));
             };
             edits.0.push((irq.range(), new));
@@ -926,6 +966,28 @@ mod tests {
                 ..
             }
         ));
+        // The console: COM1's ports instead of the PL011's page (which is
+        // gone), ISA IRQ 4 (IOAPIC pin 4, edge).
+        let console = sys.pd("console").unwrap();
+        assert!(sys.region("uart").is_none());
+        assert!(console.maps.iter().all(|m| m.mr != "uart"));
+        assert_eq!(
+            console
+                .ioports
+                .iter()
+                .map(|i| (i.addr, i.size))
+                .collect::<Vec<_>>(),
+            [(COM1_PORT, 8)]
+        );
+        assert!(matches!(
+            console.irqs[0].kind,
+            sdf::model::IrqKind::IoApic {
+                pin: 4,
+                edge: true,
+                high: true,
+                ..
+            }
+        ));
         // The timer: the HPET page and IOAPIC pin 2, edge.
         let timer = sys.pd("timer").unwrap();
         assert!(matches!(
@@ -982,9 +1044,9 @@ mod tests {
 
     #[test]
     fn an_irq_without_a_pc_counterpart_is_an_error() {
-        let x = "<system><protection_domain name=\"a\" priority=\"1\"><program_image path=\"a.elf\"/><irq irq=\"33\" id=\"0\"/></protection_domain></system>";
+        let x = "<system><protection_domain name=\"a\" priority=\"1\"><program_image path=\"a.elf\"/><irq irq=\"34\" id=\"0\"/></protection_domain></system>";
         let e = board_sdf(x, Board::X86_64Generic).unwrap_err();
-        assert!(e.to_string().contains("irq 33"), "{e}");
+        assert!(e.to_string().contains("irq 34"), "{e}");
     }
 
     #[test]

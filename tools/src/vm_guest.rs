@@ -256,7 +256,8 @@ mod tests {
     /// drift: every region and channel of system.xml is in it unchanged,
     /// every PD with the same attributes and children, and what is added
     /// (elements, or children of a PD) is about the VM: its RAM, console,
-    /// GIC interface, the VMM, or the VMM's rings.
+    /// GIC interface, the VMM, or the VMM's rings. Only the operator's
+    /// console is left out: the VM owns the PL011 there.
     #[test]
     fn the_linux_vm_description_is_system_xml_plus_the_vm() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -273,15 +274,28 @@ mod tests {
         let same = |(h, k): &(String, Vec<String>), (h2, k2): &(String, Vec<String>)| {
             h == h2 && (h.contains("name=") || k == k2)
         };
+        let about_the_console = |e: &str| {
+            ["console", "control_req", "control_resp"]
+                .iter()
+                .any(|n| e.contains(&format!("=\"{n}\"")))
+        };
         for (head, kids) in &base {
-            let Some((_, vm_kids)) = vm.iter().find(|e| same(e, &(head.clone(), kids.clone())))
+            if about_the_console(&format!("{head}{}", kids.join(""))) && !head.contains("memserver")
+            {
+                continue;
+            }
+            let kids: Vec<&String> = kids.iter().filter(|k| !about_the_console(k)).collect();
+            let kids_owned: Vec<String> = kids.iter().map(|k| (*k).clone()).collect();
+            let Some((_, vm_kids)) = vm
+                .iter()
+                .find(|e| same(e, &(head.clone(), kids_owned.clone())))
             else {
                 panic!("systems/linux-vm.xml lacks or changed: {head}");
             };
-            for k in kids {
+            for k in &kids_owned {
                 assert!(vm_kids.contains(k), "{head} lacks or changed {k}");
             }
-            for k in vm_kids.iter().filter(|k| !kids.contains(k)) {
+            for k in vm_kids.iter().filter(|k| !kids_owned.contains(k)) {
                 assert!(about_the_vm(k), "{head} gained {k}, not about the VM");
             }
         }

@@ -1,10 +1,11 @@
 //! The operator's control port: `FromControl` requests on the
 //! description's `control_req` ring, one `ToControl` answer each on
-//! `control_resp`. Who writes the requests is the operator's console
-//! (on the host platform, the launcher: `tools demo --set-tunable`); it
-//! is trusted with the tunables, not with the ring: a malformed request is
-//! answered `Refused` and changes nothing, a ring peer that breaks the
-//! protocol is counted and left alone.
+//! `control_resp`. Who writes the requests is the operator's console: on
+//! the host platform the launcher (`tools demo --set-tunable`, `tools
+//! tunable`), on seL4 and the bare platform the console PD, which owns the
+//! UART (`console/`). It is trusted with the tunables, not with the ring:
+//! a malformed request is answered `Refused` and changes nothing, a ring
+//! peer that breaks the protocol is counted and left alone.
 
 use super::Server;
 use memserver_api::{self as api, FromControl, RefuseReason, SLOT_SIZE, ToControl};
@@ -37,9 +38,8 @@ impl Server<'_, '_> {
     /// Answer every control request that has room for its answer, in
     /// order; `seen` is shown each answer (the PD logs them). A request
     /// whose answer finds the response ring full stays in its ring until
-    /// the next call. The operator is not signalled: the port has no
-    /// channel back, and the console reads the answers once the memserver
-    /// acks its `<irq>`.
+    /// the next call. Telling the operator is the PD's part: it acks the
+    /// launcher's `<irq>` (host platform) or notifies the console PD.
     pub fn serve_control(&mut self, port: &mut ControlPort<'_>, seen: &mut dyn FnMut(&ToControl)) {
         let mut buf = [0u8; SLOT_SIZE];
         loop {

@@ -180,6 +180,18 @@ pub fn generate(sys: &System, pd_name: &str) -> Result<String, CodegenError> {
             ),
         )?;
     }
+    // Every range, for a PD that finds its device's ports by address (the
+    // x86_64 rewrite of a description picks their ids).
+    let all: String = pd
+        .ioports
+        .iter()
+        .map(|io| format!("IOPORT_{}, ", io.id))
+        .collect();
+    ioport.item(
+        "ALL".to_string(),
+        "Every range above, in the description's order.",
+        &format!("pub const {{NAME}}: &[::pd::IoPort] = &[{all}];"),
+    )?;
 
     // Every symbol the Microkit tool writes into this PD's image.
     let mut setvars = String::new();

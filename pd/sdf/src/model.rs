@@ -293,26 +293,34 @@ impl System {
         Ok(VmRam { vm, map, region })
     }
 
-    /// The memserver's control port: `Some` with the operator console's
-    /// `<irq>` when the memserver maps both `control_req` and
-    /// `control_resp` and has exactly one `<irq>`, `None` when it has none
-    /// of the three, an error for anything in between or no memserver. One
-    /// rule for the memserver's build (`cfg(has_control)`) and for tools,
-    /// which play the console on the host platform.
-    pub fn control_port(&self) -> Result<Option<&Irq>, String> {
+    /// The memserver's control port: the rings `control_req` and
+    /// `control_resp` mapped by the memserver, and who says "look": one
+    /// `<irq>` of the memserver (the host platform, whose launcher plays
+    /// the console), or a channel to the PD `console` (the console PD on
+    /// seL4 and the bare platform, which owns the UART). `None` when the
+    /// memserver has none of these, an error for anything in between or
+    /// no memserver. One rule for the memserver's build (`cfg(has_control)`)
+    /// and for tools.
+    pub fn control_port(&self) -> Result<Option<ControlPort<'_>>, String> {
         let me = self
             .pd("memserver")
             .ok_or_else(|| String::from("no PD 'memserver'"))?;
         let maps = |mr: &str| me.maps.iter().any(|m| m.mr == mr);
+        let console = self
+            .ends_of("memserver")
+            .find(|(_, other)| other.pd == "console")
+            .map(|(mine, _)| mine);
         match (
             maps("control_req"),
             maps("control_resp"),
             me.irqs.as_slice(),
+            console,
         ) {
-            (false, false, []) => Ok(None),
-            (true, true, [irq]) => Ok(Some(irq)),
+            (false, false, [], None) => Ok(None),
+            (true, true, [irq], None) => Ok(Some(ControlPort::Irq(irq))),
+            (true, true, [], Some(end)) => Ok(Some(ControlPort::Console(end))),
             _ => Err(String::from(
-                "the memserver's control port needs both maps control_req and control_resp and one <irq>",
+                "the memserver's control port needs both maps control_req and control_resp and either one <irq> or a channel to PD 'console'",
             )),
         }
     }
@@ -329,6 +337,16 @@ impl System {
             }
         })
     }
+}
+
+/// Who tells the memserver to look at its control port
+/// ([`System::control_port`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPort<'a> {
+    /// The memserver's `<irq>` (the host platform's launcher raises it).
+    Irq(&'a Irq),
+    /// The memserver's end of its channel to the PD `console`.
+    Console(&'a End),
 }
 
 struct Parser<'a, 'i> {

@@ -1,6 +1,7 @@
 //! One small system per rule of `sdf::check`, plus the parser's errors and
 //! the code generator's naming rule.
 
+use sdf::model::ControlPort;
 use sdf::{Severity, System, check, codegen};
 
 /// Wrap `body` in `<system>`; line 1 is `<system>`, so `body`'s first line is 2.
@@ -501,7 +502,7 @@ fn the_control_port_is_both_rings_and_one_irq_or_nothing() {
     const RESP: &str = r#"<map mr="control_resp" vaddr="0x1001000" perms="rw"/>"#;
     const IRQ: &str = r#"<irq irq="100" id="4" trigger="edge"/>"#;
     let s = memserver(&format!("{REQ}{RESP}{IRQ}"));
-    assert_eq!(s.control_port().unwrap().map(|i| i.id), Some(4));
+    assert!(matches!(s.control_port(), Ok(Some(ControlPort::Irq(i))) if i.id == 4));
     assert_eq!(memserver("").control_port(), Ok(None));
     for partial in [
         format!("{REQ}{RESP}"),
@@ -511,6 +512,24 @@ fn the_control_port_is_both_rings_and_one_irq_or_nothing() {
     ] {
         let e = memserver(&partial).control_port().unwrap_err();
         assert!(e.contains("needs both maps"), "{partial}: {e}");
+    }
+    // The console PD instead of the <irq>; not both, and not without rings.
+    let console = |inner: &str| {
+        sys(&format!(
+            r#"<memory_region name="control_req" size="0x1000"/>
+<memory_region name="control_resp" size="0x1000"/>
+<protection_domain name="memserver" priority="200"><program_image path="m.elf"/>
+{inner}
+</protection_domain>
+<protection_domain name="console" priority="100"><program_image path="c.elf"/></protection_domain>
+<channel><end pd="console" id="1"/><end pd="memserver" id="7"/></channel>"#
+        ))
+    };
+    let s = console(&format!("{REQ}{RESP}"));
+    assert!(matches!(s.control_port(), Ok(Some(ControlPort::Console(e))) if e.id == 7));
+    for partial in [format!("{REQ}{RESP}{IRQ}"), String::new(), REQ.to_string()] {
+        let e = console(&partial).control_port().unwrap_err();
+        assert!(e.contains("or a channel to PD 'console'"), "{partial}: {e}");
     }
     assert_eq!(sys(TWO_PDS).control_port(), Err("no PD 'memserver'".into()));
 }

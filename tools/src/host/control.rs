@@ -10,9 +10,12 @@ use memserver_api::{self as api, FromControl, SLOT_SIZE, ToControl, TunableKey};
 use pd_ring::{Consumer, Producer};
 
 /// The id of the memserver's control `<irq>` when `sys` gives it the
-/// control port (`sdf::System::control_port`, the memserver build's rule).
+/// control port through one (not through the console PD) (`sdf::System::control_port`, the memserver build's rule).
 pub fn port_irq(sys: &sdf::System) -> Option<u64> {
-    sys.control_port().ok().flatten().map(|irq| irq.id)
+    match sys.control_port() {
+        Ok(Some(sdf::model::ControlPort::Irq(irq))) => Some(irq.id),
+        _ => None,
+    }
 }
 
 /// The console's ends of the control rings and the memserver's IRQ.
