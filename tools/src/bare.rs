@@ -245,6 +245,8 @@ pub fn run_config(
         balloon_back_line: None,
         // One image, one UART, no seL4: the console is the PDs' log.
         log_pages: Vec::new(),
+        console_lines: Vec::new(),
+        console_stdin: false,
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod bare;
 pub mod bench;
+pub mod console_session;
 pub mod control_socket;
 pub mod demo;
 pub mod dtb;

@@ -235,6 +235,8 @@ pub fn run_config(
         balloon_back: (run == Sel4Run::LinuxVm).then_some(u64::from(MEMORY_MIB) * MIB),
         balloon_back_line: (run == Sel4Run::LinuxVm).then(|| VM_BALLOON_EMPTY.to_string()),
         log_pages: img.log_pages.clone(),
+        console_lines: Vec::new(),
+        console_stdin: false,
     })
 }
 

@@ -20,6 +20,7 @@ use common::{BUILD, QEMU, tmp, workspace};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tools::bare;
+use tools::console_session;
 use tools::pd_build::BuiltIn;
 use tools::qemu::{self, Arch, BalloonDevice, Boot, Qemu, QemuConfig, RunReport};
 
@@ -42,7 +43,7 @@ fn image_with(arch: Arch, bin: &str, out: &Path, built_in: &BuiltIn) -> PathBuf 
 }
 
 fn boot(name: &str, arch: Arch, balloon: BalloonDevice, target: Option<u64>) -> RunReport {
-    boot_with(name, arch, balloon, target, &BuiltIn::default())
+    boot_with(name, arch, balloon, target, &BuiltIn::default(), Vec::new())
 }
 
 fn boot_with(
@@ -51,6 +52,7 @@ fn boot_with(
     balloon: BalloonDevice,
     target: Option<u64>,
     built_in: &BuiltIn,
+    typed: Vec<String>,
 ) -> RunReport {
     let out = tmp().join(format!("bare-{name}"));
     std::fs::create_dir_all(&out).unwrap();
@@ -58,7 +60,8 @@ fn boot_with(
     let xml = std::fs::read_to_string(workspace().join("system.xml")).unwrap();
     let guests = bare::guests(&xml).unwrap();
     assert_eq!(guests, ["GUEST0", "GUEST1"]);
-    let cfg = bare::run_config(arch, kernel, balloon, out.join("qmp.sock"), guests, target);
+    let mut cfg = bare::run_config(arch, kernel, balloon, out.join("qmp.sock"), guests, target);
+    cfg.console_lines = typed;
     let report = {
         let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
         qemu::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -78,10 +81,25 @@ fn gives_memory_back(name: &str, arch: Arch, modern_mmio: bool) {
     };
     // QEMU sees 2048 MiB: ask for 256 MiB less, within what the
     // memserver holds free once the guests are done.
-    let r = boot(name, arch, balloon, Some(1792 * MIB));
+    // With an operator's session on the console PD's serial line.
+    let r = boot_with(
+        name,
+        arch,
+        balloon,
+        Some(1792 * MIB),
+        &BuiltIn::default(),
+        console_session::lines(),
+    );
     let ctx = || format!("{name}:\n{}\n{}", bare::summary(&r), r.console);
     // Every PD started under its own prefix.
-    for pd in ["TIMER", "BALLOON", "MEMSERVER", "GUEST0", "GUEST1"] {
+    for pd in [
+        "TIMER",
+        "BALLOON",
+        "MEMSERVER",
+        "CONSOLE",
+        "GUEST0",
+        "GUEST1",
+    ] {
         assert!(
             r.observed.started.iter().any(|s| s == pd),
             "{pd}\n{}",
@@ -91,6 +109,7 @@ fn gives_memory_back(name: &str, arch: Arch, modern_mmio: bool) {
     assert_eq!(r.observed.freed, 512 * MIB, "{}", ctx());
     assert!(r.observed.problems.is_empty(), "{}", ctx());
     bare::verdict(&r, 0.9).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    console_session::verdict(&r.log).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
     let b = r.balloon.unwrap();
     assert!(b.before > b.target && b.after <= b.target, "{}", ctx());
     assert!(
@@ -132,6 +151,7 @@ fn aarch64_built_in_tunables_and_workload_reach_the_pds() {
             tunables: Some("policy=linux,delay_ms=500".into()),
             guest_params: Some("pattern=fragmented,mib=128,hold_ms=500,live_mib=8".into()),
         },
+        Vec::new(),
     );
     let ctx = || format!("{name}:\n{}\n{}", bare::summary(&r), r.console);
     assert!(

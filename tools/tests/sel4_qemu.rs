@@ -5,6 +5,10 @@
 //! stays) and the hostile variant (guest1 runs `hostile.elf`: every attack
 //! gets its error, guest0 is served as if nothing happened).
 //!
+//! The reporting runs of system.xml also type an operator's session on the
+//! console PD's serial line (`tools::console_session`): a tunable set, one
+//! the memserver refuses, two lines the console refuses itself.
+//!
 //! Every run is judged by `tools::sel4::verdict` from the PDs' log pages
 //! (read through QMP `pmemsave`), QEMU's RSS and QMP, never from the
 //! console, since a release kernel prints nothing.
@@ -20,6 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+use tools::console_session;
 use tools::image::{self, Board, Image, ImageSpec, KernelConfig};
 use tools::qemu;
 use tools::sel4::{self, Sel4Run};
@@ -141,7 +146,14 @@ fn check(board: Board, config: KernelConfig, run: Sel4Run) {
 fn check_with(board: Board, config: KernelConfig, run: Sel4Run, other: Option<&str>) {
     let Some(sdk) = sdk() else { return };
     let (img, run_dir) = build(board, config, run, sdk, other);
-    let cfg = sel4::run_config(&img, run, &run_dir, Duration::from_secs(240)).unwrap();
+    let mut cfg = sel4::run_config(&img, run, &run_dir, Duration::from_secs(240)).unwrap();
+    // The operator's session on the console PD, in the reporting runs of
+    // descriptions that have one.
+    let console = run == Sel4Run::Reporting
+        && console_session::has_console(&std::fs::read_to_string(&img.board_sdf).unwrap());
+    if console {
+        cfg.console_lines = console_session::lines();
+    }
     let label = sel4::label(board, config, run);
     let r = qemu::run(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{label}: {e}"));
     std::fs::write(run_dir.join("console.txt"), &r.console).unwrap();
@@ -155,6 +167,12 @@ fn check_with(board: Board, config: KernelConfig, run: Sel4Run, other: Option<&s
             run_dir.display(),
             r.log
         ),
+    }
+    if console {
+        match console_session::verdict(&r.log) {
+            Ok(line) => println!("{label}: {line}"),
+            Err(e) => panic!("{label}: {e}\nPD log ({}):\n{}", run_dir.display(), r.log),
+        }
     }
     // A release kernel has no console of its own: every PD line the run
     // was judged by came from the log pages.

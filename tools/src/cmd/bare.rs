@@ -31,6 +31,9 @@ pub struct BareArgs {
     /// The memserver's reporting tunables and the guests' workload, built
     /// in.
     pub built_in: tools::pd_build::BuiltIn,
+    /// Lines to type on the console PD's serial line once it is ready
+    /// (`tools qemu --type`).
+    pub type_lines: Vec<String>,
 }
 
 /// `aarch64` or `x86_64`.
@@ -107,7 +110,10 @@ fn run(args: BareArgs) -> Result<ExitCode, String> {
         cfg.done_lines = vec![bare::HOSTILE_DONE.to_string()];
     }
     cfg.timeout = Duration::from_secs(args.timeout_s);
+    cfg.console_lines = args.type_lines;
+    cfg.console_stdin = true;
     eprintln!("booting {} in QEMU", kernel.display());
+    super::qemu::console_hint(&xml);
     let report = qemu::run(&cfg, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
     let console = out.join("console.txt");
     std::fs::write(&console, &report.console).map_err(|e| e.to_string())?;

@@ -61,6 +61,11 @@ pub struct Args {
     /// What the PDs are built with.
     #[command(flatten)]
     pub built_in: tools::pd_build::BuiltIn,
+    /// A line to type on the console PD's serial line once it is ready
+    /// (repeatable, in order), e.g. `--type "tunable delay_ms=250"`. Lines
+    /// of standard input are typed there too, as they come.
+    #[arg(long = "type", value_name = "LINE")]
+    pub type_lines: Vec<String>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -75,6 +80,7 @@ pub fn main(args: Args) -> ExitCode {
             timeout_s: args.timeout_s,
             built_in: args.built_in,
             system: args.system,
+            type_lines: args.type_lines,
         });
     }
     let Some(board) = args.board else {
@@ -87,6 +93,15 @@ pub fn main(args: Args) -> ExitCode {
             eprintln!("tools qemu: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Say how to reach the console PD, when the description has one.
+pub fn console_hint(description: &str) {
+    if tools::console_session::has_console(description) {
+        eprintln!(
+            "the console PD takes lines typed here: `tunable KEY=VALUE` (e.g. tunable delay_ms=250) changes a reporting tunable while the system runs; `help` lists them"
+        );
     }
 }
 
@@ -144,11 +159,14 @@ fn run(args: Args, board: Board) -> Result<ExitCode, String> {
     if let Some(mib) = args.balloon_mib {
         cfg.balloon_target = Some(mib << 20);
     }
+    cfg.console_lines = args.type_lines;
+    cfg.console_stdin = true;
     eprintln!(
         "booting {} in QEMU ({} kernel; the PDs' lines are read from their log pages)",
         img.loader.display(),
         args.config
     );
+    console_hint(&std::fs::read_to_string(&img.board_sdf).unwrap_or_default());
     let report = qemu::run(&cfg, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
     let console = out.join("console.txt");
     std::fs::write(&console, &report.console).map_err(|e| e.to_string())?;

@@ -1,8 +1,9 @@
 //! A running QEMU: its process, console and resident set.
 
 use super::{Console, QemuConfig, QemuError, Qmp, command};
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 /// QEMU's resident set: the host memory it holds (`VmRSS`), in bytes.
@@ -21,6 +22,9 @@ pub fn rss(pid: u32) -> std::io::Result<u64> {
 #[derive(Debug)]
 pub struct Qemu {
     child: Child,
+    /// The serial line's input (`-serial mon:stdio`): what
+    /// [`Qemu::type_line`] types.
+    stdin: Option<ChildStdin>,
     console: Console,
     qmp_path: PathBuf,
     started: Instant,
@@ -31,11 +35,12 @@ impl Qemu {
     pub fn spawn(cfg: &QemuConfig) -> Result<Qemu, QemuError> {
         let _ = std::fs::remove_file(&cfg.qmp);
         let mut cmd = command(cfg);
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(QemuError::Spawn)?;
         let console = Console::default();
+        let stdin = child.stdin.take();
         if let Some(out) = child.stdout.take() {
             console.attach(out, "");
         }
@@ -44,6 +49,7 @@ impl Qemu {
         }
         Ok(Qemu {
             child,
+            stdin,
             console,
             qmp_path: cfg.qmp.clone(),
             started: Instant::now(),
@@ -83,6 +89,19 @@ impl Qemu {
     /// create it) and leave capabilities negotiation mode.
     pub fn qmp(&self, timeout: Duration) -> Result<Qmp, QemuError> {
         Qmp::connect(&self.qmp_path, timeout)
+    }
+
+    /// Type `line` on the guest's serial line, ended by CR as a terminal
+    /// sends it. QEMU takes the bytes as fast as the UART's receiver has
+    /// room; the rest wait in the pipe.
+    pub fn type_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("QEMU's serial input is closed"))?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\r")?;
+        stdin.flush()
     }
 
     /// Stop QEMU.

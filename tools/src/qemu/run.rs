@@ -44,6 +44,31 @@ pub struct RunConfig {
     /// lines are read from them through QMP instead of from the console,
     /// so a release kernel (no console) is followed like a debug one.
     pub log_pages: Vec<LogPage>,
+    /// Lines typed on the serial line once the console PD says it is
+    /// ready ([`CONSOLE_READY`]), in order.
+    pub console_lines: Vec<String>,
+    /// And every line of this process's standard input, from then on
+    /// (`tools qemu`: the operator types `tunable delay_ms=250` where the
+    /// run shows its progress).
+    pub console_stdin: bool,
+}
+
+/// The console PD's line once it takes input.
+pub const CONSOLE_READY: &str = "CONSOLE|INFO: ready";
+
+/// This process's standard input, a line at a time, read on a thread of
+/// its own (a read blocks; the run does not).
+fn stdin_lines() -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The QMP balloon check.
@@ -258,9 +283,29 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport,
     let mut lines_seen = vec![false; cfg.done_lines.len()];
     let mut marked = vec![false; cfg.console_marks.len()];
     let mut booted = false;
+    // The console's input: `None` until the console PD is ready.
+    let mut console_ready = false;
+    let stdin = cfg.console_stdin.then(stdin_lines);
     loop {
         let t = start.elapsed();
         let (console, pd) = follow.next(&qemu)?;
+        if !console_ready
+            && pd
+                .iter()
+                .any(|l| segments(l).iter().any(|s| s.starts_with(CONSOLE_READY)))
+        {
+            console_ready = true;
+            for line in &cfg.console_lines {
+                qemu.type_line(line)
+                    .map_err(|e| QemuError::Io("QEMU's serial input".into(), e))?;
+            }
+        }
+        if console_ready && let Some(rx) = &stdin {
+            for line in rx.try_iter() {
+                qemu.type_line(&line)
+                    .map_err(|e| QemuError::Io("QEMU's serial input".into(), e))?;
+            }
+        }
         for l in &pd {
             // The first PD line marks the boot when the monitor says
             // nothing (a release kernel).
