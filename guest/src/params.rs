@@ -16,6 +16,7 @@
 //! | `rounds`  | 4       | churn rounds, 1..=100000                                  |
 //! | `live_mib`| 8       | MiB kept allocated the whole run and verified at the end, 0..=65536 |
 //! | `speed`   | 1       | trace: replay this many times faster than recorded, 1..=1000 |
+//! | `curve`   | `cargo-build` | trace: which recorded curve, `cargo-build` or `cppcheck-build` (see [`Curve`]) |
 //!
 //! Whether `mib + live_mib` fits the guest's RAM is checked when the
 //! workload starts ([`Params::check_fits`]).
@@ -54,6 +55,28 @@ impl Pattern {
     }
 }
 
+/// The recorded memory curve a `trace` replays (`guest/traces/`, whose
+/// README says how each was recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    /// A `cargo build --release -j2` of a crate using regex and serde_json:
+    /// a few large rustc processes, long plateaus.
+    CargoBuild,
+    /// A `make -j2` of cppcheck 2.10 (C++, g++ -O2): many compiler
+    /// processes, each rising and exiting, as a C++ build does.
+    CppcheckBuild,
+}
+
+impl Curve {
+    /// The name used in the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            Curve::CargoBuild => "cargo-build",
+            Curve::CppcheckBuild => "cppcheck-build",
+        }
+    }
+}
+
 /// Workload parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
@@ -63,6 +86,7 @@ pub struct Params {
     pub rounds: u32,
     pub live_mib: u64,
     pub speed: u32,
+    pub curve: Curve,
 }
 
 impl Default for Params {
@@ -74,6 +98,7 @@ impl Default for Params {
             rounds: 4,
             live_mib: 8,
             speed: 1,
+            curve: Curve::CargoBuild,
         }
     }
 }
@@ -86,6 +111,7 @@ pub enum ParamError<'s> {
     UnknownKey(&'s str),
     DuplicateKey(&'s str),
     UnknownPattern(&'s str),
+    UnknownCurve(&'s str),
     /// Not a decimal number.
     NotANumber {
         key: &'s str,
@@ -111,12 +137,15 @@ impl fmt::Display for ParamError<'_> {
             ParamError::UnknownKey(k) => {
                 write!(
                     f,
-                    "unknown key '{k}' (known: pattern, mib, hold_ms, rounds, live_mib, speed)"
+                    "unknown key '{k}' (known: pattern, mib, hold_ms, rounds, live_mib, speed, curve)"
                 )
             }
             ParamError::DuplicateKey(k) => write!(f, "key '{k}' given twice"),
             ParamError::UnknownPattern(p) => {
                 write!(f, "unknown pattern '{p}' (bulk, fragmented, churn, trace)")
+            }
+            ParamError::UnknownCurve(c) => {
+                write!(f, "unknown curve '{c}' (cargo-build, cppcheck-build)")
             }
             ParamError::NotANumber { key, value } => {
                 write!(f, "{key}='{value}' is not a decimal number")
@@ -204,6 +233,14 @@ impl Params {
                     p.speed = number(key, value, "speed", 1, 1000)? as u32;
                     32
                 }
+                "curve" => {
+                    p.curve = match value {
+                        "cargo-build" => Curve::CargoBuild,
+                        "cppcheck-build" => Curve::CppcheckBuild,
+                        other => return Err(ParamError::UnknownCurve(other)),
+                    };
+                    64
+                }
                 other => return Err(ParamError::UnknownKey(other)),
             };
             if seen & bit != 0 {
@@ -250,7 +287,13 @@ impl fmt::Display for Params {
             self.rounds,
             self.live_mib,
             self.speed
-        )
+        )?;
+        // The default curve is left out: the lines of every other pattern
+        // stay as they were.
+        if self.curve != Curve::CargoBuild {
+            write!(f, ",curve={}", self.curve.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +317,14 @@ mod tests {
         let t = Params::parse("pattern=trace,speed=4").unwrap();
         assert_eq!((t.pattern, t.speed), (Pattern::Trace, 4));
         assert_eq!(Params::parse(&t.to_string()), Ok(t));
+        let c = Params::parse("pattern=trace,curve=cppcheck-build").unwrap();
+        assert_eq!(c.curve, Curve::CppcheckBuild);
+        assert!(c.to_string().ends_with(",curve=cppcheck-build"));
+        assert_eq!(Params::parse(&c.to_string()), Ok(c));
+        assert_eq!(
+            Params::parse("curve=clang"),
+            Err(ParamError::UnknownCurve("clang"))
+        );
         let p = Params::parse("pattern=churn, mib=64,rounds=7").unwrap();
         assert_eq!(
             p,

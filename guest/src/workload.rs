@@ -11,7 +11,7 @@
 //!   block, hold, free the rest, hold, verify.
 //! - churn: live set, `rounds` x (allocate mixed orders, free all), hold,
 //!   verify.
-//! - trace: live set, follow a recorded memory curve ([`TRACE`]), free
+//! - trace: live set, follow a recorded memory curve ([`trace_text`]), free
 //!   all, hold, verify.
 //!
 //! Every page the guest owns holds [`crate::ram::pattern`]; blocks are
@@ -29,7 +29,7 @@
 
 use crate::client::{FreeBatch, MemClient, MemError, Notify};
 use crate::owned::{OwnedPages, Set};
-use crate::params::{Params, Pattern};
+use crate::params::{Curve, Params, Pattern};
 use crate::ram::RamWindow;
 use crate::{MIB, PAGE_SIZE, PAGES_PER_MIB};
 use core::fmt;
@@ -44,17 +44,48 @@ pub const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 /// Data-mismatch errors logged one by one; later ones are only counted.
 const MAX_MISMATCH_LOGS: u64 = 8;
 
-/// The memory curve the `trace` pattern follows: `t_ms,rss_kib` rows,
-/// recorded from a real `cargo build` (how: `guest/traces/README.md`).
-pub const TRACE: &str = include_str!("../traces/cargo-build-regex.csv");
+/// The memory curves the `trace` pattern follows: `t_ms,rss_kib` rows,
+/// recorded from a real `cargo build` and a real C++ build (how:
+/// `guest/traces/README.md`).
+pub const TRACE_CARGO_BUILD: &str = include_str!("../traces/cargo-build-regex.csv");
+pub const TRACE_CPPCHECK_BUILD: &str = include_str!("../traces/cppcheck-build.csv");
 
-/// The `i`th `(t_ms, rss_kib)` point of [`TRACE`] (header and malformed
-/// rows skipped).
-fn trace_points() -> impl Iterator<Item = (u64, u64)> {
-    TRACE.lines().filter_map(|l| {
+/// The rows of `curve`.
+pub fn trace_text(curve: Curve) -> &'static str {
+    match curve {
+        Curve::CargoBuild => TRACE_CARGO_BUILD,
+        Curve::CppcheckBuild => TRACE_CPPCHECK_BUILD,
+    }
+}
+
+/// The `(t_ms, rss_kib)` points of `curve` (header and malformed rows
+/// skipped).
+fn trace_points(curve: Curve) -> impl Iterator<Item = (u64, u64)> {
+    trace_text(curve).lines().filter_map(|l| {
         let (t, kib) = l.split_once(',')?;
         Some((t.trim().parse().ok()?, kib.trim().parse().ok()?))
     })
+}
+
+/// The curve's time-weighted mean over its peak (0..=1): a replay scaled
+/// to `mib` holds, on average, this fraction of `mib` (besides its live
+/// set), which is the least host memory any reporting policy can leave it
+/// with (every freed page given back the moment it is freed).
+pub fn trace_mean_of_peak(curve: Curve) -> f64 {
+    let (mut area, mut peak, mut prev) = (0u128, 0u64, None::<(u64, u64)>);
+    for (t, kib) in trace_points(curve) {
+        if let Some((t0, k0)) = prev {
+            area += u128::from(k0) * u128::from(t.saturating_sub(t0));
+        }
+        peak = peak.max(kib);
+        prev = Some((t, kib));
+    }
+    let first = trace_points(curve).next().map_or(0, |(t, _)| t);
+    let span = prev.map_or(0, |(t, _)| t.saturating_sub(first));
+    if span == 0 || peak == 0 {
+        return 0.0;
+    }
+    area as f64 / span as f64 / peak as f64
 }
 
 /// A trace step smaller than this is not worth a request.
@@ -147,7 +178,7 @@ enum Op {
         name: &'static str,
     },
     Hold,
-    /// Follow [`TRACE`].
+    /// Follow the recorded curve ([`trace_text`]).
     Trace,
     /// Repeat from op `back_to` until `rounds` rounds are done.
     Repeat {
@@ -458,7 +489,8 @@ impl<'s> Workload<'s> {
             }
             Op::Trace => {
                 let t0 = host.now_ns();
-                let (n, peak) = trace_points().fold((0, 0), |(n, p), (_, k)| (n + 1, p.max(k)));
+                let (n, peak) = trace_points(self.params.curve)
+                    .fold((0, 0), |(n, p), (_, k)| (n + 1, p.max(k)));
                 self.st.trace = TraceState {
                     t0,
                     peak_kib: peak.max(1),
@@ -772,7 +804,7 @@ impl<'s> Workload<'s> {
         })
     }
 
-    /// Follow [`TRACE`]: at each point's (scaled) time, allocate or free
+    /// Follow the recorded curve ([`trace_text`]). at each point's (scaled) time, allocate or free
     /// towards its level, then wait for the next point.
     fn run_trace<N: Notify>(
         &mut self,
@@ -789,7 +821,7 @@ impl<'s> Workload<'s> {
             }
             self.st.trace.moving = None;
             let tr = self.st.trace;
-            let Some((t_ms, kib)) = trace_points().nth(tr.step) else {
+            let Some((t_ms, kib)) = trace_points(self.params.curve).nth(tr.step) else {
                 return Ok(());
             };
             let now = host.now_ns();

@@ -467,9 +467,34 @@ fn churn_runs_its_rounds_and_leaves_only_the_live_set() {
 /// back at the end.
 #[test]
 fn trace_follows_the_recorded_curve() {
-    let points = guest::workload::TRACE.lines().count() - 1;
+    follows(guest::params::Curve::CargoBuild);
+}
+
+/// The curves' means over their peaks, as recorded (README): the floor
+/// the footprint scenarios print.
+#[test]
+fn the_curves_means_are_what_they_hold() {
+    use guest::params::Curve;
+    use guest::workload::trace_mean_of_peak;
+    let cargo = trace_mean_of_peak(Curve::CargoBuild);
+    let cpp = trace_mean_of_peak(Curve::CppcheckBuild);
+    assert!((0.70..0.72).contains(&cargo), "{cargo}");
+    assert!((0.51..0.54).contains(&cpp), "{cpp}");
+}
+
+/// The same for the C++ build's curve (`curve=cppcheck-build`).
+#[test]
+fn trace_follows_the_cpp_builds_curve() {
+    follows(guest::params::Curve::CppcheckBuild);
+}
+
+fn follows(curve: guest::params::Curve) {
+    let points = guest::workload::trace_text(curve).lines().count() - 1;
     let o = run(
-        "pattern=trace,mib=16,live_mib=1,hold_ms=0,speed=1000",
+        &format!(
+            "pattern=trace,mib=16,live_mib=1,hold_ms=0,speed=1000,curve={}",
+            curve.name()
+        ),
         32,
         Faults::default(),
     );

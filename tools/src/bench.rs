@@ -371,8 +371,8 @@ impl TraceRun {
         let f = crate::policy_bench::trace_footprint(&r.timeline);
         Self {
             platform: platform.to_string(),
-            avg_mib: f.and_then(|(avg, _)| avg),
-            replay_s: f.map(|(_, s)| s),
+            avg_mib: f.avg_mib,
+            replay_s: f.secs,
         }
     }
 }

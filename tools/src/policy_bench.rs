@@ -14,10 +14,12 @@
 //!   per guest: the workload's time from launch to its last free (median of
 //!   [`CHURN_RUNS`] runs, reporting off and each policy taking turns), with
 //!   reporting off as the baseline;
-//! - trace: each guest replays the memory curve of a real `cargo build`
-//!   (`guest/traces/`, peak scaled to 768 MiB, [`TRACE_SPEED`] times
-//!   faster than recorded): the host memory averaged over the replay, and
-//!   the replay's length (it lags the curve when allocation is slow).
+//! - trace, cpp-trace: each guest replays the memory curve of a real
+//!   build ([`TRACES`]: a `cargo build`, and a C++ build whose compiler
+//!   processes rise and exit all along; `guest/traces/`, peak scaled to
+//!   768 MiB): the host memory averaged over the replay, and the replay's
+//!   length (it lags the curve when allocation is slow); and the same
+//!   replay with every free reported at once ([`TRACE_BOUND`]).
 //!
 //! Figures on a loaded machine are noisy: the other scenarios are one run.
 //! Besides each run's own plot, `policy-<scenario>.svg` draws the host
@@ -32,22 +34,63 @@ use std::time::Duration;
 /// Runs of each churn variant (one run's time moves with the load).
 pub const CHURN_RUNS: usize = 5;
 
+/// Guests of the description the policy part runs (host-2x1g.xml).
+pub const GUESTS: u64 = 2;
+
 /// The policies compared, control first.
 pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
 
 /// The scenarios, in the order they run; `run` takes a subset.
-pub const SCENARIOS: [&str; 4] = ["latency", "fragmented", "churn", "trace"];
+pub const SCENARIOS: [&str; 5] = ["latency", "fragmented", "churn", "trace", "cpp-trace"];
 
-/// How much faster than recorded the trace is replayed (196 s recorded).
-pub const TRACE_SPEED: u32 = 2;
+/// A recorded curve the footprint scenarios replay.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceCurve {
+    /// The scenario's name ([`SCENARIOS`]).
+    pub scenario: &'static str,
+    /// The guests' workload.
+    pub workload: &'static str,
+    /// The curve it replays, at `mib` MiB peak per guest, with `live_mib`
+    /// besides (as in `workload`).
+    pub curve: guest::params::Curve,
+    pub mib: u64,
+    pub live_mib: u64,
+    /// What the table's heading says it is.
+    pub title: &'static str,
+}
+
+/// The footprint scenarios: the `cargo build` (196 s recorded, replayed
+/// twice as fast) and the C++ build (97 s, as recorded).
+pub const TRACES: [TraceCurve; 2] = [
+    TraceCurve {
+        scenario: "trace",
+        workload: "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=2",
+        curve: guest::params::Curve::CargoBuild,
+        mib: 768,
+        live_mib: 8,
+        title: "a recorded `cargo build` replayed (guest/traces/cargo-build-regex.csv, x2, peak 768 MiB per guest)",
+    },
+    TraceCurve {
+        scenario: "cpp-trace",
+        workload: "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-build",
+        curve: guest::params::Curve::CppcheckBuild,
+        mib: 768,
+        live_mib: 8,
+        title: "a recorded C++ build replayed (guest/traces/cppcheck-build.csv, `make -j2` of cppcheck 2.10, x1, peak 768 MiB per guest)",
+    },
+];
 
 /// The latency scenario's guest workload: touch 1 GiB, hold 2 s, free it
 /// all (the QEMU runs use it too, [`crate::bench::QEMU_LATENCY`]).
 pub const LATENCY_WORKLOAD: &str = "pattern=bulk,mib=1024,hold_ms=2000,rounds=1,live_mib=0";
 
-/// The trace scenario's guest workload.
-pub fn trace_workload() -> String {
-    format!("pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed={TRACE_SPEED}")
+/// A policy's footprint on one curve: host memory averaged over the
+/// replay (MiB), and the replay's length (s, from the first guest's start
+/// to the last one's end).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Footprint {
+    pub avg_mib: Option<f64>,
+    pub secs: Option<f64>,
 }
 
 /// One policy's figures over the scenarios.
@@ -66,10 +109,8 @@ pub struct PolicyFigures {
     /// relative to reporting off (1.0 = as fast).
     pub churn_s: Option<f64>,
     pub churn_vs_off: Option<f64>,
-    /// Trace: host memory averaged over the replay (MiB), and the replay's
-    /// length (s, from the first guest's start to the last one's end).
-    pub trace_avg_mib: Option<f64>,
-    pub trace_s: Option<f64>,
+    /// The footprint on each of [`TRACES`] that ran, by index.
+    pub traces: [Footprint; 2],
     /// Problems of the runs (PD errors, guests that did not verify).
     pub problems: Vec<String>,
 }
@@ -79,10 +120,10 @@ pub struct PolicyFigures {
 pub struct Comparison {
     pub figures: Vec<PolicyFigures>,
     pub churn_off_s: Option<f64>,
-    /// The trace with every free reported within about [`TRACE_BOUND`]'s
-    /// 100 ms: the footprint below which no policy can go by much (host
-    /// memory, MiB), and the replay's length then (s).
-    pub trace_bound: Option<(f64, f64)>,
+    /// Each of [`TRACES`] with every free reported within about
+    /// [`TRACE_BOUND`]'s 100 ms: the footprint below which no policy can go
+    /// by much.
+    pub trace_bounds: [Footprint; 2],
     /// The scenarios that ran ([`SCENARIOS`]' names).
     pub scenarios: Vec<String>,
 }
@@ -301,38 +342,44 @@ pub fn run(
             f.problems.extend(churn[v].1.iter().cloned());
         }
 
-        if wanted("trace") {
+        for (i, curve) in TRACES.iter().enumerate() {
+            if !wanted(curve.scenario) {
+                continue;
+            }
             progress(&format!(
-                "policy {policy}: trace (cargo build, x{TRACE_SPEED}), 2 x 768 MiB peak"
+                "policy {policy}: {} ({})",
+                curve.scenario, curve.workload
             ));
             let r = demo::run(
-                &cfg(trace_workload(), format!("policy={policy}"), None),
+                &cfg(curve.workload.into(), format!("policy={policy}"), None),
                 &mut |_| {},
             )?;
-            save(&format!("policy-trace-{policy}"), &r)?;
-            if let Some((avg_mib, secs)) = trace_footprint(&r.timeline) {
-                f.trace_avg_mib = avg_mib;
-                f.trace_s = Some(secs);
-            }
+            save(&format!("policy-{}-{policy}", curve.scenario), &r)?;
+            f.traces[i] = trace_footprint(&r.timeline);
             f.problems.extend(problems(&r));
-            both.push(("trace", policy, r.timeline.clone()));
+            both.push((curve.scenario, policy, r.timeline.clone()));
         }
         cmp.figures.push(f);
     }
-    if wanted("trace") {
-        progress("trace with everything free reported within ~0.1 s (the bound)");
+    for (i, curve) in TRACES.iter().enumerate() {
+        if !wanted(curve.scenario) {
+            continue;
+        }
+        progress(&format!(
+            "{} with everything free reported within ~0.1 s (the bound)",
+            curve.scenario
+        ));
         let r = demo::run(
-            &cfg(trace_workload(), TRACE_BOUND.into(), None),
+            &cfg(curve.workload.into(), TRACE_BOUND.into(), None),
             &mut |_| {},
         )?;
-        save("policy-trace-bound", &r)?;
-        cmp.trace_bound =
-            trace_footprint(&r.timeline).and_then(|(avg_mib, secs)| avg_mib.map(|m| (m, secs)));
+        save(&format!("policy-{}-bound", curve.scenario), &r)?;
+        cmp.trace_bounds[i] = trace_footprint(&r.timeline);
         if let Some(f) = cmp.figures.last_mut() {
             f.problems
                 .extend(problems(&r).into_iter().map(|p| format!("bound: {p}")));
         }
-        both.push(("trace", "bound", r.timeline.clone()));
+        both.push((curve.scenario, "bound", r.timeline.clone()));
     }
     for name in SCENARIOS {
         let runs: Vec<(&str, &Timeline)> = both
@@ -405,11 +452,18 @@ pub fn plot_policies(path: &Path, title: &str, runs: &[(&str, &Timeline)]) -> Re
 
 /// The trace's footprint in a run: host memory averaged from the first
 /// guest's `trace start` to the last one's `trace end` (MiB), and that
-/// span (s); `None` without both marks.
-pub fn trace_footprint(t: &Timeline) -> Option<(Option<f64>, f64)> {
-    let start = marks_with(t, " trace start").0?;
-    let end = marks_with(t, " trace end").1?;
-    Some((average_host_mib(t, start, end), (end - start).as_secs_f64()))
+/// span (s); nothing without both marks.
+pub fn trace_footprint(t: &Timeline) -> Footprint {
+    match (
+        marks_with(t, " trace start").0,
+        marks_with(t, " trace end").1,
+    ) {
+        (Some(start), Some(end)) => Footprint {
+            avg_mib: average_host_mib(t, start, end),
+            secs: Some((end - start).as_secs_f64()),
+        },
+        _ => Footprint::default(),
+    }
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -424,6 +478,17 @@ fn change(ratio: f64) -> String {
 /// `a` relative to `b`, as a change; "never" if either is missing.
 fn rel(a: Option<f64>, b: Option<f64>) -> String {
     opt(a.zip(b).map(|(a, b)| a / b), change)
+}
+
+impl TraceCurve {
+    /// The least host memory a replay by `guests` guests can keep (MiB):
+    /// the curve's own mean and the live sets, every freed page given back
+    /// at once ([`guest::workload::trace_mean_of_peak`]).
+    pub fn floor_mib(&self, guests: u64) -> f64 {
+        guests as f64
+            * (guest::workload::trace_mean_of_peak(self.curve) * self.mib as f64
+                + self.live_mib as f64)
+    }
 }
 
 impl Comparison {
@@ -474,40 +539,48 @@ impl Comparison {
             );
         }
         let linux = self.figures.iter().find(|f| f.policy == "linux");
-        if self.figures.iter().any(|f| f.trace_avg_mib.is_some()) {
-            let _ = writeln!(
-                s,
-                "\n### Footprint: a recorded `cargo build` replayed (guest/traces/cargo-build-regex.csv, x{TRACE_SPEED}, peak 768 MiB per guest)\n"
-            );
+        for (i, curve) in TRACES.iter().enumerate() {
+            if !self.figures.iter().any(|f| f.traces[i].avg_mib.is_some()) {
+                continue;
+            }
+            let base = linux.map(|l| l.traces[i]).unwrap_or_default();
+            let _ = writeln!(s, "\n### Footprint: {}\n", curve.title);
             let _ = writeln!(
                 s,
                 "| policy | host memory, time-averaged over the replay | vs linux | replay length | vs linux |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|");
+            let mut row = |name: &str, f: Footprint| {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} |",
+                    opt(f.avg_mib, |x| format!("{x:.0} MiB")),
+                    rel(f.avg_mib, base.avg_mib),
+                    opt(f.secs, sec),
+                    rel(f.secs, base.secs),
+                );
+            };
             for f in &self.figures {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    f.policy,
-                    opt(f.trace_avg_mib, |x| format!("{x:.0} MiB")),
-                    rel(f.trace_avg_mib, linux.and_then(|l| l.trace_avg_mib)),
-                    opt(f.trace_s, sec),
-                    rel(f.trace_s, linux.and_then(|l| l.trace_s)),
-                );
+                row(&f.policy, f.traces[i]);
             }
-            if let Some((mib, secs)) = self.trace_bound {
-                let _ = writeln!(
-                    s,
-                    "| bound: every free back within ~0.1 s | {mib:.0} MiB | {} | {} | {} |",
-                    rel(Some(mib), linux.and_then(|l| l.trace_avg_mib)),
-                    sec(secs),
-                    rel(Some(secs), linux.and_then(|l| l.trace_s)),
-                );
+            if self.trace_bounds[i].avg_mib.is_some() {
+                row("bound: every free back within ~0.1 s", self.trace_bounds[i]);
             }
+            let floor = curve.floor_mib(GUESTS);
+            let _ = writeln!(
+                s,
+                "| floor: the curve's own memory, nothing free kept | {floor:.0} MiB | {} | | |",
+                rel(Some(floor), base.avg_mib),
+            );
             let _ = writeln!(
                 s,
                 "\nTarget (issue 15): host memory >= 17 % below linux's, workload time <= 1 % longer. \
-                 The bound row ({TRACE_BOUND}) is about the least any policy can keep on this curve."
+                 The bound row ({TRACE_BOUND}) is about the least any policy can keep on this curve; \
+                 no policy can go below the floor row (the replay's own memory: {GUESTS} guests x \
+                 (the curve's mean, {:.3} of its peak, x {} MiB + {} MiB live)).",
+                guest::workload::trace_mean_of_peak(curve.curve),
+                curve.mib,
+                curve.live_mib
             );
         }
         for f in &self.figures {
@@ -580,16 +653,19 @@ mod tests {
 
     #[test]
     fn the_trace_table_compares_with_linux() {
+        let fp = |mib, s| Footprint {
+            avg_mib: Some(mib),
+            secs: Some(s),
+        };
         let f = |policy: &str, mib, s| PolicyFigures {
             policy: policy.into(),
-            trace_avg_mib: Some(mib),
-            trace_s: Some(s),
+            traces: [fp(mib, s), Footprint::default()],
             ..PolicyFigures::default()
         };
         let c = Comparison {
             figures: vec![f("linux", 1000.0, 100.0), f("adaptive", 800.0, 100.5)],
             churn_off_s: None,
-            trace_bound: Some((750.0, 102.0)),
+            trace_bounds: [fp(750.0, 102.0), Footprint::default()],
             scenarios: vec!["trace".into()],
         };
         let md = c.markdown();
@@ -601,6 +677,15 @@ mod tests {
             md.contains(
                 "| bound: every free back within ~0.1 s | 750 MiB | -25.0 % | 102.00 s | +2.0 % |"
             ),
+            "{md}"
+        );
+        // The floor: 2 guests x (the cargo curve's mean x 768 MiB + 8 MiB).
+        let floor = TRACES[0].floor_mib(GUESTS);
+        assert!((1090.0..1120.0).contains(&floor), "{floor}");
+        assert!(
+            md.contains(&format!(
+                "| floor: the curve's own memory, nothing free kept | {floor:.0} MiB |"
+            )),
             "{md}"
         );
         // Only the trace ran: no table of the other scenarios' "never"s.
