@@ -21,6 +21,11 @@ pub use pl011::Pl011;
 /// How many times a driver polls for room before it drops a byte.
 pub const TX_POLLS: u32 = 1 << 20;
 
+/// Poll `ready` up to [`TX_POLLS`] times; whether it said yes.
+pub(crate) fn poll_until(mut ready: impl FnMut() -> bool) -> bool {
+    (0..TX_POLLS).any(|_| ready())
+}
+
 /// What the console needs of a UART.
 pub trait Uart {
     /// Enable the receiver and its interrupt.

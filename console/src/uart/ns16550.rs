@@ -1,6 +1,6 @@
 //! The PC's 16550 UART (COM1), as QEMU's pc machine has it.
 
-use super::{Regs8, TX_POLLS, Uart};
+use super::{Regs8, Uart, poll_until};
 
 /// Receive buffer (read) / transmit holding (write).
 const DATA: u16 = 0;
@@ -58,13 +58,11 @@ impl<R: Regs8> Uart for Ns16550<R> {
     }
 
     fn write(&mut self, b: u8) {
-        for _ in 0..TX_POLLS {
-            if self.regs.read(LSR) & LSR_THRE != 0 {
-                self.regs.write(DATA, b);
-                return;
-            }
+        if poll_until(|| self.regs.read(LSR) & LSR_THRE != 0) {
+            self.regs.write(DATA, b);
+        } else {
+            self.dropped += 1;
         }
-        self.dropped += 1;
     }
 
     fn dropped(&self) -> u64 {

@@ -1,6 +1,6 @@
 //! ARM PrimeCell UART (PL011), as QEMU's virt board has it (ARM DDI 0183).
 
-use super::{Regs32, TX_POLLS, Uart};
+use super::{Regs32, Uart, poll_until};
 
 /// Data register: the byte in bits 0..8, receive errors in 8..12.
 const DR: usize = 0x00;
@@ -60,13 +60,11 @@ impl<R: Regs32> Uart for Pl011<R> {
     }
 
     fn write(&mut self, b: u8) {
-        for _ in 0..TX_POLLS {
-            if self.regs.read(FR) & FR_TXFF == 0 {
-                self.regs.write(DR, u32::from(b));
-                return;
-            }
+        if poll_until(|| self.regs.read(FR) & FR_TXFF == 0) {
+            self.regs.write(DR, u32::from(b));
+        } else {
+            self.dropped += 1;
         }
-        self.dropped += 1;
     }
 
     fn dropped(&self) -> u64 {
