@@ -94,9 +94,9 @@ fn main() {
     // port; the bare platform has no VMM, and `generate` sets the control
     // port's as memserver/build.rs does).
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
-    println!("cargo::rustc-check-cfg=cfg(has_control)");
-    println!("cargo::rustc-check-cfg=cfg(control_irq)");
-    println!("cargo::rustc-check-cfg=cfg(control_console)");
+    for cfg in sdf::build::CONTROL_PORT_CFGS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
     println!("cargo:rerun-if-changed=src/layout.rs");
     println!("cargo:rerun-if-changed=src/memmap.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
@@ -194,17 +194,8 @@ fn generate(
     // The memserver's control port, as memserver/build.rs tells its crate
     // (one image holds a memserver: `system`).
     if sys.pd("memserver").is_some() {
-        match sys.control_port()? {
-            None => {}
-            Some(port) => {
-                println!("cargo::rustc-cfg=has_control");
-                match port {
-                    sdf::model::ControlPort::Irq(_) => println!("cargo::rustc-cfg=control_irq"),
-                    sdf::model::ControlPort::Console(_) => {
-                        println!("cargo::rustc-cfg=control_console")
-                    }
-                }
-            }
+        for cfg in sdf::build::control_port_cfgs(&sys)? {
+            println!("cargo::rustc-cfg={cfg}");
         }
     }
 

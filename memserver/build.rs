@@ -15,9 +15,9 @@
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_vmm)");
-    println!("cargo::rustc-check-cfg=cfg(has_control)");
-    println!("cargo::rustc-check-cfg=cfg(control_irq)");
-    println!("cargo::rustc-check-cfg=cfg(control_console)");
+    for cfg in sdf::build::CONTROL_PORT_CFGS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
     let xml = sdf::build::system_xml();
     if let Err(e) = sdf::build::pd(&xml, "memserver") {
         panic!("{e}");
@@ -38,15 +38,10 @@ fn main() {
     // The operator's control port: the rings `control_req` and
     // `control_resp`, and who says "look": an `<irq>` (on the host platform
     // the launcher is that console) or the console PD's channel.
-    match sys.control_port() {
-        Ok(None) => {}
-        Ok(Some(port)) => {
-            println!("cargo::rustc-cfg=has_control");
-            match port {
-                sdf::model::ControlPort::Irq(_) => println!("cargo::rustc-cfg=control_irq"),
-                sdf::model::ControlPort::Console(_) => {
-                    println!("cargo::rustc-cfg=control_console")
-                }
+    match sdf::build::control_port_cfgs(&sys) {
+        Ok(cfgs) => {
+            for cfg in cfgs {
+                println!("cargo::rustc-cfg={cfg}");
             }
         }
         Err(e) => panic!("{}: {e}", xml.display()),

@@ -226,3 +226,21 @@ pub fn pd(system_xml: impl AsRef<Path>, pd_name: &str) -> Result<PathBuf, BuildE
     link_microkit()?;
     Ok(out)
 }
+
+/// The cfgs the memserver's source is built with for its control port
+/// ([`System::control_port`]), every one a build script may set: for
+/// `cargo::rustc-check-cfg`.
+pub const CONTROL_PORT_CFGS: [&str; 3] = ["has_control", "control_irq", "control_console"];
+
+/// The cfgs of [`CONTROL_PORT_CFGS`] that `sys`'s control port sets:
+/// none without a port, `has_control` with one, and `control_irq` or
+/// `control_console` for who says "look". One rule for the memserver's own
+/// build and the bare image, which compiles the memserver's source too.
+pub fn control_port_cfgs(sys: &System) -> Result<&'static [&'static str], String> {
+    use crate::model::ControlPort;
+    Ok(match sys.control_port()? {
+        None => &[],
+        Some(ControlPort::Irq(_)) => &["has_control", "control_irq"],
+        Some(ControlPort::Console(_)) => &["has_control", "control_console"],
+    })
+}

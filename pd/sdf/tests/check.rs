@@ -503,7 +503,12 @@ fn the_control_port_is_both_rings_and_one_irq_or_nothing() {
     const IRQ: &str = r#"<irq irq="100" id="4" trigger="edge"/>"#;
     let s = memserver(&format!("{REQ}{RESP}{IRQ}"));
     assert!(matches!(s.control_port(), Ok(Some(ControlPort::Irq(i))) if i.id == 4));
+    assert_eq!(
+        sdf::build::control_port_cfgs(&s),
+        Ok(&["has_control", "control_irq"][..])
+    );
     assert_eq!(memserver("").control_port(), Ok(None));
+    assert_eq!(sdf::build::control_port_cfgs(&memserver("")), Ok(&[][..]));
     for partial in [
         format!("{REQ}{RESP}"),
         format!("{REQ}{IRQ}"),
@@ -527,6 +532,10 @@ fn the_control_port_is_both_rings_and_one_irq_or_nothing() {
     };
     let s = console(&format!("{REQ}{RESP}"));
     assert!(matches!(s.control_port(), Ok(Some(ControlPort::Console(e))) if e.id == 7));
+    assert_eq!(
+        sdf::build::control_port_cfgs(&s),
+        Ok(&["has_control", "control_console"][..])
+    );
     for partial in [format!("{REQ}{RESP}{IRQ}"), String::new(), REQ.to_string()] {
         let e = console(&partial).control_port().unwrap_err();
         assert!(e.contains("or a channel to PD 'console'"), "{partial}: {e}");
