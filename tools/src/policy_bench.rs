@@ -43,40 +43,38 @@ pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
 /// The scenarios, in the order they run; `run` takes a subset.
 pub const SCENARIOS: [&str; 5] = ["latency", "fragmented", "churn", "trace", "cpp-trace"];
 
-/// A recorded curve the footprint scenarios replay.
+/// A recorded curve the footprint scenarios replay, each guest at
+/// [`TRACE_MIB`] peak with [`TRACE_LIVE_MIB`] besides.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceCurve {
     /// The scenario's name ([`SCENARIOS`]).
     pub scenario: &'static str,
-    /// The guests' workload.
-    pub workload: &'static str,
-    /// The curve it replays, at `mib` MiB peak per guest, with `live_mib`
-    /// besides (as in `workload`).
+    /// The curve, and how many times faster than recorded it is replayed.
     pub curve: guest::params::Curve,
-    pub mib: u64,
-    pub live_mib: u64,
+    pub speed: u32,
     /// What the table's heading says it is.
-    pub title: &'static str,
+    pub what: &'static str,
 }
+
+/// Every footprint replay's peak per guest (MiB).
+pub const TRACE_MIB: u64 = 768;
+/// And its live set (MiB), allocated the whole run.
+pub const TRACE_LIVE_MIB: u64 = 8;
 
 /// The footprint scenarios: the `cargo build` (196 s recorded, replayed
 /// twice as fast) and the C++ build (97 s, as recorded).
 pub const TRACES: [TraceCurve; 2] = [
     TraceCurve {
         scenario: "trace",
-        workload: "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=2",
         curve: guest::params::Curve::CargoBuild,
-        mib: 768,
-        live_mib: 8,
-        title: "a recorded `cargo build` replayed (guest/traces/cargo-build-regex.csv, x2, peak 768 MiB per guest)",
+        speed: 2,
+        what: "a recorded `cargo build` (guest/traces/cargo-build-regex.csv)",
     },
     TraceCurve {
         scenario: "cpp-trace",
-        workload: "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-build",
         curve: guest::params::Curve::CppcheckBuild,
-        mib: 768,
-        live_mib: 8,
-        title: "a recorded C++ build replayed (guest/traces/cppcheck-build.csv, `make -j2` of cppcheck 2.10, x1, peak 768 MiB per guest)",
+        speed: 1,
+        what: "a recorded C++ build (guest/traces/cppcheck-build.csv, `make -j2` of cppcheck 2.10)",
     },
 ];
 
@@ -110,7 +108,7 @@ pub struct PolicyFigures {
     pub churn_s: Option<f64>,
     pub churn_vs_off: Option<f64>,
     /// The footprint on each of [`TRACES`] that ran, by index.
-    pub traces: [Footprint; 2],
+    pub traces: [Footprint; TRACES.len()],
     /// Problems of the runs (PD errors, guests that did not verify).
     pub problems: Vec<String>,
 }
@@ -123,7 +121,7 @@ pub struct Comparison {
     /// Each of [`TRACES`] with every free reported within about
     /// [`TRACE_BOUND`]'s 100 ms: the footprint below which no policy can go
     /// by much.
-    pub trace_bounds: [Footprint; 2],
+    pub trace_bounds: [Footprint; TRACES.len()],
     /// The scenarios that ran ([`SCENARIOS`]' names).
     pub scenarios: Vec<String>,
 }
@@ -348,10 +346,11 @@ pub fn run(
             }
             progress(&format!(
                 "policy {policy}: {} ({})",
-                curve.scenario, curve.workload
+                curve.scenario,
+                curve.workload()
             ));
             let r = demo::run(
-                &cfg(curve.workload.into(), format!("policy={policy}"), None),
+                &cfg(curve.workload(), format!("policy={policy}"), None),
                 &mut |_| {},
             )?;
             save(&format!("policy-{}-{policy}", curve.scenario), &r)?;
@@ -370,7 +369,7 @@ pub fn run(
             curve.scenario
         ));
         let r = demo::run(
-            &cfg(curve.workload.into(), TRACE_BOUND.into(), None),
+            &cfg(curve.workload(), TRACE_BOUND.into(), None),
             &mut |_| {},
         )?;
         save(&format!("policy-{}-bound", curve.scenario), &r)?;
@@ -481,13 +480,31 @@ fn rel(a: Option<f64>, b: Option<f64>) -> String {
 }
 
 impl TraceCurve {
-    /// The least host memory a replay by `guests` guests can keep (MiB):
-    /// the curve's own mean and the live sets, every freed page given back
-    /// at once ([`guest::workload::trace_mean_of_peak`]).
-    pub fn floor_mib(&self, guests: u64) -> f64 {
-        guests as f64
-            * (guest::workload::trace_mean_of_peak(self.curve) * self.mib as f64
-                + self.live_mib as f64)
+    /// The guests' workload: the curve replayed at [`TRACE_MIB`] peak,
+    /// [`TRACE_LIVE_MIB`] live, 2 s hold at the end.
+    pub fn params(&self) -> guest::params::Params {
+        guest::params::Params {
+            pattern: guest::params::Pattern::Trace,
+            mib: TRACE_MIB,
+            live_mib: TRACE_LIVE_MIB,
+            hold_ms: 2000,
+            speed: self.speed,
+            curve: self.curve,
+            ..guest::params::Params::default()
+        }
+    }
+
+    /// [`TraceCurve::params`] as `GUEST_PARAMS` text.
+    pub fn workload(&self) -> String {
+        self.params().to_string()
+    }
+
+    /// The least host memory a replay by `guests` guests can keep (MiB),
+    /// given the curve's time-weighted mean over its peak
+    /// ([`guest::workload::trace_mean_of_peak`]): the curve's own memory
+    /// and the live sets, every freed page given back at once.
+    pub fn floor_mib(&self, guests: u64, mean_of_peak: f64) -> f64 {
+        guests as f64 * (mean_of_peak * TRACE_MIB as f64 + TRACE_LIVE_MIB as f64)
     }
 }
 
@@ -544,7 +561,11 @@ impl Comparison {
                 continue;
             }
             let base = linux.map(|l| l.traces[i]).unwrap_or_default();
-            let _ = writeln!(s, "\n### Footprint: {}\n", curve.title);
+            let _ = writeln!(
+                s,
+                "\n### Footprint: {} replayed x{}, peak {TRACE_MIB} MiB per guest\n",
+                curve.what, curve.speed
+            );
             let _ = writeln!(
                 s,
                 "| policy | host memory, time-averaged over the replay | vs linux | replay length | vs linux |"
@@ -566,7 +587,8 @@ impl Comparison {
             if self.trace_bounds[i].avg_mib.is_some() {
                 row("bound: every free back within ~0.1 s", self.trace_bounds[i]);
             }
-            let floor = curve.floor_mib(GUESTS);
+            let mean = guest::workload::trace_mean_of_peak(curve.curve);
+            let floor = curve.floor_mib(GUESTS, mean);
             let _ = writeln!(
                 s,
                 "| floor: the curve's own memory, nothing free kept | {floor:.0} MiB | {} | | |",
@@ -577,10 +599,7 @@ impl Comparison {
                 "\nTarget (issue 15): host memory >= 17 % below linux's, workload time <= 1 % longer. \
                  The bound row ({TRACE_BOUND}) is about the least any policy can keep on this curve; \
                  no policy can go below the floor row (the replay's own memory: {GUESTS} guests x \
-                 (the curve's mean, {:.3} of its peak, x {} MiB + {} MiB live)).",
-                guest::workload::trace_mean_of_peak(curve.curve),
-                curve.mib,
-                curve.live_mib
+                 (the curve's mean, {mean:.3} of its peak, x {TRACE_MIB} MiB + {TRACE_LIVE_MIB} MiB live))."
             );
         }
         for f in &self.figures {
@@ -651,6 +670,24 @@ mod tests {
         assert_eq!(back(11), Some(1.0));
     }
 
+    /// The footprint workloads, derived from the curves, are the ones the
+    /// figures were measured with.
+    #[test]
+    fn the_trace_workloads_are_the_measured_ones() {
+        use guest::params::Params;
+        for (curve, measured) in TRACES.iter().zip([
+            "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=2",
+            "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-build",
+        ]) {
+            assert_eq!(
+                Params::parse(&curve.workload()),
+                Params::parse(measured),
+                "{}",
+                curve.scenario
+            );
+        }
+    }
+
     #[test]
     fn the_trace_table_compares_with_linux() {
         let fp = |mib, s| Footprint {
@@ -680,7 +717,8 @@ mod tests {
             "{md}"
         );
         // The floor: 2 guests x (the cargo curve's mean x 768 MiB + 8 MiB).
-        let floor = TRACES[0].floor_mib(GUESTS);
+        let mean = guest::workload::trace_mean_of_peak(TRACES[0].curve);
+        let floor = TRACES[0].floor_mib(GUESTS, mean);
         assert!((1090.0..1120.0).contains(&floor), "{floor}");
         assert!(
             md.contains(&format!(
