@@ -72,16 +72,18 @@ fn trace_points(curve: Curve) -> impl Iterator<Item = (u64, u64)> {
 /// set), which is the least host memory any reporting policy can leave it
 /// with (every freed page given back the moment it is freed).
 pub fn trace_mean_of_peak(curve: Curve) -> f64 {
-    let (mut area, mut peak, mut prev) = (0u128, 0u64, None::<(u64, u64)>);
+    let (mut area, mut peak, mut first, mut prev) = (0u128, 0u64, None, None::<(u64, u64)>);
     for (t, kib) in trace_points(curve) {
         if let Some((t0, k0)) = prev {
             area += u128::from(k0) * u128::from(t.saturating_sub(t0));
         }
+        first.get_or_insert(t);
         peak = peak.max(kib);
         prev = Some((t, kib));
     }
-    let first = trace_points(curve).next().map_or(0, |(t, _)| t);
-    let span = prev.map_or(0, |(t, _)| t.saturating_sub(first));
+    let span = prev
+        .zip(first)
+        .map_or(0, |((t, _), t0)| t.saturating_sub(t0));
     if span == 0 || peak == 0 {
         return 0.0;
     }
@@ -804,8 +806,9 @@ impl<'s> Workload<'s> {
         })
     }
 
-    /// Follow the recorded curve ([`trace_text`]). at each point's (scaled) time, allocate or free
-    /// towards its level, then wait for the next point.
+    /// Follow the recorded curve ([`trace_text`]): at each point's
+    /// (scaled) time, allocate or free towards its level, then wait for
+    /// the next point.
     fn run_trace<N: Notify>(
         &mut self,
         client: &mut Client<'_, N>,

@@ -284,18 +284,19 @@ mod tests {
             {
                 continue;
             }
-            let kids: Vec<&String> = kids.iter().filter(|k| !about_the_console(k)).collect();
-            let kids_owned: Vec<String> = kids.iter().map(|k| (*k).clone()).collect();
-            let Some((_, vm_kids)) = vm
+            let kids: Vec<String> = kids
                 .iter()
-                .find(|e| same(e, &(head.clone(), kids_owned.clone())))
+                .filter(|k| !about_the_console(k))
+                .cloned()
+                .collect();
+            let Some((_, vm_kids)) = vm.iter().find(|e| same(e, &(head.clone(), kids.clone())))
             else {
                 panic!("systems/linux-vm.xml lacks or changed: {head}");
             };
-            for k in &kids_owned {
+            for k in &kids {
                 assert!(vm_kids.contains(k), "{head} lacks or changed {k}");
             }
-            for k in vm_kids.iter().filter(|k| !kids_owned.contains(k)) {
+            for k in vm_kids.iter().filter(|k| !kids.contains(k)) {
                 assert!(about_the_vm(k), "{head} gained {k}, not about the VM");
             }
         }

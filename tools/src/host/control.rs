@@ -9,8 +9,9 @@ use super::{IrqLine, LaunchError, Launcher, SharedMapping};
 use memserver_api::{self as api, FromControl, SLOT_SIZE, ToControl, TunableKey};
 use pd_ring::{Consumer, Producer};
 
-/// The id of the memserver's control `<irq>` when `sys` gives it the
-/// control port through one (not through the console PD) (`sdf::System::control_port`, the memserver build's rule).
+/// The id of the memserver's control `<irq>` when `sys` gives it a
+/// control port through one, not through the console PD
+/// (`sdf::System::control_port`, the memserver build's rule).
 pub fn port_irq(sys: &sdf::System) -> Option<u64> {
     match sys.control_port() {
         Ok(Some(sdf::model::ControlPort::Irq(irq))) => Some(irq.id),
