@@ -97,3 +97,23 @@ fn bench_refuses_an_unknown_qemu_scenario() {
     );
     assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
 }
+
+/// So is a policy scenario it does not know, before the PDs are built.
+#[test]
+fn bench_refuses_an_unknown_policy_scenario() {
+    let run = Command::new(env!("CARGO_BIN_EXE_tools"))
+        .args([
+            "bench",
+            "--only",
+            "policy",
+            "--policy-scenarios",
+            "trace,nonsense",
+        ])
+        .output()
+        .expect("run tools bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'nonsense'"), "{stderr}");
+    assert!(stderr.contains("cpp-trace"), "{stderr}");
+    assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
+}

@@ -88,7 +88,11 @@ pub struct Args {
     pub pd_dir: Option<PathBuf>,
     /// The policy part's scenarios (comma-separated: latency, fragmented,
     /// churn, trace, cpp-trace; default all).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(tools::policy_bench::SCENARIOS)
+    )]
     pub policy_scenarios: Vec<String>,
     /// The QEMU part's scenarios (comma-separated; default all).
     #[arg(long, value_enum, value_delimiter = ',')]
