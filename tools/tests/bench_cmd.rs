@@ -74,46 +74,35 @@ fn bench_quick_reclaim_writes_tables_data_and_a_plot() {
     }
 }
 
+/// `tools bench --only PART FLAG VALUES`, which must be refused by the
+/// command line (exit 2) naming `nonsense`, before anything runs; its
+/// standard error.
+fn refused_before_running(part: &str, flag: &str, values: &str) -> String {
+    let run = Command::new(env!("CARGO_BIN_EXE_tools"))
+        .args(["bench", "--only", part, flag, values])
+        .output()
+        .expect("run tools bench");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'nonsense'"), "{stderr}");
+    assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
+    stderr
+}
+
 /// A QEMU scenario the bench does not know is refused before anything is
 /// built or booted, with the ones it knows.
 #[test]
 fn bench_refuses_an_unknown_qemu_scenario() {
-    let run = Command::new(env!("CARGO_BIN_EXE_tools"))
-        .args([
-            "bench",
-            "--only",
-            "qemu",
-            "--qemu-scenarios",
-            "churn,nonsense",
-        ])
-        .output()
-        .expect("run tools bench");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("'nonsense'"), "{stderr}");
+    let stderr = refused_before_running("qemu", "--qemu-scenarios", "churn,nonsense");
     assert!(
         stderr.contains("latency") && stderr.contains("churn"),
         "{stderr}"
     );
-    assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
 }
 
 /// So is a policy scenario it does not know, before the PDs are built.
 #[test]
 fn bench_refuses_an_unknown_policy_scenario() {
-    let run = Command::new(env!("CARGO_BIN_EXE_tools"))
-        .args([
-            "bench",
-            "--only",
-            "policy",
-            "--policy-scenarios",
-            "trace,nonsense",
-        ])
-        .output()
-        .expect("run tools bench");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("'nonsense'"), "{stderr}");
+    let stderr = refused_before_running("policy", "--policy-scenarios", "trace,nonsense");
     assert!(stderr.contains("cpp-trace"), "{stderr}");
-    assert!(!stderr.contains("bench: "), "nothing ran: {stderr}");
 }
