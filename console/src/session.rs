@@ -243,7 +243,10 @@ mod tests {
         assert!(port.requests.is_empty());
         let screen = port.screen();
         assert!(screen.contains("tunables: order delay_ms"), "{screen}");
-        assert!(screen.ends_with("backoff_max\r\n"), "{screen}");
+        assert!(
+            screen.ends_with("backoff_max churn_pages_per_s\r\n"),
+            "{screen}"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!
 //! A TAIL frame's links are unused, so a free block of order >= 1 keeps in
 //! its second frame's `next` bytes the worker's epoch at which it was freed
-//! (`adaptive.rs`: a churning zone reports only blocks that stayed free
-//! through a whole paced interval). Order-0 blocks carry no epoch.
+//! (`adaptive.rs`: a zone not quiet reports only blocks that have stayed
+//! free long enough). Order-0 blocks carry no epoch.
 
 use crate::ZoneSpec;
 

@@ -7,9 +7,9 @@
 //!
 //! Keys: `policy` (`adaptive`, the default, or `linux`), `order`,
 //! `delay_ms`, `capacity`, `budget_divisor`, `watermark_pages`, `in_flight`,
-//! and the adaptive policy's `quiet_order`, `age_ms`, `busy_pages`, `backoff_max`; or the
-//! single word `off` to disable reporting. Unknown keys and out-of-range
-//! values are errors.
+//! and the adaptive policy's `quiet_order`, `age_ms`, `busy_pages`,
+//! `backoff_max`, `churn_pages_per_s`; or the single word `off` to disable
+//! reporting. Unknown keys and out-of-range values are errors.
 
 use crate::{Error, Policy, TunableKey, Tunables};
 use core::fmt;
@@ -38,7 +38,7 @@ impl fmt::Display for ParamError<'_> {
             ParamError::NotAPair(p) => write!(f, "'{p}' is not key=value"),
             ParamError::UnknownKey(k) => write!(
                 f,
-                "unknown tunable '{k}' (known: policy, order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight, quiet_order, age_ms, busy_pages, backoff_max)"
+                "unknown tunable '{k}' (known: policy, order, delay_ms, capacity, budget_divisor, watermark_pages, in_flight, quiet_order, age_ms, busy_pages, backoff_max, churn_pages_per_s)"
             ),
             ParamError::BadValue { key, value } => write!(f, "bad value '{value}' for '{key}'"),
             ParamError::Invalid(e) => write!(f, "{e}"),
@@ -100,15 +100,17 @@ mod tests {
         assert_eq!(t.budget_divisor, 8);
         assert_eq!(t.low_watermark_pages, 0);
         assert_eq!(t.max_in_flight, 2);
-        let t =
-            parse_tunables("policy=adaptive,quiet_order=2,age_ms=500,busy_pages=7,backoff_max=5")
-                .unwrap()
-                .unwrap();
+        let t = parse_tunables(
+            "policy=adaptive,quiet_order=2,age_ms=500,busy_pages=7,backoff_max=5,churn_pages_per_s=9",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(t.policy, Policy::Adaptive);
         assert_eq!(t.quiet_order, 2);
         assert_eq!(t.age_ns, 500_000_000);
         assert_eq!(t.busy_pages, 7);
         assert_eq!(t.backoff_max, 5);
+        assert_eq!(t.churn_pages_per_s, 9);
     }
 
     #[test]

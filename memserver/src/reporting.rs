@@ -43,8 +43,8 @@ impl MemCore<'_> {
             order: 0,
             budget: None,
             failed: false,
-            paced: false,
-            young_from: None,
+            cold: false,
+            min_age_ns: None,
         });
         self.advance(&mut acts);
         self.sync_notify();
@@ -197,7 +197,7 @@ impl MemCore<'_> {
         };
         let id = BatchId(w.next_id);
         w.next_id = w.next_id.wrapping_add(1).max(1);
-        w.ages.sent(usize::from(w.fill.zone), w.fill.pages());
+        w.ages.sent(usize::from(w.fill.zone));
         w.slots[si] = w.fill;
         w.slots[si].id = id;
         w.slots[si].in_flight = true;
@@ -236,20 +236,22 @@ impl MemCore<'_> {
                 }
                 p.in_zone = true;
                 p.order = tun.reporting_order;
-                p.paced = false;
-                p.young_from = None;
+                p.cold = false;
+                p.min_age_ns = None;
                 if tun.policy == Policy::Adaptive {
                     match self.worker.ages.plan(p.zone, &tun) {
-                        Plan::Defer => {
-                            self.worker.stats.busy_defers += 1;
-                            p.in_zone = false;
-                            p.zone += 1;
-                            continue;
+                        Plan::Cold { min_age_ns } => {
+                            p.cold = true;
+                            p.min_age_ns = Some(min_age_ns);
                         }
-                        Plan::Paced => p.paced = true,
-                        Plan::Report { first_order } => p.order = first_order,
+                        Plan::Report {
+                            first_order,
+                            min_age_ns,
+                        } => {
+                            p.order = first_order;
+                            p.min_age_ns = min_age_ns;
+                        }
                     }
-                    p.young_from = self.worker.ages.visited(p.zone, p.paced);
                 }
                 p.budget = None;
                 self.worker.fill.zone = p.zone as u16;
@@ -277,9 +279,10 @@ impl MemCore<'_> {
             && t.policy == Policy::Adaptive
             && !failed
         {
-            // Keep looking while a zone holds unreported blocks (busy, not
-            // aged yet, or drained blocks that merged), paced by a tick
-            // rather than a full delay; quiet zones are reported at once.
+            // Keep looking while a zone holds unreported blocks (not free
+            // long enough yet, not aged yet, or drained blocks that merged)
+            // or a report is on probation, a tick at a time rather than a
+            // full delay.
             self.worker.pass = None;
             if self.worker.state == ReportingState::Requested || self.adaptive_pending(&t) {
                 self.worker.state = ReportingState::Requested;
@@ -295,7 +298,11 @@ impl MemCore<'_> {
         // it waits for the next qualifying free; we re-request instead so
         // the returned blocks are retried after the delay even if nothing
         // else is freed (the failure may be transient, e.g. a full ring).
-        if failed || w.state == ReportingState::Requested {
+        if failed && let Some(t) = w.tun {
+            // A failed report is retried after the delay, whatever the policy.
+            w.state = ReportingState::Requested;
+            w.arm_ns(t.delay_ns, acts);
+        } else if w.state == ReportingState::Requested {
             w.state = ReportingState::Requested;
             w.arm(acts);
         } else {
@@ -320,8 +327,7 @@ impl MemCore<'_> {
                 let per = u64::from(tun.capacity) * u64::from(tun.budget_divisor);
                 match tun.policy {
                     Policy::Linux => nr.div_ceil(per) as i64,
-                    Policy::Adaptive if p.paced => nr.div_ceil(per) as i64,
-                    // A quiet zone: no budget (adaptive.rs).
+                    // No budget (adaptive.rs).
                     Policy::Adaptive => i64::MAX,
                 }
             }
@@ -343,14 +349,13 @@ impl MemCore<'_> {
                 g = next;
                 continue;
             }
-            // Adaptive, a busy zone's paced walk or a zone backed off for
-            // churn: a block freed since the zone's previous visit is the
-            // likeliest to be allocated again (the lists are LIFO, and
-            // Linux's walk starts at their heads); reporting it would only
-            // have it faulted back in. What stayed free through a whole
-            // visit interval while the zone allocated is cold.
-            if let (Some(y), Some(freed)) = (p.young_from, self.freed_epoch(g, o))
-                && Ages::too_young(freed, y)
+            // Adaptive, a zone not quiet for its needed time or backed off
+            // for churn: a block freed a moment ago is the likeliest to be
+            // allocated again (the lists are LIFO, and Linux's walk starts
+            // at their heads); reporting it would only have it faulted back
+            // in. What has stayed free for half the needed time is cold.
+            if let (Some(age), Some(freed)) = (p.min_age_ns, self.freed_epoch(g, o))
+                && !self.worker.ages.cold(freed, age)
             {
                 self.worker.stats.young_skips += 1;
                 g = next;
@@ -360,7 +365,7 @@ impl MemCore<'_> {
             // Adaptive: the zone allocates again, back off as from an
             // exhausted budget.
             let resumed =
-                tun.policy == Policy::Adaptive && !p.paced && self.worker.ages.resumed(z, tun);
+                tun.policy == Policy::Adaptive && !p.cold && self.worker.ages.resumed(z, tun);
             if resumed || p.budget.unwrap_or(0) < 0 {
                 // As Linux (`budget < 0`): out of budget, leave the rest for
                 // a later pass, starting at this block.

@@ -12,10 +12,12 @@ pub enum Policy {
     /// list per pass; only orders >= `reporting_order`.
     #[default]
     Linux,
-    /// See [`crate::adaptive`]: a zone that has stayed quiet for the delay
-    /// is reported in one pass paced by the device; a busy zone waits until
-    /// it is quiet; blocks below `reporting_order` are reported once their
-    /// zone has stayed quiet for `age_ns`.
+    /// See [`crate::adaptive`]: every block that has stayed free for a
+    /// quarter delay is reported, whatever its zone does, without budget;
+    /// a zone quiet for the delay has everything reported in one pass paced
+    /// by the device; a zone that takes reported memory back faster than
+    /// `churn_pages_per_s` backs off; blocks below `reporting_order` are
+    /// reported once their zone has stayed quiet for `age_ns`.
     Adaptive,
 }
 
@@ -80,6 +82,14 @@ pub struct Tunables {
     /// [`crate::adaptive`]). Default 3 (up to 8 delays). 0: no hysteresis.
     /// Range `0..=8`.
     pub backoff_max: u8,
+    /// Adaptive: reported pages per second a zone may take back (allocate
+    /// again after the host discarded them) before it counts as churning
+    /// and backs off. Each such page costs the guest a fault and the host
+    /// a zeroed page; the default, 32768 (128 MiB/s), is a few percent of
+    /// a CPU. A build's compilers, exiting and starting, stay below it; a
+    /// workload cycling its memory faster than the delay does not.
+    /// Range `0..=u32::MAX`.
+    pub churn_pages_per_s: u64,
 }
 
 impl Default for Tunables {
@@ -96,6 +106,7 @@ impl Default for Tunables {
             age_ns: 4_000_000_000,
             busy_pages: 2048,
             backoff_max: 3,
+            churn_pages_per_s: 32_768,
         }
     }
 }
@@ -141,6 +152,9 @@ impl Tunables {
         if self.backoff_max > 8 {
             return Err(Error::BadTunable("backoff_max"));
         }
+        if self.churn_pages_per_s > u64::from(u32::MAX) {
+            return Err(Error::BadTunable("churn_pages_per_s"));
+        }
         Ok(())
     }
 
@@ -170,11 +184,19 @@ impl Tunables {
             TunableKey::AgeMs => t.age_ns = value.checked_mul(1_000_000).ok_or(bad)?,
             TunableKey::BusyPages => t.busy_pages = value,
             TunableKey::BackoffMax => t.backoff_max = narrow(255)? as u8,
+            TunableKey::ChurnPagesPerS => t.churn_pages_per_s = value,
         }
         // Only this key's field changed: a range error is its.
         t.validate().map_err(|_| bad)?;
         *self = t;
         Ok(())
+    }
+
+    /// Adaptive: reported pages a zone may take back within `need_ns` of
+    /// a report before it counts as churning.
+    pub(crate) fn churn_pages(&self, need_ns: u64) -> u64 {
+        let pages = u128::from(self.churn_pages_per_s) * u128::from(need_ns) / 1_000_000_000;
+        u64::try_from(pages).unwrap_or(u64::MAX)
     }
 
     /// Lowest order the policy reports, and so the smallest free that
@@ -227,6 +249,7 @@ mod tests {
                         TunableKey::AgeMs => before.age_ns / 1_000_000,
                         TunableKey::BusyPages => before.busy_pages,
                         TunableKey::BackoffMax => u64::from(before.backoff_max),
+                        TunableKey::ChurnPagesPerS => before.churn_pages_per_s,
                     };
                     back.set(key, old).unwrap();
                     prop_assert_eq!(back, before);

@@ -95,15 +95,12 @@ pub struct ReportingStats {
     pub budget_exhausted: u64,
     /// Timer expiries with no timer armed (ignored).
     pub spurious_timers: u64,
-    /// Adaptive: zones a pass left alone because they were busy or not
-    /// quiet for the delay yet.
-    pub busy_defers: u64,
     /// Adaptive: free lists whose walk stopped because the zone allocated
     /// again during the pass.
     pub back_offs: u64,
-    /// Adaptive: free blocks a walk passed over because they were freed
-    /// since the zone's previous visit (a busy zone's paced walk, or any
-    /// walk of a zone backed off for churn).
+    /// Adaptive: free blocks a walk passed over because they had not
+    /// stayed free long enough (rule 0's walk of a zone not quiet for its
+    /// needed time, or any walk of a zone backed off for churn).
     pub young_skips: u64,
 }
 
@@ -147,13 +144,13 @@ pub(crate) struct Pass {
     pub(crate) budget: Option<i64>,
     /// A report failed: isolate nothing more, end when the rest completes.
     pub(crate) failed: bool,
-    /// The adaptive policy walks the current zone Linux's way (rule 0,
-    /// `adaptive.rs`): budgeted, and not stopped by allocations.
-    pub(crate) paced: bool,
-    /// The adaptive policy skips blocks freed from this epoch on in the
-    /// current zone (a busy zone's paced walk, or a zone backed off for
-    /// churn: `Ages::visited`).
-    pub(crate) young_from: Option<u32>,
+    /// The adaptive policy walks the current zone for its cold blocks
+    /// (rule 0, `adaptive.rs`): not stopped by allocations.
+    pub(crate) cold: bool,
+    /// The adaptive policy skips blocks of the current zone that have been
+    /// free for less than this (rule 0, and rule 1 of a zone backed off for
+    /// churn: `Ages::plan`).
+    pub(crate) min_age_ns: Option<u64>,
 }
 
 /// The worker's state, held by [`MemCore`](crate::MemCore); the pass that
@@ -204,9 +201,16 @@ impl Worker {
         self.tun.unwrap_or_default().low_watermark_pages
     }
 
+    /// Arm the timer for a request: Linux waits the delay; the adaptive
+    /// policy looks a tick later (its rules wait for the delay themselves,
+    /// by the zone's quiet time and the blocks' ages).
     pub(crate) fn arm(&mut self, acts: &mut Actions) {
         if let Some(t) = self.tun {
-            self.arm_ns(t.delay_ns, acts);
+            let ns = match t.policy {
+                Policy::Linux => t.delay_ns,
+                Policy::Adaptive => Ages::tick_ns(&t),
+            };
+            self.arm_ns(ns, acts);
         }
     }
 

@@ -39,16 +39,15 @@ fn booted_and_allocated(tun: Tunables, pages: u32) -> (MemCore<'static>, Vec<u64
     (c, held)
 }
 
-/// [`booted_and_allocated`], then half of the zone freed and reported in
-/// one pass (quiet for the delay); the blocks of the half still held.
+/// [`booted_and_allocated`], then half of the zone freed and reported
+/// (cold after a tick); the blocks of the half still held.
 fn half_reported(tun: Tunables) -> (MemCore<'static>, Vec<u64>) {
     let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
     let (keep, give) = held.split_at(held.len() / 2);
     for &pfn in give {
         c.free(Z0, pfn, MAX_ORDER).unwrap();
     }
-    let (done, _) = run_pass(&mut c, true);
-    assert!(!done.is_empty(), "quiet for the delay: reported");
+    ticks_until_reported(&mut c, tun, 8);
     (c, keep.to_vec())
 }
 
@@ -67,30 +66,38 @@ fn ticks_until_reported(c: &mut MemCore<'_>, tun: Tunables, max: u32) -> u32 {
     }
 }
 
-/// Rule 1: 1 GiB freed at once by a zone that then stays quiet comes back
-/// in the first pass, one delay after the free; Linux's budget needs four
-/// passes, a delay apart.
+/// Rule 0: 1 GiB freed at once comes back in two ticks (half a delay):
+/// the first tick after the request sees it freed a moment ago (only the
+/// block whose free armed the timer is older), the second a tick old.
+/// Linux's budget needs four passes, a delay apart.
 #[test]
-fn quiet_zone_is_reported_in_one_pass_after_the_delay() {
-    for (tun, want_passes) in [(adaptive(), 1), (linux(), 4)] {
+fn freed_memory_is_reported_once_it_stayed_free_for_a_tick() {
+    for (tun, want_passes) in [(adaptive(), 2), (linux(), 4)] {
         let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
         let mut first = Actions::default();
         for pfn in held {
             first.merge(&c.free(Z0, pfn, MAX_ORDER).unwrap());
         }
-        assert_eq!(first.arm_timer_ns(), Some(tun.delay_ns), "{:?}", tun.policy);
+        let first_look = match tun.policy {
+            Policy::Adaptive => tun.delay_ns / 4,
+            Policy::Linux => tun.delay_ns,
+        };
+        assert_eq!(first.arm_timer_ns(), Some(first_look), "{:?}", tun.policy);
         let passes_before = c.reporting_stats().passes;
-        run_pass(&mut c, true);
+        let (done, _) = run_pass(&mut c, true);
         let (free, reported) = free_and_reported(&c, 0);
         if tun.policy == Policy::Adaptive {
-            assert_eq!(reported, free, "everything back after one pass");
+            assert_eq!(done.len(), 1, "only the first block is a tick old");
+            run_pass(&mut c, true);
+            let (free, reported) = free_and_reported(&c, 0);
+            assert_eq!(reported, free, "everything back after two ticks");
         } else {
             assert!(reported < free / 2, "Linux: a budget's worth per pass");
         }
         // Passes that reported something; the adaptive worker then looks
-        // a quarter delay at a time until the report stuck for the delay.
-        let mut reporting_passes = 1;
-        let mut passes = 1;
+        // a tick at a time until the report stuck for the delay.
+        let mut passes = if tun.policy == Policy::Adaptive { 2 } else { 1 };
+        let mut reporting_passes = passes;
         while c.reporting_state() != ReportingState::Idle {
             assert!(passes < 64, "reporting did not settle");
             let (done, _) = run_pass(&mut c, true);
@@ -99,19 +106,21 @@ fn quiet_zone_is_reported_in_one_pass_after_the_delay() {
         }
         assert_eq!(reporting_passes, want_passes, "{:?}", tun.policy);
         if tun.policy == Policy::Adaptive {
-            assert_eq!(passes, 1 + 4, "probation: four ticks");
+            assert_eq!(passes, 1 + 4, "the first report's probation: four ticks");
         }
         assert_eq!(c.reporting_stats().passes - passes_before, passes as u64);
         assert_eq!(c.stats().reported_pages, c.stats().free_pages);
     }
 }
 
-/// Rule 2's churn signal is most of a report taken back, not allocation
+/// Rule 2's churn signal is reported memory taken back faster than
+/// `churn_pages_per_s` (128 MiB/s, 256 MiB over the delay), not allocation
 /// as such: right after 512 MiB was reported, a zone that allocates 64 MiB
 /// that was never reported (a build growing) keeps its pace, and so does
 /// one that takes 64 MiB of the reported memory back (a build's next step
 /// after a fall: the report saved the rest); one that takes 320 MiB of it
-/// back (a cycle) backs off (rules 0 and 1 wait twice as long).
+/// back (a cycle) backs off: its blocks must stay free for its whole
+/// needed time, twice the delay, instead of a tick.
 #[test]
 fn only_taking_most_of_a_report_back_is_churn() {
     let mut ticks_to_report = Vec::new();
@@ -145,24 +154,25 @@ fn only_taking_most_of_a_report_back_is_churn() {
         ticks_to_report.push(ticks_until_reported(&mut c, tun, 64));
         c.check_invariants().unwrap();
     }
-    // One delay is four ticks; backed off, eight.
-    assert!(ticks_to_report[0] <= 5, "{ticks_to_report:?}");
-    assert!(ticks_to_report[1] <= 5, "{ticks_to_report:?}");
-    assert!(ticks_to_report[2] >= 8, "{ticks_to_report:?}");
+    // A tick old at the second tick; backed off, eight ticks old (two
+    // delays) at the ninth.
+    assert_eq!(ticks_to_report, [2, 2, 9]);
 }
 
 /// Rule 2's hysteresis: a zone that takes reported pages back right after
-/// a report (churn) needs twice the quiet time before its next full report,
-/// up to `delay << backoff_max`; once a report sticks for that long, it
-/// needs one step less. With `backoff_max = 0` it is reported after one
-/// delay whatever it did. Meanwhile rule 0 sends Linux's budget once per
-/// delay (small batches here, so that it does not finish the job).
+/// a report (churn) needs its blocks free for `delay << step` before they
+/// are reported again, one more step per churning round up to
+/// `backoff_max`; once a report sticks for that long, it needs one step
+/// less. With `backoff_max = 0` its blocks are reported a tick after they
+/// were freed whatever it did.
 #[test]
 fn churning_zone_backs_off_and_comes_back() {
     for backoff_max in [0u8, 2] {
         let tun = Tunables {
             backoff_max,
             capacity: 4,
+            // 16 MiB/s: 256 MiB taken back is churn at every step.
+            churn_pages_per_s: 4096,
             ..adaptive()
         };
         let (mut c, _keep) = half_reported(tun);
@@ -177,13 +187,11 @@ fn churning_zone_backs_off_and_comes_back() {
             // a quarter delay at a time.
             assert!(c.timer_armed(), "round {round}: still looking");
             let ticks = ticks_until_reported(&mut c, tun, 4 << 8);
-            // One tick that sees the churn, then quiet for `delay << step`.
+            // The first tick sees the churn; the blocks are then a tick
+            // old a tick later, or `delay << step` old (4 << step ticks).
             let step = round.min(u32::from(backoff_max));
-            assert_eq!(
-                ticks,
-                1 + (4 << step),
-                "round {round}, backoff_max {backoff_max}"
-            );
+            let want = if step == 0 { 2 } else { 1 + (4 << step) };
+            assert_eq!(ticks, want, "round {round}, backoff_max {backoff_max}");
         }
         // Quiet from now: the reports stick and the zone comes back one
         // step per report, to one delay; the worker then goes idle.
@@ -194,13 +202,13 @@ fn churning_zone_backs_off_and_comes_back() {
     }
 }
 
-/// Rule 0's walk of a busy zone skips what was freed since the zone's
-/// previous visit. The workload holds a 64 MiB working set that it frees
-/// just before each of the worker's looks and allocates again just after
-/// (a cycle), and 64 MiB it freed once and never touches again. Linux's
-/// walk starts at the list heads, where the cycle's blocks are, so the
-/// cycle keeps taking reported memory back; the adaptive policy reports
-/// the cold 64 MiB and never the cycle.
+/// Rule 0's walk passes over what was freed in the last tick. The
+/// workload holds a 64 MiB working set that it frees just before each of
+/// the worker's looks and allocates again just after (a cycle), and 64 MiB
+/// it freed once and never touches again. Linux's walk starts at the list
+/// heads, where the cycle's blocks are, so the cycle keeps taking reported
+/// memory back; the adaptive policy reports the cold 64 MiB and never the
+/// cycle.
 #[test]
 fn busy_zone_reports_what_stays_free_not_what_it_cycles() {
     for tun in [adaptive(), linux()] {
@@ -248,75 +256,66 @@ fn busy_zone_reports_what_stays_free_not_what_it_cycles() {
     }
 }
 
-/// Rules 0 and 2: a zone that allocated more than `busy_pages` since the
-/// timer was armed gets Linux's pass (a budget's worth, once per delay)
-/// and no more, over what stayed free since its previous visit; once it
-/// stayed quiet for the delay, in ticks of a quarter delay, the rest comes
-/// back in one pass.
+/// Rule 0 whatever the zone does: a zone that allocates 64 MiB and frees
+/// it again between every two looks (busy) still has the half of its
+/// memory it freed reported in full once it stayed free for a tick, and
+/// never the cycle's blocks, which were freed a moment before each look;
+/// Linux's first pass, a delay after the free, sends a budget's worth.
 #[test]
-fn busy_zone_gets_linuxs_pass_until_quiet_for_the_delay() {
+fn busy_zone_has_its_cold_blocks_reported_without_budget() {
     // 64 MiB allocated and freed (the guest cycles memory): the zone is
-    // busy at the worker's next look.
+    // busy at the worker's next look. The blocks come back LIFO.
     let cycle = |c: &mut MemCore<'_>| {
         let blocks: Vec<u64> = (0..16).map(|_| c.alloc(Z0, MAX_ORDER).unwrap()).collect();
-        for pfn in blocks {
+        for &pfn in &blocks {
             c.free(Z0, pfn, MAX_ORDER).unwrap();
         }
+        blocks
     };
-    // Half of the zone freed, a cycle, the first pass.
-    let first_pass = |tun: Tunables| {
+    let first_passes = |tun: Tunables| {
         let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
         for &pfn in &held[held.len() / 2..] {
             c.free(Z0, pfn, MAX_ORDER).unwrap();
         }
-        cycle(&mut c);
-        let (done, acts) = run_pass(&mut c, true);
-        (c, done, acts)
+        let mut blocks = cycle(&mut c);
+        let (first, _) = run_pass(&mut c, true);
+        let mut second = Vec::new();
+        if c.timer_armed() {
+            blocks = cycle(&mut c);
+            second = run_pass(&mut c, true).0;
+        }
+        (c, first, second, blocks)
     };
-    let (linux_core, linux_done, _) = first_pass(linux());
-    assert!(!linux_done.is_empty());
+    // Linux's first pass, a delay after the free.
+    let (_, linux_first, _, _) = first_passes(linux());
+    let linux_reported: u64 = linux_first.iter().map(|b| b.pages()).sum();
+    assert!(linux_reported > 0);
     let tun = adaptive();
-    let (mut c, done, acts) = first_pass(tun);
-    // Everything free was freed since the zone's previous visit (boot).
-    assert!(done.is_empty(), "too young to report: {done:?}");
+    let (c, first, second, cycled) = first_passes(tun);
+    // The first tick: only the block whose free armed the timer is a tick
+    // old.
+    assert_eq!(first.len(), 1, "{first:?}");
     assert!(c.reporting_stats().young_skips > 0);
-    assert_eq!(acts.arm_timer_ns(), Some(tun.delay_ns / 4), "looks again");
-    // Busy for another delay: the next paced visit, a delay later, reports
-    // Linux's budget of what has stayed free since.
-    let mut paced = Vec::new();
-    for _ in 0..4 {
-        cycle(&mut c);
-        paced = run_pass(&mut c, true).0;
-    }
-    assert_eq!(
-        paced.len(),
-        linux_done.len(),
-        "Linux's pass: a budget's worth"
+    assert!(!second.is_empty());
+    let (free, reported) = free_and_reported(&c, MAX_ORDER);
+    let cycle_pages = (cycled.len() as u64) << MAX_ORDER;
+    assert_eq!(reported, free - cycle_pages, "everything but the cycle");
+    assert!(
+        reported > linux_reported,
+        "Linux's first pass: a budget's worth, {linux_reported} pages"
     );
-    let (free, reported) = free_and_reported(&c, tun.reporting_order);
-    assert_eq!(
-        reported,
-        free_and_reported(&linux_core, tun.reporting_order).1
-    );
-    assert!(reported < free, "not everything: {reported} of {free}");
-    let defers = c.reporting_stats().busy_defers;
-    // Quiet from now: three ticks are less than the delay (and the paced
-    // visit was a moment ago), the fourth is not.
-    for _ in 0..3 {
-        let (done, _) = run_pass(&mut c, true);
-        assert!(done.is_empty(), "not quiet for the delay yet");
+    for pfn in cycled {
+        let (_, st) = c.block_of(pfn).unwrap();
+        assert_eq!(st, BlockState::Free { reported: false }, "{pfn:#x}");
     }
-    assert_eq!(c.reporting_stats().busy_defers, defers + 3);
-    let (done, _) = run_pass(&mut c, true);
-    assert!(!done.is_empty());
-    let (free, reported) = free_and_reported(&c, tun.reporting_order);
-    assert_eq!(reported, free, "the quiet zone came back in one pass");
     c.check_invariants().unwrap();
 }
 
-/// Rule 2 during a pass: the zone allocates again while a batch is with
-/// the host; its walk stops at once and the rest waits until it is quiet.
-/// A trickle below `busy_pages` does not stop it.
+/// Rule 1 during a pass: a zone quiet for the delay has everything free
+/// reported, what it freed a moment ago too; if it allocates again while
+/// a batch is with the host, its walk stops at once and the rest waits for
+/// rule 0 (or the zone to be quiet again). A trickle below `busy_pages`
+/// does not stop it.
 #[test]
 fn allocation_during_a_pass_backs_off() {
     let tun = Tunables {
@@ -324,7 +323,18 @@ fn allocation_during_a_pass_backs_off() {
         ..adaptive()
     };
     for (alloc_order, backs_off) in [(0u8, false), (MAX_ORDER, true)] {
-        let (mut c, held) = booted_and_allocated(tun, GIB_PAGES);
+        let (mut c, mut held) = booted_and_allocated(tun, GIB_PAGES);
+        // 32 MiB freed and reported (above the zone's threshold): its
+        // probation keeps the worker looking, a tick at a time, while the
+        // zone stays quiet.
+        for pfn in held.split_off(held.len() - 8) {
+            c.free(Z0, pfn, MAX_ORDER).unwrap();
+        }
+        for _ in 0..4 {
+            run_pass(&mut c, true);
+        }
+        assert!(c.timer_armed());
+        // Quiet for the delay at the next look: the rest, freed now.
         for pfn in held {
             c.free(Z0, pfn, MAX_ORDER).unwrap();
         }
@@ -381,13 +391,13 @@ fn small_blocks_come_back_after_ageing() {
         }
         assert_eq!(
             acts.arm_timer_ns(),
-            Some(tun.delay_ns),
+            Some(tun.delay_ns / 4),
             "small frees request"
         );
-        // Quiet for the delay, not yet aged: nothing small is reported.
+        // A tick later, not aged yet: nothing small is reported.
         let (done, _) = run_pass(&mut c, true);
         assert!(done.iter().all(|b| b.order >= tun.reporting_order));
-        let mut elapsed = tun.delay_ns;
+        let mut elapsed = tun.delay_ns / 4;
         while c.zone_stats(Z0).unwrap().reported_pages < small {
             assert!(c.timer_armed(), "the worker keeps looking");
             let (done, _) = run_pass(&mut c, true);
@@ -546,7 +556,12 @@ fn untouched_boot_memory_starts_reported_and_is_allocated_after_freed_memory() {
         // Its next allocation takes that block again, not untouched memory
         // (under Linux, LIFO does the same here).
         assert_eq!(c.alloc(Z0, 0).unwrap(), page);
-        let (done, _) = run_pass(&mut c, true);
+        let (mut done, _) = run_pass(&mut c, true);
+        if untouched {
+            // Freed a moment ago: reported once a tick old.
+            assert!(done.is_empty(), "{done:?}");
+            done = run_pass(&mut c, true).0;
+        }
         let boot_report: u64 = done.iter().map(|b| b.pages()).sum();
         if untouched {
             // Only what the split of the partly resident block left of the

@@ -53,13 +53,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn tunables(policy: Policy) -> impl Strategy<Value = Option<Tunables>> {
-    let adaptive = (0..=MAX_ORDER, 0..10u64, 0..64u64, 0..=8u8);
+    let adaptive = (0..=MAX_ORDER, 0..10u64, 0..64u64, 0..=8u8, 0..100_000u64);
     prop_oneof![
         1 => Just(None),
         6 => ((0..=MAX_ORDER, 1..6u16, 1..4u32, 0..200u64, 1..4u8), adaptive).prop_map(
             move |(
                 (reporting_order, capacity, budget_divisor, low_watermark_pages, max_in_flight),
-                (quiet_order, age_delays, busy_pages, backoff_max),
+                (quiet_order, age_delays, busy_pages, backoff_max, churn_pages_per_s),
             )| {
                 let t = Tunables::default();
                 Some(Tunables {
@@ -76,6 +76,8 @@ fn tunables(policy: Policy) -> impl Strategy<Value = Option<Tunables>> {
                     busy_pages,
                     // Hysteresis from none to its range's end.
                     backoff_max,
+                    // From any take-back being churn to none in these runs.
+                    churn_pages_per_s,
                     ..t
                 })
             }
@@ -493,7 +495,11 @@ fn run(tun: Option<Tunables>, ops: Vec<Op>) {
         // drained before it. Neither notifies. One request on a quiet
         // system then reports everything.
         let acts = c.request_reporting();
-        assert_eq!(acts.arm_timer_ns(), Some(t.delay_ns));
+        let first_look = match t.policy {
+            Policy::Linux => t.delay_ns,
+            Policy::Adaptive => t.delay_ns / 4,
+        };
+        assert_eq!(acts.arm_timer_ns(), Some(first_look));
         settle(&mut c);
         for z in 0..2u16 {
             let s = c.zone_stats(ZoneId(z)).unwrap();

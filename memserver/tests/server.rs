@@ -884,6 +884,7 @@ fn tunables_change_while_running_from_the_next_pass() {
         (TunableKey::DelayMs, 0),
         (TunableKey::Policy, 2),
         (TunableKey::BackoffMax, 9),
+        (TunableKey::ChurnPagesPerS, 1 << 32),
         (TunableKey::DelayMs, u64::MAX),
     ] {
         s.balloon_says(FromBalloon::SetTunable { key, value });
@@ -898,7 +899,7 @@ fn tunables_change_while_running_from_the_next_pass() {
         assert_eq!(s.server.configured_tunables(), Some(tunables()));
         assert_eq!(s.server.core().tunables(), Some(tunables()));
     }
-    assert_eq!(s.server.counters().tunables_refused, 6);
+    assert_eq!(s.server.counters().tunables_refused, 7);
     // Taken during the pass; in force once it ends.
     for (key, value) in [(TunableKey::Capacity, 2), (TunableKey::DelayMs, 500)] {
         s.balloon_says(FromBalloon::SetTunable { key, value });

@@ -451,11 +451,14 @@ pub enum TunableKey {
     BusyPages,
     /// `backoff_max`: adaptive, most back-off steps of a churning zone.
     BackoffMax,
+    /// `churn_pages_per_s`: adaptive, reported pages per second a zone may
+    /// take back before it counts as churning.
+    ChurnPagesPerS,
 }
 
 impl TunableKey {
     /// Every key, in the order of their names' table.
-    pub const ALL: [TunableKey; 11] = [
+    pub const ALL: [TunableKey; 12] = [
         Self::Order,
         Self::DelayMs,
         Self::Capacity,
@@ -467,6 +470,7 @@ impl TunableKey {
         Self::AgeMs,
         Self::BusyPages,
         Self::BackoffMax,
+        Self::ChurnPagesPerS,
     ];
 
     /// The key's name on command lines.
@@ -483,6 +487,7 @@ impl TunableKey {
             Self::AgeMs => "age_ms",
             Self::BusyPages => "busy_pages",
             Self::BackoffMax => "backoff_max",
+            Self::ChurnPagesPerS => "churn_pages_per_s",
         }
     }
 

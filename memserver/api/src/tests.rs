@@ -756,7 +756,7 @@ fn a_tunable_pair_parses_and_every_mistake_is_named() {
     let said = |t: &str| parse_tunable_pair(t).unwrap_err().to_string();
     assert_eq!(said("delay_ms"), "'delay_ms' is not key=value");
     assert!(said("speed=1").starts_with("unknown tunable 'speed' (known: order, delay_ms, "));
-    assert!(said("speed=1").ends_with(", backoff_max)"));
+    assert!(said("speed=1").ends_with(", backoff_max, churn_pages_per_s)"));
     assert_eq!(said("order=nine"), "bad value 'nine' for 'order'");
     assert_eq!(said("policy=fast"), "bad policy 'fast' (linux or adaptive)");
     assert_eq!(said("policy=2"), "bad policy '2' (linux or adaptive)");
