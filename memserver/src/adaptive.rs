@@ -61,9 +61,10 @@
 //!    1's quiet time), up to `backoff_max` steps; a probation that ends
 //!    without it comes back one step. Each page taken back costs a guest
 //!    fault and a zeroed host page; the default (128 MiB/s) lets a build's
-//!    compilers take back what they take (below 64 MiB/s over two seconds
-//!    on both recorded curves) and stops a workload cycling hundreds of
-//!    MiB a second. While backed off, rule 1 too passes over blocks
+//!    compilers take back what they take (at most ~140 MiB/s over any two
+//!    seconds on the recorded C++ build, ~40 MiB/s on the cargo build, by
+//!    `guest/traces/age_model.py`) and stops a workload cycling hundreds
+//!    of MiB a second. While backed off, rule 1 too passes over blocks
 //!    younger than rule 0's age.
 //! 3. **Ageing: quiet long enough, small blocks too.** Once a zone has
 //!    stayed quiet for `age_ns`, the walk starts at `quiet_order` instead
@@ -133,7 +134,8 @@ pub(crate) struct Ages {
     /// The interval the armed timer measures.
     armed_ns: u64,
     /// The worker's looks so far: the free path stamps each block with it
-    /// (meta.rs). Starts at 1; blocks seeded at boot carry 0.
+    /// (meta.rs). Starts at 1 and skips 0 when it wraps: blocks seeded at
+    /// boot carry [`Ages::BOOT_EPOCH`].
     epoch: u32,
     /// The worker's clock: the sum of the timer intervals that expired
     /// (time the worker was idle is not counted, so an age read from it
@@ -164,6 +166,9 @@ pub(crate) enum Plan {
 }
 
 impl Ages {
+    /// The stamp of memory no client has held since boot.
+    pub(crate) const BOOT_EPOCH: u32 = 0;
+
     pub(crate) const fn new() -> Ages {
         Ages {
             zones: [ZoneAge {
@@ -218,7 +223,7 @@ impl Ages {
     /// that went its needed time without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         self.clock_ns = self.clock_ns.saturating_add(elapsed_ns);
-        self.epoch = self.epoch.wrapping_add(1);
+        self.epoch = self.epoch.wrapping_add(1).max(1);
         self.epoch_start_ns[self.epoch as usize % EPOCHS] = self.clock_ns;
         for z in 0..MAX_ZONES {
             let busy = self.busy(z, tun);
@@ -273,7 +278,8 @@ impl Ages {
         let after = if back >= EPOCHS {
             self.epoch.wrapping_sub(EPOCHS as u32 - 1)
         } else {
-            freed.wrapping_add(1)
+            // The epoch after u32::MAX is 1 (0 is the boot stamp).
+            freed.wrapping_add(1).max(1)
         };
         let freed_by = self.epoch_start_ns[after as usize % EPOCHS];
         self.clock_ns.saturating_sub(freed_by) >= min_age_ns

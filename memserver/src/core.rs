@@ -3,6 +3,7 @@
 //! state (`worker.rs`) and tells it about qualifying frees; the pass that
 //! reports (`reporting.rs`) builds on this module, not the reverse.
 
+use crate::adaptive::Ages;
 use crate::meta::{
     KIND_ALLOC, KIND_BALLOONED, KIND_FREE, KIND_ISOLATED, KIND_TAIL, NIL, REPORTED, Slot,
     get_epoch, get_next, get_prev, kind_of, order_of, set_epoch, set_next, set_prev, state,
@@ -243,7 +244,7 @@ impl<'m> MemCore<'m> {
                 }
                 let g = core.zones[i].gidx(pfn);
                 core.meta[g as usize][8] = state(KIND_FREE, o);
-                core.stamp(g, o, 0);
+                core.stamp(g, o, Ages::BOOT_EPOCH);
                 core.list_add(i, o, g, true);
                 pfn += 1u64 << o;
             }

@@ -191,13 +191,24 @@ impl MemCore<'_> {
 
     /// Hand the filled batch to the device.
     fn send(&mut self, acts: &mut Actions) {
+        // Adaptive: a batch of memory no client has held since boot (its
+        // blocks still carry the boot stamp) starts no probation: the
+        // first allocations take such memory back whatever the policy
+        // does, which is no sign of churn.
+        let z = usize::from(self.worker.fill.zone);
+        let freed_by_clients = self.worker.fill.blocks().iter().any(|b| {
+            let g = self.zones[z].gidx(b.pfn);
+            self.freed_epoch(g, b.order) != Some(Ages::BOOT_EPOCH)
+        });
         let w = &mut self.worker;
         let Some(si) = w.slots.iter().position(|s| !s.in_flight) else {
             return; // callers check the in-flight limit first
         };
         let id = BatchId(w.next_id);
         w.next_id = w.next_id.wrapping_add(1).max(1);
-        w.ages.sent(usize::from(w.fill.zone));
+        if freed_by_clients {
+            w.ages.sent(z);
+        }
         w.slots[si] = w.fill;
         w.slots[si].id = id;
         w.slots[si].in_flight = true;

@@ -85,9 +85,10 @@ pub struct Tunables {
     /// Adaptive: reported pages per second a zone may take back (allocate
     /// again after the host discarded them) before it counts as churning
     /// and backs off. Each such page costs the guest a fault and the host
-    /// a zeroed page; the default, 32768 (128 MiB/s), is a few percent of
-    /// a CPU. A build's compilers, exiting and starting, stay below it; a
-    /// workload cycling its memory faster than the delay does not.
+    /// a zeroed page, about a microsecond; the default, 32768 (128 MiB/s),
+    /// is a few percent of a CPU. A build's compilers, exiting and
+    /// starting, mostly stay below it; a workload cycling hundreds of MiB
+    /// a second does not.
     /// Range `0..=u32::MAX`.
     pub churn_pages_per_s: u64,
 }
