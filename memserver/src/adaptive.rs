@@ -17,7 +17,9 @@
 //! not counted, so an age is never overestimated), and the allocation path
 //! counts pages allocated per zone (one add). The worker looks every
 //! `delay_ns / 4` (a *tick*) while a zone holds unreported blocks or a
-//! report is on probation, and a request arms a tick, not the delay. A
+//! report is on probation, and a request arms a tick, not the delay (the
+//! boot pass alone waits the delay, as Linux's: the guests starting
+//! meanwhile take memory that is not discarded). A
 //! zone is *quiet* while it allocates at most `busy_pages` between two
 //! looks; its quiet time is the sum of the ticks it stayed quiet.
 //!
@@ -57,7 +59,8 @@
 //!    drop of the zone's reported pages across an allocation: one
 //!    subtract). A report starts a *probation* of the zone's needed time;
 //!    a zone that takes back more than `churn_pages_per_s` over it backs
-//!    off one step, doubling its needed time (and so rule 0's age and rule
+//!    off one step, and one more per doubling of that rate, each step
+//!    doubling its needed time (and so rule 0's age and rule
 //!    1's quiet time), up to `backoff_max` steps; a probation that ends
 //!    without it comes back one step. Each page taken back costs a guest
 //!    fault and a zeroed host page; the default (128 MiB/s) lets a build's
@@ -65,7 +68,9 @@
 //!    seconds on the recorded C++ build, ~40 MiB/s on the cargo build, by
 //!    `guest/traces/age_model.py`) and stops a workload cycling hundreds
 //!    of MiB a second. While backed off, rule 1 too passes over blocks
-//!    younger than rule 0's age.
+//!    younger than rule 0's age. A batch of memory no client has held
+//!    since boot starts no probation: the first allocations take the boot
+//!    report back whatever the policy does.
 //! 3. **Ageing: quiet long enough, small blocks too.** Once a zone has
 //!    stayed quiet for `age_ns`, the walk starts at `quiet_order` instead
 //!    of `reporting_order`, so memory freed in small blocks (a fragmented
@@ -218,9 +223,10 @@ impl Ages {
     /// Look at every zone: a busy one restarts its quiet time; a quiet one
     /// adds `elapsed_ns` to it. A zone on probation that took back more
     /// reported pages since it started than `churn_pages_per_s` allows
-    /// over its needed time backs off one step (churn: the host discarded
-    /// what the guest takes back, faster than the refaults are worth); one
-    /// that went its needed time without doing so comes back one step.
+    /// over its needed time backs off one step, and one more per doubling
+    /// beyond it (churn: the host discarded what the guest takes back,
+    /// faster than the refaults are worth); one that went its needed time
+    /// without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         self.clock_ns = self.clock_ns.saturating_add(elapsed_ns);
         self.epoch = self.epoch.wrapping_add(1).max(1);
@@ -237,9 +243,17 @@ impl Ages {
             if a.probation {
                 a.since_report_ns = a.since_report_ns.saturating_add(elapsed_ns);
                 let taken = a.refaulted.wrapping_sub(a.probation_mark);
-                if taken > tun.churn_pages(need) {
+                let allowed = tun.churn_pages(need);
+                if taken > allowed {
+                    // One step, and one more per doubling of the rate
+                    // beyond it: a cycle of hundreds of MiB a second is
+                    // slowed at once, not over as many probations.
+                    let mut steps = 1u8;
+                    while steps < tun.backoff_max && taken > allowed.saturating_mul(1 << steps) {
+                        steps += 1;
+                    }
                     a.probation = false;
-                    a.backoff = (a.backoff + 1).min(tun.backoff_max);
+                    a.backoff = a.backoff.saturating_add(steps).min(tun.backoff_max);
                 } else if a.since_report_ns >= need {
                     a.probation = false;
                     a.backoff = a.backoff.saturating_sub(1);

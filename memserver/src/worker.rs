@@ -222,9 +222,17 @@ impl Worker {
         }
     }
 
-    /// Linux's `page_reporting_register` starts an initial flush.
+    /// Linux's `page_reporting_register` starts an initial flush, a delay
+    /// later whatever the policy: the guests starting meanwhile take what
+    /// they need first from memory that is not discarded, instead of
+    /// faulting the boot report back in.
     pub(crate) fn boot(&mut self, acts: &mut Actions) {
-        self.request(acts);
+        if let Some(t) = self.tun
+            && self.state == ReportingState::Idle
+        {
+            self.state = ReportingState::Requested;
+            self.arm_ns(t.delay_ns, acts);
+        }
     }
 
     /// Linux's `__page_reporting_request`: only IDLE → REQUESTED arms.

@@ -180,24 +180,27 @@ fn taking_back_the_boot_report_is_not_churn() {
         }
         ticks.push(ticks_until_reported(&mut c, tun, 64));
     }
-    // A tick old at the second tick; then backed off: two delays old.
-    assert_eq!(ticks, [2, 9]);
+    // A tick old at the second tick. Then 1 GiB taken back, four times
+    // what 128 MiB/s allows over the delay: backed off two steps, so four
+    // delays old (16 ticks) at the seventeenth.
+    assert_eq!(ticks, [2, 17]);
     c.check_invariants().unwrap();
 }
 
 /// Rule 2's hysteresis: a zone that takes reported pages back right after
 /// a report (churn) needs its blocks free for `delay << step` before they
-/// are reported again, one more step per churning round up to
-/// `backoff_max`; once a report sticks for that long, it needs one step
-/// less. With `backoff_max = 0` its blocks are reported a tick after they
-/// were freed whatever it did.
+/// are reported again: one step, and one more per doubling of the allowed
+/// rate, up to `backoff_max`; once a report sticks for that long, it needs
+/// one step less. With `backoff_max = 0` its blocks are reported a tick
+/// after they were freed whatever it did.
 #[test]
 fn churning_zone_backs_off_and_comes_back() {
     for backoff_max in [0u8, 2] {
         let tun = Tunables {
             backoff_max,
             capacity: 4,
-            // 16 MiB/s: 256 MiB taken back is churn at every step.
+            // 16 MiB/s, 32 MiB over the delay: 256 MiB taken back is eight
+            // times that at no back-off (three steps), twice at two.
             churn_pages_per_s: 4096,
             ..adaptive()
         };
@@ -215,7 +218,7 @@ fn churning_zone_backs_off_and_comes_back() {
             let ticks = ticks_until_reported(&mut c, tun, 4 << 8);
             // The first tick sees the churn; the blocks are then a tick
             // old a tick later, or `delay << step` old (4 << step ticks).
-            let step = round.min(u32::from(backoff_max));
+            let step = u32::from(backoff_max.min(3));
             let want = if step == 0 { 2 } else { 1 + (4 << step) };
             assert_eq!(ticks, want, "round {round}, backoff_max {backoff_max}");
         }
@@ -582,12 +585,8 @@ fn untouched_boot_memory_starts_reported_and_is_allocated_after_freed_memory() {
         // Its next allocation takes that block again, not untouched memory
         // (under Linux, LIFO does the same here).
         assert_eq!(c.alloc(Z0, 0).unwrap(), page);
-        let (mut done, _) = run_pass(&mut c, true);
-        if untouched {
-            // Freed a moment ago: reported once a tick old.
-            assert!(done.is_empty(), "{done:?}");
-            done = run_pass(&mut c, true).0;
-        }
+        // The boot pass, a delay after boot: the zone was quiet that long.
+        let (done, _) = run_pass(&mut c, true);
         let boot_report: u64 = done.iter().map(|b| b.pages()).sum();
         if untouched {
             // Only what the split of the partly resident block left of the
