@@ -319,11 +319,8 @@ impl Ages {
         let need = self.need_ns(z, tun);
         // Rule 0's age, and rule 1's while backed off for churn: a tick, or
         // once the zone churned, its whole needed time.
-        let min_age_ns = if a.backoff.min(tun.backoff_max) == 0 {
-            Self::tick_ns(tun)
-        } else {
-            need
-        };
+        let backed_off = a.backoff.min(tun.backoff_max) > 0;
+        let min_age_ns = if backed_off { need } else { Self::tick_ns(tun) };
         if q < need {
             Plan::Cold { min_age_ns }
         } else {
@@ -333,7 +330,7 @@ impl Ages {
                 } else {
                     tun.reporting_order
                 },
-                min_age_ns: (a.backoff > 0).then_some(min_age_ns),
+                min_age_ns: backed_off.then_some(min_age_ns),
             }
         }
     }

@@ -309,13 +309,13 @@ impl MemCore<'_> {
         // it waits for the next qualifying free; we re-request instead so
         // the returned blocks are retried after the delay even if nothing
         // else is freed (the failure may be transient, e.g. a full ring).
-        if failed && let Some(t) = w.tun {
-            // A failed report is retried after the delay, whatever the policy.
+        // The next pass runs the delay later: this is Linux's path, or a
+        // failed report under either policy.
+        if failed || w.state == ReportingState::Requested {
             w.state = ReportingState::Requested;
-            w.arm_ns(t.delay_ns, acts);
-        } else if w.state == ReportingState::Requested {
-            w.state = ReportingState::Requested;
-            w.arm(acts);
+            if let Some(t) = w.tun {
+                w.arm_ns(t.delay_ns, acts);
+            }
         } else {
             w.state = ReportingState::Idle;
         }

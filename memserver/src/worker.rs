@@ -201,19 +201,6 @@ impl Worker {
         self.tun.unwrap_or_default().low_watermark_pages
     }
 
-    /// Arm the timer for a request: Linux waits the delay; the adaptive
-    /// policy looks a tick later (its rules wait for the delay themselves,
-    /// by the zone's quiet time and the blocks' ages).
-    pub(crate) fn arm(&mut self, acts: &mut Actions) {
-        if let Some(t) = self.tun {
-            let ns = match t.policy {
-                Policy::Linux => t.delay_ns,
-                Policy::Adaptive => Ages::tick_ns(&t),
-            };
-            self.arm_ns(ns, acts);
-        }
-    }
-
     pub(crate) fn arm_ns(&mut self, ns: u64, acts: &mut Actions) {
         if let Some(t) = &self.tun {
             self.timer_armed = true;
@@ -227,23 +214,31 @@ impl Worker {
     /// they need first from memory that is not discarded, instead of
     /// faulting the boot report back in.
     pub(crate) fn boot(&mut self, acts: &mut Actions) {
-        if let Some(t) = self.tun
-            && self.state == ReportingState::Idle
-        {
-            self.state = ReportingState::Requested;
-            self.arm_ns(t.delay_ns, acts);
+        if let Some(t) = self.tun {
+            self.request_in(t.delay_ns, acts);
         }
     }
 
-    /// Linux's `__page_reporting_request`: only IDLE → REQUESTED arms.
+    /// Linux's `__page_reporting_request`. Linux's pass runs the delay
+    /// later; the adaptive policy looks a tick later (its rules wait for
+    /// the delay themselves, by the zone's quiet time and the blocks'
+    /// ages).
     pub(crate) fn request(&mut self, acts: &mut Actions) {
-        if self.tun.is_none() {
-            return;
+        if let Some(t) = self.tun {
+            let ns = match t.policy {
+                Policy::Linux => t.delay_ns,
+                Policy::Adaptive => Ages::tick_ns(&t),
+            };
+            self.request_in(ns, acts);
         }
+    }
+
+    /// Only IDLE → REQUESTED arms the timer, for `ns`.
+    fn request_in(&mut self, ns: u64, acts: &mut Actions) {
         match self.state {
             ReportingState::Idle => {
                 self.state = ReportingState::Requested;
-                self.arm(acts);
+                self.arm_ns(ns, acts);
             }
             ReportingState::Active => self.state = ReportingState::Requested,
             ReportingState::Requested => {}
