@@ -39,6 +39,8 @@ pub struct Reclaim {
     pub start: u64,
     /// Bytes the host held at the end of the window.
     pub end: u64,
+    /// The least the host held in the window (`start` when it never fell).
+    pub lowest: u64,
     /// Bytes that should come back.
     pub expected: u64,
     /// Delay until 50 %, 90 %, 99 % of `expected` came back.
@@ -64,6 +66,21 @@ impl Reclaim {
             return 0.0;
         }
         self.back() as f64 / self.expected as f64
+    }
+
+    /// Bytes of `expected` the host's memory had fallen by at its lowest in
+    /// the window: what came back, even if the workload took part of it
+    /// again before the window ended.
+    pub fn most_back(&self) -> u64 {
+        self.start.saturating_sub(self.lowest).min(self.expected)
+    }
+
+    /// [`Reclaim::most_back`] as a fraction of `expected`.
+    pub fn deepest_fraction(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        self.most_back() as f64 / self.expected as f64
     }
 }
 
@@ -221,11 +238,13 @@ impl Timeline {
         let mut r = Reclaim {
             start,
             end: start,
+            lowest: start,
             expected,
             ..Reclaim::default()
         };
         for s in window {
             r.end = s.host;
+            r.lowest = r.lowest.min(s.host);
             let back = start.saturating_sub(s.host) as u128;
             let hit = |pct: u128| back * 100 >= expected as u128 * pct;
             for (slot, pct) in [(&mut r.p50, 50), (&mut r.p90, 90), (&mut r.p99, 99)] {
@@ -300,7 +319,15 @@ impl Timeline {
             secs(r.p50),
             secs(r.p90),
             secs(r.p99),
-        )
+        ) + &if r.most_back() > r.back() {
+            format!(
+                "; at most {:.1} MiB ({:.1} %) before the workload took some again",
+                mib(r.most_back()),
+                r.deepest_fraction() * 100.0
+            )
+        } else {
+            String::new()
+        }
     }
 
     /// Write an SVG plot over time: the host's memory for guest RAM and
@@ -544,6 +571,27 @@ mod tests {
         assert_eq!(r.end, 40 * M);
         assert_eq!(r.p50, Some(Duration::from_millis(1000)));
         assert_eq!(r.p90, None);
+    }
+
+    #[test]
+    fn deepest_fraction_keeps_what_came_back_before_the_workload_took_it() {
+        let mut tl = Timeline::new();
+        // 500 MiB reported: 480 came back, then the guests took 80 again.
+        for (t, h) in [(0, 1400), (1000, 920), (2000, 1000)] {
+            tl.push(s(t, h));
+        }
+        let r = tl.reclaim(Duration::from_millis(500), 500 * M, None);
+        assert_eq!((r.end, r.lowest), (1000 * M, 920 * M));
+        assert!((r.fraction() - 0.8).abs() < 1e-9, "{r:?}");
+        assert!((r.deepest_fraction() - 0.96).abs() < 1e-9, "{r:?}");
+        let line = Timeline::reclaim_line("boot", &r);
+        assert!(line.contains("400.0 of 500.0 MiB back (80.0 %)"), "{line}");
+        assert!(line.contains("at most 480.0 MiB (96.0 %) before"), "{line}");
+        // Never more than expected, and nothing when it never fell.
+        let flat = tl.reclaim(Duration::from_millis(1500), 500 * M, None);
+        assert_eq!(flat.deepest_fraction(), 0.0);
+        let all = tl.reclaim(Duration::from_millis(500), 100 * M, None);
+        assert_eq!(all.deepest_fraction(), 1.0);
     }
 
     #[test]
