@@ -62,10 +62,7 @@ impl Reclaim {
     /// Fraction of `expected` that came back by the end of the window, at
     /// most 1.
     pub fn fraction(&self) -> f64 {
-        if self.expected == 0 {
-            return 0.0;
-        }
-        self.back() as f64 / self.expected as f64
+        self.share(self.back())
     }
 
     /// Bytes of `expected` the host's memory had fallen by at its lowest in
@@ -77,10 +74,15 @@ impl Reclaim {
 
     /// [`Reclaim::most_back`] as a fraction of `expected`.
     pub fn deepest_fraction(&self) -> f64 {
+        self.share(self.most_back())
+    }
+
+    /// `bytes` as a fraction of `expected` (0 when nothing was expected).
+    fn share(&self, bytes: u64) -> f64 {
         if self.expected == 0 {
             return 0.0;
         }
-        self.most_back() as f64 / self.expected as f64
+        bytes as f64 / self.expected as f64
     }
 }
 
