@@ -160,6 +160,11 @@ pub struct DemoReport {
     pub last_freed: u64,
     /// Bytes the host held for guest RAM at the end.
     pub host_end: u64,
+    /// Page faults the guests' processes took over the run, read just
+    /// before they were stopped: each a page of guest RAM the host had to
+    /// supply, first touches and what reporting made them fault in again
+    /// alike. `None` when a guest's could not be read.
+    pub guest_faults: Option<u64>,
     /// The memserver's answers to [`DemoConfig::set_tunables`], in order
     /// (`delay_ms=250 set`, `order=11 refused: value out of range`).
     pub control: Vec<String>,
@@ -376,7 +381,9 @@ fn guests_of<'s>(
 pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     check(cfg)?;
     let sys = system(cfg)?;
-    let (names, rams): (Vec<String>, Vec<String>) = guests_of(cfg, &sys)?
+    let guests_in = guests_of(cfg, &sys)?;
+    let guest_pds: Vec<String> = guests_in.iter().map(|g| g.pd.name.clone()).collect();
+    let (names, rams): (Vec<String>, Vec<String>) = guests_in
         .iter()
         .map(|g| (g.pd.name.to_uppercase(), g.ram.name.clone()))
         .unzip();
@@ -549,6 +556,10 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
             late.after
         ));
     }
+    let guest_faults = guest_pds
+        .iter()
+        .map(|pd| launcher.page_faults(pd))
+        .sum::<Option<u64>>();
     let exits = launcher.stop(Duration::from_secs(2));
     let counters = device.counters();
     device.stop();
@@ -577,6 +588,7 @@ pub fn run(cfg: &DemoConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRepor
         pattern,
         last_freed: guests.latest_freed.iter().map(|(_, b)| b).sum(),
         host_end,
+        guest_faults,
         problems,
         control: answers,
         console: console.lines(),

@@ -609,6 +609,15 @@ impl Launcher {
             .collect()
     }
 
+    /// Page faults PD `pd`'s process has taken so far (minor and major):
+    /// each a page the kernel had to map, for guest RAM a page the host
+    /// supplied. `None` when it is not running or `/proc` cannot say.
+    pub fn page_faults(&self, pd: &str) -> Option<u64> {
+        let r = self.running.iter().find(|r| r.name == pd)?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.child.id())).ok()?;
+        faults_in_stat(&stat)
+    }
+
     fn reap(&mut self, i: usize) -> Result<Option<PdExit>, LaunchError> {
         let r = &mut self.running[i];
         if r.exit.is_some() {
@@ -733,5 +742,47 @@ impl Launcher {
 impl Drop for Launcher {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
+    }
+}
+
+/// `minflt + majflt` of a `/proc/<pid>/stat` line (proc(5): fields 10 and
+/// 12). The command name, field 2, is in parentheses and may hold spaces
+/// and parentheses itself, so the fields are counted after the last `)`.
+fn faults_in_stat(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // `after_name` starts at field 3.
+    let field =
+        |n: usize| -> Option<u64> { after_name.split_whitespace().nth(n - 3)?.parse().ok() };
+    Some(field(10)? + field(12)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::faults_in_stat;
+
+    #[test]
+    fn faults_are_read_after_the_command_name() {
+        // Fields 10 (minflt) = 1234 and 12 (majflt) = 5, a name with a
+        // space and a parenthesis in it.
+        let stat = "4242 (gu est) x) S 1 4242 4242 0 -1 4194560 1234 0 5 0 7 3 0 0 20 0";
+        assert_eq!(faults_in_stat(stat), Some(1239));
+        assert_eq!(faults_in_stat("4242 (cut short) S 1 2"), None);
+        assert_eq!(faults_in_stat("no name at all"), None);
+    }
+
+    #[test]
+    fn this_process_has_taken_page_faults() {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        let before = faults_in_stat(&stat).expect("parsed");
+        // Touch fresh pages: each first write is a fault. 64 MiB is above
+        // glibc's largest mmap threshold, so the pages are new.
+        let mut v = vec![0u8; 64 << 20];
+        for page in v.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&v);
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        let after = faults_in_stat(&stat).expect("parsed");
+        assert!(after > before, "{before} -> {after}");
     }
 }
