@@ -6,8 +6,9 @@
 //!   median .. M ops/s` and a `reporting cost:` line), which is the fair
 //!   measure on a shared machine; criterion's estimates come next to it.
 //! - **report**: balloon/benches/report.rs (criterion): a 64 MiB discard
-//!   through `fallocate` directly and through the driver, and a 4 KiB report
-//!   round trip.
+//!   through `fallocate` directly and through the driver, the same 64 MiB
+//!   written again after the discard and while resident (what a refault
+//!   costs), and a 4 KiB report round trip.
 //! - **reclaim**: the whole system on the host platform ([`crate::demo`]),
 //!   swept over the reporting tunables a study of reclaim would vary: how
 //!   much comes back and how long after the first free.

@@ -216,6 +216,8 @@ fn report(args: &Args, r: &mut Results) -> Result<(), String> {
         r,
         &[
             "discard_64MiB/raw_punch_hole",
+            "discard_64MiB/refault_after_punch_hole",
+            "discard_64MiB/touch_resident",
             "discard_64MiB/driver_report_batch",
             "report_roundtrip_4KiB",
             "report_roundtrip_4KiB_futex_doorbell",
