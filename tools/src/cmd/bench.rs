@@ -317,8 +317,8 @@ fn reclaim(args: &Args, r: &mut Results) -> Result<(), String> {
 /// ([`bench::QEMU_FRAGMENTED`]) and the trace ([`bench::QEMU_TRACE`])
 /// workloads, on the bare platform and seL4 release, both policies side by
 /// side. Last the churn workload ([`bench::QEMU_CHURN`]) against reporting
-/// off, on the bare platform and seL4 release, aarch64. Only `scenarios`,
-/// when some are named.
+/// off, on the bare platform and seL4 release, both arches. Only
+/// `scenarios`, when some are named.
 fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
     let wanted = |s: QemuScenario| scenarios.is_empty() || scenarios.contains(&s);
     let workloads: Vec<QemuWorkload> = [
@@ -377,24 +377,24 @@ fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
             }
         }
     }
-    let arch = Arch::Aarch64;
     if wanted(QemuScenario::Churn) {
-        let platform = format!("bare {}", bare::target(arch));
         let xml = description(Bulk)?;
-        let churn = churn_runs(
-            &platform,
-            &mut |variant, tunables| {
-                let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
-                let built_in = BuiltIn {
-                    tunables: Some(tunables.into()),
-                    guest_params: Some(bench::QEMU_CHURN.into()),
-                };
-                bare_run(&dir, arch, &xml, &built_in)
-            },
-            &mut failures,
-            &mut r.memory,
-        )?;
-        r.churn.push(churn);
+        for arch in [Arch::Aarch64, Arch::X86_64] {
+            let churn = churn_runs(
+                &format!("bare {}", bare::target(arch)),
+                &mut |variant, tunables| {
+                    let dir = out.join(format!("{}-churn-{variant}", bare::target(arch)));
+                    let built_in = BuiltIn {
+                        tunables: Some(tunables.into()),
+                        guest_params: Some(bench::QEMU_CHURN.into()),
+                    };
+                    bare_run(&dir, arch, &xml, &built_in)
+                },
+                &mut failures,
+                &mut r.memory,
+            )?;
+            r.churn.push(churn);
+        }
     }
     let sdk = match image::sdk_from_env() {
         Ok(sdk) => sdk,
@@ -448,22 +448,24 @@ fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
     if !wanted(QemuScenario::Churn) {
         return finish(failures);
     }
-    let (board, config) = (Board::QemuVirtAarch64, KernelConfig::Release);
-    let churn = churn_runs(
-        &format!("seL4 {board} {config}"),
-        &mut |variant, tunables| {
-            let dir = out.join(format!("sel4-{board}-{config}-churn-{variant}"));
-            let built_in = BuiltIn {
-                tunables: Some(tunables.into()),
-                guest_params: Some(bench::QEMU_CHURN.into()),
-            };
-            let img = sel4_image(&sdk, board, config, Bulk.system(), &dir, built_in)?;
-            sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))
-        },
-        &mut failures,
-        &mut r.memory,
-    )?;
-    r.churn.push(churn);
+    let config = KernelConfig::Release;
+    for board in Board::ALL {
+        let churn = churn_runs(
+            &format!("seL4 {board} {config}"),
+            &mut |variant, tunables| {
+                let dir = out.join(format!("sel4-{board}-{config}-churn-{variant}"));
+                let built_in = BuiltIn {
+                    tunables: Some(tunables.into()),
+                    guest_params: Some(bench::QEMU_CHURN.into()),
+                };
+                let img = sel4_image(&sdk, board, config, Bulk.system(), &dir, built_in)?;
+                sel4::run_config(&img, Sel4Run::Reporting, &dir, Duration::from_secs(240))
+            },
+            &mut failures,
+            &mut r.memory,
+        )?;
+        r.churn.push(churn);
+    }
     finish(failures)
 }
 
