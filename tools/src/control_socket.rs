@@ -204,10 +204,11 @@ pub fn ask(path: &Path, requests: &[String], timeout: Duration) -> Result<Vec<St
 mod tests {
     use super::*;
 
-    fn socket_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tools-control-socket-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A path in a scratch directory, which goes when the `TempDir` does.
+    fn socket_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        (dir, path)
     }
 
     /// Poll until `n` lines arrived (bounded: the client wrote them before
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn answers_go_back_in_order_to_the_client_that_asked() {
-        let path = socket_path("order.sock");
+        let (_scratch, path) = socket_path("order.sock");
         let mut s = ControlSocket::bind(&path).unwrap();
         let client = std::thread::spawn({
             let path = path.clone();
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_line_too_long_closes_only_its_connection() {
-        let path = socket_path("long.sock");
+        let (_scratch, path) = socket_path("long.sock");
         let mut s = ControlSocket::bind(&path).unwrap();
         let mut hostile = UnixStream::connect(&path).unwrap();
         hostile.write_all(&[b'x'; MAX_LINE + 1]).unwrap();
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_file_in_the_way_is_refused_and_the_socket_is_removed_at_the_end() {
-        let path = socket_path("file-in-the-way");
+        let (_scratch, path) = socket_path("file-in-the-way");
         std::fs::write(&path, "mine").unwrap();
         let e = ControlSocket::bind(&path).unwrap_err();
         assert!(e.contains("exists and is not a socket"), "{e}");
@@ -293,7 +294,7 @@ mod tests {
 
     #[test]
     fn no_demo_listening_is_a_clear_error() {
-        let path = socket_path("nobody.sock");
+        let (_scratch, path) = socket_path("nobody.sock");
         let _ = std::fs::remove_file(&path);
         let e = ask(&path, &["delay_ms=250".into()], Duration::from_secs(1)).unwrap_err();
         assert!(

@@ -1101,15 +1101,15 @@ mod tests {
 
     #[test]
     fn a_wrong_sdk_is_named_in_one_line() {
-        let dir = std::env::temp_dir().join(format!("fake-sdk-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         let one_line = |e: ImageError| {
             let s = e.to_string();
             assert!(!s.contains('\n'), "{s}");
             s
         };
-        let check = || check_sdk(&dir, Board::X86_64Generic, KernelConfig::Release);
+        let check = || check_sdk(dir, Board::X86_64Generic, KernelConfig::Release);
         assert!(one_line(check().unwrap_err()).contains("not a Microkit SDK"));
         std::fs::write(dir.join("bin/microkit"), "").unwrap();
         std::fs::write(dir.join("VERSION"), "2.2.0\n").unwrap();
