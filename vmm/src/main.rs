@@ -121,9 +121,10 @@ mod run {
             let off = GuestRam::offset(gpa, buf.len() as u64)?;
             let base = vm_layout::ram().get().as_ptr();
             for (i, b) in buf.iter_mut().enumerate() {
+                let at = base.wrapping_add(off + i);
                 // SAFETY: the VM's RAM is mapped rw into this PD for its
                 // whole life; off + i lies inside it (checked above).
-                *b = unsafe { base.add(off + i).read_volatile() };
+                *b = unsafe { at.read_volatile() };
             }
             Ok(())
         }
@@ -131,8 +132,9 @@ mod run {
             let off = GuestRam::offset(gpa, buf.len() as u64)?;
             let base = vm_layout::ram().get().as_ptr();
             for (i, b) in buf.iter().enumerate() {
+                let at = base.wrapping_add(off + i);
                 // SAFETY: as in `read`.
-                unsafe { base.add(off + i).write_volatile(*b) };
+                unsafe { at.write_volatile(*b) };
             }
             Ok(())
         }
@@ -182,16 +184,12 @@ mod run {
                     .is_some_and(|e| e <= ram.size)
             })
             .ok_or(Error::Load("a piece lies outside the VM's RAM"))?;
+        let to = ram.as_ptr().wrapping_add(off as usize);
         // SAFETY: the VMM maps the VM's RAM read-write at `ram.vaddr` for
-        // its whole life (`<map setvar_vaddr="guest_ram">`); the range was
-        // checked to lie inside it, and the vCPU is not running yet.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                ram.as_ptr().add(off as usize),
-                bytes.len(),
-            );
-        }
+        // its whole life (`<map setvar_vaddr="guest_ram">`); `to .. to +
+        // bytes.len()` was checked to lie inside it, and the vCPU is not
+        // running yet.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), to, bytes.len()) };
         Ok(())
     }
 

@@ -132,25 +132,31 @@ fn log_page_write(bytes: &[u8]) {
     if base == 0 || cap == 0 {
         return;
     }
-    let header = base as *mut u64;
-    // SAFETY: the Microkit tool maps `size` bytes read-write at `base` in
-    // this PD alone (the host reads them only); the header's words are
-    // aligned, and every data byte written is at `HEADER + i % cap` < size.
-    unsafe {
-        if header.read_volatile() != crate::log_page::MAGIC {
-            header.write_volatile(crate::log_page::MAGIC);
-            header.add(1).write_volatile(0);
-        }
-        let mut written = header.add(1).read_volatile();
-        let data = (base + crate::log_page::HEADER) as *mut u8;
-        for &b in bytes {
-            data.add(written as usize % cap).write_volatile(b);
-            written += 1;
-        }
-        // The bytes before the count that makes them visible.
-        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-        header.add(1).write_volatile(written);
+    // The Microkit tool maps `size` bytes read-write at `base` in this PD
+    // alone (the host reads them only): the header's two aligned words, then
+    // `cap` data bytes. Every access below is inside that mapping.
+    let magic = base as *mut u64;
+    let count = magic.wrapping_add(1);
+    let data = (base + crate::log_page::HEADER) as *mut u8;
+    // SAFETY: header word 0, mapped and aligned (above).
+    if unsafe { magic.read_volatile() } != crate::log_page::MAGIC {
+        // SAFETY: header word 0.
+        unsafe { magic.write_volatile(crate::log_page::MAGIC) };
+        // SAFETY: header word 1, mapped and aligned (above).
+        unsafe { count.write_volatile(0) };
     }
+    // SAFETY: header word 1.
+    let mut written = unsafe { count.read_volatile() };
+    for &b in bytes {
+        let at = data.wrapping_add(written as usize % cap);
+        // SAFETY: data byte `written % cap` < `cap`, so `at` < `base + size`.
+        unsafe { at.write_volatile(b) };
+        written += 1;
+    }
+    // The bytes before the count that makes them visible.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+    // SAFETY: header word 1.
+    unsafe { count.write_volatile(written) };
 }
 
 fn ipc_mr(i: usize) -> *mut u64 {

@@ -30,10 +30,21 @@ fn have(cmd: &str) -> bool {
 }
 
 fn step(name: &str, dir: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+    step_with_env(name, dir, &[], program, args)
+}
+
+fn step_with_env(
+    name: &str,
+    dir: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    program: &str,
+    args: &[&str],
+) -> Result<(), String> {
     println!("==> {name}: {program} {}", args.join(" "));
     let t = Instant::now();
     let status = Command::new(program)
         .current_dir(dir)
+        .envs(env.iter().copied())
         .args(args)
         .status()
         .map_err(|e| format!("{name}: running {program}: {e}"))?;
@@ -96,6 +107,7 @@ fn run(args: &Args) -> Result<(), String> {
                 "warnings",
             ],
         )?;
+        clippy_bare_metal(&ws, &cargo)?;
     }
     // cargo captures a passing test's output, so say it here: the seL4
     // boot tests (tools/tests/sel4_qemu.rs) only run with an SDK, and a
@@ -124,6 +136,36 @@ fn run(args: &Args) -> Result<(), String> {
         test.extend(args.cargo_test_args.iter().map(String::as_str));
     }
     step("tests", &ws, &cargo, &test)
+}
+
+/// The PD crates' bare-metal code (`target_os = "none"`: the Microkit
+/// runtime, the VMM's vCPU loop, the bare platform) is compiled only for
+/// the `*-unknown-none` targets, which the workspace's clippy does not
+/// build: lint it there too, each board's target, with the description the
+/// images are built from (the crates' build scripts read it). The bare
+/// platform links every PD with `pd/bare`, so it is linted on its own.
+fn clippy_bare_metal(ws: &Path, cargo: &str) -> Result<(), String> {
+    let system = ws.join("system.xml");
+    let env = [("SYSTEM_XML", system.as_os_str())];
+    const PDS: [&str; 7] = [
+        "memserver",
+        "balloon",
+        "timer",
+        "console",
+        "guest",
+        "vmm",
+        "pd",
+    ];
+    for board in Board::ALL {
+        let target = board.target();
+        for packages in [&PDS[..], &["bare"]] {
+            let mut args = vec!["clippy", "--release", "--locked", "--target", target];
+            args.extend(packages.iter().flat_map(|p| ["-p", p]));
+            args.extend(["--bins", "--", "-D", "warnings"]);
+            step_with_env(&format!("clippy {target}"), ws, &env, cargo, &args)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn main(args: Args) -> ExitCode {
