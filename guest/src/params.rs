@@ -16,7 +16,7 @@
 //! | `rounds`  | 4       | churn rounds, 1..=100000                                  |
 //! | `live_mib`| 8       | MiB kept allocated the whole run and verified at the end, 0..=65536 |
 //! | `speed`   | 1       | trace: replay this many times faster than recorded, 1..=1000 |
-//! | `curve`   | `cargo-build` | trace: which recorded curve, `cargo-build` or `cppcheck-build` (see [`Curve`]) |
+//! | `curve`   | `cargo-build` | trace: which recorded curve, `cargo-build`, `cppcheck-build` or `cppcheck-clang-build` (see [`Curve`]) |
 //!
 //! Whether `mib + live_mib` fits the guest's RAM is checked when the
 //! workload starts ([`Params::check_fits`]).
@@ -65,6 +65,10 @@ pub enum Curve {
     /// A `make -j2` of cppcheck 2.10 (C++, g++ -O2): many compiler
     /// processes, each rising and exiting, as a C++ build does.
     CppcheckBuild,
+    /// The same build with clang++ 14: the kind of build free page
+    /// reporting is usually measured on; its compilers are smaller and
+    /// shorter-lived than g++'s.
+    CppcheckClangBuild,
 }
 
 impl Curve {
@@ -73,6 +77,7 @@ impl Curve {
         match self {
             Curve::CargoBuild => "cargo-build",
             Curve::CppcheckBuild => "cppcheck-build",
+            Curve::CppcheckClangBuild => "cppcheck-clang-build",
         }
     }
 }
@@ -145,7 +150,10 @@ impl fmt::Display for ParamError<'_> {
                 write!(f, "unknown pattern '{p}' (bulk, fragmented, churn, trace)")
             }
             ParamError::UnknownCurve(c) => {
-                write!(f, "unknown curve '{c}' (cargo-build, cppcheck-build)")
+                write!(
+                    f,
+                    "unknown curve '{c}' (cargo-build, cppcheck-build, cppcheck-clang-build)"
+                )
             }
             ParamError::NotANumber { key, value } => {
                 write!(f, "{key}='{value}' is not a decimal number")
@@ -237,6 +245,7 @@ impl Params {
                     p.curve = match value {
                         "cargo-build" => Curve::CargoBuild,
                         "cppcheck-build" => Curve::CppcheckBuild,
+                        "cppcheck-clang-build" => Curve::CppcheckClangBuild,
                         other => return Err(ParamError::UnknownCurve(other)),
                     };
                     64
@@ -320,6 +329,9 @@ mod tests {
         let c = Params::parse("pattern=trace,curve=cppcheck-build").unwrap();
         assert_eq!(c.curve, Curve::CppcheckBuild);
         assert!(c.to_string().ends_with(",curve=cppcheck-build"));
+        assert_eq!(Params::parse(&c.to_string()), Ok(c));
+        let c = Params::parse("pattern=trace,curve=cppcheck-clang-build").unwrap();
+        assert_eq!(c.curve, Curve::CppcheckClangBuild);
         assert_eq!(Params::parse(&c.to_string()), Ok(c));
         assert_eq!(
             Params::parse("curve=clang"),

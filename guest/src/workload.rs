@@ -45,16 +45,18 @@ pub const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 const MAX_MISMATCH_LOGS: u64 = 8;
 
 /// The memory curves the `trace` pattern follows: `t_ms,rss_kib` rows,
-/// recorded from a real `cargo build` and a real C++ build (how:
-/// `guest/traces/README.md`).
+/// recorded from a real `cargo build` and a real C++ build, by g++ and by
+/// clang++ (how: `guest/traces/README.md`).
 pub const TRACE_CARGO_BUILD: &str = include_str!("../traces/cargo-build-regex.csv");
 pub const TRACE_CPPCHECK_BUILD: &str = include_str!("../traces/cppcheck-build.csv");
+pub const TRACE_CPPCHECK_CLANG_BUILD: &str = include_str!("../traces/cppcheck-clang-build.csv");
 
 /// The rows of `curve`.
 pub fn trace_text(curve: Curve) -> &'static str {
     match curve {
         Curve::CargoBuild => TRACE_CARGO_BUILD,
         Curve::CppcheckBuild => TRACE_CPPCHECK_BUILD,
+        Curve::CppcheckClangBuild => TRACE_CPPCHECK_CLANG_BUILD,
     }
 }
 

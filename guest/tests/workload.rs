@@ -478,14 +478,22 @@ fn the_curves_means_are_what_they_hold() {
     use guest::workload::trace_mean_of_peak;
     let cargo = trace_mean_of_peak(Curve::CargoBuild);
     let cpp = trace_mean_of_peak(Curve::CppcheckBuild);
+    let clang = trace_mean_of_peak(Curve::CppcheckClangBuild);
     assert!((0.70..0.72).contains(&cargo), "{cargo}");
     assert!((0.51..0.54).contains(&cpp), "{cpp}");
+    assert!((0.63..0.66).contains(&clang), "{clang}");
 }
 
 /// The same for the C++ build's curve (`curve=cppcheck-build`).
 #[test]
 fn trace_follows_the_cpp_builds_curve() {
     follows(guest::params::Curve::CppcheckBuild);
+}
+
+/// And for the clang++ build's (`curve=cppcheck-clang-build`).
+#[test]
+fn trace_follows_the_clang_builds_curve() {
+    follows(guest::params::Curve::CppcheckClangBuild);
 }
 
 fn follows(curve: guest::params::Curve) {

@@ -14,7 +14,8 @@ A = 0 is the bench's floor row; no reporting policy keeps less."""
 import csv
 
 PEAK_MIB, LIVE_MIB, GUESTS, DT = 768, 8, 2, 0.01
-CURVES = [("cppcheck-build.csv", 1), ("cargo-build-regex.csv", 2)]  # (file, replay speed)
+# (file, replay speed), as the policy bench replays them
+CURVES = [("cppcheck-build.csv", 1), ("cppcheck-clang-build.csv", 1), ("cargo-build-regex.csv", 2)]
 AGES = [0, 0.1, 0.25, 0.5, 1, 2, 4, 8, float("inf")]
 
 

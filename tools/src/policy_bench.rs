@@ -14,9 +14,10 @@
 //!   per guest: the workload's time from launch to its last free (median of
 //!   [`CHURN_RUNS`] runs, reporting off and each policy taking turns), with
 //!   reporting off as the baseline;
-//! - trace, cpp-trace: each guest replays the memory curve of a real
-//!   build ([`TRACES`]: a `cargo build`, and a C++ build whose compiler
-//!   processes rise and exit all along; `guest/traces/`, peak scaled to
+//! - trace, cpp-trace, clang-trace: each guest replays the memory curve of
+//!   a real build ([`TRACES`]: a `cargo build`, and a C++ build, by g++
+//!   and by clang++, whose compiler processes rise and exit all along;
+//!   `guest/traces/`, peak scaled to
 //!   768 MiB): the host memory averaged over the replay, and the replay's
 //!   length (it lags the curve when allocation is slow); and the same
 //!   replay with every free reported at once ([`TRACE_BOUND`]).
@@ -41,7 +42,14 @@ pub const GUESTS: u64 = 2;
 pub const POLICIES: [&str; 2] = ["linux", "adaptive"];
 
 /// The scenarios, in the order they run; `run` takes a subset.
-pub const SCENARIOS: [&str; 5] = ["latency", "fragmented", "churn", "trace", "cpp-trace"];
+pub const SCENARIOS: [&str; 6] = [
+    "latency",
+    "fragmented",
+    "churn",
+    "trace",
+    "cpp-trace",
+    "clang-trace",
+];
 
 /// A recorded curve the footprint scenarios replay, each guest at
 /// [`TRACE_MIB`] peak with [`TRACE_LIVE_MIB`] besides.
@@ -62,8 +70,9 @@ pub const TRACE_MIB: u64 = 768;
 pub const TRACE_LIVE_MIB: u64 = 8;
 
 /// The footprint scenarios: the `cargo build` (196 s recorded, replayed
-/// twice as fast) and the C++ build (97 s, as recorded).
-pub const TRACES: [TraceCurve; 2] = [
+/// twice as fast) and the C++ builds (97 s by g++, 84 s by clang++, as
+/// recorded).
+pub const TRACES: [TraceCurve; 3] = [
     TraceCurve {
         scenario: "trace",
         curve: guest::params::Curve::CargoBuild,
@@ -75,6 +84,12 @@ pub const TRACES: [TraceCurve; 2] = [
         curve: guest::params::Curve::CppcheckBuild,
         speed: 1,
         what: "a recorded C++ build (guest/traces/cppcheck-build.csv, `make -j2` of cppcheck 2.10)",
+    },
+    TraceCurve {
+        scenario: "clang-trace",
+        curve: guest::params::Curve::CppcheckClangBuild,
+        speed: 1,
+        what: "the same C++ build by clang++ 14 (guest/traces/cppcheck-clang-build.csv)",
     },
 ];
 
@@ -697,6 +712,7 @@ mod tests {
         for (curve, measured) in TRACES.iter().zip([
             "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=2",
             "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-build",
+            "pattern=trace,mib=768,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-clang-build",
         ]) {
             assert_eq!(
                 Params::parse(&curve.workload()),
@@ -716,7 +732,11 @@ mod tests {
         };
         let f = |policy: &str, mib, s, faults| PolicyFigures {
             policy: policy.into(),
-            traces: [fp(mib, s, faults), Footprint::default()],
+            traces: [
+                fp(mib, s, faults),
+                Footprint::default(),
+                Footprint::default(),
+            ],
             ..PolicyFigures::default()
         };
         let c = Comparison {
@@ -725,7 +745,11 @@ mod tests {
                 f("adaptive", 800.0, 100.5, 500_000),
             ],
             churn_off_s: None,
-            trace_bounds: [fp(750.0, 102.0, 900_000), Footprint::default()],
+            trace_bounds: [
+                fp(750.0, 102.0, 900_000),
+                Footprint::default(),
+                Footprint::default(),
+            ],
             scenarios: vec!["trace".into()],
         };
         let md = c.markdown();

@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long)]
     pub pd_dir: Option<PathBuf>,
     /// The policy part's scenarios (comma-separated: latency, fragmented,
-    /// churn, trace, cpp-trace; default all).
+    /// churn, trace, cpp-trace, clang-trace; default all).
     #[arg(
         long,
         value_delimiter = ',',
