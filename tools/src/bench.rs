@@ -291,6 +291,14 @@ pub const QEMU_FRAGMENTED: &str = "pattern=fragmented,mib=256,hold_ms=15000,live
 /// of its 512, 4 times faster than recorded.
 pub const QEMU_TRACE: &str = "pattern=trace,mib=384,live_mib=8,hold_ms=2000,speed=4";
 
+/// The workload of the C++ trace runs in QEMU: every guest replays the
+/// recorded g++ build of cppcheck (`guest/traces/cppcheck-build.csv`), the
+/// curve with the most room for a footprint policy, at its recorded speed
+/// (its compilers' lifetimes are what a policy has to tell from churn),
+/// peak 384 MiB.
+pub const QEMU_CPP_TRACE: &str =
+    "pattern=trace,mib=384,live_mib=8,hold_ms=2000,speed=1,curve=cppcheck-build";
+
 /// The workload of the latency runs in QEMU (issue 15): one guest of
 /// 1 GiB ([`QEMU_LATENCY_SYSTEM`]) touches all of it, holds 2 s and frees
 /// it, as each guest of the host platform's latency scenario does
@@ -312,6 +320,8 @@ pub enum QemuWorkload {
     Fragmented,
     /// [`QEMU_TRACE`].
     Trace,
+    /// [`QEMU_CPP_TRACE`].
+    CppTrace,
 }
 
 impl QemuWorkload {
@@ -323,6 +333,7 @@ impl QemuWorkload {
             QemuWorkload::Latency => ", 1 GiB",
             QemuWorkload::Fragmented => ", fragmented",
             QemuWorkload::Trace => ", trace",
+            QemuWorkload::CppTrace => ", C++ trace",
         }
     }
 
@@ -332,6 +343,7 @@ impl QemuWorkload {
             QemuWorkload::Latency => "-1g",
             QemuWorkload::Fragmented => "-fragmented",
             QemuWorkload::Trace => "-trace",
+            QemuWorkload::CppTrace => "-cpp-trace",
         }
     }
 
@@ -342,6 +354,7 @@ impl QemuWorkload {
             QemuWorkload::Latency => Some(QEMU_LATENCY),
             QemuWorkload::Fragmented => Some(QEMU_FRAGMENTED),
             QemuWorkload::Trace => Some(QEMU_TRACE),
+            QemuWorkload::CppTrace => Some(QEMU_CPP_TRACE),
         }
     }
 
@@ -349,7 +362,10 @@ impl QemuWorkload {
     pub fn system(self) -> &'static str {
         match self {
             QemuWorkload::Latency => QEMU_LATENCY_SYSTEM,
-            QemuWorkload::Bulk | QemuWorkload::Fragmented | QemuWorkload::Trace => "system.xml",
+            QemuWorkload::Bulk
+            | QemuWorkload::Fragmented
+            | QemuWorkload::Trace
+            | QemuWorkload::CppTrace => "system.xml",
         }
     }
 }
@@ -359,6 +375,8 @@ impl QemuWorkload {
 pub struct TraceRun {
     /// As [`PlatformRun::platform`].
     pub platform: String,
+    /// The guests' parameters built in ([`QEMU_TRACE`], [`QEMU_CPP_TRACE`]).
+    pub workload: &'static str,
     /// QEMU's RSS averaged from the first guest's `trace start` to the last
     /// one's `trace end` (MiB), and that span (s); `None` without both.
     pub avg_mib: Option<f64>,
@@ -368,10 +386,11 @@ pub struct TraceRun {
 impl TraceRun {
     /// The figures of run `r` ([`crate::policy_bench::trace_footprint`], as
     /// on the host platform).
-    pub fn from_report(platform: &str, r: &crate::qemu::RunReport) -> Self {
+    pub fn from_report(platform: &str, workload: &'static str, r: &crate::qemu::RunReport) -> Self {
         let f = crate::policy_bench::trace_footprint(&r.timeline);
         Self {
             platform: platform.to_string(),
+            workload,
             avg_mib: f.avg_mib,
             replay_s: f.secs,
         }
@@ -662,17 +681,23 @@ impl Results {
                 );
             }
         }
-        if !self.trace.is_empty() {
+        let mut workloads: Vec<&str> = Vec::new();
+        for t in &self.trace {
+            if !workloads.contains(&t.workload) {
+                workloads.push(t.workload);
+            }
+        }
+        for workload in workloads {
             let _ = writeln!(
                 s,
-                "\n## Trace, in QEMU (system.xml, built in: `{QEMU_TRACE}`)\n"
+                "\n## Trace, in QEMU (system.xml, built in: `{workload}`)\n"
             );
             let _ = writeln!(
                 s,
                 "| platform | QEMU's memory averaged over the replay | replay |"
             );
             let _ = writeln!(s, "|---|---|---|");
-            for t in &self.trace {
+            for t in self.trace.iter().filter(|t| t.workload == workload) {
                 let _ = writeln!(
                     s,
                     "| {} | {} MiB | {} s |",
@@ -764,9 +789,9 @@ impl Results {
                 })).collect::<Vec<_>>(),
             },
             "trace": {
-                "workload": QEMU_TRACE,
                 "runs": self.trace.iter().map(|t| json!({
-                    "platform": t.platform, "avg_mib": t.avg_mib, "replay_s": t.replay_s,
+                    "platform": t.platform, "workload": t.workload,
+                    "avg_mib": t.avg_mib, "replay_s": t.replay_s,
                 })).collect::<Vec<_>>(),
             },
             "churn": {
@@ -1108,11 +1133,20 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
                 freed_half: 250 << 20,
                 back: Ok(0.0),
             }],
-            trace: vec![TraceRun {
-                platform: "bare aarch64, trace".into(),
-                avg_mib: Some(612.4),
-                replay_s: Some(50.25),
-            }],
+            trace: vec![
+                TraceRun {
+                    platform: "bare aarch64, trace".into(),
+                    workload: QEMU_TRACE,
+                    avg_mib: Some(612.4),
+                    replay_s: Some(50.25),
+                },
+                TraceRun {
+                    platform: "bare aarch64, C++ trace".into(),
+                    workload: QEMU_CPP_TRACE,
+                    avg_mib: Some(500.0),
+                    replay_s: Some(97.5),
+                },
+            ],
             churn: vec![ChurnRuns {
                 platform: "bare aarch64".into(),
                 times: vec![
@@ -1159,6 +1193,17 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             "{md}"
         );
         assert_eq!(j["trace"]["runs"][0]["avg_mib"], 612.4);
+        assert_eq!(j["trace"]["runs"][1]["workload"], QEMU_CPP_TRACE);
+        // A table per curve, each with its own runs.
+        let cpp = md
+            .split_once(&format!("built in: `{QEMU_CPP_TRACE}`"))
+            .expect("a table of the C++ trace")
+            .1;
+        assert!(
+            cpp.contains("| bare aarch64, C++ trace | 500 MiB | 97.5 s |"),
+            "{md}"
+        );
+        assert!(!cpp.contains("| bare aarch64, trace |"), "{md}");
         assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
         assert_eq!(j["metadata_bytes_per_page"], 9.0);
         let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tools::bare;
-use tools::bench::QemuWorkload::{self, Bulk, Fragmented, Latency, Trace};
+use tools::bench::QemuWorkload::{self, Bulk, CppTrace, Fragmented, Latency, Trace};
 use tools::bench::{self, PlatformRun, ReclaimPoint, ReclaimRun, Results, Tunables};
 use tools::demo::{self, DemoConfig};
 use tools::image::{self, Board, ImageSpec, KernelConfig};
@@ -51,6 +51,8 @@ pub enum QemuScenario {
     Fragmented,
     /// [`bench::QEMU_TRACE`].
     Trace,
+    /// [`bench::QEMU_CPP_TRACE`].
+    CppTrace,
     /// [`bench::QEMU_CHURN`] against reporting off.
     Churn,
 }
@@ -62,6 +64,7 @@ impl QemuScenario {
             QemuScenario::Latency => Some(Latency),
             QemuScenario::Fragmented => Some(Fragmented),
             QemuScenario::Trace => Some(Trace),
+            QemuScenario::CppTrace => Some(CppTrace),
             QemuScenario::Churn => None,
         }
     }
@@ -326,6 +329,7 @@ fn in_qemu(scenarios: &[QemuScenario], r: &mut Results) -> Result<(), String> {
         QemuScenario::Latency,
         QemuScenario::Fragmented,
         QemuScenario::Trace,
+        QemuScenario::CppTrace,
     ]
     .into_iter()
     .filter(|&s| wanted(s))
@@ -607,8 +611,12 @@ fn record(
         timeline: report.timeline.clone(),
     });
     match workload {
-        Trace => {
-            let t = bench::TraceRun::from_report(name, report);
+        Trace | CppTrace => {
+            let t = bench::TraceRun::from_report(
+                name,
+                workload.guest_params().unwrap_or_default(),
+                report,
+            );
             eprintln!(
                 "bench: {name}: {} MiB averaged over the replay",
                 t.avg_mib.map_or("-".into(), |m| format!("{m:.0}"))
