@@ -62,11 +62,7 @@
 //!    off one step, and one more per doubling of that rate, each step
 //!    doubling its needed time (and so rule 0's age and rule
 //!    1's quiet time), up to `backoff_max` steps; a probation that ends
-//!    without it comes back one step, and so does a zone for each delay
-//!    it stays quiet (no report, so no probation, happens meanwhile): a
-//!    zone that stopped churning has its last free reported within about
-//!    two delays, not `delay << backoff_max`, and no later than under
-//!    Linux's rules only while it went on allocating. Each page taken back costs a guest
+//!    without it comes back one step. Each page taken back costs a guest
 //!    fault and a zeroed host page; the default (128 MiB/s) lets a build's
 //!    compilers take back what they take (at most ~140 MiB/s over any two
 //!    seconds on the recorded C++ build, ~40 MiB/s on the cargo build, by
@@ -132,9 +128,6 @@ struct ZoneAge {
     probation: bool,
     /// Time since the batch that started the probation.
     since_report_ns: u64,
-    /// Quiet time towards the next step back while backed off and on no
-    /// probation (rule 2): a delay of it is one step.
-    forgiving_ns: u64,
     /// `refaulted` when the probation started.
     probation_mark: u64,
 }
@@ -192,7 +185,6 @@ impl Ages {
                 probation: false,
                 since_report_ns: 0,
                 probation_mark: 0,
-                forgiving_ns: 0,
             }; MAX_ZONES],
             armed_ns: 0,
             epoch: 1,
@@ -234,8 +226,7 @@ impl Ages {
     /// over its needed time backs off one step, and one more per doubling
     /// beyond it (churn: the host discarded what the guest takes back,
     /// faster than the refaults are worth); one that went its needed time
-    /// without doing so comes back one step. A backed-off zone on no
-    /// probation comes back one step per delay it stays quiet.
+    /// without doing so comes back one step.
     fn look(&mut self, tun: &Tunables, elapsed_ns: u64) {
         self.clock_ns = self.clock_ns.saturating_add(elapsed_ns);
         self.epoch = self.epoch.wrapping_add(1).max(1);
@@ -246,16 +237,8 @@ impl Ages {
             let a = &mut self.zones[z];
             if busy {
                 a.quiet_ns = 0;
-                a.forgiving_ns = 0;
             } else {
                 a.quiet_ns = a.quiet_ns.saturating_add(elapsed_ns);
-                if a.backoff > 0 && !a.probation {
-                    a.forgiving_ns = a.forgiving_ns.saturating_add(elapsed_ns);
-                    if a.forgiving_ns >= tun.delay_ns {
-                        a.forgiving_ns = 0;
-                        a.backoff = a.backoff.min(tun.backoff_max).saturating_sub(1);
-                    }
-                }
             }
             if a.probation {
                 a.since_report_ns = a.since_report_ns.saturating_add(elapsed_ns);

@@ -154,50 +154,9 @@ fn only_taking_back_reported_memory_fast_is_churn() {
         ticks_to_report.push(ticks_until_reported(&mut c, tun, 64));
         c.check_invariants().unwrap();
     }
-    // A tick old at the second tick; backed off a step, at the first look
-    // after a delay of quiet, when the zone has come back (before the
-    // quiet steps back: eight ticks old, two delays, at the ninth).
-    assert_eq!(ticks_to_report, [2, 2, ticks_to_report_backed_off(1)]);
-    assert_eq!(ticks_to_report_backed_off(1), 5);
-}
-
-/// The quiet steps back are for a zone that stopped: one that goes on
-/// allocating (16 MiB in and out between every two looks, twice
-/// `busy_pages`) stays backed off, and what it freed waits the whole
-/// needed time of its back-off (rule 0's age).
-#[test]
-fn a_zone_that_goes_on_allocating_stays_backed_off() {
-    let tun = Tunables {
-        backoff_max: 3,
-        capacity: 4,
-        churn_pages_per_s: 4096,
-        ..adaptive()
-    };
-    let (mut c, _keep) = half_reported(tun);
-    let cycle: Vec<u64> = (0..64).map(|_| c.alloc(Z0, MAX_ORDER).unwrap()).collect();
-    for pfn in cycle {
-        c.free(Z0, pfn, MAX_ORDER).unwrap();
-    }
-    let mut working: Vec<u64> = Vec::new();
-    let mut ticks = 0;
-    loop {
-        run_pass(&mut c, true);
-        ticks += 1;
-        for pfn in working.drain(..) {
-            c.free(Z0, pfn, MAX_ORDER).unwrap();
-        }
-        working = (0..4).map(|_| c.alloc(Z0, MAX_ORDER).unwrap()).collect();
-        let (free, reported) = free_and_reported(&c, tun.reporting_order);
-        if reported == free {
-            break;
-        }
-        assert!(ticks < 64, "never reported");
-    }
-    // Three steps (256 MiB taken back at eight times the allowed rate):
-    // eight delays old (32 ticks) at the 33rd look, as before the quiet
-    // steps back; quiet, the zone would have come back at the ninth.
-    assert_eq!(ticks, 33);
-    c.check_invariants().unwrap();
+    // A tick old at the second tick; backed off, eight ticks old (two
+    // delays) at the ninth.
+    assert_eq!(ticks_to_report, [2, 2, 9]);
 }
 
 /// Rule 2 reads take-back as churn only of memory a client freed: the boot
@@ -222,38 +181,21 @@ fn taking_back_the_boot_report_is_not_churn() {
         ticks.push(ticks_until_reported(&mut c, tun, 64));
     }
     // A tick old at the second tick. Then 1 GiB taken back, four times
-    // what 128 MiB/s allows over the delay: backed off two steps, then a
-    // step back per delay of quiet (before those: four delays old, 16
-    // ticks, at the seventeenth).
-    assert_eq!(ticks, [2, ticks_to_report_backed_off(2)]);
-    assert_eq!(ticks_to_report_backed_off(2), 9);
+    // what 128 MiB/s allows over the delay: backed off two steps, so four
+    // delays old (16 ticks) at the seventeenth.
+    assert_eq!(ticks, [2, 17]);
     c.check_invariants().unwrap();
-}
-
-/// Ticks from a churning round's first look until its free is reported,
-/// backed off `steps`: the zone stays quiet after it and comes back a step
-/// per delay (four ticks) quiet, so it is reported at the first delay `k`
-/// of quiet whose needed time, `delay << (steps - k)`, is `k` delays or
-/// less (its blocks are as old: freed before the first look).
-fn ticks_to_report_backed_off(steps: u32) -> u32 {
-    if steps == 0 {
-        // Not backed off: a tick old at the second tick.
-        return 2;
-    }
-    let k = (1..=steps).find(|&k| k >= 1 << (steps - k)).unwrap();
-    1 + 4 * k
 }
 
 /// Rule 2's hysteresis: a zone that takes reported pages back right after
 /// a report (churn) needs its blocks free for `delay << step` before they
 /// are reported again: one step, and one more per doubling of the allowed
-/// rate, up to `backoff_max`; once a report sticks for that long, or the
-/// zone stays quiet for a delay, it needs one step less. With
-/// `backoff_max = 0` its blocks are reported a tick after they were freed
-/// whatever it did.
+/// rate, up to `backoff_max`; once a report sticks for that long, it needs
+/// one step less. With `backoff_max = 0` its blocks are reported a tick
+/// after they were freed whatever it did.
 #[test]
 fn churning_zone_backs_off_and_comes_back() {
-    for backoff_max in [0u8, 2, 3] {
+    for backoff_max in [0u8, 2] {
         let tun = Tunables {
             backoff_max,
             capacity: 4,
@@ -274,11 +216,10 @@ fn churning_zone_backs_off_and_comes_back() {
             // a quarter delay at a time.
             assert!(c.timer_armed(), "round {round}: still looking");
             let ticks = ticks_until_reported(&mut c, tun, 4 << 8);
-            // The first tick sees the churn (256 MiB taken back, eight
-            // times what is allowed: three steps, at most `backoff_max`);
-            // then the zone is quiet. Without the quiet steps back, three
-            // steps needed 33 ticks (eight delays), two 17.
-            let want = ticks_to_report_backed_off(u32::from(backoff_max));
+            // The first tick sees the churn; the blocks are then a tick
+            // old a tick later, or `delay << step` old (4 << step ticks).
+            let step = u32::from(backoff_max.min(3));
+            let want = if step == 0 { 2 } else { 1 + (4 << step) };
             assert_eq!(ticks, want, "round {round}, backoff_max {backoff_max}");
         }
         // Quiet from now: the reports stick and the zone comes back one
