@@ -333,7 +333,7 @@ impl QemuWorkload {
             QemuWorkload::Latency => ", 1 GiB",
             QemuWorkload::Fragmented => ", fragmented",
             QemuWorkload::Trace => ", trace",
-            QemuWorkload::CppTrace => ", C++ trace",
+            QemuWorkload::CppTrace => ", cpp-trace",
         }
     }
 
@@ -1141,7 +1141,7 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
                     replay_s: Some(50.25),
                 },
                 TraceRun {
-                    platform: "bare aarch64, C++ trace".into(),
+                    platform: "bare aarch64, cpp-trace".into(),
                     workload: QEMU_CPP_TRACE,
                     avg_mib: Some(500.0),
                     replay_s: Some(97.5),
@@ -1200,7 +1200,7 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             .expect("a table of the C++ trace")
             .1;
         assert!(
-            cpp.contains("| bare aarch64, C++ trace | 500 MiB | 97.5 s |"),
+            cpp.contains("| bare aarch64, cpp-trace | 500 MiB | 97.5 s |"),
             "{md}"
         );
         assert!(!cpp.contains("| bare aarch64, trace |"), "{md}");
@@ -1241,6 +1241,10 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         assert_eq!(
             memory_plot_name("seL4 qemu_virt_aarch64 release, trace"),
             "qemu-sel4-qemu_virt_aarch64-release-trace.svg"
+        );
+        assert_eq!(
+            memory_plot_name(&format!("bare aarch64{}", QemuWorkload::CppTrace.label())),
+            "qemu-bare-aarch64-cpp-trace.svg"
         );
         let r = Results {
             memory: vec![
