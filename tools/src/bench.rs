@@ -1206,14 +1206,13 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
         assert!(!cpp.contains("| bare aarch64, trace |"), "{md}");
         assert_eq!(j["reclaim"]["points"].as_array().unwrap().len(), 2);
         assert_eq!(j["metadata_bytes_per_page"], 9.0);
-        let dir = std::env::temp_dir().join(format!("bench-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let svg = dir.join("bench.svg");
         r.plot_svg(&svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.contains("allocator: best of interleaved rounds"));
         assert!(text.contains("cap 32 x 1 in flight"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A run of `variant` in `scenario` whose host held `mib` MiB, a sample
@@ -1254,8 +1253,8 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             ],
             ..Results::default()
         };
-        let dir = std::env::temp_dir().join(format!("bench-memory-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         // The seL4 scenario ran with one policy only: no plot of it.
         let written = r.plot_memory(&dir).unwrap();
         assert_eq!(written, vec![dir.join("qemu-bare-aarch64-trace.svg")]);
@@ -1266,6 +1265,5 @@ Benchmarking alloc_free_1GiB/memserver_reporting_off\n";
             "{text}"
         );
         assert!(!dir.join("qemu-sel4-qemu_virt_aarch64-debug.svg").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

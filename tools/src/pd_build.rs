@@ -169,7 +169,8 @@ mod tests {
 
     #[test]
     fn the_lock_excludes_another_open_of_its_file_until_dropped() {
-        let dir = std::env::temp_dir().join(format!("pd-build-lock-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let held = lock(&dir).unwrap();
         // Another open file description, as another thread or process has.
         let other = File::options()
@@ -182,6 +183,5 @@ mod tests {
         ));
         drop(held);
         other.try_lock().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -632,14 +632,13 @@ mod tests {
         tl.push(s(1000, 300));
         tl.mark(Duration::from_millis(1000), "freed");
         tl.push(s(2000, 3));
-        let dir = std::env::temp_dir().join(format!("timeline-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let path = dir.join("plot.svg");
         tl.plot_svg(&path, "test").unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("freed"));
         assert!(svg.contains("host memory for guest RAM"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

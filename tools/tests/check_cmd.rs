@@ -4,9 +4,8 @@ use std::process::Command;
 
 #[test]
 fn check_reports_errors_with_the_line_and_fails() {
-    let dir = std::env::temp_dir().join(format!("tools-check-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("system.xml");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("system.xml");
     std::fs::write(
         &f,
         r#"<system>
@@ -32,7 +31,6 @@ fn check_reports_errors_with_the_line_and_fails() {
             f.display()
         )
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -239,8 +239,8 @@ fn launcher_api_regions_irqs_and_isolation() {
 
 #[test]
 fn run_refuses_an_invalid_system_and_a_missing_binary() {
-    let dir = std::env::temp_dir().join(format!("tools-run-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let bad = dir.join("bad.xml");
     std::fs::write(
         &bad,
@@ -262,7 +262,7 @@ fn run_refuses_an_invalid_system_and_a_missing_binary() {
         .arg("run")
         .arg(common::pingpong("system.xml"))
         .arg("--bin-dir")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -270,5 +270,4 @@ fn run_refuses_an_invalid_system_and_a_missing_binary() {
         String::from_utf8_lossy(&out.stderr).contains("PD 'pong': no host binary at"),
         "{out:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,15 +6,15 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tools::host::{Event, Launcher};
 
-fn bin_dir(tag: &str, ping: &str, pong: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("launcher-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A scratch dir (removed when the returned `TempDir` is dropped) with
+/// `ping` and `pong` scripts running `ping` and `pong`.
+fn bin_dir(ping: &str, pong: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
     for (name, body) in [("ping", ping), ("pong", pong)] {
-        let p = dir.join(name);
+        let p = dir.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -29,11 +29,10 @@ fn system() -> sdf::System {
 fn a_pd_ignoring_sigterm_is_killed_after_the_grace_period() {
     // An ignored signal stays ignored across exec, so `tail` ignores SIGTERM.
     let dir = bin_dir(
-        "stubborn",
         "echo ready; exec tail -f /dev/null",
         "trap '' TERM; echo ready; exec tail -f /dev/null",
     );
-    let mut l = Launcher::new(system(), &dir, false).unwrap();
+    let mut l = Launcher::new(system(), dir.path(), false).unwrap();
     let console = l.console();
     l.start().unwrap();
     let both_ready = |lines: &[String]| lines.iter().filter(|l| *l == "ready").count() == 2;
@@ -59,13 +58,12 @@ fn a_pd_ignoring_sigterm_is_killed_after_the_grace_period() {
         ]
     );
     assert!(took >= grace && took < Duration::from_secs(5), "{took:?}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn an_exiting_pd_is_reported_with_its_status() {
-    let dir = bin_dir("exit", "exec tail -f /dev/null", "exit 3");
-    let mut l = Launcher::new(system(), &dir, false).unwrap();
+    let dir = bin_dir("exec tail -f /dev/null", "exit 3");
+    let mut l = Launcher::new(system(), dir.path(), false).unwrap();
     l.start().unwrap();
     match l.wait(Some(Duration::from_secs(10))).unwrap() {
         Event::Exited(e) => {
@@ -80,5 +78,4 @@ fn an_exiting_pd_is_reported_with_its_status() {
     }
     let exits = l.stop(Duration::from_secs(2));
     assert_eq!(exits.len(), 1, "only ping was still running: {exits:?}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

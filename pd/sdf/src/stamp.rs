@@ -166,8 +166,8 @@ mod tests {
 
     #[test]
     fn a_binary_of_another_description_is_refused_in_one_line() {
-        let dir = std::env::temp_dir().join(format!("sdf-stamp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let bin = dir.join("pd");
         let a = Stamp::new(Path::new("a.xml"), b"<system>a</system>");
         let b = Stamp::new(Path::new("b.xml"), b"<system>b</system>");
@@ -190,7 +190,6 @@ mod tests {
                 .unwrap_err()
                 .contains("no system description stamp")
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -304,8 +304,8 @@ SHA256: 732C9135564FC71337E0E05FB4DA4D11E6C28C1834BCE3E405E575AFEF2A52F5\n";
 
     #[test]
     fn a_file_with_another_hash_is_refused_in_one_line() {
-        let dir = std::env::temp_dir().join(format!("lg-apt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let f = dir.join("x.deb");
         std::fs::write(&f, b"abc").unwrap();
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -329,6 +329,5 @@ SHA256: 732C9135564FC71337E0E05FB4DA4D11E6C28C1834BCE3E405E575AFEF2A52F5\n";
             ..info
         };
         assert_eq!(cached(&dir, &info), Some(f));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -110,8 +110,8 @@ mod tests {
         x86[56..60].copy_from_slice(b"HdrS");
         let e = header(&x86).unwrap_err();
         assert!(e.starts_with("no \"ARM\\x64\" magic at offset 56"), "{e}");
-        let dir = std::env::temp_dir().join(format!("lg-kernel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let bad = dir.join("vmlinuz");
         std::fs::write(&bad, &x86).unwrap();
         let e = make_image(&bad, &dir.join("Image"))
@@ -123,6 +123,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not an arm64 Image: gunzip"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

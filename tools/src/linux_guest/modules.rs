@@ -200,7 +200,8 @@ mod tests {
 
     #[test]
     fn a_missing_module_is_named_in_one_line() {
-        let dir = std::env::temp_dir().join(format!("lg-mod-{}/6.1.0-0-test", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("6.1.0-0-test");
         std::fs::create_dir_all(dir.join("kernel/drivers")).unwrap();
         std::fs::write(
             dir.join("modules.builtin"),
@@ -226,18 +227,16 @@ mod tests {
         std::fs::write(dir.join("kernel/drivers/virtio_balloon.ko.xz"), b"junk").unwrap();
         let e = collect(&dir, &["virtio_balloon"]).unwrap_err().to_string();
         assert!(e.contains("virtio_balloon.ko.xz: xz: "), "{e}");
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn xz_modules_are_decompressed() {
-        let dir = std::env::temp_dir().join(format!("lg-xz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let mut xz = Vec::new();
         lzma_rs::xz_compress(&mut &b"\x7fELF module"[..], &mut xz).unwrap();
         let p = dir.join("m.ko.xz");
         std::fs::write(&p, &xz).unwrap();
         assert_eq!(read_module(&p).unwrap(), b"\x7fELF module");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
