@@ -40,9 +40,18 @@ impl Qmp {
             writer,
             reader: BufReader::new(stream),
         };
-        let greeting = q.read_message()?;
-        if greeting.get("QMP").is_none() {
-            return Err(QemuError::Qmp(format!("unexpected greeting {greeting}")));
+        // An event can come before the greeting: connected while QEMU
+        // started, a seL4 boot test read the VM's RESUME first (QEMU 10.0,
+        // aarch64, once in many runs). Skip events; anything else is not
+        // QMP.
+        loop {
+            let m = q.read_message()?;
+            if m.get("QMP").is_some() {
+                break;
+            }
+            if m.get("event").is_none() {
+                return Err(QemuError::Qmp(format!("unexpected greeting {m}")));
+            }
         }
         q.execute("qmp_capabilities", None)?;
         Ok(q)
@@ -164,5 +173,48 @@ impl GuestStats {
     /// Statistic `name` (`stat-free-memory`, ...), if the driver gave it.
     pub fn get(&self, name: &str) -> Option<u64> {
         self.stats.get(name).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A QMP server that writes `first` on connection, then answers the
+    /// client's first command, if it sends one, with an empty return.
+    fn serve(first: String) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(first.as_bytes()).unwrap();
+            let mut line = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            if reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = s.write_all(b"{\"return\": {}}\n");
+            }
+        });
+        (dir, path)
+    }
+
+    const GREETING: &str = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n";
+
+    #[test]
+    fn an_event_before_the_greeting_is_skipped() {
+        let first =
+            "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\n";
+        let (_dir, path) = serve(format!("{first}{GREETING}"));
+        Qmp::connect(&path, Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn something_else_than_qmp_is_refused() {
+        let (_dir, path) = serve("{\"hello\": 1}\n".into());
+        let e = Qmp::connect(&path, Duration::from_secs(10)).unwrap_err();
+        assert!(e.to_string().contains("unexpected greeting"), "{e}");
+        let (_dir, path) = serve(GREETING.into());
+        Qmp::connect(&path, Duration::from_secs(10)).unwrap();
     }
 }
