@@ -40,21 +40,25 @@ impl Qmp {
             writer,
             reader: BufReader::new(stream),
         };
-        // An event can come before the greeting: connected while QEMU
-        // started, a seL4 boot test read the VM's RESUME first (QEMU 10.0,
-        // aarch64, once in many runs). Skip events; anything else is not
-        // QMP.
-        loop {
-            let m = q.read_message()?;
-            if m.get("QMP").is_some() {
-                break;
-            }
-            if m.get("event").is_none() {
-                return Err(QemuError::Qmp(format!("unexpected greeting {m}")));
-            }
+        let greeting = q.read_reply()?;
+        if greeting.get("QMP").is_none() {
+            return Err(QemuError::Qmp(format!("unexpected greeting {greeting}")));
         }
         q.execute("qmp_capabilities", None)?;
         Ok(q)
+    }
+
+    /// The next message that is not an asynchronous event (e.g.
+    /// BALLOON_CHANGE). Events come at any time, before the greeting too:
+    /// connected while QEMU started, a seL4 boot test read the VM's RESUME
+    /// first (QEMU 10.0, aarch64, once in many runs).
+    fn read_reply(&mut self) -> Result<serde_json::Value, QemuError> {
+        loop {
+            let m = self.read_message()?;
+            if m.get("event").is_none() {
+                return Ok(m);
+            }
+        }
     }
 
     fn read_message(&mut self) -> Result<serde_json::Value, QemuError> {
@@ -85,14 +89,14 @@ impl Qmp {
             .write_all(text.as_bytes())
             .map_err(|e| QemuError::Qmp(format!("writing: {e}")))?;
         loop {
-            let m = self.read_message()?;
+            let m = self.read_reply()?;
             if let Some(r) = m.get("return") {
                 return Ok(r.clone());
             }
             if let Some(e) = m.get("error") {
                 return Err(QemuError::Qmp(format!("{command}: {e}")));
             }
-            // An asynchronous event (e.g. BALLOON_CHANGE): not our answer.
+            // Neither: not our answer either.
         }
     }
 
