@@ -156,6 +156,14 @@ const PROGRAMS: [(&str, &str, &str); 10] = [
     ("crasher.elf", "pd", "crasher"),
 ];
 
+/// The crates that build the PD programs ([`PROGRAMS`]), each once.
+pub fn pd_packages() -> Vec<&'static str> {
+    let mut packages: Vec<&str> = PROGRAMS.iter().map(|p| p.1).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
 /// The SDK named by `MICROKIT_SDK`.
 pub fn sdk_from_env() -> Result<PathBuf, ImageError> {
     match std::env::var_os("MICROKIT_SDK") {

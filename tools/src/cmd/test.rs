@@ -142,23 +142,16 @@ fn run(args: &Args) -> Result<(), String> {
 /// runtime, the VMM's vCPU loop, the bare platform) is compiled only for
 /// the `*-unknown-none` targets, which the workspace's clippy does not
 /// build: lint it there too, each board's target, with the description the
-/// images are built from (the crates' build scripts read it). The bare
-/// platform links every PD with `pd/bare`, so it is linted on its own.
+/// images are built from (the crates' build scripts read it): the crates
+/// of the PD programs the images hold, and on its own the bare platform,
+/// which links every PD with `pd/bare`.
 fn clippy_bare_metal(ws: &Path, cargo: &str) -> Result<(), String> {
     let system = ws.join("system.xml");
     let env = [("SYSTEM_XML", system.as_os_str())];
-    const PDS: [&str; 7] = [
-        "memserver",
-        "balloon",
-        "timer",
-        "console",
-        "guest",
-        "vmm",
-        "pd",
-    ];
+    let pds = image::pd_packages();
     for board in Board::ALL {
         let target = board.target();
-        for packages in [&PDS[..], &["bare"]] {
+        for packages in [&pds[..], &["bare"]] {
             let mut args = vec!["clippy", "--release", "--locked", "--target", target];
             args.extend(packages.iter().flat_map(|p| ["-p", p]));
             args.extend(["--bins", "--", "-D", "warnings"]);
